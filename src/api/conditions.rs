@@ -1,0 +1,226 @@
+//! kstatus-compatible conditions: what `kubectl wait`, Argo CD and Flux read. `Ready` is always
+//! present; `Reconciling` and `Stalled` are present only while True (kstatus "abnormal-true"
+//! polarity); every condition carries the generation it describes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+pub const VERIFIED: &str = "Verified";
+pub const DRIFTED: &str = "Drifted";
+
+/// Status of a condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+/// One aspect of an object's current state (the shape of metav1.Condition).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type: Ready, Reconciling, Stalled, Verified or Drifted.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: ConditionStatus,
+    /// Machine-readable CamelCase reason for the last transition.
+    pub reason: String,
+    /// Human-readable detail.
+    #[serde(default)]
+    pub message: String,
+    /// The .metadata.generation this condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the status last changed.
+    pub last_transition_time: Time,
+}
+
+/// What a reconcile concluded, from which the kstatus conditions are derived in one place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub ready: ConditionStatus,
+    pub reason: String,
+    pub message: String,
+    /// Work still in progress (InProgress for kstatus).
+    pub reconciling: bool,
+    /// Failure that retrying cannot fix (Failed for kstatus).
+    pub stalled: bool,
+}
+
+impl Observation {
+    pub fn ready(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ConditionStatus::True, reason, message)
+    }
+
+    pub fn not_ready(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ConditionStatus::False, reason, message)
+    }
+
+    pub fn progressing(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { reconciling: true, ..Self::new(ConditionStatus::Unknown, reason, message) }
+    }
+
+    pub fn stalled(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { stalled: true, ..Self::new(ConditionStatus::False, reason, message) }
+    }
+
+    fn new(ready: ConditionStatus, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { ready, reason: reason.into(), message: message.into(), reconciling: false, stalled: false }
+    }
+}
+
+/// Sets (or replaces) a condition. The transition time moves only when the status changes, so an
+/// unchanged observation produces an identical list and no status write.
+pub fn set(conditions: &mut Vec<Condition>, mut new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(existing) => {
+            if existing.status == new.status {
+                new.last_transition_time = existing.last_transition_time.clone();
+            }
+            *existing = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+pub fn remove(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.type_ != type_);
+}
+
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+/// Builds a condition for `generation` at `now`.
+pub fn condition(
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// Writes `Ready`, `Reconciling` and `Stalled` from one observation, keeping any other condition
+/// (Verified, Drifted) untouched.
+pub fn apply(conditions: &mut Vec<Condition>, obs: &Observation, generation: Option<i64>, now: &Time) {
+    set(conditions, condition(READY, obs.ready, &obs.reason, &obs.message, generation, now));
+    for (type_, present) in [(RECONCILING, obs.reconciling), (STALLED, obs.stalled)] {
+        if present {
+            set(conditions, condition(type_, ConditionStatus::True, &obs.reason, &obs.message, generation, now));
+        } else {
+            remove(conditions, type_);
+        }
+    }
+    // A stable order keeps the serialised status identical across reconciles.
+    conditions.sort_by_key(|c| order(&c.type_));
+}
+
+fn order(type_: &str) -> (usize, String) {
+    let rank = [READY, RECONCILING, STALLED, VERIFIED, DRIFTED].iter().position(|t| *t == type_);
+    (rank.unwrap_or(usize::MAX), type_.to_owned())
+}
+
+/// kstatus's verdict on an object: the answer `kstatus`, Argo CD and Flux's health checks give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KStatus {
+    Current,
+    InProgress,
+    Failed,
+}
+
+/// Evaluates conditions the way kstatus does for custom resources.
+pub fn kstatus(generation: Option<i64>, observed_generation: Option<i64>, conditions: &[Condition]) -> KStatus {
+    if generation.is_some() && observed_generation != generation {
+        return KStatus::InProgress;
+    }
+    if is_true(conditions, STALLED) {
+        return KStatus::Failed;
+    }
+    if is_true(conditions, RECONCILING) {
+        return KStatus::InProgress;
+    }
+    match find(conditions, READY) {
+        Some(c) if c.status == ConditionStatus::True => KStatus::Current,
+        Some(c) if c.status == ConditionStatus::False => KStatus::Failed,
+        _ => KStatus::InProgress,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn reconciling_and_stalled_exist_only_while_true() {
+        let mut c = vec![];
+        apply(&mut c, &Observation::progressing("Resolving", "resolving tag"), Some(1), &t(1));
+        assert_eq!(c.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), [READY, RECONCILING]);
+        apply(&mut c, &Observation::stalled("NotAModelPack", "found an image"), Some(1), &t(2));
+        assert_eq!(c.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), [READY, STALLED]);
+        apply(&mut c, &Observation::ready("Succeeded", "resolved"), Some(2), &t(3));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].status, ConditionStatus::True);
+        assert_eq!(c[0].observed_generation, Some(2));
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_status_change() {
+        let mut c = vec![];
+        apply(&mut c, &Observation::ready("Succeeded", "a"), Some(1), &t(10));
+        let before = c.clone();
+        apply(&mut c, &Observation::ready("Succeeded", "a"), Some(1), &t(20));
+        assert_eq!(c, before, "an identical observation must not change the list");
+        apply(&mut c, &Observation::ready("Succeeded", "b"), Some(1), &t(30));
+        assert_eq!(c[0].last_transition_time, t(10));
+        apply(&mut c, &Observation::not_ready("Failed", "b"), Some(1), &t(40));
+        assert_eq!(c[0].last_transition_time, t(40));
+    }
+
+    #[test]
+    fn other_conditions_are_kept_and_ordered() {
+        let mut c = vec![condition(DRIFTED, ConditionStatus::True, "NodeJoined", "", Some(1), &t(1))];
+        set(&mut c, condition(VERIFIED, ConditionStatus::True, "Verified", "", Some(1), &t(1)));
+        apply(&mut c, &Observation::stalled("X", "y"), Some(1), &t(1));
+        let types: Vec<_> = c.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, [READY, STALLED, VERIFIED, DRIFTED]);
+    }
+
+    #[test]
+    fn kstatus_evaluation() {
+        let mut c = vec![];
+        assert_eq!(kstatus(Some(1), None, &c), KStatus::InProgress);
+        apply(&mut c, &Observation::ready("Succeeded", ""), Some(1), &t(1));
+        assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::Current);
+        assert_eq!(kstatus(Some(2), Some(1), &c), KStatus::InProgress, "stale generation");
+        apply(&mut c, &Observation::progressing("Pulling", ""), Some(1), &t(1));
+        assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::InProgress);
+        apply(&mut c, &Observation::stalled("SignatureRejected", ""), Some(1), &t(1));
+        assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::Failed);
+        apply(&mut c, &Observation::not_ready("RegistryUnavailable", ""), Some(1), &t(1));
+        assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::Failed);
+    }
+}

@@ -1,0 +1,40 @@
+//! The custom resources (`Model`, `ModelDeployment`, group `modelpack.dev/v1alpha1`), their status
+//! types and the condition helpers.
+
+pub mod conditions;
+mod deployment;
+pub mod duration;
+mod model;
+
+pub use deployment::{
+    DeployedVersion, Drift, ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, ModelRefName, NodeEntry,
+    NodePhase, NodesStatus, PullSpec, VersionRef,
+};
+pub use model::{
+    Artifact, HistoryEntry, LocalObjectReference, Model, ModelReference, ModelSpec, ModelStatus, Resolved, Verified,
+    VerifyProvider, VerifySpec,
+};
+
+use kube::CustomResourceExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("rendering CRD YAML: {0}")]
+    Yaml(String),
+}
+
+/// Both CRDs as one multi-document YAML stream: what `modelpack-operator crd` prints and crds/ holds.
+pub fn crds_yaml() -> Result<String, Error> {
+    let mut out = String::new();
+    for crd in [Model::crd(), ModelDeployment::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd).map_err(|e| Error::Yaml(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+/// `sha256:0123456789ab…` → `0123456789ab`: the 12 characters people compare by eye.
+pub fn short_digest(digest: &str) -> String {
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    hex.chars().take(12).collect()
+}

@@ -1,0 +1,1 @@
+//! The `Model` and `ModelDeployment` reconcilers.

@@ -1,0 +1,162 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Kubernetes operator for CNCF ModelPack artifacts: resolve, verify and pre-pull models onto nodes.
+#[derive(Parser, Debug)]
+#[command(name = "modelpack-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controllers against the cluster of the current kubeconfig or in-cluster config.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions (YAML) for Model and ModelDeployment.
+    Crd(CrdArgs),
+    /// Pull a ModelPack by digest into a node cache (what the per-node Jobs run).
+    Pull(PullArgs),
+    /// Resolve a reference and print the ModelPack's metadata and files.
+    Inspect(InspectArgs),
+    /// Verify the signature of a ModelPack (notation or cosign).
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Namespace the pull Jobs run in.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "modelpack-system")]
+    jobs_namespace: String,
+    /// The node cache directory (a hostPath on every node).
+    #[arg(long, default_value = "/var/lib/modelpack")]
+    cache_dir: PathBuf,
+    /// Image the pull Jobs run (this operator's image).
+    #[arg(long, default_value = concat!("modelpack-operator:", env!("CARGO_PKG_VERSION")))]
+    puller_image: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct CrdArgs {
+    /// Write the YAML to FILE (atomically) instead of standard output.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct RegistryArgs {
+    /// Talk plain HTTP to the registry.
+    #[arg(long)]
+    insecure: bool,
+    /// A docker config.json with registry credentials.
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
+    /// PEM CA bundle that verifies the registry's certificate.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct PullArgs {
+    /// `registry/repository@sha256:…` (tags are refused: the controller pins digests).
+    reference: String,
+    #[arg(long, value_name = "DIR")]
+    cache_dir: PathBuf,
+    /// Point `deployments/<NS>/<NAME>/current` at the pulled model.
+    #[arg(long, value_name = "deployments/NS/NAME")]
+    link: Option<String>,
+    /// Versions to keep for this link (others are garbage-collected).
+    #[arg(long, value_name = "DIGEST")]
+    keep: Vec<String>,
+    /// Parallel layer downloads.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Also write the JSON result here (a pod's termination message).
+    #[arg(long, value_name = "FILE")]
+    termination_log: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct InspectArgs {
+    /// `registry/repository[:tag|@sha256:…]`.
+    reference: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    /// `registry/repository[:tag|@sha256:…]`.
+    reference: String,
+    /// Notary Project trust policy (trustpolicy.json).
+    #[arg(long, value_name = "FILE", requires = "notation_certs", conflicts_with = "cosign_key")]
+    notation_policy: Option<PathBuf>,
+    /// Trust store in notation's layout: `<type>/<store>/*.crt|*.pem`.
+    #[arg(long, value_name = "DIR", requires = "notation_policy")]
+    notation_certs: Option<PathBuf>,
+    /// cosign public key (repeatable: any key may verify).
+    #[arg(long, value_name = "FILE")]
+    cosign_key: Vec<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd(args) => match crd(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(_) => not_yet("run"),
+        Command::Pull(_) => not_yet("pull"),
+        Command::Inspect(_) => not_yet("inspect"),
+        Command::Verify(_) => not_yet("verify"),
+    }
+}
+
+fn crd(args: CrdArgs) -> anyhow::Result<()> {
+    let yaml = modelpack_operator::api::crds_yaml()?;
+    match args.output {
+        None => print!("{yaml}"),
+        Some(path) => {
+            write_atomically(&path, yaml.as_bytes()).with_context(|| format!("writing {}", path.display()))?
+        }
+    }
+    Ok(())
+}
+
+/// Writes beside the target and renames, so a reader never sees a partial file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn not_yet(command: &str) -> ExitCode {
+    eprintln!("error: `modelpack-operator {command}` is not available in this build yet");
+    ExitCode::from(2)
+}

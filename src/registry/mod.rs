@@ -1,0 +1,1 @@
+//! OCI registry access: references, credentials, resolution of tags and semver ranges to digests.

@@ -1,0 +1,1 @@
+//! Signature verification: Notary Project (notation) and cosign.

@@ -1,0 +1,205 @@
+//! Fixture ModelPacks made by the real peer tools: modctl (which writes the legacy `vnd.cnai`
+//! family) and oras with the specification's `vnd.cncf` media types and annotations.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use super::{Bed, Registry, run_tool};
+
+/// Files of a model on disk, with deterministic pseudo-random contents.
+pub struct ModelFiles {
+    pub dir: TempDir,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl ModelFiles {
+    /// `files`: (relative path, size). The same seed gives the same bytes.
+    pub fn new(seed: u64, files: &[(&str, usize)]) -> ModelFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        for (i, (path, size)) in files.iter().enumerate() {
+            let data = pseudo_random(seed.wrapping_mul(31).wrapping_add(i as u64), *size);
+            let full = dir.path().join(path);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(&full, &data).unwrap();
+            out.push(((*path).to_owned(), data));
+        }
+        ModelFiles { dir, files: out }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        // xorshift64*: fast, and good enough to defeat compression and deduplication.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Environment for a Go peer tool talking to `registry`: its own docker config (credentials never
+/// shared between tests) and the bed's CA for the TLS registry.
+fn tool_env(registry: &Registry, home: &Path) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("HOME".to_owned(), home.display().to_string()),
+        ("DOCKER_CONFIG".to_owned(), home.join(".docker").display().to_string()),
+    ];
+    if let Some(ca) = &registry.tls_ca {
+        env.push(("SSL_CERT_FILE".to_owned(), ca.display().to_string()));
+    }
+    env
+}
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// Builds the model with `modctl` straight into the registry; returns the digest modctl reported.
+pub fn modctl_push(bed: &Bed, registry: &Registry, repo: &str, tag: &str, model: &ModelFiles) -> String {
+    let modctl = bed.tool("modctl");
+    let home = tempfile::tempdir().unwrap();
+    let env = tool_env(registry, home.path());
+    let env = env_refs(&env);
+    let storage = home.path().join("modctl-storage");
+    let storage = storage.to_str().unwrap();
+    let transport: &[&str] = if registry.is_tls() { &[] } else { &["--plain-http"] };
+    if let Some((user, password)) = &registry.basic_auth {
+        let mut args = vec!["login", "--storage-dir", storage, "-u", user, "-p", password];
+        args.extend(transport);
+        args.push(&registry.host);
+        run_tool(&modctl, &args, &env, None);
+    }
+    let dir = model.path().to_str().unwrap();
+    run_tool(
+        &modctl,
+        &[
+            "modelfile",
+            "generate",
+            "--name",
+            repo.rsplit('/').next().unwrap(),
+            "--arch",
+            "transformer",
+            "--family",
+            "llama",
+            "--format",
+            "safetensors",
+            "--param-size",
+            "1M",
+            "--precision",
+            "float16",
+            dir,
+        ],
+        &env,
+        None,
+    );
+    let target = format!("{}/{repo}:{tag}", registry.host);
+    let mut args = vec!["build", "--storage-dir", storage, "--output-remote", "-t", &target];
+    args.extend(transport);
+    args.push(dir);
+    let out = run_tool(&modctl, &args, &env, None);
+    digest_in(&out).unwrap_or_else(|| panic!("no digest in modctl's output:\n{out}"))
+}
+
+/// The last `sha256:<64 hex>` a tool printed.
+pub fn digest_in(output: &str) -> Option<String> {
+    let mut found = None;
+    let mut rest = output;
+    while let Some(i) = rest.find("sha256:") {
+        let candidate: String = rest[i + 7..].chars().take_while(char::is_ascii_hexdigit).collect();
+        if candidate.len() == 64 {
+            found = Some(format!("sha256:{candidate}"));
+        }
+        rest = &rest[i + 7..];
+    }
+    found
+}
+
+/// The `vnd.cncf` layer media type a file would get from a ModelPack producer.
+pub fn cncf_media_type(path: &str) -> &'static str {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if name.ends_with(".md") || name.starts_with("LICENSE") {
+        "application/vnd.cncf.model.doc.v1.raw"
+    } else if name.ends_with(".py") {
+        "application/vnd.cncf.model.code.v1.raw"
+    } else if name.ends_with(".json") || name.ends_with(".txt") || name.ends_with(".model") {
+        "application/vnd.cncf.model.weight.config.v1.raw"
+    } else {
+        "application/vnd.cncf.model.weight.v1.raw"
+    }
+}
+
+/// A minimal valid ModelPack config for `files` (diffIds equal the raw layers' digests).
+pub fn cncf_config(name: &str, model: &ModelFiles) -> Value {
+    let diff_ids: Vec<String> = model.files.iter().map(|(_, data)| super::craft::sha256(data)).collect();
+    json!({
+        "descriptor": {"name": name, "createdAt": "2026-11-01T00:00:00Z", "licenses": ["Apache-2.0"]},
+        "config": {"architecture": "transformer", "format": "safetensors", "paramSize": "1M", "precision": "float16"},
+        "modelfs": {"type": "layers", "diffIds": diff_ids}
+    })
+}
+
+/// Pushes the files with `oras` as a `vnd.cncf` ModelPack (raw layers, `org.cncf.model.filepath`
+/// annotations); returns the digest oras reported.
+pub fn oras_push_cncf(
+    bed: &Bed,
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    model: &ModelFiles,
+    config: &Value,
+) -> String {
+    let oras = bed.tool("oras");
+    let home = tempfile::tempdir().unwrap();
+    let env = tool_env(registry, home.path());
+    let env = env_refs(&env);
+    let config_path: PathBuf = home.path().join("config.json");
+    std::fs::write(&config_path, serde_json::to_vec(config).unwrap()).unwrap();
+    let mut annotations = BTreeMap::new();
+    for (path, _) in &model.files {
+        annotations.insert(path.clone(), json!({"org.cncf.model.filepath": path}));
+    }
+    let annotation_file = home.path().join("annotations.json");
+    std::fs::write(&annotation_file, serde_json::to_vec(&annotations).unwrap()).unwrap();
+
+    let target = format!("{}/{repo}:{tag}", registry.host);
+    let config_arg = format!("{}:application/vnd.cncf.model.config.v1+json", config_path.display());
+    let mut args: Vec<String> = vec![
+        "push".into(),
+        "--artifact-type".into(),
+        "application/vnd.cncf.model.manifest.v1+json".into(),
+        "--config".into(),
+        config_arg,
+        "--annotation-file".into(),
+        annotation_file.display().to_string(),
+        "--format".into(),
+        "json".into(),
+    ];
+    if let Some(ca) = &registry.tls_ca {
+        args.extend(["--ca-file".into(), ca.display().to_string()]);
+    } else {
+        args.push("--plain-http".into());
+    }
+    if let Some((user, password)) = &registry.basic_auth {
+        args.extend(["-u".into(), user.clone(), "-p".into(), password.clone()]);
+    }
+    args.push(target);
+    for (path, _) in &model.files {
+        args.push(format!("{path}:{}", cncf_media_type(path)));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_tool(&oras, &args, &env, Some(model.path()));
+    let parsed: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("oras output is not JSON ({e}):\n{out}"));
+    parsed["digest"].as_str().unwrap_or_else(|| panic!("no digest in oras output:\n{out}")).to_owned()
+}

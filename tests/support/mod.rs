@@ -1,0 +1,154 @@
+//! Test support for the end-to-end tests: the test bed's environment (e2e/cluster env), clients for
+//! its control plane and registries, per-test namespaces, and fixture ModelPacks pushed with the
+//! real peer tools (modctl writes `vnd.cnai`, oras writes `vnd.cncf`) or crafted by [`craft`].
+#![allow(dead_code)]
+
+pub mod craft;
+pub mod fixtures;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::{Client, Config};
+
+/// One of the bed's registries.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    /// `127.0.0.1:PORT`
+    pub host: String,
+    pub tls_ca: Option<PathBuf>,
+    pub basic_auth: Option<(String, String)>,
+    pub referrers_api: bool,
+}
+
+impl Registry {
+    pub fn is_tls(&self) -> bool {
+        self.tls_ca.is_some()
+    }
+}
+
+/// The running test bed, as `e2e/cluster env` describes it.
+#[derive(Debug)]
+pub struct Bed {
+    pub kubeconfig: PathBuf,
+    pub state: PathBuf,
+    pub tools: PathBuf,
+    pub nodes: Vec<String>,
+    pub plain: Registry,
+    pub referrers: Registry,
+    pub auth: Registry,
+    pub tls: Registry,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: these tests need the test bed (e2e/cluster up; eval \"$(e2e/cluster env)\")")
+    })
+}
+
+impl Bed {
+    pub fn get() -> &'static Bed {
+        static BED: OnceLock<Bed> = OnceLock::new();
+        BED.get_or_init(|| {
+            let plain = |host: String| Registry { host, tls_ca: None, basic_auth: None, referrers_api: false };
+            Bed {
+                kubeconfig: var("KUBECONFIG").into(),
+                state: var("MODELPACK_E2E_STATE").into(),
+                tools: var("MODELPACK_E2E_TOOLS").into(),
+                nodes: var("MODELPACK_E2E_NODES").split(',').map(str::to_owned).collect(),
+                plain: plain(var("MODELPACK_E2E_REGISTRY")),
+                referrers: Registry { referrers_api: true, ..plain(var("MODELPACK_E2E_REFERRERS_REGISTRY")) },
+                auth: Registry {
+                    basic_auth: Some((var("MODELPACK_E2E_AUTH_USER"), var("MODELPACK_E2E_AUTH_PASSWORD"))),
+                    ..plain(var("MODELPACK_E2E_AUTH_REGISTRY"))
+                },
+                tls: Registry {
+                    tls_ca: Some(var("MODELPACK_E2E_TLS_CA").into()),
+                    ..plain(var("MODELPACK_E2E_TLS_REGISTRY"))
+                },
+            }
+        })
+    }
+
+    pub fn registries(&self) -> [&Registry; 4] {
+        [&self.plain, &self.referrers, &self.auth, &self.tls]
+    }
+
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.tools.join(name)
+    }
+
+    /// Where hostPath `path` of simulated node `node` lives on this machine.
+    pub fn node_path(&self, node: &str, path: &str) -> PathBuf {
+        self.state.join("nodes").join(node).join(path.trim_start_matches('/'))
+    }
+
+    pub async fn client(&self) -> Client {
+        let config = Config::from_kubeconfig(&kube::config::KubeConfigOptions::default())
+            .await
+            .expect("reading the bed's kubeconfig");
+        Client::try_from(config).expect("building a kube client")
+    }
+}
+
+/// A fresh namespace for one test; names are unique per process and test.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{}", unique_suffix());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"modelpack.dev/e2e": "true"}}
+    }))
+    .expect("namespace object");
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("creating namespace");
+    name
+}
+
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{:x}{:x}{n}", std::process::id() % 0xfff, nanos % 0xffff)
+}
+
+/// Runs a bed tool and returns its stdout; panics with both streams when it fails.
+pub fn run_tool(tool: &Path, args: &[&str], envs: &[(&str, &str)], cwd: Option<&Path>) -> String {
+    let mut cmd = Command::new(tool);
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{} {:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        tool.display(),
+        args,
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
