@@ -11,7 +11,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, CustomResourceExt};
 use modelpack_operator::api::{Model, ModelDeployment};
 use serde_json::{Value, json};
-use support::{Bed, eventually, namespace, run_tool};
+use support::{Bed, eventually, namespace, run_tool, try_tool};
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -151,11 +151,17 @@ async fn model_deployment_rules_and_defaults() {
 
     // Short names and the `modelpack` category work through kubectl.
     create(&client, &ns, "Model", "m", json!({"repository": "r.example/m"})).await.unwrap();
+    // kubectl's discovery may lag the CRDs' establishment by a moment; it has its own cache dir.
     let kubectl = bed.tool("kubectl");
-    let listed = run_tool(&kubectl, &["get", "modelpack", "-n", &ns, "-o", "name"], &[], None);
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().to_str().unwrap();
+    let listed = eventually("kubectl to discover the modelpack category", Duration::from_secs(30), || async {
+        try_tool(&kubectl, &["get", "modelpack", "-n", &ns, "-o", "name", "--cache-dir", cache], &[], None).ok()
+    })
+    .await;
     assert!(listed.contains("model.modelpack.dev/m"), "{listed}");
     assert!(listed.contains("modeldeployment.modelpack.dev/minimal"), "{listed}");
-    let short = run_tool(&kubectl, &["get", "mdl,mdeploy", "-n", &ns], &[], None);
+    let short = run_tool(&kubectl, &["get", "mdl,mdeploy", "-n", &ns, "--cache-dir", cache], &[], None);
     for column in ["REPOSITORY", "REF", "DIGEST", "VERIFIED", "READY", "DESIRED", "DEPLOYED", "NODES", "DRIFT"] {
         assert!(short.contains(column), "column {column} missing from:\n{short}");
     }

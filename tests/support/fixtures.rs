@@ -18,7 +18,8 @@ pub struct ModelFiles {
 impl ModelFiles {
     /// `files`: (relative path, size). The same seed gives the same bytes.
     pub fn new(seed: u64, files: &[(&str, usize)]) -> ModelFiles {
-        let dir = tempfile::tempdir().unwrap();
+        // modctl skips hidden paths, and tempfile's default names start with a dot.
+        let dir = tempfile::Builder::new().prefix("model-").tempdir().unwrap();
         let mut out = Vec::new();
         for (i, (path, size)) in files.iter().enumerate() {
             let data = pseudo_random(seed.wrapping_mul(31).wrapping_add(i as u64), *size);
@@ -72,23 +73,37 @@ pub fn modctl_push(bed: &Bed, registry: &Registry, repo: &str, tag: &str, model:
     let home = tempfile::tempdir().unwrap();
     let env = tool_env(registry, home.path());
     let env = env_refs(&env);
-    let storage = home.path().join("modctl-storage");
-    let storage = storage.to_str().unwrap();
+    let home_dir = home.path().to_str().unwrap();
+    let storage = format!("{home_dir}/storage");
+    let logs = format!("{home_dir}/logs");
+    let common = ["--storage-dir", storage.as_str(), "--log-dir", logs.as_str(), "--no-progress"];
     let transport: &[&str] = if registry.is_tls() { &[] } else { &["--plain-http"] };
+    let with = |head: &[&str], tail: &[&str]| -> Vec<String> {
+        head.iter().chain(&common).chain(transport).chain(tail).map(|s| (*s).to_owned()).collect()
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_tool(&modctl, &args, &env, None)
+    };
     if let Some((user, password)) = &registry.basic_auth {
-        let mut args = vec!["login", "--storage-dir", storage, "-u", user, "-p", password];
-        args.extend(transport);
-        args.push(&registry.host);
-        run_tool(&modctl, &args, &env, None);
+        run(with(&["login"], &["-u", user, "-p", password, &registry.host]));
     }
     let dir = model.path().to_str().unwrap();
+    let name = repo.rsplit('/').next().unwrap();
+    // The Modelfile goes beside the model, not into it, so it is not packed as a file.
     run_tool(
         &modctl,
         &[
             "modelfile",
             "generate",
+            "--storage-dir",
+            &storage,
+            "--log-dir",
+            &logs,
+            "-O",
+            home_dir,
             "--name",
-            repo.rsplit('/').next().unwrap(),
+            name,
             "--arch",
             "transformer",
             "--family",
@@ -104,26 +119,14 @@ pub fn modctl_push(bed: &Bed, registry: &Registry, repo: &str, tag: &str, model:
         &env,
         None,
     );
+    let modelfile = format!("{home_dir}/Modelfile");
     let target = format!("{}/{repo}:{tag}", registry.host);
-    let mut args = vec!["build", "--storage-dir", storage, "--output-remote", "-t", &target];
-    args.extend(transport);
-    args.push(dir);
-    let out = run_tool(&modctl, &args, &env, None);
-    digest_in(&out).unwrap_or_else(|| panic!("no digest in modctl's output:\n{out}"))
-}
-
-/// The last `sha256:<64 hex>` a tool printed.
-pub fn digest_in(output: &str) -> Option<String> {
-    let mut found = None;
-    let mut rest = output;
-    while let Some(i) = rest.find("sha256:") {
-        let candidate: String = rest[i + 7..].chars().take_while(char::is_ascii_hexdigit).collect();
-        if candidate.len() == 64 {
-            found = Some(format!("sha256:{candidate}"));
-        }
-        rest = &rest[i + 7..];
-    }
-    found
+    run(with(&["build"], &["--output-remote", "-f", &modelfile, "-t", &target, dir]));
+    // What modctl itself reports for the artifact it pushed.
+    let inspected = run(with(&["inspect"], &["--remote", &target]));
+    let parsed: serde_json::Value =
+        serde_json::from_str(&inspected).unwrap_or_else(|e| panic!("modctl inspect output ({e}):\n{inspected}"));
+    parsed["Digest"].as_str().unwrap_or_else(|| panic!("no Digest in modctl inspect:\n{inspected}")).to_owned()
 }
 
 /// The `vnd.cncf` layer media type a file would get from a ModelPack producer.

@@ -116,6 +116,11 @@ pub fn unique_suffix() -> String {
 
 /// Runs a bed tool and returns its stdout; panics with both streams when it fails.
 pub fn run_tool(tool: &Path, args: &[&str], envs: &[(&str, &str)], cwd: Option<&Path>) -> String {
+    try_tool(tool, args, envs, cwd).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs a bed tool: its stdout, or a description of the failure with both streams.
+pub fn try_tool(tool: &Path, args: &[&str], envs: &[(&str, &str)], cwd: Option<&Path>) -> Result<String, String> {
     let mut cmd = Command::new(tool);
     cmd.args(args);
     for (k, v) in envs {
@@ -124,17 +129,18 @@ pub fn run_tool(tool: &Path, args: &[&str], envs: &[(&str, &str)], cwd: Option<&
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
+    let out = cmd.output().map_err(|e| format!("running {}: {e}", tool.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{} {:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-        tool.display(),
-        args,
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    if !out.status.success() {
+        return Err(format!(
+            "{} {:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+            tool.display(),
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(stdout)
 }
 
 /// Polls `check` until it returns Some, or panics after `timeout` with `what`.
