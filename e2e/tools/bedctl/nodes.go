@@ -48,12 +48,12 @@ func runNodes(args []string) error {
 func ensureNode(ctx context.Context, cs *kubernetes.Clientset, name string, index int) error {
 	zones := []string{"zone-a", "zone-b", "zone-c"}
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
-		"kubernetes.io/hostname":        name,
-		"kubernetes.io/os":              "linux",
-		"kubernetes.io/arch":            "amd64",
+		"kubernetes.io/hostname":           name,
+		"kubernetes.io/os":                 "linux",
+		"kubernetes.io/arch":               "amd64",
 		"node.kubernetes.io/instance-type": "bed.simulated",
-		"topology.kubernetes.io/region": "bed",
-		"topology.kubernetes.io/zone":   zones[index%len(zones)],
+		"topology.kubernetes.io/region":    "bed",
+		"topology.kubernetes.io/zone":      zones[index%len(zones)],
 	}}}
 	_, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
