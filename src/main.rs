@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod cli;
+use cli::RegistryArgs;
+
 /// Kubernetes operator for CNCF ModelPack artifacts: resolve, verify and pre-pull models onto nodes.
 #[derive(Parser, Debug)]
 #[command(name = "modelpack-operator", version, about)]
@@ -45,19 +48,6 @@ struct CrdArgs {
     /// Write the YAML to FILE (atomically) instead of standard output.
     #[arg(short = 'o', long, value_name = "FILE")]
     output: Option<PathBuf>,
-}
-
-#[derive(clap::Args, Debug)]
-struct RegistryArgs {
-    /// Talk plain HTTP to the registry.
-    #[arg(long)]
-    insecure: bool,
-    /// A docker config.json with registry credentials.
-    #[arg(long, value_name = "FILE")]
-    docker_config: Option<PathBuf>,
-    /// PEM CA bundle that verifies the registry's certificate.
-    #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -122,16 +112,34 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Crd(args) => match crd(args) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
+            Err(e) => fail(&e),
         },
         Command::Run(_) => not_yet("run"),
         Command::Pull(_) => not_yet("pull"),
-        Command::Inspect(_) => not_yet("inspect"),
+        Command::Inspect(args) => {
+            let json = matches!(args.output, Output::Json);
+            run_async(cli::inspect(&args.reference, &args.registry, json))
+        }
         Command::Verify(_) => not_yet("verify"),
     }
+}
+
+/// Runs an async command; failures print one line naming the cause and exit 1.
+fn run_async(command: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::from(e)),
+    };
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    let line = format!("{e:#}").replace('\n', " ");
+    eprintln!("error: {line}");
+    ExitCode::FAILURE
 }
 
 fn crd(args: CrdArgs) -> anyhow::Result<()> {

@@ -1,0 +1,31 @@
+//! Reading what a digest is: its manifest and ModelPack config, validated.
+
+use super::{Error, Registry, Repository};
+use crate::modelpack::{ConfigWarning, Family, Manifest, ModelConfig, layer};
+
+/// Config blobs are small JSON documents; anything bigger is refused before it is read.
+const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// A ModelPack manifest and its config.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    pub digest: String,
+    pub manifest: Manifest,
+    pub family: Family,
+    pub config: ModelConfig,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// Fetches `repo@digest` and its config and checks that it is a ModelPack whose layers all have a
+/// known media type and a safe path.
+pub async fn inspect(registry: &Registry, repo: &Repository, digest: &str) -> Result<Inspection, Error> {
+    let bytes = registry.manifest(repo, digest).await?;
+    let manifest = Manifest::parse(&bytes)?;
+    let family = manifest.family()?;
+    for descriptor in &manifest.layers {
+        layer(descriptor)?;
+    }
+    let config_bytes = registry.small_blob(repo, &manifest.config.digest, MAX_CONFIG_BYTES).await?;
+    let (config, warnings) = ModelConfig::parse(&config_bytes)?;
+    Ok(Inspection { digest: digest.to_owned(), manifest, family, config, warnings })
+}
