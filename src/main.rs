@@ -41,6 +41,18 @@ struct RunArgs {
     /// Image the pull Jobs run (this operator's image).
     #[arg(long, default_value = concat!("modelpack-operator:", env!("CARGO_PKG_VERSION")))]
     puller_image: String,
+    /// Reconcile objects of this namespace only (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args, Debug)]
@@ -114,13 +126,42 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Command::Run(_) => not_yet("run"),
+        Command::Run(args) => {
+            init_tracing(args.log_format);
+            run_async(run(args))
+        }
         Command::Pull(_) => not_yet("pull"),
         Command::Inspect(args) => {
             let json = matches!(args.output, Output::Json);
             run_async(cli::inspect(&args.reference, &args.registry, json))
         }
         Command::Verify(_) => not_yet("verify"),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    tracing::info!(
+        watch_namespace = args.watch_namespace.as_deref().unwrap_or("*"),
+        jobs_namespace = %args.jobs_namespace,
+        cache_dir = %args.cache_dir.display(),
+        puller_image = %args.puller_image,
+        "starting controllers"
+    );
+    let config = modelpack_operator::controller::Config { namespace: args.watch_namespace };
+    modelpack_operator::controller::run(client, config).await;
+    tracing::info!("controllers stopped");
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }
 

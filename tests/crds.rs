@@ -5,13 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::Client;
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::{Client, CustomResourceExt};
-use modelpack_operator::api::{Model, ModelDeployment};
 use serde_json::{Value, json};
-use support::{Bed, eventually, namespace, run_tool, try_tool};
+use support::{Bed, eventually, install_crds, namespace, run_tool, try_tool};
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -20,20 +18,6 @@ fn crds_directory_holds_the_generated_yaml() {
     let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/crds.yaml")).unwrap();
     let generated = modelpack_operator::api::crds_yaml().unwrap();
     assert!(on_disk == generated, "crds/crds.yaml is stale: run `cargo run -- crd > crds/crds.yaml`");
-}
-
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [Model::crd(), ModelDeployment::crd()] {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(&name, &PatchParams::apply("modelpack-e2e").force(), &Patch::Apply(&crd)).await.unwrap();
-        eventually(&format!("CRD {name} established"), Duration::from_secs(30), || async {
-            let c = crds.get(&name).await.ok()?;
-            let established = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        })
-        .await;
-    }
 }
 
 fn api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {

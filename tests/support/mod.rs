@@ -95,6 +95,25 @@ impl Bed {
     }
 }
 
+/// Applies both CRDs (server-side) and waits until the apiserver serves them.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    use kube::api::{Patch, PatchParams};
+    use modelpack_operator::api::{Model, ModelDeployment};
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [Model::crd(), ModelDeployment::crd()] {
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(&name, &PatchParams::apply("modelpack-e2e").force(), &Patch::Apply(&crd)).await.unwrap();
+        eventually(&format!("CRD {name} established"), Duration::from_secs(30), || async {
+            let c = crds.get(&name).await.ok()?;
+            let established = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        })
+        .await;
+    }
+}
+
 /// A fresh namespace for one test; names are unique per process and test.
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     let name = format!("{prefix}-{}", unique_suffix());
@@ -156,5 +175,44 @@ where
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The operator binary running `run` against the bed for one namespace; killed on drop. Its log is
+/// kept in a file and printed when the test fails.
+pub struct Operator {
+    child: std::process::Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Operator {
+    pub fn start(namespace: &str) -> Operator {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("operator.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_modelpack-operator"))
+            .args(["run", "--watch-namespace", namespace, "--log-format", "text"])
+            .env("RUST_LOG", "info,modelpack_operator=debug")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("starting the operator");
+        Operator { child, log, _dir: dir }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- operator log (last 40 lines) ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }

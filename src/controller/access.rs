@@ -1,0 +1,168 @@
+//! Registry access for a Model: its credentials (Secret, ServiceAccount imagePullSecrets), CA and
+//! transport, and the caches that make identical work happen once: resolutions per interval (shared
+//! by every Model with the same repository, ref and credentials), inspections per digest (digests
+//! are immutable), and clients per credential set.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::{Api, Client};
+
+use super::Error;
+use crate::api::Model;
+use crate::registry::{self, Credential, Inspection, Keyring, Options, RefSpec, Registry, Repository, Resolution};
+
+/// Everything needed to talk to one Model's registry.
+pub struct Access {
+    pub repository: Repository,
+    pub options: Options,
+    pub credential: Option<Credential>,
+    /// Where the credential came from, for messages (never its contents).
+    pub credential_source: Option<String>,
+}
+
+const DOCKER_CONFIG_JSON: &str = ".dockerconfigjson";
+const LEGACY_DOCKER_CFG: &str = ".dockercfg";
+const CA_KEY: &str = "ca.crt";
+
+pub async fn access_for(client: &Client, model: &Model, namespace: &str) -> Result<Access, Error> {
+    let spec = &model.spec;
+    let repository = Repository::parse(&spec.repository)?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut keyring = Keyring::default();
+    let mut sources = Vec::new();
+    if let Some(r) = &spec.secret_ref {
+        keyring.extend(docker_keyring(&secrets, namespace, &r.name).await?);
+        sources.push(format!("secret {namespace}/{}", r.name));
+    }
+    if let Some(sa_name) = &spec.service_account_name {
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+        let sa = sas
+            .get_opt(sa_name)
+            .await?
+            .ok_or_else(|| Error::ServiceAccountNotFound { name: format!("{namespace}/{sa_name}") })?;
+        for pull_secret in sa.image_pull_secrets.unwrap_or_default() {
+            keyring.extend(docker_keyring(&secrets, namespace, &pull_secret.name).await?);
+            sources
+                .push(format!("secret {namespace}/{} (imagePullSecret of serviceaccount {sa_name})", pull_secret.name));
+        }
+    }
+    let ca_pem = match &spec.ca_secret_ref {
+        Some(r) => Some(secret_key(&secrets, namespace, &r.name, CA_KEY).await?),
+        None => None,
+    };
+    let timeout = match &spec.timeout {
+        Some(t) => Some(crate::api::duration::parse(t).map_err(|e| Error::InvalidSpec(e.to_string()))?),
+        None => None,
+    };
+    let credential = keyring.lookup(&repository.registry, &repository.repository).cloned();
+    let credential_source = (!sources.is_empty()).then(|| sources.join(", "));
+    Ok(Access {
+        repository,
+        options: Options { insecure: spec.insecure, ca_pem, timeout },
+        credential,
+        credential_source,
+    })
+}
+
+async fn get_secret(secrets: &Api<Secret>, namespace: &str, name: &str) -> Result<Secret, Error> {
+    secrets.get_opt(name).await?.ok_or_else(|| Error::SecretNotFound { name: format!("{namespace}/{name}") })
+}
+
+async fn docker_keyring(secrets: &Api<Secret>, namespace: &str, name: &str) -> Result<Keyring, Error> {
+    let secret = get_secret(secrets, namespace, name).await?;
+    let data = secret.data.unwrap_or_default();
+    let source = format!("secret {namespace}/{name}");
+    if let Some(json) = data.get(DOCKER_CONFIG_JSON) {
+        return Ok(Keyring::parse(&json.0, &source)?);
+    }
+    if let Some(legacy) = data.get(LEGACY_DOCKER_CFG) {
+        // The legacy format is the "auths" map itself.
+        let wrapped = format!(r#"{{"auths":{}}}"#, String::from_utf8_lossy(&legacy.0));
+        return Ok(Keyring::parse(wrapped.as_bytes(), &source)?);
+    }
+    Err(Error::InvalidSecret {
+        name: format!("{namespace}/{name}"),
+        reason: format!("has no {DOCKER_CONFIG_JSON} key"),
+    })
+}
+
+async fn secret_key(secrets: &Api<Secret>, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, Error> {
+    let secret = get_secret(secrets, namespace, name).await?;
+    secret.data.unwrap_or_default().remove(key).map(|b| b.0).ok_or_else(|| Error::InvalidSecret {
+        name: format!("{namespace}/{name}"),
+        reason: format!("has no {key} key"),
+    })
+}
+
+/// A fingerprint of everything that changes what a registry answers, without keeping secrets.
+fn fingerprint(options: &Options, credential: Option<&Credential>) -> u64 {
+    let mut h = DefaultHasher::new();
+    options.hash(&mut h);
+    credential.map(|c| (&c.username, &c.password)).hash(&mut h);
+    h.finish()
+}
+
+type ResolutionKey = (Repository, RefSpec, u64);
+
+/// Caches shared by every reconcile.
+#[derive(Default)]
+pub struct Caches {
+    clients: Mutex<HashMap<u64, Arc<Registry>>>,
+    resolutions: Mutex<HashMap<ResolutionKey, (Resolution, Instant)>>,
+    inspections: Mutex<HashMap<(Repository, String), Arc<Inspection>>>,
+}
+
+/// Inspections kept; each is a few KiB.
+const MAX_INSPECTIONS: usize = 512;
+
+impl Caches {
+    fn registry(&self, access: &Access) -> Result<(Arc<Registry>, u64), Error> {
+        let key = fingerprint(&access.options, access.credential.as_ref());
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = clients.get(&key) {
+            return Ok((r.clone(), key));
+        }
+        let r = Arc::new(Registry::new(&access.options, access.credential.as_ref())?);
+        clients.insert(key, r.clone());
+        Ok((r, key))
+    }
+
+    /// Resolves `spec`, reusing a resolution of the same (repository, ref, credentials) made less
+    /// than `max_age` ago.
+    pub async fn resolve(&self, access: &Access, spec: &RefSpec, max_age: Duration) -> Result<Resolution, Error> {
+        let (registry, fp) = self.registry(access)?;
+        let key = (access.repository.clone(), spec.clone(), fp);
+        {
+            let cache = self.resolutions.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((resolution, at)) = cache.get(&key)
+                && at.elapsed() < max_age
+            {
+                return Ok(resolution.clone());
+            }
+        }
+        let resolution = registry.resolve(&access.repository, spec).await?;
+        let mut cache = self.resolutions.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(24 * 3600));
+        cache.insert(key, (resolution.clone(), Instant::now()));
+        Ok(resolution)
+    }
+
+    pub async fn inspect(&self, access: &Access, digest: &str) -> Result<Arc<Inspection>, Error> {
+        let key = (access.repository.clone(), digest.to_owned());
+        if let Some(hit) = self.inspections.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(hit.clone());
+        }
+        let (registry, _) = self.registry(access)?;
+        let inspection = Arc::new(registry::inspect(&registry, &access.repository, digest).await?);
+        let mut cache = self.inspections.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_INSPECTIONS {
+            cache.clear();
+        }
+        cache.insert(key, inspection.clone());
+        Ok(inspection)
+    }
+}

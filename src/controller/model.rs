@@ -1,0 +1,314 @@
+//! The Model reconciler: resolve → inspect → (verify, with its issue) → report. Each step returns a
+//! typed outcome; [`outcome_of`] turns failures into conditions in one place, and status is written
+//! only when it changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+
+use super::access::{Access, access_for};
+use super::{Context, Error, status};
+use crate::api::conditions::{self, Observation};
+use crate::api::{Artifact, HistoryEntry, Model, ModelReference, ModelStatus, Resolved, short_digest};
+use crate::registry::{self, Inspection, RefSpec, Resolution};
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+const HISTORY_LIMIT: usize = 10;
+const MODELFILE_LIMIT: usize = 4096;
+
+pub fn interval(model: &Model) -> Duration {
+    model.spec.interval.as_deref().and_then(|i| crate::api::duration::parse(i).ok()).unwrap_or(DEFAULT_INTERVAL)
+}
+
+pub fn ref_spec(reference: &ModelReference) -> Result<RefSpec, Error> {
+    match (&reference.tag, &reference.semver, &reference.digest) {
+        (Some(tag), None, None) => Ok(RefSpec::Tag(tag.clone())),
+        (None, Some(range), None) => {
+            Ok(RefSpec::Semver { range: range.clone(), filter: reference.semver_filter.clone() })
+        }
+        (None, None, Some(digest)) => Ok(RefSpec::Digest(digest.clone())),
+        (None, None, None) => Ok(RefSpec::Tag("latest".into())),
+        _ => Err(Error::InvalidSpec("exactly one of ref.tag, ref.semver or ref.digest must be set".into())),
+    }
+}
+
+/// Whether a Secret change can matter to this Model.
+pub fn uses_secret(model: &Model, name: &str) -> bool {
+    let spec = &model.spec;
+    spec.secret_ref.as_ref().is_some_and(|r| r.name == name)
+        || spec.ca_secret_ref.as_ref().is_some_and(|r| r.name == name)
+        || spec.verify.as_ref().is_some_and(|v| v.secret_ref.name == name)
+        // imagePullSecrets of the ServiceAccount: any Secret of the namespace may be one.
+        || spec.service_account_name.is_some()
+}
+
+/// What one pass observed.
+struct Observed {
+    resolution: Resolution,
+    inspection: Arc<Inspection>,
+}
+
+pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = model.namespace().unwrap_or_default();
+    let api: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
+    let generation = model.metadata.generation;
+    let now = Time(jiff::Timestamp::now());
+    let current = model.status.clone();
+    let mut next = current.clone().unwrap_or_default();
+    next.observed_generation = generation;
+    let every = interval(&model);
+
+    if model.spec.suspend {
+        status::apply(&api, model.as_ref(), current.as_ref(), &next).await?;
+        return Ok(Action::await_change());
+    }
+
+    let spec = ref_spec(&model.spec.reference);
+    next.reference = spec.as_ref().ok().map(RefSpec::describe);
+    let mut access_source = None;
+    let observed = match spec {
+        Err(e) => Err(e),
+        Ok(spec) => match access_for(&ctx.client, &model, &namespace).await {
+            Err(e) => Err(e),
+            Ok(access) => {
+                access_source = access.credential_source.clone();
+                observe(&ctx, &access, &spec, every).await
+            }
+        },
+    };
+
+    let (observation, requeue, event) = match observed {
+        Ok(observed) => {
+            let event = record_resolution(&mut next, &observed, &now);
+            let (observation, requeue) = ready_observation(&model, &observed, every);
+            (observation, requeue, event)
+        }
+        Err(Error::Kube(e)) => return Err(Error::Kube(e)),
+        Err(e) => {
+            let outcome = outcome_of(&e, access_source.as_deref(), every);
+            (outcome.observation, outcome.requeue, None)
+        }
+    };
+    conditions::apply(&mut next.conditions, &observation, generation, &now);
+    let wrote = status::apply(&api, model.as_ref(), current.as_ref(), &next).await?;
+
+    let reference = model.object_ref(&());
+    if let Some(event) = event {
+        publish(&ctx, &reference, event).await;
+    }
+    let reason_changed = current
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .is_none_or(|c| c.reason != observation.reason || c.message != observation.message);
+    if wrote && reason_changed && observation.ready != conditions::ConditionStatus::True {
+        let warning = Event {
+            type_: EventType::Warning,
+            reason: observation.reason.clone(),
+            note: Some(observation.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        publish(&ctx, &reference, warning).await;
+    }
+    tracing::info!(
+        model = %format!("{namespace}/{}", model.name_any()),
+        reason = %observation.reason,
+        wrote_status = wrote,
+        requeue_secs = requeue.as_secs(),
+        "reconciled model"
+    );
+    Ok(Action::requeue(requeue))
+}
+
+async fn observe(ctx: &Context, access: &Access, spec: &RefSpec, every: Duration) -> Result<Observed, Error> {
+    let resolution = ctx.caches.resolve(access, spec, every).await?;
+    let inspection = ctx.caches.inspect(access, &resolution.digest).await?;
+    Ok(Observed { resolution, inspection })
+}
+
+async fn publish(ctx: &Context, reference: &k8s_openapi::api::core::v1::ObjectReference, event: Event) {
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, reason = %event.reason, "publishing event failed");
+    }
+}
+
+/// Updates resolved/artifact/history; returns the Event for a new digest.
+fn record_resolution(status: &mut ModelStatus, observed: &Observed, now: &Time) -> Option<Event> {
+    let digest = &observed.resolution.digest;
+    let tag = observed.resolution.tag.clone();
+    let previous = status.resolved.clone();
+    let same = previous.as_ref().is_some_and(|p| &p.digest == digest);
+    let resolved_at = match &previous {
+        Some(p) if same => p.resolved_at.clone(),
+        _ => now.clone(),
+    };
+    let revision = match &tag {
+        Some(t) => format!("{t}@{digest}"),
+        None => digest.clone(),
+    };
+    status.resolved = Some(Resolved {
+        digest: digest.clone(),
+        short_digest: short_digest(digest),
+        tag: tag.clone(),
+        revision,
+        resolved_at,
+    });
+    status.artifact = Some(artifact(&observed.inspection));
+    if same {
+        return None;
+    }
+    if let Some(p) = &previous {
+        status.history.retain(|h| h.digest != p.digest && &h.digest != digest);
+        status.history.insert(
+            0,
+            HistoryEntry { digest: p.digest.clone(), tag: p.tag.clone(), first_seen: p.resolved_at.clone() },
+        );
+        status.history.truncate(HISTORY_LIMIT);
+    }
+    let note = match &previous {
+        Some(p) => format!("{} now resolves to {digest} (was {})", describe_tag(&tag), p.digest),
+        None => format!("{} resolves to {digest}", describe_tag(&tag)),
+    };
+    Some(Event {
+        type_: EventType::Normal,
+        reason: "NewDigest".into(),
+        note: Some(note),
+        action: "Resolve".into(),
+        secondary: None,
+    })
+}
+
+fn describe_tag(tag: &Option<String>) -> String {
+    tag.as_ref().map_or_else(|| "the pinned digest".to_owned(), |t| format!("tag {t}"))
+}
+
+fn artifact(inspection: &Inspection) -> Artifact {
+    let manifest = &inspection.manifest;
+    let annotations: BTreeMap<String, String> = manifest
+        .annotations
+        .iter()
+        .filter(|(k, _)| k.starts_with("org.opencontainers.image."))
+        .map(|(k, v)| (k.clone(), v.chars().take(1024).collect()))
+        .collect();
+    Artifact {
+        family: inspection.family,
+        artifact_type: manifest.artifact_type.clone(),
+        config_digest: manifest.config.digest.clone(),
+        size: manifest.total_size(),
+        layers: manifest.layers.len() as i64,
+        descriptor: inspection.config.descriptor.clone(),
+        config: inspection.config.config.clone(),
+        annotations,
+        modelfile: manifest.modelfile().map(|m| m.chars().take(MODELFILE_LIMIT).collect()),
+    }
+}
+
+fn ready_observation(model: &Model, observed: &Observed, every: Duration) -> (Observation, Duration) {
+    let digest = &observed.resolution.digest;
+    if model.spec.verify.is_some() {
+        // Until verification exists, a Model that asks for it must not look accepted.
+        let message = format!("resolved {digest}, but signature verification is not available in this build");
+        return (Observation::stalled("VerificationUnavailable", message), every);
+    }
+    let mut message = format!("resolved {} to {digest}", describe_tag(&observed.resolution.tag));
+    if !observed.inspection.warnings.is_empty() {
+        message.push_str(" (warning: the ModelPack config is empty)");
+    }
+    (Observation::ready("Succeeded", message), every)
+}
+
+/// How a failure shows in status, and when to try again.
+struct Outcome {
+    observation: Observation,
+    requeue: Duration,
+}
+
+/// The one place failures become conditions.
+fn outcome_of(error: &Error, credential_source: Option<&str>, every: Duration) -> Outcome {
+    use registry::Error as R;
+    let retry_soon = every.min(Duration::from_secs(30));
+    let message = error.to_string();
+    let (observation, requeue) = match error {
+        Error::Registry(R::Unauthorized { registry, .. }) => {
+            let from = credential_source
+                .map_or_else(|| "anonymous access".to_owned(), |s| format!("the credentials from {s}"));
+            (Observation::not_ready("AuthenticationFailed", format!("registry {registry} refused {from}")), every)
+        }
+        Error::Registry(R::Unavailable { .. }) => (Observation::not_ready("RegistryUnavailable", message), retry_soon),
+        Error::Registry(R::Timeout { .. }) => (Observation::not_ready("RegistryTimeout", message), retry_soon),
+        Error::Registry(R::Protocol { .. }) => (Observation::not_ready("RegistryError", message), retry_soon),
+        Error::Registry(R::DigestMismatch { .. }) => (Observation::not_ready("DigestMismatch", message), retry_soon),
+        Error::Registry(R::NotFound { .. }) => (Observation::not_ready("ArtifactNotFound", message), every),
+        Error::Registry(R::NoMatchingTag { .. }) => (Observation::not_ready("NoMatchingTag", message), every),
+        Error::Registry(R::ModelPack(crate::modelpack::Error::NotAModelPack { .. })) => {
+            (Observation::stalled("NotAModelPack", message), every)
+        }
+        Error::Registry(R::ModelPack(_)) => (Observation::stalled("InvalidModelPack", message), every),
+        Error::Registry(R::TooLarge { .. }) => (Observation::stalled("ArtifactTooLarge", message), every),
+        Error::Registry(R::Credentials { .. }) | Error::InvalidSecret { .. } => {
+            (Observation::stalled("InvalidSecret", message), every)
+        }
+        Error::Registry(R::InvalidCa(_)) => (Observation::stalled("InvalidCA", message), every),
+        Error::Registry(R::InvalidReference { .. } | R::InvalidSemver { .. } | R::InvalidFilter { .. })
+        | Error::InvalidSpec(_) => (Observation::stalled("InvalidReference", message), every),
+        Error::SecretNotFound { .. } => (Observation::not_ready("SecretNotFound", message), every),
+        Error::ServiceAccountNotFound { .. } => (Observation::not_ready("ServiceAccountNotFound", message), every),
+        Error::Kube(_) | Error::Serialize(_) => (Observation::not_ready("ReconcileError", message), retry_soon),
+    };
+    Outcome { observation, requeue }
+}
+
+pub fn error_policy(model: Arc<Model>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(model = %model.name_any(), error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs() {
+        let r = |tag: Option<&str>, semver: Option<&str>, digest: Option<&str>| ModelReference {
+            tag: tag.map(Into::into),
+            semver: semver.map(Into::into),
+            semver_filter: None,
+            digest: digest.map(Into::into),
+        };
+        assert_eq!(ref_spec(&r(None, None, None)).unwrap(), RefSpec::Tag("latest".into()));
+        assert_eq!(ref_spec(&r(Some("v1"), None, None)).unwrap(), RefSpec::Tag("v1".into()));
+        assert!(matches!(ref_spec(&r(None, Some("^1"), None)).unwrap(), RefSpec::Semver { .. }));
+        assert!(ref_spec(&r(Some("v1"), None, Some("sha256:x"))).is_err());
+    }
+
+    #[test]
+    fn failures_map_to_reasons_and_never_leak_secrets() {
+        let every = Duration::from_secs(300);
+        let unauthorized =
+            Error::Registry(registry::Error::Unauthorized { registry: "r.example".into(), detail: "401".into() });
+        let o = outcome_of(&unauthorized, Some("secret ml/creds"), every);
+        assert_eq!(o.observation.reason, "AuthenticationFailed");
+        assert!(o.observation.message.contains("secret ml/creds"));
+        assert!(!o.observation.stalled);
+        let o = outcome_of(
+            &Error::Registry(registry::Error::ModelPack(crate::modelpack::Error::NotAModelPack { found: "x".into() })),
+            None,
+            every,
+        );
+        assert!(o.observation.stalled);
+        assert_eq!(o.observation.reason, "NotAModelPack");
+        let o = outcome_of(
+            &Error::Registry(registry::Error::Unavailable { registry: "r".into(), detail: "refused".into() }),
+            None,
+            every,
+        );
+        assert_eq!((o.observation.reason.as_str(), o.requeue), ("RegistryUnavailable", Duration::from_secs(30)));
+        let o = outcome_of(&Error::SecretNotFound { name: "ml/creds".into() }, None, every);
+        assert_eq!((o.observation.reason.as_str(), o.requeue), ("SecretNotFound", every));
+    }
+}
