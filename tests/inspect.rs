@@ -110,16 +110,27 @@ async fn tls_registry_needs_its_ca() {
 #[tokio::test]
 async fn basic_auth_from_a_docker_config() {
     let bed = Bed::get();
+    credentials_from_a_docker_config(&bed.auth).await;
+}
+
+#[tokio::test]
+async fn bearer_token_flow_from_a_docker_config() {
+    let bed = Bed::get();
+    credentials_from_a_docker_config(&bed.token).await;
+}
+
+async fn credentials_from_a_docker_config(registry: &support::Registry) {
+    let bed = Bed::get();
     let m = model();
     let repo = format!("inspect/auth-{}", unique_suffix());
-    let digest = oras_push_cncf(bed, &bed.auth, &repo, "v1", &m, &cncf_config("auth", &m));
-    let reference = format!("{}/{repo}:v1", bed.auth.host);
-    let (user, password) = bed.auth.basic_auth.clone().unwrap();
+    let digest = oras_push_cncf(bed, registry, &repo, "v1", &m, &cncf_config("auth", &m));
+    let reference = format!("{}/{repo}:v1", registry.host);
+    let (user, password) = registry.basic_auth.clone().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let write_config = |name: &str, password: &str| {
         let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         let path = dir.path().join(name);
-        std::fs::write(&path, json!({"auths": {&bed.auth.host: {"auth": auth}}}).to_string()).unwrap();
+        std::fs::write(&path, json!({"auths": {&registry.host: {"auth": auth}}}).to_string()).unwrap();
         path.to_str().unwrap().to_owned()
     };
     let good = write_config("good.json", &password);

@@ -168,6 +168,15 @@ async fn credentials_from_a_secret_and_a_service_account_and_a_ca_from_a_secret(
     let m = wait_status(&models, "via-secret", "recovered", is_ready).await;
     assert_eq!(m.status.unwrap().resolved.unwrap().digest, digest);
 
+    // The bearer-token flow (a token service behind the registry's 401 challenge).
+    let token_repo = format!("ctl/token-{}", unique_suffix());
+    let token_digest = oras_push_cncf(bed, &bed.token, &token_repo, "v1", &sample(10), &cncf_config("t", &sample(10)));
+    secrets.create(&PostParams::default(), &docker_config_secret("token-creds", &bed.token, &password)).await.unwrap();
+    let spec = json!({"repository": repo_of(&bed.token, &token_repo), "ref": {"tag": "v1"}, "insecure": true, "secretRef": {"name": "token-creds"}});
+    apply_model(&models, "via-token", spec).await;
+    let m = wait_status(&models, "via-token", "ready", is_ready).await;
+    assert_eq!(m.status.unwrap().resolved.unwrap().digest, token_digest);
+
     // A ServiceAccount's imagePullSecrets.
     secrets.create(&PostParams::default(), &docker_config_secret("pull", &bed.auth, &password)).await.unwrap();
     let sa: ServiceAccount =

@@ -114,6 +114,14 @@ pub struct Caches {
     clients: Mutex<HashMap<u64, Arc<Registry>>>,
     resolutions: Mutex<HashMap<ResolutionKey, (Resolution, Instant)>>,
     inspections: Mutex<HashMap<(Repository, String), Arc<Inspection>>>,
+    /// One registry round trip per key at a time: the others wait for it and read the cache.
+    in_flight: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn key_hash(key: &impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 /// Inspections kept; each is a few KiB.
@@ -131,18 +139,29 @@ impl Caches {
         Ok((r, key))
     }
 
+    fn gate(&self, key: u64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        // Gates nobody holds or waits for can go: only the map refers to them.
+        gates.retain(|_, g| Arc::strong_count(g) > 1);
+        gates.entry(key).or_default().clone()
+    }
+
     /// Resolves `spec`, reusing a resolution of the same (repository, ref, credentials) made less
     /// than `max_age` ago.
     pub async fn resolve(&self, access: &Access, spec: &RefSpec, max_age: Duration) -> Result<Resolution, Error> {
         let (registry, fp) = self.registry(access)?;
         let key = (access.repository.clone(), spec.clone(), fp);
-        {
+        let fresh = || {
             let cache = self.resolutions.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((resolution, at)) = cache.get(&key)
-                && at.elapsed() < max_age
-            {
-                return Ok(resolution.clone());
-            }
+            cache.get(&key).filter(|(_, at)| at.elapsed() < max_age).map(|(r, _)| r.clone())
+        };
+        if let Some(hit) = fresh() {
+            return Ok(hit);
+        }
+        let gate = self.gate(key_hash(&key));
+        let _turn = gate.lock().await;
+        if let Some(hit) = fresh() {
+            return Ok(hit);
         }
         let resolution = registry.resolve(&access.repository, spec).await?;
         let mut cache = self.resolutions.lock().unwrap_or_else(|p| p.into_inner());
@@ -153,8 +172,14 @@ impl Caches {
 
     pub async fn inspect(&self, access: &Access, digest: &str) -> Result<Arc<Inspection>, Error> {
         let key = (access.repository.clone(), digest.to_owned());
-        if let Some(hit) = self.inspections.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(hit.clone());
+        let cached = || self.inspections.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        if let Some(hit) = cached() {
+            return Ok(hit);
+        }
+        let gate = self.gate(key_hash(&key));
+        let _turn = gate.lock().await;
+        if let Some(hit) = cached() {
+            return Ok(hit);
         }
         let (registry, _) = self.registry(access)?;
         let inspection = Arc::new(registry::inspect(&registry, &access.repository, digest).await?);

@@ -42,6 +42,8 @@ pub struct Bed {
     pub referrers: Registry,
     pub auth: Registry,
     pub tls: Registry,
+    /// Bearer-token auth (the Docker token flow) with the same user and password as `auth`.
+    pub token: Registry,
 }
 
 fn var(name: &str) -> String {
@@ -70,12 +72,16 @@ impl Bed {
                     tls_ca: Some(var("MODELPACK_E2E_TLS_CA").into()),
                     ..plain(var("MODELPACK_E2E_TLS_REGISTRY"))
                 },
+                token: Registry {
+                    basic_auth: Some((var("MODELPACK_E2E_AUTH_USER"), var("MODELPACK_E2E_AUTH_PASSWORD"))),
+                    ..plain(var("MODELPACK_E2E_TOKEN_REGISTRY"))
+                },
             }
         })
     }
 
-    pub fn registries(&self) -> [&Registry; 4] {
-        [&self.plain, &self.referrers, &self.auth, &self.tls]
+    pub fn registries(&self) -> [&Registry; 5] {
+        [&self.plain, &self.referrers, &self.auth, &self.tls, &self.token]
     }
 
     pub fn tool(&self, name: &str) -> PathBuf {

@@ -21,6 +21,8 @@ func main() {
 		err = containerInit(os.Args[2:])
 	case "htpasswd":
 		err = htpasswd(os.Args[2:])
+	case "token-server":
+		err = tokenServer(os.Args[2:])
 	default:
 		usage()
 	}
@@ -34,6 +36,7 @@ func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
   bedctl nodes --kubeconfig FILE --names a,b,c        create Ready, untainted simulated nodes
   bedctl executor --kubeconfig FILE --state DIR --nodes a,b,c --binary FILE --apiserver HOST:PORT
-  bedctl htpasswd USER PASSWORD                       print a bcrypt htpasswd line`)
+  bedctl htpasswd USER PASSWORD                       print a bcrypt htpasswd line
+  bedctl token-server --addr A --key K --cert C --user U --password P   registry token service`)
 	os.Exit(2)
 }
