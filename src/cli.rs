@@ -131,3 +131,97 @@ fn inspect_text(v: &Value) -> String {
     }
     s
 }
+
+/// `pull REF --cache-dir DIR …`: one model by digest into a node cache.
+pub struct PullCommand {
+    pub repository: Repository,
+    pub digest: String,
+    pub cache_dir: PathBuf,
+    pub link: Option<(String, String)>,
+    pub concurrency: usize,
+    pub extract_limit: Option<u64>,
+    pub termination_log: Option<PathBuf>,
+}
+
+impl PullCommand {
+    /// Checks the arguments a person or a Job can get wrong before anything is fetched (exit 2).
+    pub fn new(
+        reference: &str,
+        cache_dir: PathBuf,
+        link: Option<&str>,
+        keep: &[String],
+        concurrency: usize,
+        extract_limit: Option<u64>,
+        termination_log: Option<PathBuf>,
+    ) -> Result<PullCommand> {
+        let (repository, spec) = Repository::parse_reference(reference)?;
+        let registry::RefSpec::Digest(digest) = spec else {
+            anyhow::bail!("{reference:?} is not a digest reference (repo@sha256:…); pull takes digests only")
+        };
+        modelpack_operator::cache::digest_hex(&digest)?;
+        if !keep.is_empty() {
+            anyhow::bail!("--keep (cache garbage collection) is not available in this build yet");
+        }
+        let link = link.map(modelpack_operator::cache::parse_link).transpose()?;
+        Ok(PullCommand { repository, digest, cache_dir, link, concurrency, extract_limit, termination_log })
+    }
+
+    pub async fn run(self, args: &RegistryArgs) -> Result<()> {
+        let result = self.pull(args).await;
+        let json = match &result {
+            Ok(report) => serde_json::to_string(report)?,
+            Err(e) => json!({"digest": self.digest, "error": format!("{e:#}")}).to_string(),
+        };
+        if let Some(path) = &self.termination_log {
+            // A pod's termination message holds at most 4 KiB.
+            let capped: String = json.chars().take(4000).collect();
+            std::fs::write(path, capped).with_context(|| format!("writing {}", path.display()))?;
+        }
+        if result.is_ok() {
+            println!("{json}");
+        }
+        result.map(|_| ())
+    }
+
+    async fn pull(&self, args: &RegistryArgs) -> Result<modelpack_operator::cache::PullReport> {
+        use modelpack_operator::cache::{Progress, PullOptions, Store};
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+        let registry = args.registry_for(&self.repository)?;
+        let store = Store::open(&self.cache_dir)?;
+        let options =
+            PullOptions { concurrency: self.concurrency, link: self.link.clone(), extract_limit: self.extract_limit };
+        let progress = Arc::new(Progress::default());
+        let reporter = {
+            let progress = progress.clone();
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let every = if terminal { 200 } else { 5000 };
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(every)).await;
+                    let (done, total) = (progress.done.load(Ordering::Relaxed), progress.total.load(Ordering::Relaxed));
+                    let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+                    let eta = if rate > 0.0 { (total.saturating_sub(done)) as f64 / rate } else { 0.0 };
+                    let line = format!(
+                        "{:>8.1} / {:.1} MiB  {:>7.1} MiB/s  ETA {:>4.0}s",
+                        done as f64 / 1048576.0,
+                        total as f64 / 1048576.0,
+                        rate / 1048576.0,
+                        eta
+                    );
+                    if terminal {
+                        eprint!("\r{line}");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+            })
+        };
+        let result =
+            modelpack_operator::cache::pull(&registry, &self.repository, &self.digest, &store, &options, progress)
+                .await;
+        reporter.abort();
+        Ok(result?)
+    }
+}

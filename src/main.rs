@@ -77,6 +77,9 @@ struct PullArgs {
     /// Parallel layer downloads.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Most bytes extracted from one archive layer (default: 20× its size, at least 1 GiB).
+    #[arg(long, value_name = "BYTES")]
+    extract_limit: Option<u64>,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Also write the JSON result here (a pod's termination message).
@@ -130,7 +133,24 @@ fn main() -> ExitCode {
             init_tracing(args.log_format);
             run_async(run(args))
         }
-        Command::Pull(_) => not_yet("pull"),
+        Command::Pull(args) => {
+            let command = cli::PullCommand::new(
+                &args.reference,
+                args.cache_dir,
+                args.link.as_deref(),
+                &args.keep,
+                args.concurrency,
+                args.extract_limit,
+                args.termination_log,
+            );
+            match command {
+                Ok(command) => run_async(command.run(&args.registry)),
+                Err(e) => {
+                    eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Inspect(args) => {
             let json = matches!(args.output, Output::Json);
             run_async(cli::inspect(&args.reference, &args.registry, json))

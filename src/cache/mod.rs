@@ -1,1 +1,62 @@
 //! Node-local, content-addressed model cache and the puller that fills it (the `pull` subcommand).
+//!
+//! ```text
+//! blobs/sha256/<hex>                 verified blobs (manifests' layers), read-only
+//! models/sha256/<manifest-hex>/…     the model's files; `.complete` written last
+//! deployments/<ns>/<name>/current -> ../../../models/sha256/<hex>
+//! tmp/                               partial downloads and staging, never read by consumers
+//! locks/                             one lock file per digest being pulled
+//! ```
+
+mod link;
+mod materialise;
+mod pull;
+mod store;
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use link::{parse_link, set_current};
+pub use materialise::{COMPLETE, default_extract_limit, materialise, remove_tree};
+pub use pull::{Progress, PullOptions, PullReport, pull};
+pub use store::{Ingest, Store, digest_hex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex>")]
+    InvalidDigest(String),
+    #[error("invalid link {0:?}: expected deployments/<namespace>/<name>")]
+    InvalidLink(String),
+    #[error("blob {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch { digest: String, expected: u64, actual: u64 },
+    #[error("digest mismatch: expected {expected}, got {actual}; nothing was published")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("layer {layer}: uncompressed digest {actual} does not match the config's diffId {expected}")]
+    DiffIdMismatch { layer: String, expected: String, actual: String },
+    #[error("two layers or entries claim the path {0:?}")]
+    DuplicatePath(String),
+    #[error("layer {layer}: entry {entry:?} refused: {reason}")]
+    UnsafeEntry { layer: String, entry: String, reason: String },
+    #[error("layer {layer}: archive: {reason}")]
+    Archive { layer: String, reason: String },
+    #[error("layer {layer}: extraction stopped at the {limit}-byte limit (a decompression bomb?)")]
+    ExtractionLimit { layer: String, limit: u64 },
+    #[error("blob {digest}: download failed: {reason}")]
+    Download { digest: String, reason: String },
+    #[error("blob {digest}: no data for {after:?}")]
+    Stalled { digest: String, after: Duration },
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
+    #[error(transparent)]
+    ModelPack(#[from] crate::modelpack::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io { path: path.display().to_string(), source }
+    }
+}

@@ -216,6 +216,38 @@ impl Registry {
     }
 }
 
+/// A blob's bytes as they arrive.
+pub struct BlobStream {
+    /// True when the registry honoured the requested offset; false when it sent the whole blob.
+    pub from_offset: bool,
+    pub chunks: futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+}
+
+impl Registry {
+    /// Streams blob `digest` starting at `offset` (HTTP Range); the caller verifies the digest.
+    pub async fn blob_stream(&self, repo: &Repository, digest: &str, offset: u64) -> Result<BlobStream, Error> {
+        let reference = repo.with_digest(digest);
+        let what = format!("blob {repo}@{digest}");
+        self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth).await;
+        if offset == 0 {
+            let s = self.call(&repo.registry, &what, self.client.pull_blob_stream(&reference, digest)).await?;
+            return Ok(BlobStream { from_offset: true, chunks: s.stream });
+        }
+        let response = self
+            .call(&repo.registry, &what, self.client.pull_blob_stream_partial(&reference, digest, offset, None))
+            .await?;
+        Ok(match response {
+            oci_client::client::BlobResponse::Partial(s) => BlobStream { from_offset: true, chunks: s.stream },
+            oci_client::client::BlobResponse::Full(s) => BlobStream { from_offset: false, chunks: s.stream },
+        })
+    }
+
+    /// The per-request timeout, for callers that read streams themselves.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
 /// What a manifest fetch accepts: ModelPacks are OCI image manifests; indexes and Docker manifests
 /// are accepted only so that they can be reported as "not a ModelPack".
 const ACCEPTED_MANIFESTS: &[&str] = &[

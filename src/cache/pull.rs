@@ -1,0 +1,186 @@
+//! `pull`: one ModelPack, by digest, into the node cache. Layers already in the store are never
+//! fetched again; missing ones are streamed in parallel (bounded), hashed while written, resumed
+//! from a partial ingest with HTTP Range, and published only when verified.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use super::materialise::{COMPLETE, materialise};
+use super::store::{Store, digest_hex};
+use super::{Error, link};
+use crate::modelpack::{Manifest, ModelConfig, layer};
+use crate::registry::{Registry, Repository};
+
+/// Config blobs are small JSON documents; anything bigger is refused.
+const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+#[derive(Clone, Debug, Default)]
+pub struct PullOptions {
+    /// Parallel layer downloads.
+    pub concurrency: usize,
+    /// `(namespace, name)` of the deployment whose `current` link should point at the model.
+    pub link: Option<(String, String)>,
+    /// Bound on bytes extracted from each archive layer (default: a multiple of its size).
+    pub extract_limit: Option<u64>,
+}
+
+/// What a pull did: the JSON result printed and written to the termination log.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullReport {
+    pub digest: String,
+    pub bytes_fetched: u64,
+    pub bytes_reused: u64,
+    pub seconds: f64,
+    pub files: usize,
+    pub path: PathBuf,
+}
+
+/// Live counters for progress output.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub total: AtomicU64,
+    pub done: AtomicU64,
+}
+
+pub async fn pull(
+    registry: &Registry,
+    repo: &Repository,
+    digest: &str,
+    store: &Store,
+    options: &PullOptions,
+    progress: Arc<Progress>,
+) -> Result<PullReport, Error> {
+    let started = Instant::now();
+    let hex = digest_hex(digest)?.to_owned();
+    // One pull of a digest at a time per cache; a second one waits, then finds it complete.
+    let lock_store = store.clone();
+    let _lock = tokio::task::spawn_blocking(move || lock_store.lock(&hex))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+
+    let manifest_bytes = registry.manifest(repo, digest).await?;
+    let manifest = Manifest::parse(&manifest_bytes)?;
+    manifest.family()?;
+    for descriptor in &manifest.layers {
+        layer(descriptor)?;
+    }
+    let total: u64 = manifest.layers.iter().map(|l| size_of(l.size)).sum();
+    progress.total.store(total, Ordering::Relaxed);
+
+    let model_dir = store.model_dir(digest)?;
+    let mut fetched = 0u64;
+    let files = if model_dir.join(COMPLETE).exists() {
+        progress.done.store(total, Ordering::Relaxed);
+        count_files(&model_dir)
+    } else {
+        let config = registry.small_blob(repo, &manifest.config.digest, MAX_CONFIG_BYTES).await?;
+        let (config, _) = ModelConfig::parse(&config)?;
+        fetched = fetch_layers(registry, repo, store, &manifest, options.concurrency.max(1), &progress).await?;
+        let (store, manifest, digest, diff_ids, limit) =
+            (store.clone(), manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.extract_limit);
+        let (_, files) = tokio::task::spawn_blocking(move || materialise(&store, &digest, &manifest, &diff_ids, limit))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        files.len()
+    };
+    if let Some((namespace, name)) = &options.link {
+        link::set_current(store, namespace, name, digest)?;
+    }
+    Ok(PullReport {
+        digest: digest.to_owned(),
+        bytes_fetched: fetched,
+        bytes_reused: total.saturating_sub(fetched),
+        seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        files,
+        path: model_dir,
+    })
+}
+
+fn size_of(size: i64) -> u64 {
+    u64::try_from(size).unwrap_or(0)
+}
+
+fn count_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => count_files(&e.path()),
+                    _ if e.file_name() == COMPLETE => 0,
+                    _ => 1,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Downloads every layer blob the store lacks; returns the bytes fetched from the registry.
+async fn fetch_layers(
+    registry: &Registry,
+    repo: &Repository,
+    store: &Store,
+    manifest: &Manifest,
+    concurrency: usize,
+    progress: &Progress,
+) -> Result<u64, Error> {
+    let mut missing = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &manifest.layers {
+        if !seen.insert(l.digest.clone()) {
+            continue;
+        }
+        if store.has_blob(&l.digest)? {
+            progress.done.fetch_add(size_of(l.size), Ordering::Relaxed);
+        } else {
+            missing.push((l.digest.clone(), size_of(l.size)));
+        }
+    }
+    let results: Vec<u64> = futures::stream::iter(missing)
+        .map(|(digest, size)| async move { fetch_blob(registry, repo, store, &digest, size, progress).await })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    Ok(results.into_iter().sum())
+}
+
+async fn fetch_blob(
+    registry: &Registry,
+    repo: &Repository,
+    store: &Store,
+    digest: &str,
+    size: u64,
+    progress: &Progress,
+) -> Result<u64, Error> {
+    let mut ingest = store.ingest(digest, size)?;
+    let resumed_at = ingest.offset();
+    progress.done.fetch_add(resumed_at, Ordering::Relaxed);
+    let stream = registry.blob_stream(repo, digest, resumed_at).await?;
+    let mut fetched = 0u64;
+    if !stream.from_offset && resumed_at > 0 {
+        // The registry ignored the Range request: start this blob over.
+        ingest.abort();
+        progress.done.fetch_sub(resumed_at, Ordering::Relaxed);
+        ingest = store.ingest(digest, size)?;
+    }
+    let mut chunks = stream.chunks;
+    let timeout = registry.timeout();
+    while let Some(chunk) = tokio::time::timeout(timeout, chunks.next())
+        .await
+        .map_err(|_| Error::Stalled { digest: digest.to_owned(), after: timeout })?
+    {
+        let chunk = chunk.map_err(|e| Error::Download { digest: digest.to_owned(), reason: e.to_string() })?;
+        // Writes are small and sequential; a blocking write here keeps memory constant.
+        ingest.write(&chunk)?;
+        fetched += chunk.len() as u64;
+        progress.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    ingest.commit()?;
+    Ok(fetched)
+}

@@ -1,0 +1,212 @@
+//! The node cache's content store, in containerd's shape: bytes go to an ingest file under `tmp/`,
+//! are hashed while written, and [`Ingest::commit`] renames them into `blobs/sha256/<hex>` only when
+//! size and digest both match. A half-written blob is never visible; an ingest left behind by an
+//! interrupted pull is resumed from where it stopped.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::Error;
+
+/// The cache directory layout (ARCHITECTURE.md "Node cache").
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Hex part of a `sha256:<64 hex>` digest, validated (it becomes a file name).
+pub fn digest_hex(digest: &str) -> Result<&str, Error> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .ok_or_else(|| Error::InvalidDigest(digest.to_owned()))
+}
+
+impl Store {
+    /// Opens (creating when needed) the cache at `root`.
+    pub fn open(root: &Path) -> Result<Store, Error> {
+        for dir in ["blobs/sha256", "models/sha256", "deployments", "tmp", "locks"] {
+            let path = root.join(dir);
+            fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(Store { root: root.to_owned() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf, Error> {
+        Ok(self.root.join("blobs/sha256").join(digest_hex(digest)?))
+    }
+
+    pub fn has_blob(&self, digest: &str) -> Result<bool, Error> {
+        Ok(self.blob_path(digest)?.is_file())
+    }
+
+    pub fn model_dir(&self, manifest_digest: &str) -> Result<PathBuf, Error> {
+        Ok(self.root.join("models/sha256").join(digest_hex(manifest_digest)?))
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Takes the cache-wide lock for `name` (blocking until a concurrent holder releases it).
+    pub fn lock(&self, name: &str) -> Result<File, Error> {
+        let path = self.root.join("locks").join(format!("{name}.lock"));
+        let file =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        file.lock().map_err(|e| Error::io(&path, e))?;
+        Ok(file)
+    }
+
+    /// Starts (or resumes) writing blob `digest` of `size` bytes.
+    pub fn ingest(&self, digest: &str, size: u64) -> Result<Ingest, Error> {
+        let path = self.tmp_dir().join(format!("ingest-{}", digest_hex(digest)?));
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        if let Ok(mut existing) = File::open(&path) {
+            // Re-hash what an earlier attempt wrote, so the final digest covers every byte.
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = existing.read(&mut buf).map_err(|e| Error::io(&path, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                written += n as u64;
+            }
+        }
+        if written > size {
+            // Longer than the blob can be: start over.
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            hasher = Sha256::new();
+            written = 0;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Ingest { path, file, hasher, written, digest: digest.to_owned(), size, target: self.blob_path(digest)? })
+    }
+}
+
+/// A blob being written.
+pub struct Ingest {
+    path: PathBuf,
+    file: File,
+    hasher: Sha256,
+    written: u64,
+    digest: String,
+    size: u64,
+    target: PathBuf,
+}
+
+impl Ingest {
+    /// Bytes already on disk: where a resumed download continues.
+    pub fn offset(&self) -> u64 {
+        self.written
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if self.written + bytes.len() as u64 > self.size {
+            self.abort();
+            return Err(Error::SizeMismatch {
+                digest: self.digest.clone(),
+                expected: self.size,
+                actual: self.written + bytes.len() as u64,
+            });
+        }
+        self.file.write_all(bytes).map_err(|e| Error::io(&self.path, e))?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Publishes the blob when size and digest match; otherwise removes the ingest and fails.
+    pub fn commit(mut self) -> Result<PathBuf, Error> {
+        if self.written != self.size {
+            let actual = self.written;
+            self.abort();
+            return Err(Error::SizeMismatch { digest: self.digest.clone(), expected: self.size, actual });
+        }
+        let actual = format!("sha256:{}", hex::encode(self.hasher.finalize_reset()));
+        if actual != self.digest {
+            self.abort();
+            return Err(Error::DigestMismatch { expected: self.digest.clone(), actual });
+        }
+        self.file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        fs::set_permissions(&self.path, fs::Permissions::from_mode(0o444)).map_err(|e| Error::io(&self.path, e))?;
+        fs::rename(&self.path, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        Ok(self.target.clone())
+    }
+
+    /// Removes the partial file: what it holds is wrong.
+    pub fn abort(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(data: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    }
+
+    #[test]
+    fn commit_publishes_only_verified_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = b"hello model".to_vec();
+        let d = digest(&data);
+        let mut ingest = store.ingest(&d, data.len() as u64).unwrap();
+        ingest.write(&data[..5]).unwrap();
+        assert!(!store.has_blob(&d).unwrap(), "nothing visible before commit");
+        ingest.write(&data[5..]).unwrap();
+        let path = ingest.commit().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), data);
+        assert!(fs::metadata(&path).unwrap().permissions().readonly());
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn wrong_bytes_are_rejected_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = digest(b"expected");
+        let mut ingest = store.ingest(&d, 8).unwrap();
+        ingest.write(b"tampered").unwrap();
+        assert!(matches!(ingest.commit(), Err(Error::DigestMismatch { .. })));
+        assert!(!store.has_blob(&d).unwrap());
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "partial removed");
+        let mut ingest = store.ingest(&d, 4).unwrap();
+        assert!(matches!(ingest.write(b"too long"), Err(Error::SizeMismatch { .. })));
+    }
+
+    #[test]
+    fn an_interrupted_ingest_resumes_and_is_verified_from_byte_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let d = digest(&data);
+        let mut first = store.ingest(&d, data.len() as u64).unwrap();
+        first.write(&data[..4000]).unwrap();
+        drop(first);
+        let mut resumed = store.ingest(&d, data.len() as u64).unwrap();
+        assert_eq!(resumed.offset(), 4000);
+        resumed.write(&data[4000..]).unwrap();
+        resumed.commit().unwrap();
+        assert_eq!(fs::read(store.blob_path(&d).unwrap()).unwrap(), data);
+    }
+
+    #[test]
+    fn digests_must_be_sha256_hex() {
+        for bad in ["sha256:../../etc", "sha512:00", "sha256:ABC", ""] {
+            assert!(digest_hex(bad).is_err(), "{bad}");
+        }
+    }
+}
