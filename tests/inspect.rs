@@ -5,22 +5,12 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use base64::Engine;
 use modelpack_operator::registry::{Credential, Options, RefSpec, Registry, Repository};
 use serde_json::{Value, json};
 use support::fixtures::{ModelFiles, cncf_config, modctl_push, oras_push_cncf};
-use support::{Bed, craft, run_tool, unique_suffix};
-
-fn operator(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_modelpack-operator")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{Bed, craft, operator, run_tool, unique_suffix};
 
 fn inspect_json(args: &[&str]) -> Value {
     let mut all = vec!["inspect", "-o", "json"];
@@ -161,13 +151,7 @@ async fn failures_name_their_cause() {
 
     // An ordinary container image is not a ModelPack.
     let repo = format!("inspect/image-{}", unique_suffix());
-    let image = craft::Artifact {
-        artifact_type: None,
-        config: craft::Blob::new("application/vnd.oci.image.config.v1+json", br#"{"architecture":"amd64"}"#.to_vec()),
-        layers: vec![craft::Blob::new("application/vnd.oci.image.layer.v1.tar", vec![0u8; 1024])],
-        annotations: BTreeMap::new(),
-    };
-    craft::push(&bed.plain, &repo, "v1", &image).await;
+    craft::push(&bed.plain, &repo, "v1", &craft::container_image()).await;
     let err = inspect_error(&["--insecure", &format!("{host}/{repo}:v1")]);
     assert!(err.contains("not a ModelPack") && err.contains("application/vnd.oci.image.config.v1+json"), "{err}");
 

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
@@ -224,13 +223,7 @@ async fn each_failure_has_its_reason_and_recovery_keeps_the_last_good_digest() {
     wait_status(&models, "unreachable", "RegistryUnavailable", reason_is("RegistryUnavailable")).await;
 
     let image_repo = format!("ctl/image-{}", unique_suffix());
-    let image = craft::Artifact {
-        artifact_type: None,
-        config: craft::Blob::new("application/vnd.oci.image.config.v1+json", br#"{"architecture":"amd64"}"#.to_vec()),
-        layers: vec![craft::Blob::new("application/vnd.oci.image.layer.v1.tar", vec![1u8; 512])],
-        annotations: BTreeMap::new(),
-    };
-    craft::push(&bed.plain, &image_repo, "v1", &image).await;
+    craft::push(&bed.plain, &image_repo, "v1", &craft::container_image()).await;
     let spec = json!({"repository": repo_of(&bed.plain, &image_repo), "ref": {"tag": "v1"}, "insecure": true});
     apply_model(&models, "image", spec).await;
     let m = wait_status(&models, "image", "NotAModelPack", reason_is("NotAModelPack")).await;

@@ -7,20 +7,10 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 use support::fixtures::{ModelFiles, modctl_push};
-use support::{Bed, Registry, craft, unique_suffix};
-
-fn operator(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_modelpack-operator")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{Bed, Registry, craft, operator, unique_suffix};
 
 fn pull(registry: &Registry, repo: &str, digest: &str, cache: &Path, extra: &[&str]) -> Result<Value, String> {
     let reference = format!("{}/{repo}@{digest}", registry.host);

@@ -70,6 +70,16 @@ impl Artifact {
     }
 }
 
+/// An ordinary container image (not a ModelPack).
+pub fn container_image() -> Artifact {
+    Artifact {
+        artifact_type: None,
+        config: Blob::new("application/vnd.oci.image.config.v1+json", br#"{"architecture":"amd64"}"#.to_vec()),
+        layers: vec![Blob::new("application/vnd.oci.image.layer.v1.tar", vec![0u8; 1024])],
+        annotations: BTreeMap::new(),
+    }
+}
+
 /// A client and credentials for one bed registry (one client per credential set: oci-client keys
 /// stored credentials by host and never replaces them).
 pub fn client(registry: &Registry) -> (Client, RegistryAuth) {

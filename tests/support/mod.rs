@@ -139,6 +139,16 @@ pub fn unique_suffix() -> String {
     format!("{:x}{:x}{n}", std::process::id() % 0xfff, nanos % 0xffff)
 }
 
+/// Runs the operator binary built with the tests: (exit code, stdout, stderr).
+pub fn operator(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_modelpack-operator")).args(args).output().expect("running the operator");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs a bed tool and returns its stdout; panics with both streams when it fails.
 pub fn run_tool(tool: &Path, args: &[&str], envs: &[(&str, &str)], cwd: Option<&Path>) -> String {
     try_tool(tool, args, envs, cwd).unwrap_or_else(|e| panic!("{e}"))
