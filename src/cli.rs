@@ -140,6 +140,7 @@ pub struct PullCommand {
     pub link: Option<(String, String)>,
     pub concurrency: usize,
     pub extract_limit: Option<u64>,
+    pub keep: Option<Vec<String>>,
     pub termination_log: Option<PathBuf>,
 }
 
@@ -159,11 +160,16 @@ impl PullCommand {
             anyhow::bail!("{reference:?} is not a digest reference (repo@sha256:…); pull takes digests only")
         };
         modelpack_operator::cache::digest_hex(&digest)?;
-        if !keep.is_empty() {
-            anyhow::bail!("--keep (cache garbage collection) is not available in this build yet");
-        }
         let link = link.map(modelpack_operator::cache::parse_link).transpose()?;
-        Ok(PullCommand { repository, digest, cache_dir, link, concurrency, extract_limit, termination_log })
+        if !keep.is_empty() && link.is_none() {
+            anyhow::bail!("--keep needs --link: versions are kept per deployment link");
+        }
+        for digest in keep {
+            modelpack_operator::cache::digest_hex(digest)?;
+        }
+        // GC runs when asked: `--keep` names the versions this link keeps besides the one pulled.
+        let keep = (!keep.is_empty()).then(|| keep.to_vec());
+        Ok(PullCommand { repository, digest, cache_dir, link, concurrency, extract_limit, keep, termination_log })
     }
 
     pub async fn run(self, args: &RegistryArgs) -> Result<()> {
@@ -189,8 +195,12 @@ impl PullCommand {
         use std::sync::atomic::Ordering;
         let registry = args.registry_for(&self.repository)?;
         let store = Store::open(&self.cache_dir)?;
-        let options =
-            PullOptions { concurrency: self.concurrency, link: self.link.clone(), extract_limit: self.extract_limit };
+        let options = PullOptions {
+            concurrency: self.concurrency,
+            link: self.link.clone(),
+            extract_limit: self.extract_limit,
+            keep: self.keep.clone(),
+        };
         let progress = Arc::new(Progress::default());
         let reporter = {
             let progress = progress.clone();

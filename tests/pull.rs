@@ -319,3 +319,64 @@ async fn the_termination_log_carries_the_result_or_the_error() {
     let written: Value = serde_json::from_slice(&std::fs::read(&log).unwrap()).unwrap();
     assert!(written["error"].as_str().unwrap().contains("not found"), "{written}");
 }
+
+#[tokio::test]
+async fn garbage_collection_keeps_exactly_what_deployments_keep() {
+    let bed = Bed::get();
+    let cache = tempfile::tempdir().unwrap();
+    let shared = support::fixtures::pseudo_random(40, 10_000);
+    let version = |seed: u64| {
+        artifact(
+            vec![
+                cncf_layer("weight.v1.raw", shared.clone(), "base.bin"),
+                cncf_layer("weight.v1.raw", support::fixtures::pseudo_random(seed, 5_000), "head.bin"),
+            ],
+            vec![],
+        )
+    };
+    let repo = format!("pull/gc-{}", unique_suffix());
+    let (a1, a2, a3) = (version(41), version(42), version(43));
+    let d1 = craft::push(&bed.plain, &repo, "v1", &a1).await;
+    let d2 = craft::push(&bed.plain, &repo, "v2", &a2).await;
+    let d3 = craft::push(&bed.plain, &repo, "v3", &a3).await;
+    let head = |a: &craft::Artifact| craft::sha256(&a.layers[1].data);
+    let models = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(cache.path().join("models/sha256"))
+            .unwrap()
+            .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let blob = |d: &str| cache.path().join("blobs/sha256").join(d.strip_prefix("sha256:").unwrap()).exists();
+    let pull_keep = |d: &str, link: &str, keep: &[&str]| {
+        let mut extra = vec!["--link", link];
+        for k in keep {
+            extra.extend(["--keep", k]);
+        }
+        pull(&bed.plain, &repo, d, cache.path(), &extra).unwrap()
+    };
+
+    pull_keep(&d1, "deployments/ml/a", &[&d1]);
+    pull_keep(&d2, "deployments/ml/a", &[&d1]);
+    assert_eq!(models(), sorted(vec![d1.clone(), d2.clone()]), "keepPrevious 1: both warm");
+    let report = pull_keep(&d3, "deployments/ml/a", &[&d2]);
+    assert_eq!(models(), sorted(vec![d2.clone(), d3.clone()]), "d1 is no longer kept");
+    assert_eq!(report["collected"]["models"], 1);
+    assert!(!blob(&head(&a1)) && !blob(&d1), "d1's own layer and manifest are gone");
+    assert!(blob(&head(&a2)) && blob(&head(&a3)) && blob(&craft::sha256(&shared)), "kept versions' blobs stay");
+
+    // Another deployment keeps d1; the first one moves on to keep only d3.
+    pull_keep(&d1, "deployments/ml/b", &[&d1]);
+    pull_keep(&d3, "deployments/ml/a", &[&d3]);
+    assert_eq!(models(), sorted(vec![d1.clone(), d3.clone()]));
+    assert_eq!(model_file(cache.path(), &d1, "base.bin"), shared, "a kept model is intact");
+    assert_eq!(model_file(cache.path(), &d3, "head.bin"), a3.layers[1].data);
+    let (code, _, stderr) =
+        operator(&["pull", &format!("{}/{repo}@{d1}", bed.plain.host), "--cache-dir", "/tmp/x", "--keep", &d1]);
+    assert_eq!(code, 2, "--keep without --link is a usage error: {stderr}");
+}

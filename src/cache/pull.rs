@@ -10,6 +10,7 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use super::gc::{self, Collected};
 use super::materialise::{COMPLETE, materialise};
 use super::store::{Store, digest_hex};
 use super::{Error, link};
@@ -27,6 +28,9 @@ pub struct PullOptions {
     pub link: Option<(String, String)>,
     /// Bound on bytes extracted from each archive layer (default: a multiple of its size).
     pub extract_limit: Option<u64>,
+    /// With `link`: other versions this deployment keeps; everything no deployment keeps is
+    /// garbage-collected. `None` collects nothing.
+    pub keep: Option<Vec<String>>,
 }
 
 /// What a pull did: the JSON result printed and written to the termination log.
@@ -39,6 +43,8 @@ pub struct PullReport {
     pub seconds: f64,
     pub files: usize,
     pub path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collected: Option<Collected>,
 }
 
 /// Live counters for progress output.
@@ -66,6 +72,12 @@ pub async fn pull(
 
     let manifest_bytes = registry.manifest(repo, digest).await?;
     let manifest = Manifest::parse(&manifest_bytes)?;
+    if !store.has_blob(digest)? {
+        // Kept as a blob so garbage collection knows which layers this model needs.
+        let mut ingest = store.ingest(digest, manifest_bytes.len() as u64)?;
+        ingest.write(&manifest_bytes)?;
+        ingest.commit()?;
+    }
     manifest.family()?;
     for descriptor in &manifest.layers {
         layer(descriptor)?;
@@ -89,8 +101,18 @@ pub async fn pull(
             .map_err(|e| Error::Internal(e.to_string()))??;
         files.len()
     };
+    let mut collected = None;
     if let Some((namespace, name)) = &options.link {
         link::set_current(store, namespace, name, digest)?;
+        if let Some(keep) = &options.keep {
+            gc::keep_versions(store, namespace, name, digest, keep)?;
+            let (store, own) = (store.clone(), digest_hex(digest)?.to_owned());
+            collected = Some(
+                tokio::task::spawn_blocking(move || gc::collect(&store, &own))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??,
+            );
+        }
     }
     Ok(PullReport {
         digest: digest.to_owned(),
@@ -99,6 +121,7 @@ pub async fn pull(
         seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         files,
         path: model_dir,
+        collected,
     })
 }
 
