@@ -380,3 +380,55 @@ async fn garbage_collection_keeps_exactly_what_deployments_keep() {
         operator(&["pull", &format!("{}/{repo}@{d1}", bed.plain.host), "--cache-dir", "/tmp/x", "--keep", &d1]);
     assert_eq!(code, 2, "--keep without --link is a usage error: {stderr}");
 }
+
+#[tokio::test]
+async fn a_registry_serving_wrong_bytes_publishes_nothing() {
+    let bed = Bed::get();
+    let cache = tempfile::tempdir().unwrap();
+    let data = support::fixtures::pseudo_random(50, 300_000);
+    let a = artifact(vec![cncf_layer("weight.v1.raw", data.clone(), "w.bin")], vec![]);
+    let repo = format!("pull/lying-{}", unique_suffix());
+    let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
+    let blob = craft::sha256(&data);
+    let proxy = support::proxy::Proxy::start(
+        &bed.plain.host,
+        blob.strip_prefix("sha256:").unwrap(),
+        support::proxy::Misbehaviour::Corrupt,
+    );
+    let lying = Registry { host: proxy.host.clone(), ..bed.plain.clone() };
+    let err = pull(&lying, &repo, &digest, cache.path(), &[]).unwrap_err();
+    assert!(err.contains("digest mismatch") && err.contains(&blob), "{err}");
+    assert!(proxy.blob_gets.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the blob went through the proxy");
+    assert_nothing_published(cache.path(), &digest);
+    assert!(!cache.path().join("blobs/sha256").join(blob.strip_prefix("sha256:").unwrap()).exists());
+}
+
+#[tokio::test]
+async fn an_interrupted_download_resumes_where_it_stopped() {
+    let bed = Bed::get();
+    let cache = tempfile::tempdir().unwrap();
+    let data = support::fixtures::pseudo_random(51, 4_000_000);
+    let a = artifact(vec![cncf_layer("weight.v1.raw", data.clone(), "w.bin")], vec![]);
+    let repo = format!("pull/resume-{}", unique_suffix());
+    let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
+    let blob = craft::sha256(&data);
+    let proxy = support::proxy::Proxy::start(
+        &bed.plain.host,
+        blob.strip_prefix("sha256:").unwrap(),
+        support::proxy::Misbehaviour::TruncateOnce,
+    );
+    let flaky = Registry { host: proxy.host.clone(), ..bed.plain.clone() };
+    pull(&flaky, &repo, &digest, cache.path(), &[]).unwrap_err();
+    let partial = std::fs::read_dir(cache.path().join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum::<u64>();
+    assert!(partial > 0 && partial < 4_000_000, "a partial ingest stays in tmp/ ({partial} bytes)");
+    assert!(!cache.path().join("models/sha256").join(digest.strip_prefix("sha256:").unwrap()).exists());
+
+    let report = pull(&flaky, &repo, &digest, cache.path(), &[]).unwrap();
+    let fetched = report["bytesFetched"].as_u64().unwrap();
+    assert_eq!(fetched, 4_000_000 - partial, "only the missing bytes were fetched (HTTP Range)");
+    assert_eq!(model_file(cache.path(), &digest, "w.bin"), data, "verified from byte 0");
+}

@@ -198,7 +198,14 @@ async fn fetch_blob(
         .await
         .map_err(|_| Error::Stalled { digest: digest.to_owned(), after: timeout })?
     {
-        let chunk = chunk.map_err(|e| Error::Download { digest: digest.to_owned(), reason: e.to_string() })?;
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            // Every byte arrived but the stream failed: oci-client's own digest check. Our commit
+            // re-checks, reports the mismatch and removes the ingest (it must not be resumed).
+            Err(_) if ingest.offset() == size => break,
+            // Cut short: keep the partial ingest, the next pull resumes it.
+            Err(e) => return Err(Error::Download { digest: digest.to_owned(), reason: e.to_string() }),
+        };
         // Writes are small and sequential; a blocking write here keeps memory constant.
         ingest.write(&chunk)?;
         fetched += chunk.len() as u64;

@@ -1,0 +1,86 @@
+//! A misbehaving registry in front of a real one: one HTTP/1.1 request per connection, forwarded
+//! as is, except that responses for one blob are corrupted or cut short. For the puller's tests.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Misbehaviour {
+    /// Flip one byte in the middle of every GET of the blob.
+    Corrupt,
+    /// Send only the first half of the blob's body on its first GET, then close.
+    TruncateOnce,
+}
+
+pub struct Proxy {
+    /// `127.0.0.1:PORT`
+    pub host: String,
+    pub blob_gets: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    pub fn start(upstream: &str, blob_hex: &str, how: Misbehaviour) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let blob_gets = Arc::new(AtomicUsize::new(0));
+        let (upstream, blob_hex, gets) = (upstream.to_owned(), blob_hex.to_owned(), blob_gets.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (upstream, blob_hex, gets) = (upstream.clone(), blob_hex.clone(), gets.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(client, &upstream, &blob_hex, how, &gets);
+                });
+            }
+        });
+        Proxy { host, blob_gets }
+    }
+}
+
+fn serve(
+    mut client: TcpStream,
+    upstream: &str,
+    blob_hex: &str,
+    how: Misbehaviour,
+    gets: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let request_line = text.lines().next().unwrap_or_default().to_owned();
+    let mut forwarded: String = text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    forwarded.push_str("Connection: close\r\n\r\n");
+    let mut server = TcpStream::connect(upstream)?;
+    server.write_all(forwarded.as_bytes())?;
+    let mut response = Vec::new();
+    server.read_to_end(&mut response)?;
+    let is_blob_get = request_line.starts_with("GET ") && request_line.contains(&format!("/blobs/sha256:{blob_hex}"));
+    if is_blob_get && response.starts_with(b"HTTP/1.1 200") {
+        let n = gets.fetch_add(1, Ordering::SeqCst);
+        let body_at = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 4);
+        match how {
+            Misbehaviour::Corrupt => {
+                let middle = body_at + (response.len() - body_at) / 2;
+                response[middle] ^= 0xff;
+            }
+            Misbehaviour::TruncateOnce if n == 0 => {
+                let half = body_at + (response.len() - body_at) / 2;
+                response.truncate(half);
+            }
+            Misbehaviour::TruncateOnce => {}
+        }
+    }
+    client.write_all(&response)?;
+    client.shutdown(std::net::Shutdown::Both)
+}
