@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 
 use serde_json::Value;
-use support::fixtures::{ModelFiles, modctl_push};
+use support::fixtures::{ModelFiles, modctl_push_with};
 use support::{Bed, Registry, craft, operator, unique_suffix};
 
 fn pull(registry: &Registry, repo: &str, digest: &str, cache: &Path, extra: &[&str]) -> Result<Value, String> {
@@ -126,14 +126,23 @@ async fn every_layer_format_round_trips_byte_exact() {
 #[tokio::test]
 async fn modctl_artifacts_raw_and_tar_round_trip() {
     let bed = Bed::get();
-    let cache = tempfile::tempdir().unwrap();
     let model = ModelFiles::new(11, &[("model.safetensors", 120_000), ("config.json", 400), ("nested/README.md", 60)]);
-    let repo = format!("pull/modctl-{}", unique_suffix());
-    let digest = modctl_push(bed, &bed.plain, &repo, "v1", &model);
-    let report = pull(&bed.plain, &repo, &digest, cache.path(), &[]).unwrap();
-    assert_eq!(report["files"], 3);
-    for (path, data) in &model.files {
-        assert_eq!(&model_file(cache.path(), &digest, path), data, "{path}");
+    for (flags, media_type) in [
+        (&[][..], "application/vnd.cnai.model.weight.v1.raw"),
+        (&["--raw=false"][..], "application/vnd.cnai.model.weight.v1.tar"),
+    ] {
+        let cache = tempfile::tempdir().unwrap();
+        let repo = format!("pull/modctl-{}", unique_suffix());
+        let digest = modctl_push_with(bed, &bed.plain, &repo, "v1", &model, flags);
+        let manifest: Value = serde_json::from_slice(&craft::manifest_bytes(&bed.plain, &repo, &digest).await).unwrap();
+        let types: Vec<&str> =
+            manifest["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].as_str().unwrap()).collect();
+        assert!(types.contains(&media_type), "{flags:?}: {types:?}");
+        let report = pull(&bed.plain, &repo, &digest, cache.path(), &[]).unwrap();
+        assert_eq!(report["files"], 3, "{flags:?}: {report}");
+        for (path, data) in &model.files {
+            assert_eq!(&model_file(cache.path(), &digest, path), data, "{flags:?} {path}");
+        }
     }
 }
 

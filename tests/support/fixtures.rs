@@ -69,6 +69,18 @@ fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
 
 /// Builds the model with `modctl` straight into the registry; returns the digest modctl reported.
 pub fn modctl_push(bed: &Bed, registry: &Registry, repo: &str, tag: &str, model: &ModelFiles) -> String {
+    modctl_push_with(bed, registry, repo, tag, model, &[])
+}
+
+/// [`modctl_push`] with extra `modctl build` flags (e.g. `--raw=false` for tar layers).
+pub fn modctl_push_with(
+    bed: &Bed,
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    model: &ModelFiles,
+    build_flags: &[&str],
+) -> String {
     let modctl = bed.tool("modctl");
     let home = tempfile::tempdir().unwrap();
     let env = tool_env(registry, home.path());
@@ -121,7 +133,10 @@ pub fn modctl_push(bed: &Bed, registry: &Registry, repo: &str, tag: &str, model:
     );
     let modelfile = format!("{home_dir}/Modelfile");
     let target = format!("{}/{repo}:{tag}", registry.host);
-    run(with(&["build"], &["--output-remote", "-f", &modelfile, "-t", &target, dir]));
+    let mut build = vec!["--output-remote", "-f", &modelfile, "-t", &target];
+    build.extend(build_flags);
+    build.push(dir);
+    run(with(&["build"], &build));
     // What modctl itself reports for the artifact it pushed.
     let inspected = run(with(&["inspect"], &["--remote", &target]));
     let parsed: serde_json::Value =
