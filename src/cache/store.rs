@@ -20,10 +20,7 @@ pub struct Store {
 
 /// Hex part of a `sha256:<64 hex>` digest, validated (it becomes a file name).
 pub fn digest_hex(digest: &str) -> Result<&str, Error> {
-    digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .ok_or_else(|| Error::InvalidDigest(digest.to_owned()))
+    crate::modelpack::sha256_hex(digest).ok_or_else(|| Error::InvalidDigest(digest.to_owned()))
 }
 
 impl Store {

@@ -101,7 +101,7 @@ pub fn lint(manifest: &Manifest, config_bytes: &[u8]) -> Vec<LintIssue> {
         }
         let diff_ids = issues.string_list(fs, "config.modelfs", "diffIds");
         for (i, d) in diff_ids.iter().enumerate() {
-            if !is_sha256_digest(d) {
+            if super::sha256_hex(d).is_none() {
                 issues.push(format!("config.modelfs.diffIds[{i}]"), format!("{d:?} is not a sha256 digest"));
             }
         }
@@ -118,11 +118,6 @@ pub fn lint(manifest: &Manifest, config_bytes: &[u8]) -> Vec<LintIssue> {
         issues.push("manifest.config.mediaType", format!("expected {}", family.config_media_type()));
     }
     issues.0
-}
-
-pub(crate) fn is_sha256_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 #[derive(Default)]
@@ -222,9 +217,10 @@ mod tests {
 
     #[test]
     fn digest_shape() {
-        assert!(is_sha256_digest(&format!("sha256:{}", "a".repeat(64))));
-        assert!(!is_sha256_digest(&format!("sha256:{}", "A".repeat(64))));
-        assert!(!is_sha256_digest("sha256:abc"));
-        assert!(!is_sha256_digest(&format!("sha512:{}", "a".repeat(64))));
+        use crate::modelpack::sha256_hex;
+        assert_eq!(sha256_hex(&format!("sha256:{}", "a".repeat(64))), Some("a".repeat(64).as_str()));
+        assert!(sha256_hex(&format!("sha256:{}", "A".repeat(64))).is_none());
+        assert!(sha256_hex("sha256:abc").is_none());
+        assert!(sha256_hex(&format!("sha512:{}", "a".repeat(64))).is_none());
     }
 }

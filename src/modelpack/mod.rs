@@ -13,6 +13,14 @@ pub use manifest::{Descriptor, Layer, Manifest, layer};
 pub use media_types::{Family, LayerFormat, LayerKind, LayerMediaType, OCI_INDEX, OCI_MANIFEST};
 pub use path::{ModelPath, PathError};
 
+/// The hex part of a `sha256:<64 lowercase hex>` digest; `None` for anything else. Every module that
+/// turns a digest into a file name or compares digests goes through this one definition.
+pub fn sha256_hex(digest: &str) -> Option<&str> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("not a ModelPack: found {found}")]

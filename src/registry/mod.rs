@@ -265,10 +265,10 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 }
 
 fn verify_digest(what: &str, expected: &str, bytes: &[u8]) -> Result<(), Error> {
-    if !expected.starts_with("sha256:") {
+    if crate::modelpack::sha256_hex(expected).is_none() {
         return Err(Error::InvalidReference {
             reference: expected.to_owned(),
-            reason: "only sha256 digests are supported".into(),
+            reason: "expected sha256:<64 lowercase hex>".into(),
         });
     }
     let actual = sha256_digest(bytes);
