@@ -28,6 +28,18 @@ enum Command {
     Inspect(InspectArgs),
     /// Verify the signature of a ModelPack (notation or cosign).
     Verify(VerifyArgs),
+    /// Collect cache entries no deployment keeps; with --unlink, forget one deployment first (what
+    /// a deleted ModelDeployment's cleanup Jobs run).
+    Gc(GcArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GcArgs {
+    #[arg(long, value_name = "DIR")]
+    cache_dir: PathBuf,
+    /// Remove `deployments/<NS>/<NAME>` before collecting.
+    #[arg(long, value_name = "deployments/NS/NAME")]
+    unlink: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -156,7 +168,25 @@ fn main() -> ExitCode {
             run_async(cli::inspect(&args.reference, &args.registry, json))
         }
         Command::Verify(_) => not_yet("verify"),
+        Command::Gc(args) => match gc(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
     }
+}
+
+fn gc(args: &GcArgs) -> anyhow::Result<()> {
+    use modelpack_operator::cache;
+    let store = cache::Store::open(&args.cache_dir)?;
+    let collected = match &args.unlink {
+        Some(link) => {
+            let (namespace, name) = cache::parse_link(link)?;
+            cache::unlink(&store, &namespace, &name)?
+        }
+        None => cache::collect(&store, "")?,
+    };
+    println!("{}", serde_json::to_string(&collected)?);
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -168,7 +198,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         puller_image = %args.puller_image,
         "starting controllers"
     );
-    let config = modelpack_operator::controller::Config { namespace: args.watch_namespace };
+    let jobs = modelpack_operator::controller::JobSettings {
+        namespace: args.jobs_namespace,
+        cache_dir: args.cache_dir.to_string_lossy().into_owned(),
+        image: args.puller_image,
+    };
+    let config = modelpack_operator::controller::Config { namespace: args.watch_namespace, jobs };
     modelpack_operator::controller::run(client, config).await;
     tracing::info!("controllers stopped");
     Ok(())

@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -14,7 +13,9 @@ use modelpack_operator::api::conditions::{ConditionStatus, KStatus, READY, STALL
 use modelpack_operator::api::{Model, ModelStatus};
 use serde_json::{Value, json};
 use support::fixtures::{ModelFiles, cncf_config, modctl_push, oras_push_cncf};
-use support::{Bed, Operator, Registry, craft, eventually, install_crds, namespace, unique_suffix};
+use support::{
+    Bed, Operator, Registry, craft, docker_config_secret, eventually, install_crds, namespace, unique_suffix,
+};
 
 async fn setup(prefix: &str) -> (Client, String, Api<Model>, Operator) {
     let client = Bed::get().client().await;
@@ -126,18 +127,6 @@ async fn promotion_by_tag_edit_and_a_moved_tag_are_followed() {
     assert!(started.elapsed() < Duration::from_secs(25), "took {:?} for a 10s interval", started.elapsed());
     let history: Vec<String> = m.status.unwrap().history.into_iter().map(|h| h.digest).collect();
     assert_eq!(history, [v2, v1], "newest first");
-}
-
-fn docker_config_secret(name: &str, registry: &Registry, password: &str) -> Secret {
-    let (user, _) = registry.basic_auth.clone().unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let config = json!({"auths": {&registry.host: {"auth": auth}}}).to_string();
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "type": "kubernetes.io/dockerconfigjson",
-        "stringData": {".dockerconfigjson": config}
-    }))
-    .unwrap()
 }
 
 #[tokio::test]

@@ -123,6 +123,14 @@ pub struct ModelDeploymentStatus {
     /// Whether deployed equals desired, and why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<Drift>,
+    /// Versions deployed before `deployed`, newest first; the first `keepPrevious` stay in every
+    /// node's cache for instant rollback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<VersionRef>,
+    /// The node label (key) set on every node whose cache holds the deployed or desired version,
+    /// for serving workloads' node affinity; its value is the short digest the node serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_label: Option<String>,
 }
 
 /// A version of the model.
@@ -178,8 +186,11 @@ pub struct NodesStatus {
 pub struct NodeEntry {
     /// Node name.
     pub node: String,
-    /// The digest this entry is about.
+    /// The digest this entry is about (the one the node is pulling or holds).
     pub digest: String,
+    /// The version the node's `deployments/<ns>/<name>/current` link points at, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
     /// Pending, Pulling, Ready or Failed.
     pub phase: NodePhase,
     /// Bytes fetched from the registry for this version on this node.

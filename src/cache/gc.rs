@@ -49,6 +49,22 @@ pub fn keep_versions(store: &Store, namespace: &str, name: &str, current: &str, 
     Ok(())
 }
 
+/// Forgets deployment `namespace/name` (its `current` and kept versions), then collects what no
+/// other deployment keeps: what a deleted ModelDeployment's cleanup Job runs.
+pub fn unlink(store: &Store, namespace: &str, name: &str) -> Result<Collected, Error> {
+    super::link::parse_link(&format!("deployments/{namespace}/{name}"))?;
+    let ns_dir = store.root().join("deployments").join(namespace);
+    let dir = ns_dir.join(name);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&dir, e)),
+    }
+    // Only succeeds when no other deployment of the namespace is left; that is fine.
+    let _ = fs::remove_dir(&ns_dir);
+    collect(store, "")
+}
+
 /// Removes models and blobs that no deployment keeps. `own_lock` is the lock name the caller holds.
 pub fn collect(store: &Store, own_lock: &str) -> Result<Collected, Error> {
     let _gc = store.lock("gc")?;

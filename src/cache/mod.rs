@@ -17,7 +17,7 @@ mod store;
 use std::path::Path;
 use std::time::Duration;
 
-pub use gc::{Collected, collect, keep_versions};
+pub use gc::{Collected, collect, keep_versions, unlink};
 pub use link::{parse_link, set_current};
 pub use materialise::{COMPLETE, default_extract_limit, materialise, remove_tree};
 pub use pull::{Progress, PullOptions, PullReport, pull};

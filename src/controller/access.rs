@@ -98,6 +98,13 @@ async fn secret_key(secrets: &Api<Secret>, namespace: &str, name: &str, key: &st
     })
 }
 
+impl Access {
+    /// Changes whenever the credential or transport does; reveals neither.
+    pub fn fingerprint(&self) -> u64 {
+        fingerprint(&self.options, self.credential.as_ref())
+    }
+}
+
 /// A fingerprint of everything that changes what a registry answers, without keeping secrets.
 fn fingerprint(options: &Options, credential: Option<&Credential>) -> u64 {
     let mut h = DefaultHasher::new();

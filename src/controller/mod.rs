@@ -1,22 +1,27 @@
-//! The reconcilers. `run` wires the Model controller (and, with its issue, the ModelDeployment
-//! controller) to the cluster; each reconcile is a plain function over one shared [`Context`].
+//! The reconcilers. `run` wires the Model and ModelDeployment controllers to the cluster; each
+//! reconcile is a plain function over one shared [`Context`].
 
 mod access;
+mod deployment;
 mod model;
 mod status;
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::Model;
+use crate::api::{Model, ModelDeployment};
 
 pub use access::Caches;
+pub use deployment::{FINALIZER, JobSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,7 +37,7 @@ pub enum Error {
     InvalidSpec(String),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("serialising status: {0}")]
+    #[error("serialising: {0}")]
     Serialize(#[from] serde_json::Error),
 }
 
@@ -41,13 +46,19 @@ pub struct Context {
     pub client: Client,
     pub caches: Caches,
     pub recorder: Recorder,
+    /// Every node, for selection and labels.
+    pub nodes: reflector::Store<Node>,
+    /// The Jobs this operator created (any deployment's), in the Jobs namespace.
+    pub jobs: reflector::Store<Job>,
+    pub settings: JobSettings,
 }
 
-/// Where the controllers look.
-#[derive(Clone, Debug, Default)]
+/// Where the controllers look and how they run Jobs.
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Watch one namespace only (all when None).
     pub namespace: Option<String>,
+    pub jobs: JobSettings,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -67,17 +78,28 @@ where
 /// Runs the controllers until the process is asked to stop.
 pub async fn run(client: Client, config: Config) {
     let reporter = Reporter { controller: "modelpack-operator".into(), instance: std::env::var("POD_NAME").ok() };
+    let (nodes, nodes_writer) = reflector::store();
+    let (jobs, jobs_writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
         caches: Caches::default(),
         recorder: Recorder::new(client.clone(), reporter),
+        nodes,
+        jobs,
+        settings: config.jobs.clone(),
     });
     let ns = config.namespace.as_deref();
+    tokio::join!(
+        run_models(&client, ns, ctx.clone()),
+        run_deployments(&client, ns, ctx.clone(), nodes_writer, jobs_writer)
+    );
+}
 
+async fn run_models(client: &Client, ns: Option<&str>, ctx: Arc<Context>) {
     let (models_reader, models_writer) = reflector::store();
     // Status writes bump resourceVersion but not generation: only spec changes (and requeues,
     // Secret and ServiceAccount changes) start a reconcile.
-    let models = watcher(api::<Model>(&client, ns), watcher::Config::default())
+    let models = watcher(api::<Model>(client, ns), watcher::Config::default())
         .default_backoff()
         .reflect(models_writer)
         .applied_objects()
@@ -86,10 +108,10 @@ pub async fn run(client: Client, config: Config) {
     let secret_models = models_reader.clone();
     let sa_models = models_reader.clone();
     Controller::for_stream(models, models_reader)
-        .watches(api::<Secret>(&client, ns), watcher::Config::default(), move |secret: Secret| {
+        .watches(api::<Secret>(client, ns), watcher::Config::default(), move |secret: Secret| {
             models_using(&secret_models, secret.namespace(), |m| model::uses_secret(m, &secret.name_any()))
         })
-        .watches(api::<ServiceAccount>(&client, ns), watcher::Config::default(), move |sa: ServiceAccount| {
+        .watches(api::<ServiceAccount>(client, ns), watcher::Config::default(), move |sa: ServiceAccount| {
             models_using(&sa_models, sa.namespace(), |m| m.spec.service_account_name.as_deref() == Some(&sa.name_any()))
         })
         .shutdown_on_signal()
@@ -100,6 +122,100 @@ pub async fn run(client: Client, config: Config) {
             }
         })
         .await;
+}
+
+const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=modelpack-operator";
+
+async fn run_deployments(
+    client: &Client,
+    ns: Option<&str>,
+    ctx: Arc<Context>,
+    nodes_writer: reflector::store::Writer<Node>,
+    jobs_writer: reflector::store::Writer<Job>,
+) {
+    let (deployments_reader, deployments_writer) = reflector::store();
+    let deployments = watcher(api::<ModelDeployment>(client, ns), watcher::Config::default())
+        .default_backoff()
+        .reflect(deployments_writer)
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, Default::default());
+
+    // Only selection-relevant node changes (and removals) reach the deployments: not heartbeats.
+    let mut seen: HashMap<String, Option<u64>> = HashMap::new();
+    let node_changes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(nodes_writer)
+        .filter_map(move |event| {
+            let changed = match event {
+                Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                    let fingerprint = deployment::selection_fingerprint(&node);
+                    (seen.insert(node.name_any(), fingerprint) != Some(fingerprint)).then_some(Ok(node))
+                }
+                Ok(watcher::Event::Delete(node)) => {
+                    seen.remove(&node.name_any());
+                    Some(Ok(node))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(changed)
+        });
+    let job_changes = watcher(
+        Api::<Job>::namespaced(client.clone(), &ctx.settings.namespace),
+        watcher::Config::default().labels(MANAGED_BY_SELECTOR),
+    )
+    .default_backoff()
+    .reflect(jobs_writer)
+    .touched_objects();
+    let model_changes =
+        watcher(api::<Model>(client, ns), watcher::Config::default()).default_backoff().touched_objects();
+    let secret_changes =
+        watcher(api::<Secret>(client, ns), watcher::Config::default()).default_backoff().touched_objects();
+
+    let (for_nodes, for_models, for_secrets) =
+        (deployments_reader.clone(), deployments_reader.clone(), deployments_reader.clone());
+    Controller::for_stream(deployments, deployments_reader)
+        .watches_stream(node_changes, move |_: Node| deployments_where(&for_nodes, |_| true))
+        .watches_stream(job_changes, |job: Job| {
+            let owner = job.annotations().get("modelpack.dev/deployment").and_then(|a| a.split_once('/'));
+            owner.map(|(ns, name)| ObjectRef::new(name).within(ns))
+        })
+        .watches_stream(model_changes, move |model: Model| {
+            deployments_where(&for_models, |d| {
+                d.namespace() == model.namespace() && d.spec.model_ref.name == model.name_any()
+            })
+        })
+        .watches_stream(secret_changes, move |secret: Secret| {
+            // Registry credentials of any Model in the namespace; not the Secrets of our own Jobs.
+            if secret.labels().contains_key("modelpack.dev/deployment") {
+                return Vec::new();
+            }
+            deployments_where(&for_secrets, |d| d.namespace() == secret.namespace())
+        })
+        .shutdown_on_signal()
+        .run(deployment::reconcile, deployment::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "deployment reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// Spec changes, deletion and finalizer changes; not our own status writes.
+fn spec_or_lifecycle(d: &ModelDeployment) -> Option<u64> {
+    let mut h = std::hash::DefaultHasher::new();
+    d.metadata.generation.hash(&mut h);
+    d.metadata.deletion_timestamp.is_some().hash(&mut h);
+    d.finalizers().hash(&mut h);
+    Some(h.finish())
+}
+
+fn deployments_where(
+    store: &reflector::Store<ModelDeployment>,
+    matches: impl Fn(&ModelDeployment) -> bool,
+) -> Vec<ObjectRef<ModelDeployment>> {
+    store.state().iter().filter(|d| matches(d)).map(|d| ObjectRef::from_obj(d.as_ref())).collect()
 }
 
 fn models_using(

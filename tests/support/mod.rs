@@ -121,6 +121,94 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
+/// A `kubernetes.io/dockerconfigjson` Secret for `registry`'s user with `password`.
+pub fn docker_config_secret(name: &str, registry: &Registry, password: &str) -> k8s_openapi::api::core::v1::Secret {
+    use base64::Engine;
+    let (user, _) = registry.basic_auth.clone().expect("a registry with basic auth");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config = serde_json::json!({"auths": {&registry.host: {"auth": auth}}}).to_string();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config}
+    }))
+    .expect("secret object")
+}
+
+/// Creates namespace `name` unless it exists (e.g. the operator's default Jobs namespace).
+pub async fn ensure_namespace(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
+    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating namespace {name}: {e}"),
+    }
+}
+
+/// Simulated nodes of one test (the bed's executor runs pods on every node `bedctl nodes` made),
+/// deleted on drop so that no other test ever selects them.
+pub struct TestNodes {
+    pub names: Vec<String>,
+    pub label: (String, String),
+}
+
+impl TestNodes {
+    /// `count` nodes named `<prefix>-<suffix>-<i>`, all labelled `e2e.modelpack.dev/pool=<pool>`.
+    pub fn create(prefix: &str, count: usize) -> TestNodes {
+        let pool = format!("{prefix}-{}", unique_suffix());
+        let mut nodes = TestNodes { names: Vec::new(), label: ("e2e.modelpack.dev/pool".into(), pool) };
+        for _ in 0..count {
+            nodes.add();
+        }
+        nodes
+    }
+
+    /// One more node in the pool; returns its name.
+    pub fn add(&mut self) -> String {
+        let bed = Bed::get();
+        let name = format!("{}-{}", self.label.1, self.names.len() + 1);
+        let kubeconfig = bed.kubeconfig.display().to_string();
+        let labels = format!("{}={}", self.label.0, self.label.1);
+        run_tool(
+            &bed.tool("bedctl"),
+            &["nodes", "--kubeconfig", &kubeconfig, "--names", &name, "--labels", &labels],
+            &[],
+            None,
+        );
+        self.names.push(name.clone());
+        name
+    }
+
+    pub fn selector(&self) -> serde_json::Value {
+        serde_json::json!({&self.label.0: &self.label.1})
+    }
+
+    /// Deletes a node as a cluster does when a machine goes away.
+    pub fn remove(&mut self, name: &str) {
+        delete_node(name);
+        self.names.retain(|n| n != name);
+    }
+}
+
+fn delete_node(name: &str) {
+    let bed = Bed::get();
+    let kubeconfig = bed.kubeconfig.display().to_string();
+    let _ = try_tool(
+        &bed.tool("kubectl"),
+        &["--kubeconfig", &kubeconfig, "delete", "node", name, "--wait=false"],
+        &[],
+        None,
+    );
+}
+
+impl Drop for TestNodes {
+    fn drop(&mut self) {
+        for name in &self.names {
+            delete_node(name);
+        }
+    }
+}
+
 /// A fresh namespace for one test; names are unique per process and test.
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     let name = format!("{prefix}-{}", unique_suffix());
@@ -200,13 +288,15 @@ where
 pub struct Operator {
     child: std::process::Child,
     pub log: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl Operator {
+    /// Its log goes to `<bed state>/operator-logs/<namespace>-<n>.log` (kept for post-mortems; the
+    /// bed's state directory is wiped by the next `e2e/cluster up`).
     pub fn start(namespace: &str) -> Operator {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("operator.log");
+        let dir = Bed::get().state.join("operator-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("{namespace}-{}.log", unique_suffix()));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_modelpack-operator"))
             .args(["run", "--watch-namespace", namespace, "--log-format", "text"])
@@ -215,7 +305,14 @@ impl Operator {
             .stderr(file)
             .spawn()
             .expect("starting the operator");
-        Operator { child, log, _dir: dir }
+        Operator { child, log }
+    }
+}
+
+impl Operator {
+    /// Kills the operator now (as a crash or a rollout of the operator would).
+    pub fn kill(self) {
+        drop(self);
     }
 }
 

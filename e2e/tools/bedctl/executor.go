@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -28,7 +28,7 @@ import (
 type executor struct {
 	cs        *kubernetes.Clientset
 	state     string
-	nodes     map[string]bool
+	nodes     listersv1.NodeLister
 	binary    string
 	apiserver string // host:port the in-pod KUBERNETES_SERVICE_* variables point at
 	self      string // this executable, re-run as `container-init` inside each container
@@ -46,7 +46,6 @@ func runExecutor(args []string) error {
 	fs := flag.NewFlagSet("executor", flag.ExitOnError)
 	kubeconfig := fs.String("kubeconfig", "", "admin kubeconfig")
 	state := fs.String("state", "", "test bed state directory")
-	nodes := fs.String("nodes", "", "comma-separated simulated node names")
 	binary := fs.String("binary", "", "the operator binary that images named modelpack-operator map to")
 	apiserver := fs.String("apiserver", "", "host:port of the apiserver, for in-pod clients")
 	_ = fs.Parse(args)
@@ -58,16 +57,19 @@ func runExecutor(args []string) error {
 	if err != nil {
 		return err
 	}
-	e := &executor{cs: cs, state: *state, nodes: map[string]bool{}, binary: *binary, apiserver: *apiserver, self: self, pods: map[types.UID]*runningPod{}}
-	for _, n := range strings.Split(*nodes, ",") {
-		e.nodes[n] = true
-	}
+	e := &executor{cs: cs, state: *state, binary: *binary, apiserver: *apiserver, self: self, pods: map[types.UID]*runningPod{}}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
 	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = "spec.nodeName!="
 	}))
+	// Nodes come and go while the bed runs (tests add and remove them): every node labelled as
+	// simulated is served, whenever it was created.
+	nodeFactory := informers.NewSharedInformerFactory(cs, 0)
+	e.nodes = nodeFactory.Core().V1().Nodes().Lister()
+	nodeFactory.Start(ctx.Done())
+	nodeFactory.WaitForCacheSync(ctx.Done())
 	informer := factory.Core().V1().Pods().Informer()
 	_, err = informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj interface{}) { e.observe(ctx, obj) },
@@ -76,7 +78,7 @@ func runExecutor(args []string) error {
 	if err != nil {
 		return err
 	}
-	log.Printf("executor: running pods for nodes %s with %s", *nodes, *binary)
+	log.Printf("executor: running pods for nodes labelled %s=true with %s", simulatedLabel, *binary)
 	factory.Start(ctx.Done())
 	<-ctx.Done()
 	// Kill every container and wait for it, so that nothing the bed started outlives it.
@@ -96,12 +98,15 @@ func runExecutor(args []string) error {
 
 func (e *executor) observe(ctx context.Context, obj interface{}) {
 	pod, ok := obj.(*corev1.Pod)
-	if !ok || !e.nodes[pod.Spec.NodeName] {
+	if !ok {
 		return
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	running := e.pods[pod.UID]
+	if running == nil && !e.simulated(pod.Spec.NodeName) {
+		return
+	}
 	if pod.DeletionTimestamp != nil {
 		// A kubelet kills the containers, then confirms the deletion; without that the pod would
 		// stay Terminating forever and the garbage collector could never finish.
@@ -130,6 +135,14 @@ func (e *executor) observe(ctx context.Context, obj interface{}) {
 		defer close(p.done)
 		e.run(podCtx, pod.DeepCopy())
 	}()
+}
+
+// simulatedLabel marks the nodes this executor is the kubelet of.
+const simulatedLabel = "bed.modelpack.dev/simulated"
+
+func (e *executor) simulated(nodeName string) bool {
+	node, err := e.nodes.Get(nodeName)
+	return err == nil && node.Labels[simulatedLabel] == "true"
 }
 
 func closedChan() chan struct{} {

@@ -34,8 +34,8 @@ func main() {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
-  bedctl nodes --kubeconfig FILE --names a,b,c        create Ready, untainted simulated nodes
-  bedctl executor --kubeconfig FILE --state DIR --nodes a,b,c --binary FILE --apiserver HOST:PORT
+  bedctl nodes --kubeconfig FILE --names a,b,c [--labels k=v,...]   create Ready, untainted simulated nodes
+  bedctl executor --kubeconfig FILE --state DIR --binary FILE --apiserver HOST:PORT
   bedctl htpasswd USER PASSWORD                       print a bcrypt htpasswd line
   bedctl token-server --addr A --key K --cert C --user U --password P   registry token service`)
 	os.Exit(2)

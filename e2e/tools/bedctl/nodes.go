@@ -30,7 +30,19 @@ func runNodes(args []string) error {
 	fs := flag.NewFlagSet("nodes", flag.ExitOnError)
 	kubeconfig := fs.String("kubeconfig", "", "admin kubeconfig")
 	names := fs.String("names", "", "comma-separated node names")
+	labels := fs.String("labels", "", "comma-separated key=value labels added to every node")
 	_ = fs.Parse(args)
+	extra := map[string]string{}
+	for _, kv := range strings.Split(*labels, ",") {
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return fmt.Errorf("label %q: expected key=value", kv)
+		}
+		extra[k] = v
+	}
 	cs, err := clientFor(*kubeconfig)
 	if err != nil {
 		return err
@@ -38,16 +50,17 @@ func runNodes(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for i, name := range strings.Split(*names, ",") {
-		if err := ensureNode(ctx, cs, name, i); err != nil {
+		if err := ensureNode(ctx, cs, name, i, extra); err != nil {
 			return fmt.Errorf("node %s: %w", name, err)
 		}
 	}
 	return nil
 }
 
-func ensureNode(ctx context.Context, cs *kubernetes.Clientset, name string, index int) error {
+func ensureNode(ctx context.Context, cs *kubernetes.Clientset, name string, index int, extra map[string]string) error {
 	zones := []string{"zone-a", "zone-b", "zone-c"}
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+		simulatedLabel:                     "true",
 		"kubernetes.io/hostname":           name,
 		"kubernetes.io/os":                 "linux",
 		"kubernetes.io/arch":               "amd64",
@@ -55,6 +68,9 @@ func ensureNode(ctx context.Context, cs *kubernetes.Clientset, name string, inde
 		"topology.kubernetes.io/region":    "bed",
 		"topology.kubernetes.io/zone":      zones[index%len(zones)],
 	}}}
+	for k, v := range extra {
+		node.Labels[k] = v
+	}
 	_, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return err

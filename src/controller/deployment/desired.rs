@@ -1,0 +1,128 @@
+//! The version a ModelDeployment should hold: the Model's accepted digest (verified when the Model
+//! asks for verification, resolved otherwise) or the deployment's pin.
+
+use crate::api::conditions::{self, READY, STALLED};
+use crate::api::{Model, ModelDeployment, VersionRef, short_digest};
+
+use super::plan::Desired;
+
+pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
+    let name = &deployment.spec.model_ref.name;
+    let blocked =
+        |reason: &str, message: String, stalled: bool| Desired::Blocked { reason: reason.to_owned(), message, stalled };
+    let Some(model) = model else {
+        return blocked("ModelNotFound", format!("model {name} not found"), false);
+    };
+    let Some(status) = model.status.as_ref().filter(|s| s.observed_generation == model.metadata.generation) else {
+        return blocked("ModelNotReady", format!("waiting for model {name} to be reconciled"), false);
+    };
+    let verify = model.spec.verify.is_some();
+    let resolved = status.resolved.as_ref().map(|r| r.digest.as_str());
+    let accepted = if verify { status.verified.as_ref().map(|v| v.digest.as_str()) } else { resolved };
+    let why = conditions::find(&status.conditions, READY).map(|c| c.message.clone()).unwrap_or_default();
+    let model_stalled = conditions::is_true(&status.conditions, STALLED);
+
+    let digest = match (&deployment.spec.digest, accepted) {
+        (Some(pin), _) if !verify || accepted == Some(pin.as_str()) => pin.clone(),
+        (Some(pin), _) => {
+            let verified = accepted.unwrap_or("none");
+            let message = format!(
+                "pinned digest {pin} is not the digest model {name} verified ({verified}); only verified digests are pulled"
+            );
+            return blocked("VerificationFailed", message, true);
+        }
+        (None, Some(d)) => d.to_owned(),
+        (None, None) if verify && (model_stalled || resolved.is_some()) => {
+            return blocked("VerificationFailed", format!("model {name} has no verified version: {why}"), true);
+        }
+        (None, None) if model_stalled => {
+            return blocked("ModelStalled", format!("model {name} has no usable version: {why}"), true);
+        }
+        (None, None) => {
+            return blocked("ModelNotReady", format!("model {name} has no accepted version yet: {why}"), false);
+        }
+    };
+    let tag = match &status.resolved {
+        Some(r) if r.digest == digest => r.tag.clone(),
+        _ => status.history.iter().find(|h| h.digest == digest).and_then(|h| h.tag.clone()),
+    };
+    let rejected = match resolved {
+        Some(r) if verify && deployment.spec.digest.is_none() && r != digest => {
+            Some(format!("model {name} resolved {} but its verification failed: {why}", short_digest(r)))
+        }
+        _ => None,
+    };
+    Desired::Version { version: VersionRef { short_digest: short_digest(&digest), digest, tag }, rejected }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn d(n: char) -> String {
+        format!("sha256:{}", n.to_string().repeat(64))
+    }
+
+    fn model(verify: bool, resolved: Option<String>, verified: Option<String>, stalled: bool) -> Model {
+        let mut conditions = vec![json!({"type": "Ready", "status": if stalled {"False"} else {"True"},
+            "reason": "X", "message": "signature rejected", "lastTransitionTime": "2026-01-01T00:00:00Z"})];
+        if stalled {
+            conditions.push(json!({"type": "Stalled", "status": "True", "reason": "X", "message": "m",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}));
+        }
+        let mut status = json!({"observedGeneration": 1, "conditions": conditions});
+        if let Some(r) = resolved {
+            status["resolved"] = json!({"digest": r, "shortDigest": "x", "tag": "v2", "revision": "v2@x",
+                "resolvedAt": "2026-01-01T00:00:00Z"});
+        }
+        if let Some(v) = verified {
+            status["verified"] = json!({"digest": v, "shortDigest": "x", "provider": "cosign",
+                "verifiedAt": "2026-01-01T00:00:00Z"});
+        }
+        let mut spec = json!({"repository": "r.example/m"});
+        if verify {
+            spec["verify"] = json!({"provider": "cosign", "secretRef": {"name": "keys"}});
+        }
+        serde_json::from_value(json!({"metadata": {"name": "m", "generation": 1}, "spec": spec, "status": status}))
+            .unwrap()
+    }
+
+    fn deployment(pin: Option<String>) -> ModelDeployment {
+        let mut spec = json!({"modelRef": {"name": "m"}});
+        if let Some(p) = pin {
+            spec["digest"] = json!(p);
+        }
+        serde_json::from_value(json!({"metadata": {"name": "d"}, "spec": spec})).unwrap()
+    }
+
+    fn digest_of(desired: &Desired) -> Option<&str> {
+        match desired {
+            Desired::Version { version, .. } => Some(&version.digest),
+            Desired::Blocked { .. } => None,
+        }
+    }
+
+    #[test]
+    fn unverified_models_deploy_what_they_resolve() {
+        let m = model(false, Some(d('a')), None, false);
+        let got = desired(&deployment(None), Some(&m));
+        assert_eq!(digest_of(&got), Some(d('a').as_str()));
+        assert!(matches!(got, Desired::Version { version: VersionRef { tag: Some(_), .. }, rejected: None }));
+        assert_eq!(digest_of(&desired(&deployment(Some(d('b'))), Some(&m))), Some(d('b').as_str()), "a pin wins");
+        assert!(matches!(desired(&deployment(None), None), Desired::Blocked { stalled: false, .. }));
+    }
+
+    #[test]
+    fn verified_models_deploy_only_verified_digests() {
+        let moved = model(true, Some(d('b')), Some(d('a')), true);
+        let got = desired(&deployment(None), Some(&moved));
+        assert_eq!(digest_of(&got), Some(d('a').as_str()), "the old verified digest stays desired");
+        assert!(matches!(got, Desired::Version { rejected: Some(_), .. }));
+        let never = model(true, Some(d('b')), None, true);
+        assert!(matches!(desired(&deployment(None), Some(&never)), Desired::Blocked { stalled: true, .. }));
+        let pin = desired(&deployment(Some(d('c'))), Some(&moved));
+        assert!(matches!(pin, Desired::Blocked { ref reason, .. } if reason == "VerificationFailed"));
+        assert_eq!(digest_of(&desired(&deployment(Some(d('a'))), Some(&moved))), Some(d('a').as_str()));
+    }
+}

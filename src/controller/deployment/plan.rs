@@ -1,0 +1,461 @@
+//! The decisions of one ModelDeployment reconcile as a pure function: from the previous status, the
+//! desired version, the selected nodes and the Jobs that exist, compute the new status, the Jobs to
+//! create and delete, and the events. Everything that talks to the API server is in `mod.rs`.
+//!
+//! Per node at most one Job of a deployment runs at a time, and a finished Job is deleted before the
+//! next one starts: a pull moves the node's `current` link when it completes, so two pulls finishing
+//! out of order would leave the wrong version linked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::conditions::{self, ConditionStatus, Observation};
+use crate::api::{
+    DeployedVersion, Drift, ModelDeploymentSpec, ModelDeploymentStatus, NodeEntry, NodePhase, NodesStatus, VersionRef,
+    short_digest,
+};
+
+/// A failed pull is retried this long after it failed, or at once when registry access changes.
+pub const RETRY_AFTER: Duration = Duration::from_secs(300);
+const HISTORY_LIMIT: usize = 10;
+const DEFAULT_MAX_PARALLEL: i32 = 3;
+/// Re-checked this often even when nothing is watched to change.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// A Job's progress as the plan needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobState {
+    Pending,
+    Running { started: Option<Time> },
+    Succeeded { started: Option<Time>, completed: Option<Time>, bytes: Option<i64> },
+    Failed { started: Option<Time>, completed: Option<Time>, message: String },
+}
+
+impl JobState {
+    pub fn is_active(&self) -> bool {
+        matches!(self, JobState::Pending | JobState::Running { .. })
+    }
+}
+
+/// A Job of this deployment on one node.
+#[derive(Clone, Debug)]
+pub struct ObservedJob {
+    pub name: String,
+    pub digest: String,
+    pub state: JobState,
+    /// The registry-access fingerprint it was created with.
+    pub access: Option<String>,
+    /// Deletion requested; it no longer counts, but blocks a new Job of the same name.
+    pub deleting: bool,
+}
+
+/// What the deployment should hold, or why there is nothing to hold.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Desired {
+    Version {
+        version: VersionRef,
+        /// The Model resolved a newer digest whose verification failed: why.
+        rejected: Option<String>,
+    },
+    Blocked {
+        reason: String,
+        message: String,
+        stalled: bool,
+    },
+}
+
+pub struct Inputs<'a> {
+    pub spec: &'a ModelDeploymentSpec,
+    pub previous: &'a ModelDeploymentStatus,
+    pub desired: &'a Desired,
+    /// Selected node names.
+    pub nodes: &'a [String],
+    /// Every Job of this deployment, by node (selected or not).
+    pub jobs: &'a BTreeMap<String, Vec<ObservedJob>>,
+    /// Fingerprint of the registry access new Jobs get.
+    pub access: &'a str,
+    pub generation: Option<i64>,
+    pub now: &'a Time,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub status: ModelDeploymentStatus,
+    /// (node, digest) pull Jobs to create.
+    pub create: Vec<(String, String)>,
+    /// Job names to delete.
+    pub delete: Vec<String>,
+    /// Versions new pull Jobs keep in the node cache besides the one they pull.
+    pub keep: Vec<String>,
+    pub events: Vec<Note>,
+    pub requeue: Duration,
+}
+
+struct NodePlan {
+    entry: Option<NodeEntry>,
+    create: Option<String>,
+    delete: Vec<String>,
+    retry_at: Option<jiff::Timestamp>,
+}
+
+pub fn plan(inputs: &Inputs) -> Plan {
+    let previous = inputs.previous;
+    let desired = match inputs.desired {
+        Desired::Version { version, .. } => Some(version),
+        Desired::Blocked { .. } => None,
+    };
+    let deployed = previous.deployed.as_ref().map(|d| d.digest.as_str());
+    let prev_entries: BTreeMap<&str, &NodeEntry> =
+        previous.nodes.iter().flat_map(|n| &n.entries).map(|e| (e.node.as_str(), e)).collect();
+    let no_jobs = Vec::new();
+
+    let mut entries = Vec::new();
+    let mut wanted = Vec::new();
+    let mut delete = Vec::new();
+    let mut retry_at: Option<jiff::Timestamp> = None;
+    for node in inputs.nodes {
+        let jobs = inputs.jobs.get(node).unwrap_or(&no_jobs);
+        let p = plan_node(inputs, node, prev_entries.get(node.as_str()).copied(), jobs, desired, deployed);
+        entries.extend(p.entry);
+        wanted.extend(p.create.map(|d| (node.clone(), d)));
+        delete.extend(p.delete);
+        retry_at = match (retry_at, p.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    // Nodes that left the selection keep nothing running for this deployment.
+    for (node, jobs) in inputs.jobs {
+        if !inputs.nodes.contains(node) {
+            delete.extend(jobs.iter().filter(|j| !j.deleting).map(|j| j.name.clone()));
+        }
+    }
+
+    let running = inputs
+        .jobs
+        .iter()
+        .filter(|(node, _)| inputs.nodes.contains(node))
+        .flat_map(|(_, jobs)| jobs)
+        .filter(|j| j.state.is_active() && !j.deleting)
+        .count();
+    let max_parallel = inputs.spec.pull.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL).max(1) as usize;
+    let may_start = !inputs.spec.suspend && desired.is_some();
+    let create: Vec<(String, String)> =
+        if may_start { wanted.into_iter().take(max_parallel.saturating_sub(running)).collect() } else { Vec::new() };
+
+    let mut status = ModelDeploymentStatus {
+        observed_generation: inputs.generation,
+        conditions: previous.conditions.clone(),
+        desired: desired.cloned(),
+        deployed: previous.deployed.clone(),
+        nodes: None,
+        drift: None,
+        history: previous.history.clone(),
+        node_label: previous.node_label.clone(),
+    };
+    let on_desired = |e: &NodeEntry| desired.is_some_and(|d| e.current.as_deref() == Some(d.digest.as_str()));
+    if let Some(d) = desired {
+        let everywhere = !inputs.nodes.is_empty()
+            && inputs.nodes.iter().all(|n| entries.iter().any(|e: &NodeEntry| &e.node == n && on_desired(e)));
+        if everywhere && deployed != Some(d.digest.as_str()) {
+            if let Some(old) = previous.deployed.clone() {
+                status.history.retain(|h| h.digest != old.digest && h.digest != d.digest);
+                status
+                    .history
+                    .insert(0, VersionRef { digest: old.digest, short_digest: old.short_digest, tag: old.tag });
+                status.history.truncate(HISTORY_LIMIT);
+            }
+            status.deployed = Some(DeployedVersion {
+                digest: d.digest.clone(),
+                short_digest: d.short_digest.clone(),
+                tag: d.tag.clone(),
+                since: inputs.now.clone(),
+            });
+        }
+    }
+    let count = |phase: NodePhase| entries.iter().filter(|e| e.phase == phase).count() as i32;
+    let ready = entries.iter().filter(|e| on_desired(e)).count() as i32;
+    status.nodes = Some(NodesStatus {
+        selected: inputs.nodes.len() as i32,
+        ready,
+        pulling: count(NodePhase::Pulling),
+        failed: count(NodePhase::Failed),
+        summary: format!("{ready}/{}", inputs.nodes.len()),
+        entries,
+    });
+
+    let (drift, observation) = drift(inputs, &status);
+    status.drift = Some(Drift {
+        since: match &previous.drift {
+            Some(p) if p.reason == drift.reason && p.in_sync == drift.in_sync => p.since.clone(),
+            _ => inputs.now.clone(),
+        },
+        ..drift
+    });
+    let d = status.drift.as_ref().map(|d| (d.in_sync, d.reason.clone(), d.message.clone())).unwrap_or_default();
+    let drifted = if d.0 { ConditionStatus::False } else { ConditionStatus::True };
+    conditions::set(
+        &mut status.conditions,
+        conditions::condition(conditions::DRIFTED, drifted, &d.1, &d.2, inputs.generation, inputs.now),
+    );
+    conditions::apply(&mut status.conditions, &observation, inputs.generation, inputs.now);
+
+    let events = events(previous, &status);
+    let active = running + create.len() > 0;
+    let requeue = match retry_at {
+        Some(at) => Duration::try_from(at.duration_since(inputs.now.0)).unwrap_or_default().max(Duration::from_secs(1)),
+        None if active => Duration::from_secs(60),
+        None => RESYNC,
+    };
+    let keep = keep_list(inputs.spec, &status);
+    Plan { status, create, delete, keep, events, requeue: requeue.min(RESYNC) }
+}
+
+fn plan_node(
+    inputs: &Inputs,
+    node: &str,
+    prev: Option<&NodeEntry>,
+    jobs: &[ObservedJob],
+    desired: Option<&VersionRef>,
+    deployed: Option<&str>,
+) -> NodePlan {
+    let mut out = NodePlan { entry: None, create: None, delete: Vec::new(), retry_at: None };
+    let live: Vec<&ObservedJob> = jobs.iter().filter(|j| !j.deleting).collect();
+    // A node runs one Job of this deployment at a time and a new one starts only after the others
+    // are gone, so a live Job that succeeded is the last pull on the node: its digest is `current`.
+    let mut current = prev.and_then(|p| p.current.clone());
+    let finished = live
+        .iter()
+        .filter_map(|j| match &j.state {
+            JobState::Succeeded { completed, .. } => Some((completed.clone(), *j)),
+            _ => None,
+        })
+        .max_by_key(|(completed, _)| completed.clone())
+        .map(|(_, j)| j);
+    if let Some(job) = finished {
+        current = Some(job.digest.clone());
+    }
+    // A node that holds nothing gets the deployed version first (it can serve that at once), then
+    // the desired one.
+    let target = match (desired, deployed) {
+        (Some(d), Some(dep)) if current.is_none() && dep != d.digest => dep.to_owned(),
+        (Some(d), _) => d.digest.clone(),
+        (None, _) => match prev {
+            Some(p) => p.digest.clone(),
+            None => return out,
+        },
+    };
+    let other_active = live.iter().any(|j| j.digest != target && j.state.is_active());
+    out.delete = live.iter().filter(|j| j.digest != target && !j.state.is_active()).map(|j| j.name.clone()).collect();
+    let blocked_by_others = other_active || !out.delete.is_empty() || jobs.iter().any(|j| j.deleting);
+    let target_job = live.iter().find(|j| j.digest == target).copied();
+    let prev_same = prev.filter(|p| p.digest == target);
+    let mut entry = NodeEntry {
+        node: node.to_owned(),
+        digest: target.clone(),
+        current: current.clone(),
+        phase: NodePhase::Pending,
+        bytes: None,
+        started_at: None,
+        completed_at: None,
+        message: None,
+    };
+
+    if current.as_deref() == Some(target.as_str()) {
+        entry.phase = NodePhase::Ready;
+        match finished.filter(|j| j.digest == target).map(|j| &j.state) {
+            Some(JobState::Succeeded { started, completed, bytes }) => {
+                (entry.started_at, entry.completed_at, entry.bytes) = (started.clone(), completed.clone(), *bytes);
+            }
+            _ => {
+                if let Some(p) = prev_same.filter(|p| p.phase == NodePhase::Ready) {
+                    (entry.started_at, entry.completed_at, entry.bytes) =
+                        (p.started_at.clone(), p.completed_at.clone(), p.bytes);
+                }
+            }
+        }
+        out.entry = Some(entry);
+        return out;
+    }
+
+    let retry_due = |completed: &Option<Time>| completed.as_ref().is_none_or(|c| c.0 + RETRY_AFTER <= inputs.now.0);
+    match target_job.map(|j| (j, &j.state)) {
+        Some((_, JobState::Pending)) => {}
+        Some((_, JobState::Running { started })) => {
+            entry.phase = NodePhase::Pulling;
+            entry.started_at = started.clone();
+        }
+        // A succeeded Job of the target made it `current` above.
+        Some((_, JobState::Succeeded { .. })) => {}
+        Some((job, JobState::Failed { started, completed, message })) => {
+            let access_changed = job.access.as_deref().is_some_and(|a| a != inputs.access);
+            if access_changed || retry_due(completed) {
+                out.delete.push(job.name.clone());
+                entry.message = Some(format!("retrying after: {message}"));
+            } else {
+                entry.phase = NodePhase::Failed;
+                (entry.started_at, entry.completed_at) = (started.clone(), completed.clone());
+                entry.message = Some(message.clone());
+                out.retry_at = completed.as_ref().map(|c| c.0 + RETRY_AFTER);
+            }
+        }
+        None if blocked_by_others => {
+            entry.message = Some("waiting for this node's previous pull Job to finish".into());
+        }
+        None => match prev_same.filter(|p| p.phase == NodePhase::Failed) {
+            Some(p) if !retry_due(&p.completed_at) => {
+                entry = NodeEntry { current, ..p.clone() };
+                out.retry_at = p.completed_at.as_ref().map(|c| c.0 + RETRY_AFTER);
+            }
+            _ => out.create = Some(target.clone()),
+        },
+    }
+    out.entry = Some(entry);
+    out
+}
+
+/// Drift between desired and deployed, and the kstatus observation it amounts to.
+fn drift(inputs: &Inputs, status: &ModelDeploymentStatus) -> (Drift, Observation) {
+    let nodes = status.nodes.clone().unwrap_or_default();
+    let deployed = status.deployed.as_ref();
+    let counts = format!("{}/{} nodes ready", nodes.ready, nodes.selected);
+    let drift = |in_sync: bool, reason: &str, message: String| Drift {
+        in_sync,
+        reason: reason.to_owned(),
+        message,
+        since: inputs.now.clone(),
+    };
+    let (version, rejected) = match inputs.desired {
+        Desired::Blocked { reason, message, stalled } => {
+            let obs = if *stalled {
+                Observation::stalled(reason.as_str(), message.as_str())
+            } else {
+                Observation::progressing(reason.as_str(), message.as_str())
+            };
+            return (drift(false, reason, message.clone()), obs);
+        }
+        Desired::Version { version, rejected } => (version, rejected),
+    };
+    let desired = describe(&version.digest, version.tag.as_deref());
+    if let Some(why) = rejected {
+        let message = format!("{why}; nodes keep {desired}");
+        return (
+            drift(false, "VerificationFailed", message.clone()),
+            Observation::stalled("VerificationFailed", message),
+        );
+    }
+    if nodes.selected == 0 {
+        let message = "no Ready, schedulable node matches the nodeSelector and tolerations".to_owned();
+        return (drift(false, "NodesNotReady", message.clone()), Observation::not_ready("NoNodesSelected", message));
+    }
+    let failed: Vec<&NodeEntry> = nodes.entries.iter().filter(|e| e.phase == NodePhase::Failed).collect();
+    if let Some(first) = failed.first() {
+        let message = format!(
+            "pull of {} failed on {} node(s) ({counts}); {}: {}",
+            short_digest(&first.digest),
+            failed.len(),
+            first.node,
+            first.message.as_deref().unwrap_or("failed")
+        );
+        return (drift(false, "PullFailed", message.clone()), Observation::stalled("PullFailed", message));
+    }
+    let deployed_digest = deployed.map(|d| d.digest.as_str());
+    let (reason, message) = match deployed_digest {
+        Some(d) if d == version.digest && nodes.ready == nodes.selected => {
+            let message = format!("{desired} is ready on all {} nodes", nodes.selected);
+            let obs = if inputs.spec.suspend {
+                Observation::ready("Deployed", format!("{message} (suspended)"))
+            } else {
+                Observation::ready("Deployed", message.as_str())
+            };
+            return (drift(true, "InSync", message), obs);
+        }
+        Some(d) if d == version.digest => {
+            ("NodeJoined", format!("{desired} is deployed; {counts}: pulling onto joined nodes"))
+        }
+        Some(d) => ("NewVersionPending", format!("deployed {}, desired {desired}: {counts}", short_digest(d))),
+        None => ("NodesNotReady", format!("{desired}: {counts}")),
+    };
+    let obs = if inputs.spec.suspend {
+        Observation::not_ready("Suspended", format!("suspended: {message}"))
+    } else {
+        Observation::progressing(reason, message.as_str())
+    };
+    (drift(false, reason, message), obs)
+}
+
+fn describe(digest: &str, tag: Option<&str>) -> String {
+    match tag {
+        Some(t) => format!("{} ({t})", short_digest(digest)),
+        None => short_digest(digest),
+    }
+}
+
+/// Versions the node cache keeps for this deployment: desired, deployed, and `keepPrevious` of
+/// the versions deployed before.
+fn keep_list(spec: &ModelDeploymentSpec, status: &ModelDeploymentStatus) -> Vec<String> {
+    let mut keep = BTreeSet::new();
+    keep.extend(status.desired.as_ref().map(|d| d.digest.clone()));
+    keep.extend(status.deployed.as_ref().map(|d| d.digest.clone()));
+    let previous = spec.keep_previous.max(0) as usize;
+    keep.extend(status.history.iter().take(previous).map(|h| h.digest.clone()));
+    keep.into_iter().collect()
+}
+
+fn events(previous: &ModelDeploymentStatus, next: &ModelDeploymentStatus) -> Vec<Note> {
+    let mut notes = Vec::new();
+    let note = |warning: bool, reason: &str, message: String| Note { warning, reason: reason.to_owned(), message };
+    let digest_of = |v: &Option<VersionRef>| v.as_ref().map(|v| v.digest.clone());
+    if let Some(d) = &next.desired
+        && digest_of(&previous.desired) != Some(d.digest.clone())
+    {
+        let was = previous.desired.as_ref().map_or_else(String::new, |p| format!(", was {}", p.digest));
+        notes.push(note(
+            false,
+            "NewVersion",
+            format!("desired version {}{was}", describe(&d.digest, d.tag.as_deref())),
+        ));
+    }
+    if let Some(d) = &next.deployed
+        && previous.deployed.as_ref().map(|p| &p.digest) != Some(&d.digest)
+    {
+        let nodes = next.nodes.as_ref().map_or(0, |n| n.selected);
+        notes.push(note(
+            false,
+            "Deployed",
+            format!("{} is ready on all {nodes} nodes", describe(&d.digest, d.tag.as_deref())),
+        ));
+    }
+    let was_failed: BTreeSet<(&str, &str)> = previous
+        .nodes
+        .iter()
+        .flat_map(|n| &n.entries)
+        .filter(|e| e.phase == NodePhase::Failed)
+        .map(|e| (e.node.as_str(), e.digest.as_str()))
+        .collect();
+    for e in next.nodes.iter().flat_map(|n| &n.entries) {
+        if e.phase == NodePhase::Failed && !was_failed.contains(&(e.node.as_str(), e.digest.as_str())) {
+            let why = e.message.as_deref().unwrap_or("failed");
+            notes.push(note(true, "PullFailed", format!("node {}: pull of {} failed: {why}", e.node, e.digest)));
+        }
+    }
+    let reason = |s: &ModelDeploymentStatus| s.drift.as_ref().map(|d| d.reason.clone());
+    if reason(next).as_deref() == Some("VerificationFailed") && reason(previous) != reason(next) {
+        let message = next.drift.as_ref().map(|d| d.message.clone()).unwrap_or_default();
+        notes.push(note(true, "VerificationFailed", message));
+    }
+    notes
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
