@@ -132,6 +132,51 @@ fn inspect_text(v: &Value) -> String {
     s
 }
 
+/// `verify REF --cosign-key FILE…`: exit 0 when a signature verifies, 1 with the reason when not.
+pub async fn verify_cosign(reference: &str, keys: &[PathBuf], args: &RegistryArgs, json_output: bool) -> Result<bool> {
+    use modelpack_operator::verify::{self, cosign::NamedKey};
+    let mut named = Vec::new();
+    for path in keys {
+        let pem = std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
+        let key = verify::PublicKey::from_pem(&pem).with_context(|| format!("key {}", path.display()))?;
+        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        named.push(NamedKey { name, key });
+    }
+    let (repo, spec) = Repository::parse_reference(reference)?;
+    let registry = args.registry_for(&repo)?;
+    let digest = registry.resolve(&repo, &spec).await?.digest;
+    let result = verify::cosign::verify(&registry, &repo, &digest, &named).await;
+    let (verified, out) = match &result {
+        Ok(v) => (
+            true,
+            json!({
+                "verified": true, "provider": v.provider, "digest": v.digest, "identity": v.identity,
+                "signatureDigest": v.signature_digest, "reason": null, "warnings": v.warnings,
+            }),
+        ),
+        Err(verify::Error::Rejected { reason, detail }) => (
+            false,
+            json!({
+                "verified": false, "provider": "cosign", "digest": digest, "identity": null,
+                "signatureDigest": null, "reason": reason.as_str(), "detail": detail, "warnings": [],
+            }),
+        ),
+        Err(e) => anyhow::bail!("verifying {repo}@{digest}: {e}"),
+    };
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if verified {
+        println!("verified {repo}@{digest}: signed by {} (cosign)", out["identity"].as_str().unwrap_or_default());
+    } else {
+        println!(
+            "rejected {repo}@{digest}: {}: {}",
+            out["reason"].as_str().unwrap_or_default(),
+            out["detail"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(verified)
+}
+
 /// `pull REF --cache-dir DIR …`: one model by digest into a node cache.
 pub struct PullCommand {
     pub repository: Repository,

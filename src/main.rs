@@ -167,11 +167,31 @@ fn main() -> ExitCode {
             let json = matches!(args.output, Output::Json);
             run_async(cli::inspect(&args.reference, &args.registry, json))
         }
-        Command::Verify(_) => not_yet("verify"),
+        Command::Verify(args) => verify(args),
         Command::Gc(args) => match gc(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+    }
+}
+
+fn verify(args: VerifyArgs) -> ExitCode {
+    if args.notation_policy.is_some() {
+        return not_yet("verify --notation-policy");
+    }
+    if args.cosign_key.is_empty() {
+        eprintln!("error: give --cosign-key FILE (repeatable) or --notation-policy FILE --notation-certs DIR");
+        return ExitCode::from(2);
+    }
+    let json = matches!(args.output, Output::Json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::from(e)),
+    };
+    match runtime.block_on(cli::verify_cosign(&args.reference, &args.cosign_key, &args.registry, json)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => fail(&e),
     }
 }
 

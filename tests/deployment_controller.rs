@@ -19,7 +19,7 @@ use kube::{Client, ResourceExt};
 use modelpack_operator::api::conditions::{ConditionStatus, DRIFTED, KStatus, READY, find, kstatus};
 use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase};
 use serde_json::{Value, json};
-use support::fixtures::{ModelFiles, modctl_push};
+use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::{
     Bed, Operator, TestNodes, docker_config_secret, ensure_namespace, eventually, install_crds, namespace,
     unique_suffix,
@@ -366,7 +366,7 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
 }
 
 #[tokio::test]
-async fn an_unverifiable_model_pulls_nothing_and_a_restarted_operator_makes_no_duplicate_jobs() {
+async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_and_a_restarted_operator_makes_no_duplicate_jobs() {
     let bed = Bed::get();
     let mut s = setup("deploy-gate").await;
     let nodes = TestNodes::create("gate", 3);
@@ -375,11 +375,15 @@ async fn an_unverifiable_model_pulls_nothing_and_a_restarted_operator_makes_no_d
     let digest = modctl_push(bed, &bed.plain, &repo, "v1", &files);
     let repository = format!("{}/{repo}", bed.plain.host);
 
-    // A Model that asks for verification gates its deployment: no Job, Stalled, VerificationFailed.
+    // A Model that verifies with cosign: its signed version rolls out.
+    let key = CosignKey::generate();
+    let signed_files = ModelFiles::new(22, &[("model.safetensors", 50_000)]);
+    let signed = modctl_push(bed, &bed.plain, &repo, "prod", &signed_files);
+    key.sign(&format!("{repository}@{signed}"));
     let keys: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
-    let key = json!({"metadata": {"name": "keys"}, "stringData": {"cosign.pub": "not checked yet"}});
-    keys.create(&PostParams::default(), &serde_json::from_value(key).unwrap()).await.unwrap();
-    let verified = json!({"repository": repository, "ref": {"tag": "v1"}, "insecure": true,
+    let trust = json!({"metadata": {"name": "keys"}, "stringData": {"release.pub": key.public_pem()}});
+    keys.create(&PostParams::default(), &serde_json::from_value(trust).unwrap()).await.unwrap();
+    let verified = json!({"repository": repository, "ref": {"tag": "prod"}, "insecure": true, "interval": "10s",
         "verify": {"provider": "cosign", "secretRef": {"name": "keys"}}});
     apply(&s.models, "Model", "signed", verified).await;
     apply(
@@ -389,13 +393,30 @@ async fn an_unverifiable_model_pulls_nothing_and_a_restarted_operator_makes_no_d
         json!({"modelRef": {"name": "signed"}, "nodeSelector": nodes.selector()}),
     )
     .await;
+    wait_for(&s.deployments, "gated", "the signed version on 3 nodes", in_sync_on(&signed, 3)).await;
+
+    // The tag moves to an unsigned artifact: nothing is pulled, VerificationFailed, v1 stays.
+    let unsigned = modctl_push(bed, &bed.plain, &repo, "prod", &ModelFiles::new(23, &[("model.safetensors", 50_000)]));
     let d = wait_for(&s.deployments, "gated", "VerificationFailed", |st| {
         drift_reason(st).as_deref() == Some("VerificationFailed")
     })
     .await;
     assert_eq!(kstatus_of(&d), KStatus::Failed);
-    assert!(d.status.unwrap().desired.is_none());
-    assert!(jobs_of(&s.client, &s.ns, "gated").await.is_empty(), "an unverified version was pulled");
+    assert_eq!(model_kstatus(&s.models, "signed").await, KStatus::Failed);
+    let status = d.status.unwrap();
+    assert_eq!(deployed(&status), Some(signed.as_str()));
+    assert_eq!(status.desired.as_ref().map(|v| v.digest.as_str()), Some(signed.as_str()));
+    assert!(status.drift.unwrap().message.contains(&unsigned[7..19]), "the message names the rejected digest");
+    let pulled_unsigned =
+        jobs_of(&s.client, &s.ns, "gated").await.iter().any(|j| j.annotations()["modelpack.dev/digest"] == unsigned);
+    assert!(!pulled_unsigned, "an unverified version was pulled");
+    for node in &nodes.names {
+        assert_serves(node, &s.ns, "gated", &signed_files);
+    }
+    // Once signed, it rolls out.
+    key.sign(&format!("{repository}@{unsigned}"));
+    let d = wait_for(&s.deployments, "gated", "the newly signed version", in_sync_on(&unsigned, 3)).await;
+    assert_eq!(kstatus_of(&d), KStatus::Current);
 
     // A rollout one node at a time, with the operator killed after the first Job and restarted.
     apply(&s.models, "Model", "open", json!({"repository": repository, "ref": {"tag": "v1"}, "insecure": true})).await;

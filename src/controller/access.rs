@@ -123,6 +123,7 @@ pub struct Caches {
     inspections: Mutex<HashMap<(Repository, String), Arc<Inspection>>>,
     /// One registry round trip per key at a time: the others wait for it and read the cache.
     in_flight: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    verifications: super::trust::Verifications,
 }
 
 fn key_hash(key: &impl Hash) -> u64 {
@@ -175,6 +176,18 @@ impl Caches {
         cache.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(24 * 3600));
         cache.insert(key, (resolution.clone(), Instant::now()));
         Ok(resolution)
+    }
+
+    /// Verifies `digest` with the Model's trust material (passed verifications are cached).
+    pub async fn verify(
+        &self,
+        access: &Access,
+        model: &Model,
+        trust: &super::trust::Trust,
+        digest: &str,
+    ) -> Result<crate::verify::Verification, Error> {
+        let (registry, _) = self.registry(access)?;
+        self.verifications.verify(&registry, access, model, trust, digest).await
     }
 
     pub async fn inspect(&self, access: &Access, digest: &str) -> Result<Arc<Inspection>, Error> {

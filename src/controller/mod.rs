@@ -5,6 +5,7 @@ mod access;
 mod deployment;
 mod model;
 mod status;
+mod trust;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -27,6 +28,8 @@ pub use deployment::{FINALIZER, JobSettings};
 pub enum Error {
     #[error(transparent)]
     Registry(#[from] crate::registry::Error),
+    #[error(transparent)]
+    Verify(#[from] crate::verify::Error),
     #[error("secret {name} not found")]
     SecretNotFound { name: String },
     #[error("secret {name} {reason}")]

@@ -12,10 +12,13 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use super::access::{Access, access_for};
-use super::{Context, Error, status};
-use crate::api::conditions::{self, Observation};
-use crate::api::{Artifact, HistoryEntry, Model, ModelReference, ModelStatus, Resolved, short_digest};
+use super::{Context, Error, status, trust};
+use crate::api::conditions::{self, ConditionStatus, Observation};
+use crate::api::{
+    Artifact, HistoryEntry, Model, ModelReference, ModelStatus, Resolved, Verified, VerifySpec, short_digest,
+};
 use crate::registry::{self, Inspection, RefSpec, Resolution};
+use crate::verify::Verification;
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 const HISTORY_LIMIT: usize = 10;
@@ -71,34 +74,67 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
     let spec = ref_spec(&model.spec.reference);
     next.reference = spec.as_ref().ok().map(RefSpec::describe);
     let mut access_source = None;
+    let mut events = Vec::new();
     let observed = match spec {
         Err(e) => Err(e),
         Ok(spec) => match access_for(&ctx.client, &model, &namespace).await {
             Err(e) => Err(e),
             Ok(access) => {
                 access_source = access.credential_source.clone();
-                observe(&ctx, &access, &spec, every).await
+                observe(&ctx, &access, &spec, every).await.map(|observed| (observed, access))
             }
         },
     };
 
-    let (observation, requeue, event) = match observed {
-        Ok(observed) => {
-            let event = record_resolution(&mut next, &observed, &now);
-            let (observation, requeue) = ready_observation(&model, &observed, every);
-            (observation, requeue, event)
+    let (observation, requeue) = match observed {
+        Ok((observed, access)) => {
+            events.extend(record_resolution(&mut next, &observed, &now));
+            match &model.spec.verify {
+                None => {
+                    conditions::remove(&mut next.conditions, conditions::VERIFIED);
+                    ready_observation(&observed, every)
+                }
+                Some(verify) => {
+                    let digest = &observed.resolution.digest;
+                    let verified = match trust::trust_for(&ctx.client, verify, &namespace).await {
+                        Ok(trust) => ctx.caches.verify(&access, &model, &trust, digest).await,
+                        Err(e) => Err(e),
+                    };
+                    match verified {
+                        Err(Error::Kube(e)) => return Err(Error::Kube(e)),
+                        Ok(verification) => {
+                            events.extend(record_verification(&mut next, verify, &verification, &now, generation));
+                            verified_observation(&observed, &verification, every)
+                        }
+                        Err(e) => {
+                            let outcome = outcome_of(&e, access_source.as_deref(), every);
+                            let o = &outcome.observation;
+                            let verified = conditions::condition(
+                                conditions::VERIFIED,
+                                ConditionStatus::False,
+                                &o.reason,
+                                &o.message,
+                                generation,
+                                &now,
+                            );
+                            conditions::set(&mut next.conditions, verified);
+                            (outcome.observation, outcome.requeue)
+                        }
+                    }
+                }
+            }
         }
         Err(Error::Kube(e)) => return Err(Error::Kube(e)),
         Err(e) => {
             let outcome = outcome_of(&e, access_source.as_deref(), every);
-            (outcome.observation, outcome.requeue, None)
+            (outcome.observation, outcome.requeue)
         }
     };
     conditions::apply(&mut next.conditions, &observation, generation, &now);
     let wrote = status::apply(&api, model.as_ref(), current.as_ref(), &next).await?;
 
     let reference = model.object_ref(&());
-    if let Some(event) = event {
+    for event in events {
         publish(&ctx, &reference, event).await;
     }
     let reason_changed = current
@@ -208,13 +244,54 @@ fn artifact(inspection: &Inspection) -> Artifact {
     }
 }
 
-fn ready_observation(model: &Model, observed: &Observed, every: Duration) -> (Observation, Duration) {
+/// Records a passed verification; returns the Event for a newly verified digest.
+fn record_verification(
+    status: &mut ModelStatus,
+    spec: &VerifySpec,
+    verification: &Verification,
+    now: &Time,
+    generation: Option<i64>,
+) -> Option<Event> {
+    let digest = &verification.digest;
+    let same = status.verified.as_ref().is_some_and(|v| &v.digest == digest);
+    let verified_at = match &status.verified {
+        Some(v) if same => v.verified_at.clone(),
+        _ => now.clone(),
+    };
+    status.verified = Some(Verified {
+        digest: digest.clone(),
+        short_digest: short_digest(digest),
+        provider: spec.provider,
+        identity: Some(verification.identity.clone()),
+        verified_at,
+    });
+    let (state, reason, message) = if verification.enforced {
+        (ConditionStatus::True, "Verified", format!("signed by {} ({})", verification.identity, verification.provider))
+    } else {
+        let logged = verification.warnings.join("; ");
+        (ConditionStatus::False, "AuditOnly", format!("not verified, usable under the audit level: {logged}"))
+    };
+    conditions::set(
+        &mut status.conditions,
+        conditions::condition(conditions::VERIFIED, state, reason, &message, generation, now),
+    );
+    (!same).then(|| Event {
+        type_: EventType::Normal,
+        reason: "Verified".into(),
+        note: Some(format!("{digest} {message}")),
+        action: "Verify".into(),
+        secondary: None,
+    })
+}
+
+fn verified_observation(observed: &Observed, verification: &Verification, every: Duration) -> (Observation, Duration) {
+    let (mut observation, requeue) = ready_observation(observed, every);
+    observation.message.push_str(&format!(", signed by {}", verification.identity));
+    (observation, requeue)
+}
+
+fn ready_observation(observed: &Observed, every: Duration) -> (Observation, Duration) {
     let digest = &observed.resolution.digest;
-    if model.spec.verify.is_some() {
-        // Until verification exists, a Model that asks for it must not look accepted.
-        let message = format!("resolved {digest}, but signature verification is not available in this build");
-        return (Observation::stalled("VerificationUnavailable", message), every);
-    }
     let mut message = format!("resolved {} to {digest}", describe_tag(&observed.resolution.tag));
     if !observed.inspection.warnings.is_empty() {
         message.push_str(" (warning: the ModelPack config is empty)");
@@ -230,37 +307,61 @@ struct Outcome {
 
 /// The one place failures become conditions.
 fn outcome_of(error: &Error, credential_source: Option<&str>, every: Duration) -> Outcome {
-    use registry::Error as R;
     let retry_soon = every.min(Duration::from_secs(30));
     let message = error.to_string();
     let (observation, requeue) = match error {
-        Error::Registry(R::Unauthorized { registry, .. }) => {
-            let from = credential_source
-                .map_or_else(|| "anonymous access".to_owned(), |s| format!("the credentials from {s}"));
-            (Observation::not_ready("AuthenticationFailed", format!("registry {registry} refused {from}")), every)
+        Error::Verify(crate::verify::Error::Registry(r)) => {
+            let mut outcome = registry_outcome(r, credential_source, every, retry_soon);
+            outcome.0.message = format!("fetching signatures: {}", outcome.0.message);
+            outcome
         }
-        Error::Registry(R::Unavailable { .. }) => (Observation::not_ready("RegistryUnavailable", message), retry_soon),
-        Error::Registry(R::Timeout { .. }) => (Observation::not_ready("RegistryTimeout", message), retry_soon),
-        Error::Registry(R::Protocol { .. }) => (Observation::not_ready("RegistryError", message), retry_soon),
-        Error::Registry(R::DigestMismatch { .. }) => (Observation::not_ready("DigestMismatch", message), retry_soon),
-        Error::Registry(R::NotFound { .. }) => (Observation::not_ready("ArtifactNotFound", message), every),
-        Error::Registry(R::NoMatchingTag { .. }) => (Observation::not_ready("NoMatchingTag", message), every),
-        Error::Registry(R::ModelPack(crate::modelpack::Error::NotAModelPack { .. })) => {
-            (Observation::stalled("NotAModelPack", message), every)
+        Error::Verify(crate::verify::Error::Rejected { .. }) => {
+            (Observation::stalled("SignatureRejected", message), every)
         }
-        Error::Registry(R::ModelPack(_)) => (Observation::stalled("InvalidModelPack", message), every),
-        Error::Registry(R::TooLarge { .. }) => (Observation::stalled("ArtifactTooLarge", message), every),
-        Error::Registry(R::Credentials { .. }) | Error::InvalidSecret { .. } => {
-            (Observation::stalled("InvalidSecret", message), every)
+        Error::Verify(crate::verify::Error::InvalidKey(_) | crate::verify::Error::InvalidTrust(_)) => {
+            (Observation::stalled("InvalidTrust", message), every)
         }
-        Error::Registry(R::InvalidCa(_)) => (Observation::stalled("InvalidCA", message), every),
-        Error::Registry(R::InvalidReference { .. } | R::InvalidSemver { .. } | R::InvalidFilter { .. })
-        | Error::InvalidSpec(_) => (Observation::stalled("InvalidReference", message), every),
+        Error::Registry(r) => registry_outcome(r, credential_source, every, retry_soon),
+        Error::InvalidSecret { .. } => (Observation::stalled("InvalidSecret", message), every),
+        Error::InvalidSpec(_) => (Observation::stalled("InvalidReference", message), every),
         Error::SecretNotFound { .. } => (Observation::not_ready("SecretNotFound", message), every),
         Error::ServiceAccountNotFound { .. } => (Observation::not_ready("ServiceAccountNotFound", message), every),
         Error::Kube(_) | Error::Serialize(_) => (Observation::not_ready("ReconcileError", message), retry_soon),
     };
     Outcome { observation, requeue }
+}
+
+fn registry_outcome(
+    error: &registry::Error,
+    credential_source: Option<&str>,
+    every: Duration,
+    retry_soon: Duration,
+) -> (Observation, Duration) {
+    use registry::Error as R;
+    let message = error.to_string();
+    match error {
+        R::Unauthorized { registry, .. } => {
+            let from = credential_source
+                .map_or_else(|| "anonymous access".to_owned(), |s| format!("the credentials from {s}"));
+            (Observation::not_ready("AuthenticationFailed", format!("registry {registry} refused {from}")), every)
+        }
+        R::Unavailable { .. } => (Observation::not_ready("RegistryUnavailable", message), retry_soon),
+        R::Timeout { .. } => (Observation::not_ready("RegistryTimeout", message), retry_soon),
+        R::Protocol { .. } => (Observation::not_ready("RegistryError", message), retry_soon),
+        R::DigestMismatch { .. } => (Observation::not_ready("DigestMismatch", message), retry_soon),
+        R::NotFound { .. } => (Observation::not_ready("ArtifactNotFound", message), every),
+        R::NoMatchingTag { .. } => (Observation::not_ready("NoMatchingTag", message), every),
+        R::ModelPack(crate::modelpack::Error::NotAModelPack { .. }) => {
+            (Observation::stalled("NotAModelPack", message), every)
+        }
+        R::ModelPack(_) => (Observation::stalled("InvalidModelPack", message), every),
+        R::TooLarge { .. } => (Observation::stalled("ArtifactTooLarge", message), every),
+        R::Credentials { .. } => (Observation::stalled("InvalidSecret", message), every),
+        R::InvalidCa(_) => (Observation::stalled("InvalidCA", message), every),
+        R::InvalidReference { .. } | R::InvalidSemver { .. } | R::InvalidFilter { .. } => {
+            (Observation::stalled("InvalidReference", message), every)
+        }
+    }
 }
 
 pub fn error_policy(model: Arc<Model>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -191,6 +191,33 @@ impl Registry {
         Ok(bytes.to_vec())
     }
 
+    /// The manifest a tag points at and its digest; `None` when the tag does not exist.
+    pub async fn manifest_for_tag(
+        &self,
+        repo: &Repository,
+        tag: &str,
+        accept: &[&str],
+    ) -> Result<Option<(Vec<u8>, String)>, Error> {
+        let reference = repo.with_tag(tag);
+        let what = format!("manifest {repo}:{tag}");
+        let fetched =
+            self.call(&repo.registry, &what, self.client.pull_manifest_raw(&reference, &self.auth, accept)).await;
+        let (bytes, digest) = match fetched {
+            Ok(found) => found,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::TooLarge { what, limit: MAX_MANIFEST_BYTES });
+        }
+        // The registry's Docker-Content-Digest is not trusted: the digest is computed here.
+        let computed = sha256_digest(&bytes);
+        if !digest.is_empty() && digest.starts_with("sha256:") && digest != computed {
+            return Err(Error::DigestMismatch { what, expected: digest, actual: computed });
+        }
+        Ok(Some((bytes.to_vec(), computed)))
+    }
+
     /// A small blob (e.g. a config), read fully, bounded by `limit` and checked against its digest.
     pub async fn small_blob(&self, repo: &Repository, digest: &str, limit: usize) -> Result<Vec<u8>, Error> {
         use futures::StreamExt;

@@ -1,1 +1,81 @@
-//! Signature verification: Notary Project (notation) and cosign.
+//! Signature verification of a ModelPack manifest digest: cosign (key-based) and, with its module,
+//! the Notary Project (notation). A verified digest is the only one the operator lets downstream.
+
+pub mod cosign;
+mod keys;
+
+pub use keys::{KeyKind, PublicKey};
+
+/// Why a signature was not accepted. Each variant is one cause a person can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No signature is attached to the digest.
+    NoSignature,
+    /// A signature exists, but none verifies with the trusted keys or certificates.
+    BadSignature,
+    /// A signature verifies but was made for another digest.
+    DigestMismatch,
+    /// The signing certificate does not chain to the trust store.
+    UntrustedRoot,
+    /// The signer is not one of the policy's trusted identities.
+    IdentityMismatch,
+    /// The signature or its certificate has expired.
+    Expired,
+    /// No trust policy applies to the repository.
+    NoPolicy,
+    /// The envelope is malformed or breaks the signature specification.
+    InvalidSignature,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::NoSignature => "no signature found",
+            Rejection::BadSignature => "bad signature",
+            Rejection::DigestMismatch => "digest mismatch",
+            Rejection::UntrustedRoot => "untrusted root",
+            Rejection::IdentityMismatch => "identity mismatch",
+            Rejection::Expired => "expired",
+            Rejection::NoPolicy => "no applicable trust policy",
+            Rejection::InvalidSignature => "invalid signature envelope",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The artifact's signatures were checked and rejected.
+    #[error("signature rejected ({}): {detail}", .reason.as_str())]
+    Rejected { reason: Rejection, detail: String },
+    /// The verification material (keys, certificates, trust policy) is unusable.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("invalid trust material: {0}")]
+    InvalidTrust(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
+}
+
+impl Error {
+    pub fn rejected(reason: Rejection, detail: impl Into<String>) -> Error {
+        Error::Rejected { reason, detail: detail.into() }
+    }
+}
+
+/// A passed verification.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    pub provider: &'static str,
+    /// The manifest digest that was verified.
+    pub digest: String,
+    /// Who signed: the key's name (cosign) or the signing certificate's subject (notation).
+    pub identity: String,
+    /// The digest of the signature manifest that verified.
+    pub signature_digest: String,
+    /// Checks the policy only logs (audit, permissive) that did not pass, and checks not made.
+    pub warnings: Vec<String>,
+    /// False when the policy level logs a failed authenticity check instead of enforcing it
+    /// (notation `audit`): usable, but not verified.
+    pub enforced: bool,
+}

@@ -221,3 +221,59 @@ pub fn oras_push_cncf(
     let parsed: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("oras output is not JSON ({e}):\n{out}"));
     parsed["digest"].as_str().unwrap_or_else(|| panic!("no digest in oras output:\n{out}")).to_owned()
 }
+
+/// A cosign key pair made by the real `cosign generate-key-pair` (empty password), signing offline
+/// (no transparency log) as CI and air-gapped users do.
+pub struct CosignKey {
+    pub dir: TempDir,
+}
+
+impl CosignKey {
+    pub fn generate() -> CosignKey {
+        let dir = tempfile::Builder::new().prefix("cosign-").tempdir().unwrap();
+        let bed = Bed::get();
+        run_tool(&bed.tool("cosign"), &["generate-key-pair"], &[("COSIGN_PASSWORD", "")], Some(dir.path()));
+        CosignKey { dir }
+    }
+
+    pub fn public_key(&self) -> PathBuf {
+        self.dir.path().join("cosign.pub")
+    }
+
+    pub fn public_pem(&self) -> String {
+        std::fs::read_to_string(self.public_key()).unwrap()
+    }
+
+    /// `cosign sign` of `host/repo@digest` on a plain-HTTP bed registry.
+    pub fn sign(&self, reference: &str) {
+        let key = self.dir.path().join("cosign.key");
+        let args = [
+            "sign",
+            "--key",
+            key.to_str().unwrap(),
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--allow-insecure-registry",
+            "--yes",
+            reference,
+        ];
+        run_tool(&Bed::get().tool("cosign"), &args, &[("COSIGN_PASSWORD", "")], Some(self.dir.path()));
+    }
+}
+
+/// `cosign verify` with these keys (any may verify, as `--key` is tried one at a time): its verdict.
+pub fn cosign_verifies(reference: &str, keys: &[&CosignKey]) -> bool {
+    keys.iter().any(|k| {
+        let public = k.public_key();
+        let args = [
+            "verify",
+            "--key",
+            public.to_str().unwrap(),
+            "--insecure-ignore-tlog=true",
+            "--allow-http-registry",
+            "--allow-insecure-registry",
+            reference,
+        ];
+        super::try_tool(&Bed::get().tool("cosign"), &args, &[], Some(k.dir.path())).is_ok()
+    })
+}
