@@ -170,8 +170,14 @@ mod tests {
             Err(Error::Rejected { reason, .. }) => reason,
             other => panic!("{other:?}"),
         };
-        assert_eq!(reason(check(&[signed(&pair, &digest)], &digest, std::slice::from_ref(&stranger))), Rejection::BadSignature);
-        assert_eq!(reason(check(&[signed(&pair, &other)], &digest, std::slice::from_ref(&key))), Rejection::DigestMismatch);
+        assert_eq!(
+            reason(check(&[signed(&pair, &digest)], &digest, std::slice::from_ref(&stranger))),
+            Rejection::BadSignature
+        );
+        assert_eq!(
+            reason(check(&[signed(&pair, &other)], &digest, std::slice::from_ref(&key))),
+            Rejection::DigestMismatch
+        );
         let (mut payload, sig) = signed(&pair, &digest);
         payload[10] ^= 1;
         assert_eq!(reason(check(&[(payload, sig)], &digest, std::slice::from_ref(&key))), Rejection::BadSignature);
