@@ -132,20 +132,44 @@ fn inspect_text(v: &Value) -> String {
     s
 }
 
-/// `verify REF --cosign-key FILE…`: exit 0 when a signature verifies, 1 with the reason when not.
-pub async fn verify_cosign(reference: &str, keys: &[PathBuf], args: &RegistryArgs, json_output: bool) -> Result<bool> {
-    use modelpack_operator::verify::{self, cosign::NamedKey};
-    let mut named = Vec::new();
-    for path in keys {
-        let pem = std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
-        let key = verify::PublicKey::from_pem(&pem).with_context(|| format!("key {}", path.display()))?;
-        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        named.push(NamedKey { name, key });
-    }
+/// What `verify` checks with.
+pub enum VerifyWith<'a> {
+    Cosign(&'a [PathBuf]),
+    Notation { policy: &'a Path, certs: &'a Path },
+}
+
+/// `verify REF …`: exit 0 when the policy's verdict is pass, 1 with the reason when not.
+pub async fn verify(reference: &str, with: VerifyWith<'_>, args: &RegistryArgs, json_output: bool) -> Result<bool> {
+    use modelpack_operator::verify::{self, cosign::NamedKey, notation};
     let (repo, spec) = Repository::parse_reference(reference)?;
     let registry = args.registry_for(&repo)?;
     let digest = registry.resolve(&repo, &spec).await?.digest;
-    let result = verify::cosign::verify(&registry, &repo, &digest, &named).await;
+    let (provider, result) = match with {
+        VerifyWith::Cosign(keys) => {
+            let mut named = Vec::new();
+            for path in keys {
+                let pem = std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
+                let key = verify::PublicKey::from_pem(&pem).with_context(|| format!("key {}", path.display()))?;
+                let name =
+                    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                named.push(NamedKey { name, key });
+            }
+            ("cosign", verify::cosign::verify(&registry, &repo, &digest, &named).await)
+        }
+        VerifyWith::Notation { policy, certs } => {
+            let doc = std::fs::read(policy).with_context(|| format!("reading trust policy {}", policy.display()))?;
+            let policies = notation::Policies::parse(&doc).with_context(|| policy.display().to_string())?;
+            let stores = notation::TrustStores::from_dir(certs)?;
+            let manifest = registry.manifest(&repo, &digest).await?;
+            let media_type = serde_json::from_slice::<Value>(&manifest)
+                .ok()
+                .and_then(|m| m["mediaType"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| modelpack_operator::modelpack::OCI_MANIFEST.to_owned());
+            let target = notation::Target { digest: &digest, media_type: &media_type, size: manifest.len() as i64 };
+            let now = jiff::Timestamp::now().as_second();
+            ("notation", notation::verify(&registry, &repo, &target, &policies, &stores, now).await)
+        }
+    };
     let (verified, out) = match &result {
         Ok(v) => (
             true,
@@ -157,7 +181,7 @@ pub async fn verify_cosign(reference: &str, keys: &[PathBuf], args: &RegistryArg
         Err(verify::Error::Rejected { reason, detail }) => (
             false,
             json!({
-                "verified": false, "provider": "cosign", "digest": digest, "identity": null,
+                "verified": false, "provider": provider, "digest": digest, "identity": null,
                 "signatureDigest": null, "reason": reason.as_str(), "detail": detail, "warnings": [],
             }),
         ),
@@ -166,7 +190,10 @@ pub async fn verify_cosign(reference: &str, keys: &[PathBuf], args: &RegistryArg
     if json_output {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if verified {
-        println!("verified {repo}@{digest}: signed by {} (cosign)", out["identity"].as_str().unwrap_or_default());
+        println!("verified {repo}@{digest}: signed by {} ({provider})", out["identity"].as_str().unwrap_or_default());
+        for w in out["warnings"].as_array().into_iter().flatten() {
+            println!("warning: {}", w.as_str().unwrap_or_default());
+        }
     } else {
         println!(
             "rejected {repo}@{digest}: {}: {}",

@@ -176,19 +176,20 @@ fn main() -> ExitCode {
 }
 
 fn verify(args: VerifyArgs) -> ExitCode {
-    if args.notation_policy.is_some() {
-        return not_yet("verify --notation-policy");
-    }
-    if args.cosign_key.is_empty() {
-        eprintln!("error: give --cosign-key FILE (repeatable) or --notation-policy FILE --notation-certs DIR");
-        return ExitCode::from(2);
-    }
+    let with = match (&args.notation_policy, &args.notation_certs) {
+        (Some(policy), Some(certs)) => cli::VerifyWith::Notation { policy, certs },
+        _ if !args.cosign_key.is_empty() => cli::VerifyWith::Cosign(&args.cosign_key),
+        _ => {
+            eprintln!("error: give --cosign-key FILE (repeatable) or --notation-policy FILE --notation-certs DIR");
+            return ExitCode::from(2);
+        }
+    };
     let json = matches!(args.output, Output::Json);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
-    match runtime.block_on(cli::verify_cosign(&args.reference, &args.cosign_key, &args.registry, json)) {
+    match runtime.block_on(cli::verify(&args.reference, with, &args.registry, json)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => fail(&e),
@@ -278,9 +279,4 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
-}
-
-fn not_yet(command: &str) -> ExitCode {
-    eprintln!("error: `modelpack-operator {command}` is not available in this build yet");
-    ExitCode::from(2)
 }

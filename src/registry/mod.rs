@@ -218,6 +218,21 @@ impl Registry {
         Ok(Some((bytes.to_vec(), computed)))
     }
 
+    /// Manifests that refer to `repo@digest` (their `subject`), through the referrers API or, where
+    /// the registry lacks it, the `sha256-<hex>` tag schema. Unfiltered: legacy referrers carry their
+    /// type only in their config media type.
+    pub async fn referrers(&self, repo: &Repository, digest: &str) -> Result<Vec<Referrer>, Error> {
+        let reference = repo.with_digest(digest);
+        let what = format!("referrers of {repo}@{digest}");
+        self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth).await;
+        let index = self.call(&repo.registry, &what, self.client.pull_referrers(&reference, None)).await?;
+        Ok(index
+            .manifests
+            .into_iter()
+            .map(|m| Referrer { digest: m.digest, media_type: m.media_type, artifact_type: m.artifact_type })
+            .collect())
+    }
+
     /// A small blob (e.g. a config), read fully, bounded by `limit` and checked against its digest.
     pub async fn small_blob(&self, repo: &Repository, digest: &str, limit: usize) -> Result<Vec<u8>, Error> {
         use futures::StreamExt;
@@ -241,6 +256,14 @@ impl Registry {
         verify_digest(&what, digest, &out)?;
         Ok(out)
     }
+}
+
+/// A manifest that refers to another through its `subject`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: String,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
 }
 
 /// A blob's bytes as they arrive.

@@ -3,6 +3,7 @@
 
 pub mod cosign;
 mod keys;
+pub mod notation;
 
 pub use keys::{KeyKind, PublicKey};
 

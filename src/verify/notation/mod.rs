@@ -1,0 +1,303 @@
+//! Notary Project signatures (what `notation sign` makes), verified natively: discovery through the
+//! referrers API or tag schema, the JWS envelope, the certificate chain to a named trust store, the
+//! trust policy's identities and levels. RFC 3161 timestamps and revocation are not checked here:
+//! the outcome says so, and a level that enforces revocation rejects certificates that name
+//! revocation endpoints rather than pretend they were checked.
+
+mod envelope;
+mod jws;
+pub mod policy;
+mod x509;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{Error, Rejection, Verification};
+use crate::registry::{Registry, Repository};
+use envelope::Envelope;
+use policy::{Action, Check, Identity, Level, Policy, TrustPolicy};
+use x509::Cert;
+
+pub use policy::TrustPolicy as Policies;
+
+pub const SIGNATURE_ARTIFACT: &str = "application/vnd.cncf.notary.signature";
+const JWS: &str = "application/jose+json";
+const COSE: &str = "application/cose";
+const MAX_SIGNATURES: usize = 16;
+const MAX_ENVELOPE: usize = 256 << 10;
+
+/// Trust stores by (type, name): `ca`, `signingAuthority` or `tsa`.
+#[derive(Clone, Debug, Default)]
+pub struct TrustStores {
+    stores: BTreeMap<(String, String), Vec<Cert>>,
+}
+
+impl TrustStores {
+    /// Adds the PEM certificates of `<type>.<store>.pem|.crt` (the Secret layout).
+    pub fn add_key(&mut self, key: &str, pem: &[u8]) -> Result<bool, Error> {
+        let Some(stem) = key.strip_suffix(".pem").or_else(|| key.strip_suffix(".crt")) else { return Ok(false) };
+        let Some((kind, name)) = stem.split_once('.') else { return Ok(false) };
+        if !matches!(kind, "ca" | "signingAuthority" | "tsa") {
+            return Ok(false);
+        }
+        self.add(kind, name, pem, key)?;
+        Ok(true)
+    }
+
+    fn add(&mut self, kind: &str, name: &str, pem: &[u8], source: &str) -> Result<(), Error> {
+        let certs = Cert::from_pem_bundle(pem).map_err(|e| Error::InvalidTrust(format!("{source}: {e}")))?;
+        self.stores.entry((kind.to_owned(), name.to_owned())).or_default().extend(certs);
+        Ok(())
+    }
+
+    /// notation's own layout: `<dir>/<type>/<store>/*.crt|*.pem`.
+    pub fn from_dir(dir: &Path) -> Result<TrustStores, Error> {
+        let mut stores = TrustStores::default();
+        let read = |p: &Path| std::fs::read_dir(p).map_err(|e| Error::InvalidTrust(format!("{}: {e}", p.display())));
+        for kind in read(dir)?.flatten() {
+            let kind_name = kind.file_name().to_string_lossy().into_owned();
+            if !matches!(kind_name.as_str(), "ca" | "signingAuthority" | "tsa") || !kind.path().is_dir() {
+                continue;
+            }
+            for store in read(&kind.path())?.flatten().filter(|s| s.path().is_dir()) {
+                let store_name = store.file_name().to_string_lossy().into_owned();
+                for file in read(&store.path())?.flatten() {
+                    let path = file.path();
+                    if !matches!(path.extension().and_then(|e| e.to_str()), Some("crt" | "pem")) {
+                        continue;
+                    }
+                    let pem =
+                        std::fs::read(&path).map_err(|e| Error::InvalidTrust(format!("{}: {e}", path.display())))?;
+                    stores.add(&kind_name, &store_name, &pem, &path.display().to_string())?;
+                }
+            }
+        }
+        Ok(stores)
+    }
+
+    fn certs(&self, kind: &str, name: &str) -> &[Cert] {
+        self.stores.get(&(kind.to_owned(), name.to_owned())).map_or(&[], Vec::as_slice)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SignatureManifest {
+    #[serde(default)]
+    artifact_type: Option<String>,
+    config: Descriptor,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    subject: Option<Descriptor>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    media_type: String,
+    digest: String,
+}
+
+/// The manifest being verified, as its signatures must describe it.
+pub struct Target<'a> {
+    pub digest: &'a str,
+    pub media_type: &'a str,
+    pub size: i64,
+}
+
+/// Verifies `repo@target.digest` under the trust policy that applies to the repository.
+pub async fn verify(
+    registry: &Registry,
+    repo: &Repository,
+    target: &Target<'_>,
+    policies: &TrustPolicy,
+    stores: &TrustStores,
+    now: i64,
+) -> Result<Verification, Error> {
+    let scope = repo.to_string();
+    let policy = policies
+        .select(&scope)
+        .ok_or_else(|| Error::rejected(Rejection::NoPolicy, format!("no trust policy applies to {scope}")))?;
+    if policy.level == Level::Skip {
+        return Ok(Verification {
+            provider: "notation",
+            digest: target.digest.to_owned(),
+            identity: String::new(),
+            signature_digest: String::new(),
+            warnings: vec![format!("verification skipped by trust policy {:?}", policy.name)],
+            enforced: false,
+        });
+    }
+    let mut last = None;
+    let mut found = 0;
+    for referrer in registry.referrers(repo, target.digest).await?.into_iter().take(64) {
+        if referrer.artifact_type.as_deref().is_some_and(|t| t != SIGNATURE_ARTIFACT) {
+            continue;
+        }
+        let bytes = registry.manifest(repo, &referrer.digest).await?;
+        let Ok(manifest) = serde_json::from_slice::<SignatureManifest>(&bytes) else { continue };
+        let is_signature = manifest.artifact_type.as_deref() == Some(SIGNATURE_ARTIFACT)
+            || manifest.config.media_type == SIGNATURE_ARTIFACT;
+        if !is_signature || manifest.subject.as_ref().is_none_or(|s| s.digest != target.digest) {
+            continue;
+        }
+        let Some(layer) = manifest.layers.first() else { continue };
+        found += 1;
+        if found > MAX_SIGNATURES {
+            break;
+        }
+        let blob = registry.small_blob(repo, &layer.digest, MAX_ENVELOPE).await?;
+        match verify_signature(&layer.media_type, &blob, target, policy, stores, now) {
+            Ok(mut verification) => {
+                verification.signature_digest = referrer.digest;
+                return Ok(verification);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Error::rejected(Rejection::NoSignature, format!("no Notary Project signature for {}", target.digest))
+    }))
+}
+
+fn rejected(reason: Rejection, detail: impl Into<String>) -> Error {
+    Error::rejected(reason, detail)
+}
+
+/// Verifies one signature envelope: integrity, then the checks the policy's level asks for.
+pub fn verify_signature(
+    media_type: &str,
+    bytes: &[u8],
+    target: &Target<'_>,
+    policy: &Policy,
+    stores: &TrustStores,
+    now: i64,
+) -> Result<Verification, Error> {
+    let envelope = match media_type {
+        JWS => jws::parse(bytes),
+        COSE => Err("COSE envelopes are not supported in this build".to_owned()),
+        other => Err(format!("signature envelope type {other:?} is neither {JWS} nor {COSE}")),
+    }
+    .map_err(|e| rejected(Rejection::InvalidSignature, e))?;
+    let chain = integrity(&envelope, target)?;
+    let leaf = &chain[0];
+    let mut warnings = Vec::new();
+    let mut enforced = true;
+    let mut apply = |check: Check, outcome: Result<(), Error>| -> Result<(), Error> {
+        match (outcome, policy.action(check)) {
+            (Ok(()), _) | (Err(_), Action::Skip) => Ok(()),
+            (Err(e), Action::Enforce) => Err(e),
+            (Err(e), Action::Log) => {
+                if check == Check::Authenticity {
+                    enforced = false;
+                }
+                warnings.push(format!("{} (logged, not enforced): {e}", check.as_str()));
+                Ok(())
+            }
+        }
+    };
+    apply(Check::Authenticity, authenticity(&envelope, &chain, policy, stores))?;
+    apply(Check::AuthenticTimestamp, authentic_timestamp(&chain, now))?;
+    apply(
+        Check::Expiry,
+        match envelope.expiry {
+            Some(expiry) if expiry < now => Err(rejected(Rejection::Expired, "the signature has expired")),
+            _ => Ok(()),
+        },
+    )?;
+    let revocable: Vec<String> = chain.iter().filter(|c| c.revocable()).map(|c| c.subject().to_string()).collect();
+    if policy.action(Check::Revocation) != Action::Skip {
+        if revocable.is_empty() {
+            warnings.push("revocation: not applicable (no certificate names a CRL or OCSP endpoint)".into());
+        } else {
+            let why = format!("revocation not checked (CRL/OCSP are not supported) for {}", revocable.join("; "));
+            apply(Check::Revocation, Err(rejected(Rejection::InvalidSignature, why)))?;
+        }
+    }
+    if envelope.timestamped {
+        warnings.push("the RFC 3161 timestamp countersignature was not checked".into());
+    }
+    Ok(Verification {
+        provider: "notation",
+        digest: target.digest.to_owned(),
+        identity: leaf.subject().to_string(),
+        signature_digest: String::new(),
+        warnings,
+        enforced,
+    })
+}
+
+/// The signature verifies with the signing certificate, over a payload describing exactly the
+/// target, and the certificate chain meets the Notary Project's requirements at signing time.
+fn integrity(envelope: &Envelope, target: &Target<'_>) -> Result<Vec<Cert>, Error> {
+    let invalid = |e: String| rejected(Rejection::InvalidSignature, e);
+    let chain: Vec<Cert> =
+        envelope.certificates.iter().map(|der| Cert::from_der(der)).collect::<Result<_, _>>().map_err(invalid)?;
+    let leaf = &chain[0];
+    let algorithm = envelope.verification_algorithm(leaf.key.kind).map_err(invalid)?;
+    if !leaf.key.verify(algorithm, &envelope.signing_input, &envelope.signature) {
+        return Err(rejected(Rejection::BadSignature, "the signature does not verify with its signing certificate"));
+    }
+    let payload = envelope.payload().map_err(invalid)?;
+    let t = &payload.target_artifact;
+    if t.digest != target.digest || t.media_type != target.media_type || t.size != target.size {
+        return Err(rejected(
+            Rejection::DigestMismatch,
+            format!("the signature is for {} ({}, {} bytes), not {}", t.digest, t.media_type, t.size, target.digest),
+        ));
+    }
+    let at = envelope.signed_at().unwrap_or_default();
+    x509::validate_chain(&chain, at).map_err(invalid)?;
+    Ok(chain)
+}
+
+/// The chain ends in a certificate of one of the policy's trust stores (of the type the signing
+/// scheme needs), and the signer is a trusted identity.
+fn authenticity(envelope: &Envelope, chain: &[Cert], policy: &Policy, stores: &TrustStores) -> Result<(), Error> {
+    let wanted = match envelope.scheme {
+        envelope::Scheme::X509 => "ca",
+        envelope::Scheme::SigningAuthority => "signingAuthority",
+    };
+    let trusted = policy
+        .trust_stores
+        .iter()
+        .filter(|(kind, _)| kind == wanted)
+        .flat_map(|(kind, name)| stores.certs(kind, name))
+        .any(|t| chain.iter().any(|c| c.der == t.der));
+    if !trusted {
+        let names: Vec<String> = policy.trust_stores.iter().map(|(k, n)| format!("{k}:{n}")).collect();
+        return Err(rejected(
+            Rejection::UntrustedRoot,
+            format!(
+                "the certificate chain of {} is not anchored in trust store(s) {}",
+                chain[0].subject(),
+                names.join(", ")
+            ),
+        ));
+    }
+    let subject = chain[0].subject();
+    let matches = policy.identities.iter().any(|i| match i {
+        Identity::Any => true,
+        Identity::Subject(dn) => dn.is_subset_of(&subject),
+    });
+    if !matches {
+        return Err(rejected(
+            Rejection::IdentityMismatch,
+            format!("signer {subject} is not a trusted identity of policy {:?}", policy.name),
+        ));
+    }
+    Ok(())
+}
+
+/// Without a verified timestamp, the certificates must be valid now (timestamps are not checked in
+/// this build, so a timestamp does not extend validity).
+fn authentic_timestamp(chain: &[Cert], now: i64) -> Result<(), Error> {
+    if let Some(expired) = chain.iter().find(|c| !c.valid_at(now)) {
+        let detail = format!("certificate {} is not valid now", expired.subject());
+        return Err(rejected(Rejection::Expired, detail));
+    }
+    Ok(())
+}
