@@ -178,16 +178,16 @@ impl Caches {
         Ok(resolution)
     }
 
-    /// Verifies `digest` with the Model's trust material (passed verifications are cached).
+    /// Verifies the inspected digest with the Model's trust material (passed verifications are cached).
     pub async fn verify(
         &self,
         access: &Access,
         model: &Model,
         trust: &super::trust::Trust,
-        digest: &str,
+        inspection: &Inspection,
     ) -> Result<crate::verify::Verification, Error> {
         let (registry, _) = self.registry(access)?;
-        self.verifications.verify(&registry, access, model, trust, digest).await
+        self.verifications.verify(&registry, access, model, trust, inspection).await
     }
 
     pub async fn inspect(&self, access: &Access, digest: &str) -> Result<Arc<Inspection>, Error> {

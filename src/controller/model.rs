@@ -95,9 +95,8 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
                     ready_observation(&observed, every)
                 }
                 Some(verify) => {
-                    let digest = &observed.resolution.digest;
                     let verified = match trust::trust_for(&ctx.client, verify, &namespace).await {
-                        Ok(trust) => ctx.caches.verify(&access, &model, &trust, digest).await,
+                        Ok(trust) => ctx.caches.verify(&access, &model, &trust, &observed.inspection).await,
                         Err(e) => Err(e),
                     };
                     match verified {

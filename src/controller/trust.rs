@@ -13,7 +13,8 @@ use kube::{Api, Client};
 use super::Error;
 use super::access::Access;
 use crate::api::{Model, VerifyProvider, VerifySpec};
-use crate::verify::{self, Verification, cosign::NamedKey};
+use crate::registry::Inspection;
+use crate::verify::{self, Verification, cosign::NamedKey, notation};
 
 /// Keys and certificates from the trust Secret, and a fingerprint of them.
 pub struct Trust {
@@ -23,7 +24,10 @@ pub struct Trust {
 
 enum Material {
     Cosign(Vec<NamedKey>),
+    Notation { policies: notation::Policies, stores: notation::TrustStores },
 }
+
+const TRUST_POLICY_KEY: &str = "trustpolicy.json";
 
 pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> Result<Trust, Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -49,9 +53,17 @@ pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> R
             Material::Cosign(keys)
         }
         VerifyProvider::Notation => {
-            return Err(Error::InvalidSpec(
-                "verify.provider notation is not available in this build yet; use cosign".into(),
-            ));
+            let policy = data.get(TRUST_POLICY_KEY).ok_or_else(|| invalid(format!("has no {TRUST_POLICY_KEY} key")))?;
+            let policies = notation::Policies::parse(&policy.0).map_err(|e| invalid(e.to_string()))?;
+            let mut stores = notation::TrustStores::default();
+            let mut any = false;
+            for (key, value) in &data {
+                any |= stores.add_key(key, &value.0).map_err(|e| invalid(e.to_string()))?;
+            }
+            if !any {
+                return Err(invalid("has no trust-store certificates (keys like ca.<store>.pem)".into()));
+            }
+            Material::Notation { policies, stores }
         }
     };
     format!("{:?}", spec.provider).hash(&mut h);
@@ -73,8 +85,9 @@ impl Verifications {
         access: &Access,
         model: &Model,
         trust: &Trust,
-        digest: &str,
+        inspection: &Inspection,
     ) -> Result<Verification, Error> {
+        let digest = inspection.digest.as_str();
         let mut h = DefaultHasher::new();
         (&access.repository, digest, model.metadata.generation, trust.fingerprint).hash(&mut h);
         let key = h.finish();
@@ -83,6 +96,12 @@ impl Verifications {
         }
         let verification = match &trust.material {
             Material::Cosign(keys) => verify::cosign::verify(registry, &access.repository, digest, keys).await?,
+            Material::Notation { policies, stores } => {
+                let media_type = inspection.manifest.media_type.as_deref().unwrap_or(crate::modelpack::OCI_MANIFEST);
+                let target = notation::Target { digest, media_type, size: inspection.manifest_size as i64 };
+                let now = jiff::Timestamp::now().as_second();
+                notation::verify(registry, &access.repository, &target, policies, stores, now).await?
+            }
         };
         let mut passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
         if passed.len() >= MAX_CACHED {

@@ -11,6 +11,8 @@ const MAX_CONFIG_BYTES: usize = 1 << 20;
 pub struct Inspection {
     pub digest: String,
     pub manifest: Manifest,
+    /// Length of the manifest's bytes (what a signature's target descriptor states).
+    pub manifest_size: usize,
     pub family: Family,
     pub config: ModelConfig,
     pub warnings: Vec<ConfigWarning>,
@@ -27,5 +29,6 @@ pub async fn inspect(registry: &Registry, repo: &Repository, digest: &str) -> Re
     }
     let config_bytes = registry.small_blob(repo, &manifest.config.digest, MAX_CONFIG_BYTES).await?;
     let (config, warnings) = ModelConfig::parse(&config_bytes)?;
-    Ok(Inspection { digest: digest.to_owned(), manifest, family, config, warnings })
+    let manifest_size = bytes.len();
+    Ok(Inspection { digest: digest.to_owned(), manifest, manifest_size, family, config, warnings })
 }

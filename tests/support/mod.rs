@@ -5,6 +5,7 @@
 
 pub mod craft;
 pub mod fixtures;
+pub mod notary;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
