@@ -250,3 +250,73 @@ async fn an_unknown_critical_header_is_rejected_and_the_same_envelope_without_it
     assert!(out["detail"].as_str().unwrap().contains("unknown critical header"), "{out}");
     assert!(notation.verifies(&critical), "notation's verdict changed: it now rejects unknown critical headers");
 }
+
+#[tokio::test]
+async fn a_model_verifies_with_notation_and_audit_keeps_an_untrusted_version_usable() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, Patch, PatchParams};
+    use modelpack_operator::api::Model;
+    use modelpack_operator::api::conditions::{ConditionStatus, READY, VERIFIED, find};
+    use support::fixtures::{ModelFiles, modctl_push};
+
+    let bed = Bed::get();
+    let client = bed.client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "notary-model").await;
+    let _operator = support::Operator::start(&ns);
+    let repo = format!("notary/model-{}", unique_suffix());
+    let acme = Chain::new(KeyType::EcP256, "acme", true, None);
+    let signer = Notation::new();
+    signer.use_chain(&acme);
+    let v1 = modctl_push(bed, &bed.referrers, &repo, "prod", &ModelFiles::new(51, &[("model.gguf", 10_000)]));
+    signer.sign(&format!("{}/{repo}@{v1}", bed.referrers.host), "cose", true);
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let trust = |level: &str| {
+        let doc = policy(json!(["*"]), level, &["ca:acme"], &["x509.subject: C=US, ST=WA, O=acme"]);
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "trust"},
+            "stringData": {"trustpolicy.json": doc.to_string(), "ca.acme.pem": acme.root_pem}})
+    };
+    let apply = |obj: Value| {
+        let secrets = secrets.clone();
+        async move { secrets.patch("trust", &PatchParams::apply("e2e").force(), &Patch::Apply(&obj)).await.unwrap() }
+    };
+    apply(trust("strict")).await;
+    let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+    let spec = json!({"repository": format!("{}/{repo}", bed.referrers.host), "ref": {"tag": "prod"}, "insecure": true,
+        "interval": "10s", "verify": {"provider": "notation", "secretRef": {"name": "trust"}}});
+    let obj = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "Model", "metadata": {"name": "m"}, "spec": spec});
+    models.patch("m", &PatchParams::apply("e2e").force(), &Patch::Apply(&obj)).await.unwrap();
+    let wait = |what: &'static str, digest: String, verified: ConditionStatus| {
+        let models = models.clone();
+        support::eventually(what, Duration::from_secs(45), move || {
+            let (models, digest) = (models.clone(), digest.clone());
+            async move {
+                let m = models.get("m").await.ok()?;
+                let s = m.status.clone()?;
+                let ok = s.verified.as_ref().is_some_and(|v| v.digest == digest)
+                    && find(&s.conditions, VERIFIED).is_some_and(|c| c.status == verified);
+                ok.then_some(m)
+            }
+        })
+    };
+    let m = wait("v1 verified", v1.clone(), ConditionStatus::True).await;
+    let status = m.status.unwrap();
+    assert!(status.verified.unwrap().identity.unwrap().contains("CN=acme release signer"));
+    let verified = find(&status.conditions, VERIFIED).unwrap();
+    assert!(verified.message.contains("revocation"), "what was not checked is said: {}", verified.message);
+
+    // Under audit, a version signed by an untrusted key is usable but not verified.
+    apply(trust("audit")).await;
+    let globex = Chain::new(KeyType::EcP256, "globex", false, None);
+    let other = Notation::new();
+    other.use_chain(&globex);
+    let v2 = modctl_push(bed, &bed.referrers, &repo, "prod", &ModelFiles::new(52, &[("model.gguf", 10_000)]));
+    other.sign(&format!("{}/{repo}@{v2}", bed.referrers.host), "jws", true);
+    let m = wait("v2 usable under audit", v2.clone(), ConditionStatus::False).await;
+    let status = m.status.unwrap();
+    let verified = find(&status.conditions, VERIFIED).unwrap();
+    assert_eq!(verified.reason, "AuditOnly");
+    assert!(verified.message.contains("authenticity"), "{}", verified.message);
+    assert_eq!(find(&status.conditions, READY).unwrap().status, ConditionStatus::True);
+}

@@ -265,7 +265,13 @@ fn record_verification(
         verified_at,
     });
     let (state, reason, message) = if verification.enforced {
-        (ConditionStatus::True, "Verified", format!("signed by {} ({})", verification.identity, verification.provider))
+        let mut message = format!("signed by {} ({})", verification.identity, verification.provider);
+        // What was only logged, or not checked at all, is said, never implied to have passed.
+        for warning in &verification.warnings {
+            message.push_str("; ");
+            message.push_str(warning);
+        }
+        (ConditionStatus::True, "Verified", message)
     } else {
         let logged = verification.warnings.join("; ");
         (ConditionStatus::False, "AuditOnly", format!("not verified, usable under the audit level: {logged}"))
