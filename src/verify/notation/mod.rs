@@ -23,6 +23,29 @@ use x509::Cert;
 
 pub use policy::TrustPolicy as Policies;
 
+/// Entry points for the fuzz targets (`fuzz/`): every parser that reads what a registry or a
+/// Secret supplies.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub fn jws(bytes: &[u8]) {
+        let _ = super::jws::parse(bytes);
+    }
+
+    pub fn cose(bytes: &[u8]) {
+        let _ = super::cose::parse(bytes);
+    }
+
+    pub fn trust_policy(bytes: &[u8]) {
+        let _ = super::policy::TrustPolicy::parse(bytes);
+    }
+
+    pub fn certificate(bytes: &[u8]) {
+        if let Ok(cert) = super::x509::Cert::from_der(bytes) {
+            let _ = super::x509::validate_chain(std::slice::from_ref(&cert), 0);
+        }
+    }
+}
+
 pub const SIGNATURE_ARTIFACT: &str = "application/vnd.cncf.notary.signature";
 const JWS: &str = "application/jose+json";
 const COSE: &str = "application/cose";
@@ -301,4 +324,29 @@ fn authentic_timestamp(chain: &[Cert], now: i64) -> Result<(), Error> {
         return Err(rejected(Rejection::Expired, detail));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWS_SEED: &[u8] = include_bytes!("../../../fuzz/seeds/jws/notation.jws");
+    const COSE_SEED: &[u8] = include_bytes!("../../../fuzz/seeds/cose/notation.cose");
+
+    #[test]
+    fn real_notation_envelopes_parse_and_damaged_ones_do_not() {
+        for (name, bytes, parse) in
+            [("jws", JWS_SEED, jws::parse as fn(&[u8]) -> Result<Envelope, String>), ("cose", COSE_SEED, cose::parse)]
+        {
+            let envelope = parse(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(envelope.scheme, envelope::Scheme::X509, "{name}");
+            assert!(envelope.signing_time.is_some() && !envelope.certificates.is_empty(), "{name}");
+            let chain: Vec<Cert> = envelope.certificates.iter().map(|d| Cert::from_der(d).unwrap()).collect();
+            let algorithm = envelope.verification_algorithm(chain[0].key.kind).unwrap();
+            assert!(chain[0].key.verify(algorithm, &envelope.signing_input, &envelope.signature), "{name}");
+            for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+                assert!(parse(&bytes[..cut]).is_err(), "{name} truncated at {cut}");
+            }
+        }
+    }
 }
