@@ -218,7 +218,7 @@ fn pem_body(pem: &str) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn an_unknown_critical_header_is_rejected_and_the_same_envelope_without_it_verifies() {
+async fn crafted_envelopes_unknown_critical_headers_are_rejected_and_the_legacy_storage_form_is_found() {
     let bed = Bed::get();
     let repo = format!("notary/crit-{}", unique_suffix());
     let chain = Chain::new(KeyType::EcP256, "acme", false, None);
@@ -249,6 +249,42 @@ async fn an_unknown_critical_header_is_rejected_and_the_same_envelope_without_it
     assert_eq!(out["reason"], "invalid signature envelope");
     assert!(out["detail"].as_str().unwrap().contains("unknown critical header"), "{out}");
     assert!(notation.verifies(&critical), "notation's verdict changed: it now rejects unknown critical headers");
+
+    // The legacy storage form: the signature type only in config.mediaType, listed by a referrers
+    // tag index whose entry carries no artifactType (what pre-1.1 registries and tools produced).
+    let (legacy, digest) = artifact(&bed.plain, &repo).await;
+    let manifest = craft::manifest_bytes(&bed.plain, &repo, &digest).await;
+    let target =
+        json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": manifest.len()});
+    let envelope = craft::Blob::new("application/jose+json", crafted_jws(chain, &target, None));
+    let signature = craft::Artifact {
+        artifact_type: None,
+        config: craft::Blob::new("application/vnd.cncf.notary.signature", b"{}".to_vec()),
+        layers: vec![envelope],
+        annotations: Default::default(),
+    };
+    let mut signature_manifest = signature.manifest();
+    signature_manifest["subject"] =
+        json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": manifest.len()});
+    let signature_bytes = serde_json::to_vec(&signature_manifest).unwrap();
+    let signature_digest =
+        craft::push_with_manifest(&bed.plain, &repo, "legacy-signature", &signature, &signature_bytes).await;
+    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": signature_digest, "size": signature_bytes.len()}]});
+    let (client, auth) = craft::client(&bed.plain);
+    let tag = oci_client::Reference::with_tag(bed.plain.host.clone(), repo.clone(), format!("sha256-{}", &digest[7..]));
+    client.auth(&tag, &auth, oci_client::RegistryOperation::Push).await.unwrap();
+    client
+        .push_manifest_raw(
+            &tag,
+            serde_json::to_vec(&index).unwrap(),
+            "application/vnd.oci.image.index.v1+json".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+    let (code, out) = ours(&notation, &legacy);
+    assert_eq!(code, 0, "the legacy form is found and verified: {out}");
+    assert_eq!(out["signatureDigest"], signature_digest.as_str());
 }
 
 #[tokio::test]
