@@ -59,6 +59,21 @@ struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Where `/metrics` is served (Prometheus / OpenMetrics text).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_bind_address: std::net::SocketAddr,
+    /// Where `/healthz` and `/readyz` are served.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    health_probe_bind_address: std::net::SocketAddr,
+    /// Reconcile only while holding the leader Lease (so replicas never reconcile at once).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (default: the Jobs namespace).
+    #[arg(long)]
+    leader_election_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: $POD_NAME, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    leader_election_identity: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -224,8 +239,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cache_dir: args.cache_dir.to_string_lossy().into_owned(),
         image: args.puller_image,
     };
-    let config = modelpack_operator::controller::Config { namespace: args.watch_namespace, jobs };
-    modelpack_operator::controller::run(client, config).await;
+    use modelpack_operator::controller::runtime::{self, LeaderElection, RuntimeConfig};
+    // Operators watching different namespaces (one per tenant, or per test) elect separately.
+    let lease_name = match &args.watch_namespace {
+        Some(ns) => format!("modelpack-operator-{ns}"),
+        None => "modelpack-operator".to_owned(),
+    };
+    let leader_election = args.leader_elect.then(|| LeaderElection {
+        namespace: args.leader_election_namespace.clone().unwrap_or_else(|| jobs.namespace.clone()),
+        lease_name,
+        identity: args.leader_election_identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        }),
+    });
+    let controllers = modelpack_operator::controller::Config { namespace: args.watch_namespace, jobs };
+    let config = RuntimeConfig {
+        controllers,
+        metrics_address: args.metrics_bind_address,
+        health_address: args.health_probe_bind_address,
+        leader_election,
+    };
+    runtime::run(client, config).await?;
     tracing::info!("controllers stopped");
     Ok(())
 }

@@ -185,7 +185,7 @@ impl Caches {
         model: &Model,
         trust: &super::trust::Trust,
         inspection: &Inspection,
-    ) -> Result<crate::verify::Verification, Error> {
+    ) -> Result<(crate::verify::Verification, bool), Error> {
         let (registry, _) = self.registry(access)?;
         self.verifications.verify(&registry, access, model, trust, inspection).await
     }

@@ -3,13 +3,17 @@
 
 mod access;
 mod deployment;
+mod metrics;
 mod model;
+pub mod runtime;
 mod status;
 mod trust;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -23,6 +27,7 @@ use crate::api::{Model, ModelDeployment};
 
 pub use access::Caches;
 pub use deployment::{FINALIZER, JobSettings};
+pub use metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -54,6 +59,40 @@ pub struct Context {
     /// The Jobs this operator created (any deployment's), in the Jobs namespace.
     pub jobs: reflector::Store<Job>,
     pub settings: JobSettings,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+}
+
+/// Whether each watch has delivered its first full list (what `/readyz` reports, and what the
+/// ModelDeployment reconciler waits for before deciding anything from the node and Job stores).
+/// Set from the watch streams' InitDone events rather than `Store::wait_until_ready`: that wakes
+/// only the last of several waiters (kube-runtime 5's DelayedInit keeps one waker), and the
+/// controllers themselves wait on it.
+#[derive(Default)]
+pub struct Readiness {
+    models: AtomicBool,
+    deployments: AtomicBool,
+    nodes: AtomicBool,
+    jobs: AtomicBool,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        [&self.models, &self.deployments, &self.nodes, &self.jobs].iter().all(|f| f.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn stores_synced(&self) -> bool {
+        self.nodes.load(Ordering::Acquire) && self.jobs.load(Ordering::Acquire)
+    }
+}
+
+/// Marks `flag` when a watch stream reports the end of its initial list.
+fn on_init_done<K>(flag: impl Fn() + Send + 'static) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+    move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            flag();
+        }
+    }
 }
 
 /// Where the controllers look and how they run Jobs.
@@ -79,7 +118,7 @@ where
 }
 
 /// Runs the controllers until the process is asked to stop.
-pub async fn run(client: Client, config: Config) {
+pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readiness: Arc<Readiness>) {
     let reporter = Reporter { controller: "modelpack-operator".into(), instance: std::env::var("POD_NAME").ok() };
     let (nodes, nodes_writer) = reflector::store();
     let (jobs, jobs_writer) = reflector::store();
@@ -90,21 +129,24 @@ pub async fn run(client: Client, config: Config) {
         nodes,
         jobs,
         settings: config.jobs.clone(),
+        metrics,
+        readiness: readiness.clone(),
     });
     let ns = config.namespace.as_deref();
     tokio::join!(
-        run_models(&client, ns, ctx.clone()),
-        run_deployments(&client, ns, ctx.clone(), nodes_writer, jobs_writer)
+        run_models(&client, ns, ctx.clone(), readiness.clone()),
+        run_deployments(&client, ns, ctx.clone(), nodes_writer, jobs_writer, readiness)
     );
 }
 
-async fn run_models(client: &Client, ns: Option<&str>, ctx: Arc<Context>) {
+async fn run_models(client: &Client, ns: Option<&str>, ctx: Arc<Context>, readiness: Arc<Readiness>) {
     let (models_reader, models_writer) = reflector::store();
     // Status writes bump resourceVersion but not generation: only spec changes (and requeues,
     // Secret and ServiceAccount changes) start a reconcile.
     let models = watcher(api::<Model>(client, ns), watcher::Config::default())
         .default_backoff()
         .reflect(models_writer)
+        .inspect(on_init_done(move || readiness.models.store(true, Ordering::Release)))
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
 
@@ -118,7 +160,16 @@ async fn run_models(client: &Client, ns: Option<&str>, ctx: Arc<Context>) {
             models_using(&sa_models, sa.namespace(), |m| m.spec.service_account_name.as_deref() == Some(&sa.name_any()))
         })
         .shutdown_on_signal()
-        .run(model::reconcile, model::error_policy, ctx)
+        .run(
+            |model, ctx: Arc<Context>| async move {
+                let started = Instant::now();
+                let result = model::reconcile(model, ctx.clone()).await;
+                ctx.metrics.reconciled("model", result.is_ok(), started.elapsed());
+                result
+            },
+            model::error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "model reconcile failed");
@@ -135,19 +186,24 @@ async fn run_deployments(
     ctx: Arc<Context>,
     nodes_writer: reflector::store::Writer<Node>,
     jobs_writer: reflector::store::Writer<Job>,
+    readiness: Arc<Readiness>,
 ) {
     let (deployments_reader, deployments_writer) = reflector::store();
+    let flags = readiness.clone();
     let deployments = watcher(api::<ModelDeployment>(client, ns), watcher::Config::default())
         .default_backoff()
         .reflect(deployments_writer)
+        .inspect(on_init_done(move || flags.deployments.store(true, Ordering::Release)))
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default());
 
     // Only selection-relevant node changes (and removals) reach the deployments: not heartbeats.
     let mut seen: HashMap<String, Option<u64>> = HashMap::new();
+    let flags = readiness.clone();
     let node_changes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(nodes_writer)
+        .inspect(on_init_done(move || flags.nodes.store(true, Ordering::Release)))
         .filter_map(move |event| {
             let changed = match event {
                 Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
@@ -169,6 +225,7 @@ async fn run_deployments(
     )
     .default_backoff()
     .reflect(jobs_writer)
+    .inspect(on_init_done(move || readiness.jobs.store(true, Ordering::Release)))
     .touched_objects();
     let model_changes =
         watcher(api::<Model>(client, ns), watcher::Config::default()).default_backoff().touched_objects();
@@ -196,7 +253,16 @@ async fn run_deployments(
             deployments_where(&for_secrets, |d| d.namespace() == secret.namespace())
         })
         .shutdown_on_signal()
-        .run(deployment::reconcile, deployment::error_policy, ctx)
+        .run(
+            |deployment, ctx: Arc<Context>| async move {
+                let started = Instant::now();
+                let result = deployment::reconcile(deployment, ctx.clone()).await;
+                ctx.metrics.reconciled("modeldeployment", result.is_ok(), started.elapsed());
+                result
+            },
+            deployment::error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "deployment reconcile failed");

@@ -86,6 +86,11 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
         },
     };
 
+    match &observed {
+        Ok(_) => ctx.metrics.resolution("success"),
+        Err(Error::Kube(_)) => {}
+        Err(e) => ctx.metrics.resolution(&outcome_of(e, None, every).observation.reason),
+    }
     let (observation, requeue) = match observed {
         Ok((observed, access)) => {
             events.extend(record_resolution(&mut next, &observed, &now));
@@ -99,9 +104,24 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
                         Ok(trust) => ctx.caches.verify(&access, &model, &trust, &observed.inspection).await,
                         Err(e) => Err(e),
                     };
+                    let provider = if matches!(verify.provider, crate::api::VerifyProvider::Cosign) {
+                        "cosign"
+                    } else {
+                        "notation"
+                    };
+                    match &verified {
+                        Ok((v, false)) => {
+                            ctx.metrics.verification(provider, if v.enforced { "verified" } else { "audit" })
+                        }
+                        Ok((_, true)) | Err(Error::Kube(_)) => {}
+                        Err(Error::Verify(crate::verify::Error::Rejected { .. })) => {
+                            ctx.metrics.verification(provider, "rejected")
+                        }
+                        Err(_) => ctx.metrics.verification(provider, "error"),
+                    }
                     match verified {
                         Err(Error::Kube(e)) => return Err(Error::Kube(e)),
-                        Ok(verification) => {
+                        Ok((verification, _)) => {
                             events.extend(record_verification(&mut next, verify, &verification, &now, generation));
                             verified_observation(&observed, &verification, every)
                         }

@@ -70,7 +70,8 @@ pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> R
     Ok(Trust { material, fingerprint: h.finish() })
 }
 
-/// Passed verifications by (repository, digest, generation, material).
+/// Passed verifications by (repository, digest, generation, material); `verify` says whether its
+/// answer came from the cache.
 #[derive(Default)]
 pub struct Verifications {
     passed: Mutex<HashMap<u64, Verification>>,
@@ -86,13 +87,13 @@ impl Verifications {
         model: &Model,
         trust: &Trust,
         inspection: &Inspection,
-    ) -> Result<Verification, Error> {
+    ) -> Result<(Verification, bool), Error> {
         let digest = inspection.digest.as_str();
         let mut h = DefaultHasher::new();
         (&access.repository, digest, model.metadata.generation, trust.fingerprint).hash(&mut h);
         let key = h.finish();
         if let Some(hit) = self.passed.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(hit.clone());
+            return Ok((hit.clone(), true));
         }
         let verification = match &trust.material {
             Material::Cosign(keys) => verify::cosign::verify(registry, &access.repository, digest, keys).await?,
@@ -108,6 +109,6 @@ impl Verifications {
             passed.clear();
         }
         passed.insert(key, verification.clone());
-        Ok(verification)
+        Ok((verification, false))
     }
 }

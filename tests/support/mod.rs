@@ -295,12 +295,22 @@ impl Operator {
     /// Its log goes to `<bed state>/operator-logs/<namespace>-<n>.log` (kept for post-mortems; the
     /// bed's state directory is wiped by the next `e2e/cluster up`).
     pub fn start(namespace: &str) -> Operator {
+        Operator::start_with(namespace, &format!("e2e-{namespace}"), &[])
+    }
+
+    /// `run` for `namespace` with a leader-election identity and extra flags; metrics and probes on
+    /// ports of the system's choosing (their addresses are in the log), the Lease in the namespace.
+    pub fn start_with(namespace: &str, identity: &str, extra: &[&str]) -> Operator {
         let dir = Bed::get().state.join("operator-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{namespace}-{}.log", unique_suffix()));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_modelpack-operator"))
             .args(["run", "--watch-namespace", namespace, "--log-format", "text"])
+            .args(["--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
+            .args(["--leader-election-namespace", namespace])
+            .args(extra)
+            .env("POD_NAME", identity)
             .env("RUST_LOG", "info,modelpack_operator=debug")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -311,10 +321,59 @@ impl Operator {
 }
 
 impl Operator {
-    /// Kills the operator now (as a crash or a rollout of the operator would).
+    /// Kills the operator now (as a crash would).
     pub fn kill(self) {
         drop(self);
     }
+
+    /// SIGTERM, as a Deployment rollout would; waits for the process to exit and returns whether
+    /// it exited cleanly.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The address the operator logged for `what` ("metrics" or "health probes").
+    pub fn address(&self, what: &str) -> String {
+        let needle = format!("serving {what}");
+        for _ in 0..100 {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains(&needle)) {
+                let address = line.split("address=").nth(1).and_then(|r| r.split_whitespace().next());
+                if let Some(a) = address {
+                    return a.to_owned();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the operator never logged its {what} address");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A plain HTTP/1.0 GET: (status code, body).
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }
 
 impl Drop for Operator {

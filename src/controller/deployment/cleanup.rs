@@ -79,6 +79,7 @@ pub async fn run(deployment: &ModelDeployment, ctx: &Context) -> Result<Progress
     for job in ctx.jobs.state().iter().filter(|j| ours(j, "cleanup") && j.metadata.deletion_timestamp.is_none()) {
         delete_ignoring_missing(&jobs_api, &job.name_any()).await?;
     }
+    ctx.metrics.drift(&format!("{namespace}/{name}"), None);
     tracing::info!(deployment = %format!("{namespace}/{name}"), nodes = to_clean.len(), "cleaned up deployment");
     Ok(Progress::Done)
 }

@@ -33,7 +33,7 @@ pub const FINALIZER: &str = "modelpack.dev/cleanup";
 
 pub async fn reconcile(deployment: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Decisions need every node and every Job of ours: an unsynced store would look empty.
-    if !synced(&ctx.nodes).await || !synced(&ctx.jobs).await {
+    if !ctx.readiness.stores_synced() {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     if deployment.metadata.deletion_timestamp.is_some() {
@@ -54,23 +54,6 @@ pub async fn reconcile(deployment: Arc<ModelDeployment>, ctx: Arc<Context>) -> R
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     apply(&deployment, &ctx).await
-}
-
-/// Waits (a bounded time) for a store's first full list. `Store::wait_until_ready` wakes only the
-/// last of several concurrent waiters (kube-runtime 5's DelayedInit keeps one waker), so each
-/// reconcile polls it afresh rather than parking on it.
-async fn synced<K>(store: &kube::runtime::reflector::Store<K>) -> bool
-where
-    K: kube::runtime::reflector::Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    for _ in 0..50 {
-        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
-            Ok(result) => return result.is_ok(),
-            Err(_) => continue,
-        }
-    }
-    false
 }
 
 async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Error> {
@@ -128,6 +111,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
     }
     let mut next = plan.status;
     next.node_label = Some(nodes::ready_label(&namespace, &name));
+    record_metrics(ctx, &format!("{namespace}/{name}"), &previous, &next);
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let wrote = status::apply(&api, deployment, current.as_ref(), &next).await?;
     sync_node_labels(ctx, &namespace, &name, &next).await?;
@@ -154,6 +138,23 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
         "reconciled deployment"
     );
     Ok(Action::requeue(plan.requeue))
+}
+
+/// Pulls that finished since the previous status, and whether the deployment is drifted.
+fn record_metrics(ctx: &Context, key: &str, previous: &ModelDeploymentStatus, next: &ModelDeploymentStatus) {
+    let before: BTreeMap<(&str, &str), NodePhase> = previous
+        .nodes
+        .iter()
+        .flat_map(|n| &n.entries)
+        .map(|e| ((e.node.as_str(), e.digest.as_str()), e.phase))
+        .collect();
+    for e in next.nodes.iter().flat_map(|n| &n.entries) {
+        let finished = matches!(e.phase, NodePhase::Ready | NodePhase::Failed) && e.completed_at.is_some();
+        if finished && before.get(&(e.node.as_str(), e.digest.as_str())) != Some(&e.phase) {
+            ctx.metrics.pull_finished(e.phase == NodePhase::Ready, e.bytes);
+        }
+    }
+    ctx.metrics.drift(key, next.drift.as_ref().map(|d| !d.in_sync));
 }
 
 /// This deployment's pull Jobs by node, with the results of finished ones whose outcome status does
