@@ -21,7 +21,7 @@ use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus, Nod
 use serde_json::{Value, json};
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::{
-    Bed, Operator, TestNodes, docker_config_secret, ensure_namespace, eventually, install_crds, namespace,
+    Bed, Operator, TestNodes, argo, docker_config_secret, ensure_namespace, eventually, install_crds, namespace,
     unique_suffix,
 };
 
@@ -179,7 +179,9 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     // Rollout: every node serves v1, byte for byte, and carries the ready label.
     let d = wait_for(&s.deployments, "serve", "v1 on 3 nodes", in_sync_on(&v1, 3)).await;
     assert_eq!(kstatus_of(&d), KStatus::Current);
+    assert_eq!(argo::status_of(&d), "Healthy");
     assert_eq!(model_kstatus(&s.models, "llm").await, KStatus::Current);
+    assert_eq!(argo::status_of(&s.models.get("llm").await.unwrap()), "Healthy");
     let status = d.status.clone().unwrap();
     assert_eq!(status.desired.as_ref().unwrap().tag.as_deref(), Some("stable"));
     let label = node_label(&status);
@@ -242,6 +244,9 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
                 let c = find(&s.conditions, DRIFTED).unwrap();
                 assert_eq!((c.status, c.reason.as_str()), (ConditionStatus::True, "NewVersionPending"));
                 assert_eq!(kstatus(Some(1), Some(1), &s.conditions), KStatus::InProgress);
+                let captured = json!({"kind": "ModelDeployment", "metadata": {"name": "serve", "generation": 1},
+                    "spec": {}, "status": {"observedGeneration": 1, "conditions": s.conditions, "nodes": s.nodes}});
+                assert_eq!(argo::health(&captured).0, "Progressing");
             }
         }
     }
@@ -324,7 +329,8 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
     // While suspended, the tag moves to v2 and the Model resolves it; then the password is revoked.
     spec["suspend"] = json!(true);
     apply(&s.deployments, "ModelDeployment", "serve", spec.clone()).await;
-    wait_for(&s.deployments, "serve", "suspended", |_| true).await;
+    let d = wait_for(&s.deployments, "serve", "suspended", |_| true).await;
+    assert_eq!(argo::status_of(&d), "Suspended");
     let v2 = modctl_push(bed, &bed.auth, &repo, "stable", &model_v(11, 2));
     eventually("model resolves v2", Duration::from_secs(30), || async {
         let m = s.models.get("llm").await.ok()?;
@@ -347,6 +353,7 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
     let status = d.status.clone().unwrap();
     assert_eq!(deployed(&status), Some(v1.as_str()));
     assert_eq!(kstatus_of(&d), KStatus::Failed);
+    assert_eq!(argo::status_of(&d), "Degraded");
     let drifted = find(&status.conditions, DRIFTED).unwrap();
     assert_eq!((drifted.status, drifted.reason.as_str()), (ConditionStatus::True, "PullFailed"));
     let failed = status.nodes.unwrap().entries.into_iter().find(|e| e.phase == NodePhase::Failed).unwrap();
@@ -402,7 +409,9 @@ async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_and_a_restarted_opera
     })
     .await;
     assert_eq!(kstatus_of(&d), KStatus::Failed);
+    assert_eq!(argo::status_of(&d), "Degraded");
     assert_eq!(model_kstatus(&s.models, "signed").await, KStatus::Failed);
+    assert_eq!(argo::status_of(&s.models.get("signed").await.unwrap()), "Degraded");
     let status = d.status.unwrap();
     assert_eq!(deployed(&status), Some(signed.as_str()));
     assert_eq!(status.desired.as_ref().map(|v| v.digest.as_str()), Some(signed.as_str()));

@@ -355,4 +355,12 @@ async fn a_model_verifies_with_notation_and_audit_keeps_an_untrusted_version_usa
     assert_eq!(verified.reason, "AuditOnly");
     assert!(verified.message.contains("authenticity"), "{}", verified.message);
     assert_eq!(find(&status.conditions, READY).unwrap().status, ConditionStatus::True);
+    let m = models.get("m").await.unwrap();
+    let (health, message) = support::argo::health(&{
+        let mut v = serde_json::to_value(&m).unwrap();
+        v["kind"] = json!("Model");
+        v
+    });
+    assert_eq!(health, "Healthy");
+    assert!(message.contains("audit"), "{message}");
 }

@@ -3,6 +3,7 @@
 //! real peer tools (modctl writes `vnd.cnai`, oras writes `vnd.cncf`) or crafted by [`craft`].
 #![allow(dead_code)]
 
+pub mod argo;
 pub mod craft;
 pub mod fixtures;
 pub mod notary;
