@@ -302,6 +302,11 @@ impl Operator {
     /// `run` for `namespace` with a leader-election identity and extra flags; metrics and probes on
     /// ports of the system's choosing (their addresses are in the log), the Lease in the namespace.
     pub fn start_with(namespace: &str, identity: &str, extra: &[&str]) -> Operator {
+        Operator::start_full(namespace, identity, extra, &[])
+    }
+
+    /// [`Operator::start_with`] with extra environment (e.g. another `KUBECONFIG`).
+    pub fn start_full(namespace: &str, identity: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
         let dir = Bed::get().state.join("operator-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{namespace}-{}.log", unique_suffix()));
@@ -313,6 +318,7 @@ impl Operator {
             .args(extra)
             .env("POD_NAME", identity)
             .env("RUST_LOG", "info,modelpack_operator=debug")
+            .envs(env.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
