@@ -50,8 +50,10 @@ fn the_chart_lints_and_deploy_is_its_default_rendering() {
     assert!(bad.is_err(), "an invalid value was accepted");
 }
 
-#[test]
-fn the_rendered_manifests_pass_server_side_validation() {
+#[tokio::test]
+async fn the_rendered_manifests_pass_server_side_validation() {
+    // A dry run creates nothing, so the namespace the namespaced objects go to must exist already.
+    support::ensure_namespace(&Bed::get().client().await, "modelpack-system").await;
     let out = kubectl(&[
         "apply",
         "--server-side",
