@@ -159,6 +159,49 @@ mod tests {
 
     use x509_cert::der::Decode;
 
+    fn named(spki_der: &[u8]) -> NamedKey {
+        let spki = x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(spki_der).unwrap();
+        NamedKey { name: "k.pub".into(), key: PublicKey::from_spki(&spki).unwrap() }
+    }
+
+    fn payload(digest: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"critical": {"identity": {"docker-reference": "r/m"},
+            "image": {"docker-manifest-digest": digest}, "type": "cosign container image signature"}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn p384_rsa_and_ed25519_keys_verify_the_way_cosign_signs_with_them() {
+        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+        use aws_lc_rs::rsa::KeySize;
+        use aws_lc_rs::signature::{ECDSA_P384_SHA384_ASN1_SIGNING, Ed25519KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let body = payload(&digest);
+        let b64 = |sig: &[u8]| base64::engine::general_purpose::STANDARD.encode(sig);
+        let rng = SystemRandom::new();
+
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &rng).unwrap();
+        let p384 = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
+        let key = named(AsDer::<PublicKeyX509Der>::as_der(p384.public_key()).unwrap().as_ref());
+        assert_eq!(key.key.kind, crate::verify::KeyKind::EcP384);
+        let sig = p384.sign(&rng, &body).unwrap();
+        assert!(check(&[(body.clone(), b64(sig.as_ref()))], &digest, &[key]).is_ok(), "P-384");
+
+        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        let key = named(AsDer::<PublicKeyX509Der>::as_der(rsa.public_key()).unwrap().as_ref());
+        let mut sig = vec![0; rsa.public_modulus_len()];
+        rsa.sign(&RSA_PKCS1_SHA256, &rng, &body, &mut sig).unwrap();
+        assert!(check(&[(body.clone(), b64(&sig))], &digest, std::slice::from_ref(&key)).is_ok(), "RSA");
+        sig[0] ^= 1;
+        assert!(check(&[(body.clone(), b64(&sig))], &digest, &[key]).is_err(), "a damaged RSA signature");
+
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let ed = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let key = named(AsDer::<PublicKeyX509Der>::as_der(ed.public_key()).unwrap().as_ref());
+        assert_eq!(key.key.kind, crate::verify::KeyKind::Ed25519);
+        assert!(check(&[(body.clone(), b64(ed.sign(&body).as_ref()))], &digest, &[key]).is_ok(), "Ed25519");
+    }
+
     #[test]
     fn each_failure_has_its_reason() {
         let digest = format!("sha256:{}", "a".repeat(64));
