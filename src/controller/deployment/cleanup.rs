@@ -24,18 +24,17 @@ pub enum Progress {
 pub async fn run(deployment: &ModelDeployment, ctx: &Context) -> Result<Progress, Error> {
     let namespace = deployment.namespace().unwrap_or_default();
     let name = deployment.name_any();
-    let key = jobs::deployment_key(&namespace, &name);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    let ours = |job: &Job, role: &str| {
-        job.labels().get(jobs::DEPLOYMENT_LABEL) == Some(&key)
-            && job.labels().get(jobs::ROLE_LABEL).map(String::as_str) == Some(role)
-    };
 
-    for job in ctx.jobs.state().iter().filter(|j| ours(j, "pull") && j.metadata.deletion_timestamp.is_none()) {
-        delete_ignoring_missing(&jobs_api, &job.name_any()).await?;
-    }
     let selector = jobs::selector(&namespace, &name);
+    // From the API, not the store: a Job the last reconcile created may not have reached the store.
+    let listed = jobs_api.list_metadata(&ListParams::default().labels(&selector)).await?;
+    for job in listed.items.iter().filter(|j| j.metadata.deletion_timestamp.is_none()) {
+        if job.labels().get(jobs::ROLE_LABEL).map(String::as_str) == Some("pull") {
+            delete_ignoring_missing(&jobs_api, &job.name_any()).await?;
+        }
+    }
     for secret in secrets.list_metadata(&ListParams::default().labels(&selector)).await? {
         delete_ignoring_missing(&secrets, &secret.name_any()).await?;
     }
@@ -76,7 +75,8 @@ pub async fn run(deployment: &ModelDeployment, ctx: &Context) -> Result<Progress
         return Ok(Progress::Waiting);
     }
     set_node_labels(ctx, &label, |_| None).await?;
-    for job in ctx.jobs.state().iter().filter(|j| ours(j, "cleanup") && j.metadata.deletion_timestamp.is_none()) {
+    let listed = jobs_api.list_metadata(&ListParams::default().labels(&selector)).await?;
+    for job in listed.items.iter().filter(|j| j.metadata.deletion_timestamp.is_none()) {
         delete_ignoring_missing(&jobs_api, &job.name_any()).await?;
     }
     ctx.metrics.drift(&format!("{namespace}/{name}"), None);
