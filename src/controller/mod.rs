@@ -161,12 +161,7 @@ async fn run_models(client: &Client, ns: Option<&str>, ctx: Arc<Context>, readin
         })
         .shutdown_on_signal()
         .run(
-            |model, ctx: Arc<Context>| async move {
-                let started = Instant::now();
-                let result = model::reconcile(model, ctx.clone()).await;
-                ctx.metrics.reconciled("model", result.is_ok(), started.elapsed());
-                result
-            },
+            |model, ctx: Arc<Context>| timed("model", ctx.clone(), model::reconcile(model, ctx)),
             model::error_policy,
             ctx,
         )
@@ -254,11 +249,8 @@ async fn run_deployments(
         })
         .shutdown_on_signal()
         .run(
-            |deployment, ctx: Arc<Context>| async move {
-                let started = Instant::now();
-                let result = deployment::reconcile(deployment, ctx.clone()).await;
-                ctx.metrics.reconciled("modeldeployment", result.is_ok(), started.elapsed());
-                result
+            |deployment, ctx: Arc<Context>| {
+                timed("modeldeployment", ctx.clone(), deployment::reconcile(deployment, ctx))
             },
             deployment::error_policy,
             ctx,
@@ -269,6 +261,18 @@ async fn run_deployments(
             }
         })
         .await;
+}
+
+/// Runs one reconcile and records its outcome and duration.
+async fn timed<T>(
+    controller: &'static str,
+    ctx: Arc<Context>,
+    reconcile: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let started = Instant::now();
+    let result = reconcile.await;
+    ctx.metrics.reconciled(controller, result.is_ok(), started.elapsed());
+    result
 }
 
 /// Spec changes, deletion and finalizer changes; not our own status writes.
