@@ -37,9 +37,14 @@ pub async fn reconcile(deployment: Arc<ModelDeployment>, ctx: Arc<Context>) -> R
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     if deployment.metadata.deletion_timestamp.is_some() {
-        if !deployment.finalizers().iter().any(|f| f == FINALIZER) {
+        // The store may still hold the object after our finalizer was removed; a cleanup run from
+        // that stale copy would create cleanup Jobs nothing deletes. Ask the API.
+        let api: Api<ModelDeployment> =
+            Api::namespaced(ctx.client.clone(), &deployment.namespace().unwrap_or_default());
+        let fresh = api.get_opt(&deployment.name_any()).await?;
+        let Some(deployment) = fresh.filter(|d| d.finalizers().iter().any(|f| f == FINALIZER)) else {
             return Ok(Action::await_change());
-        }
+        };
         return match cleanup::run(&deployment, &ctx).await? {
             cleanup::Progress::Done => {
                 cleanup::remove_finalizer(&ctx, &deployment).await?;
