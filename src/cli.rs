@@ -210,10 +210,17 @@ pub struct PullCommand {
     pub digest: String,
     pub cache_dir: PathBuf,
     pub link: Option<(String, String)>,
+    pub keep: Option<Vec<String>>,
+    pub tuning: PullTuning,
+    pub termination_log: Option<PathBuf>,
+}
+
+/// How a pull runs, as opposed to what it pulls.
+pub struct PullTuning {
     pub concurrency: usize,
     pub extract_limit: Option<u64>,
-    pub keep: Option<Vec<String>>,
-    pub termination_log: Option<PathBuf>,
+    /// Flush to disk before publishing (off: `--no-sync`).
+    pub durable: bool,
 }
 
 impl PullCommand {
@@ -223,8 +230,7 @@ impl PullCommand {
         cache_dir: PathBuf,
         link: Option<&str>,
         keep: &[String],
-        concurrency: usize,
-        extract_limit: Option<u64>,
+        tuning: PullTuning,
         termination_log: Option<PathBuf>,
     ) -> Result<PullCommand> {
         let (repository, spec) = Repository::parse_reference(reference)?;
@@ -241,7 +247,7 @@ impl PullCommand {
         }
         // GC runs when asked: `--keep` names the versions this link keeps besides the one pulled.
         let keep = (!keep.is_empty()).then(|| keep.to_vec());
-        Ok(PullCommand { repository, digest, cache_dir, link, concurrency, extract_limit, keep, termination_log })
+        Ok(PullCommand { repository, digest, cache_dir, link, keep, tuning, termination_log })
     }
 
     pub async fn run(self, args: &RegistryArgs) -> Result<()> {
@@ -266,11 +272,14 @@ impl PullCommand {
         use std::sync::Arc;
         use std::sync::atomic::Ordering;
         let registry = args.registry_for(&self.repository)?;
-        let store = Store::open(&self.cache_dir)?;
+        let mut store = Store::open(&self.cache_dir)?;
+        if !self.tuning.durable {
+            store = store.without_sync();
+        }
         let options = PullOptions {
-            concurrency: self.concurrency,
+            concurrency: self.tuning.concurrency,
             link: self.link.clone(),
-            extract_limit: self.extract_limit,
+            extract_limit: self.tuning.extract_limit,
             keep: self.keep.clone(),
         };
         let progress = Arc::new(Progress::default());

@@ -107,6 +107,10 @@ struct PullArgs {
     /// Most bytes extracted from one archive layer (default: 20× its size, at least 1 GiB).
     #[arg(long, value_name = "BYTES")]
     extract_limit: Option<u64>,
+    /// Publish without flushing to disk: faster, but a node crash soon after may leave garbage
+    /// under a verified name. Only for caches that do not survive a reboot (tmpfs, emptyDir).
+    #[arg(long)]
+    no_sync: bool,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Also write the JSON result here (a pod's termination message).
@@ -149,6 +153,10 @@ struct VerifyArgs {
     output: Output,
 }
 
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -166,8 +174,11 @@ fn main() -> ExitCode {
                 args.cache_dir,
                 args.link.as_deref(),
                 &args.keep,
-                args.concurrency,
-                args.extract_limit,
+                cli::PullTuning {
+                    concurrency: args.concurrency,
+                    extract_limit: args.extract_limit,
+                    durable: !args.no_sync,
+                },
                 args.termination_log,
             );
             match command {

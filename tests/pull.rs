@@ -414,18 +414,32 @@ async fn a_registry_serving_wrong_bytes_publishes_nothing() {
 
 #[tokio::test]
 async fn an_interrupted_download_resumes_where_it_stopped() {
+    let report = interrupt_then_resume(51, support::proxy::Misbehaviour::TruncateOnce).await;
+    assert_eq!(report.fetched, 4_000_000 - report.partial, "only the missing bytes were fetched (HTTP Range)");
+}
+
+#[tokio::test]
+async fn a_registry_without_ranges_makes_a_resumed_download_start_over() {
+    let report = interrupt_then_resume(52, support::proxy::Misbehaviour::TruncateOnceWithoutRanges).await;
+    assert_eq!(report.fetched, 4_000_000, "the whole blob was fetched again, the partial one discarded");
+}
+
+struct Resumed {
+    partial: u64,
+    fetched: u64,
+}
+
+/// Pulls a 4 MB blob through a proxy that cuts its first answer short, checks what stays behind,
+/// pulls again and checks the model byte for byte.
+async fn interrupt_then_resume(seed: u64, how: support::proxy::Misbehaviour) -> Resumed {
     let bed = Bed::get();
     let cache = tempfile::tempdir().unwrap();
-    let data = support::fixtures::pseudo_random(51, 4_000_000);
+    let data = support::fixtures::pseudo_random(seed, 4_000_000);
     let a = artifact(vec![cncf_layer("weight.v1.raw", data.clone(), "w.bin")], vec![]);
     let repo = format!("pull/resume-{}", unique_suffix());
     let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
     let blob = craft::sha256(&data);
-    let proxy = support::proxy::Proxy::start(
-        &bed.plain.host,
-        blob.strip_prefix("sha256:").unwrap(),
-        support::proxy::Misbehaviour::TruncateOnce,
-    );
+    let proxy = support::proxy::Proxy::start(&bed.plain.host, blob.strip_prefix("sha256:").unwrap(), how);
     let flaky = Registry { host: proxy.host.clone(), ..bed.plain.clone() };
     pull(&flaky, &repo, &digest, cache.path(), &[]).unwrap_err();
     let partial = std::fs::read_dir(cache.path().join("tmp"))
@@ -437,7 +451,7 @@ async fn an_interrupted_download_resumes_where_it_stopped() {
     assert!(!cache.path().join("models/sha256").join(digest.strip_prefix("sha256:").unwrap()).exists());
 
     let report = pull(&flaky, &repo, &digest, cache.path(), &[]).unwrap();
-    let fetched = report["bytesFetched"].as_u64().unwrap();
-    assert_eq!(fetched, 4_000_000 - partial, "only the missing bytes were fetched (HTTP Range)");
     assert_eq!(model_file(cache.path(), &digest, "w.bin"), data, "verified from byte 0");
+    assert_eq!(proxy.blob_gets.load(std::sync::atomic::Ordering::SeqCst), 2);
+    Resumed { partial, fetched: report["bytesFetched"].as_u64().unwrap() }
 }

@@ -8,6 +8,7 @@
 //! locks/                             one lock file per digest being pulled
 //! ```
 
+mod durable;
 mod gc;
 mod link;
 mod materialise;

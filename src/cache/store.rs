@@ -10,12 +10,14 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::Error;
+use super::{Error, durable};
 
 /// The cache directory layout (ARCHITECTURE.md "Node cache").
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// Flush data before publishing it (see [`durable`]); off only where a crash may lose the cache.
+    durable: bool,
 }
 
 /// Hex part of a `sha256:<64 hex>` digest, validated (it becomes a file name).
@@ -30,7 +32,18 @@ impl Store {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
-        Ok(Store { root: root.to_owned() })
+        Ok(Store { root: root.to_owned(), durable: true })
+    }
+
+    /// Publishes without flushing to disk: faster, but after a node crash a published file may
+    /// hold garbage. Only for caches that do not outlive the node's uptime (tmpfs, emptyDir).
+    pub fn without_sync(mut self) -> Store {
+        self.durable = false;
+        self
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.durable
     }
 
     pub fn root(&self) -> &Path {
@@ -86,7 +99,17 @@ impl Store {
             written = 0;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(Ingest { path, file, hasher, written, digest: digest.to_owned(), size, target: self.blob_path(digest)? })
+        Ok(Ingest {
+            path,
+            file,
+            hasher,
+            written,
+            flushed: written,
+            durable: self.durable,
+            digest: digest.to_owned(),
+            size,
+            target: self.blob_path(digest)?,
+        })
     }
 }
 
@@ -96,6 +119,9 @@ pub struct Ingest {
     file: File,
     hasher: Sha256,
     written: u64,
+    /// Where the last writeback started: everything before it is on its way to disk.
+    flushed: u64,
+    durable: bool,
     digest: String,
     size: u64,
     target: PathBuf,
@@ -119,6 +145,10 @@ impl Ingest {
         self.file.write_all(bytes).map_err(|e| Error::io(&self.path, e))?;
         self.hasher.update(bytes);
         self.written += bytes.len() as u64;
+        if self.durable && self.written - self.flushed >= durable::WRITEBACK_EVERY {
+            durable::start_writeback(&self.file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
         Ok(())
     }
 
@@ -134,7 +164,9 @@ impl Ingest {
             self.abort();
             return Err(Error::DigestMismatch { expected: self.digest.clone(), actual });
         }
-        self.file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        if self.durable {
+            durable::sync_data(&self.file, &self.path)?;
+        }
         fs::set_permissions(&self.path, fs::Permissions::from_mode(0o444)).map_err(|e| Error::io(&self.path, e))?;
         fs::rename(&self.path, &self.target).map_err(|e| Error::io(&self.target, e))?;
         Ok(self.target.clone())

@@ -274,21 +274,20 @@ pub struct BlobStream {
 }
 
 impl Registry {
-    /// Streams blob `digest` starting at `offset` (HTTP Range); the caller verifies the digest.
+    /// Streams blob `digest` starting at `offset`; the caller hashes every byte it keeps.
     pub async fn blob_stream(&self, repo: &Repository, digest: &str, offset: u64) -> Result<BlobStream, Error> {
         let reference = repo.with_digest(digest);
         let what = format!("blob {repo}@{digest}");
         self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth).await;
-        if offset == 0 {
-            let s = self.call(&repo.registry, &what, self.client.pull_blob_stream(&reference, digest)).await?;
-            return Ok(BlobStream { from_offset: true, chunks: s.stream });
-        }
+        // A Range request even from byte 0: oci-client hashes only whole (200) responses, and the
+        // caller must hash anyway (a resumed blob is verified from its first byte), so asking for
+        // `bytes=0-` keeps a blob from being hashed twice (about a core-second per GiB).
         let response = self
             .call(&repo.registry, &what, self.client.pull_blob_stream_partial(&reference, digest, offset, None))
             .await?;
         Ok(match response {
             oci_client::client::BlobResponse::Partial(s) => BlobStream { from_offset: true, chunks: s.stream },
-            oci_client::client::BlobResponse::Full(s) => BlobStream { from_offset: false, chunks: s.stream },
+            oci_client::client::BlobResponse::Full(s) => BlobStream { from_offset: offset == 0, chunks: s.stream },
         })
     }
 

@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Misbehaviour {
-    /// Flip one byte in the middle of every GET of the blob.
+    /// Flip one byte in the middle of every GET of the blob (whole or ranged).
     Corrupt,
     /// Send only the first half of the blob's body on its first GET, then close.
     TruncateOnce,
+    /// As `TruncateOnce`, behind a server without range support: `Range` headers are dropped, so
+    /// every answer is the whole blob.
+    TruncateOnceWithoutRanges,
 }
 
 pub struct Proxy {
@@ -58,6 +61,9 @@ fn serve(
     let mut forwarded: String = text
         .lines()
         .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+        .filter(|l| {
+            !(matches!(how, Misbehaviour::TruncateOnceWithoutRanges) && l.to_ascii_lowercase().starts_with("range:"))
+        })
         .map(|l| format!("{l}\r\n"))
         .collect();
     forwarded.push_str("Connection: close\r\n\r\n");
@@ -66,7 +72,9 @@ fn serve(
     let mut response = Vec::new();
     server.read_to_end(&mut response)?;
     let is_blob_get = request_line.starts_with("GET ") && request_line.contains(&format!("/blobs/sha256:{blob_hex}"));
-    if is_blob_get && response.starts_with(b"HTTP/1.1 200") {
+    // 206 too: the puller asks for ranges, from byte 0 on a first download.
+    let is_body = response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.1 206");
+    if is_blob_get && is_body {
         let n = gets.fetch_add(1, Ordering::SeqCst);
         let body_at = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 4);
         match how {
@@ -74,11 +82,11 @@ fn serve(
                 let middle = body_at + (response.len() - body_at) / 2;
                 response[middle] ^= 0xff;
             }
-            Misbehaviour::TruncateOnce if n == 0 => {
+            Misbehaviour::TruncateOnce | Misbehaviour::TruncateOnceWithoutRanges if n == 0 => {
                 let half = body_at + (response.len() - body_at) / 2;
                 response.truncate(half);
             }
-            Misbehaviour::TruncateOnce => {}
+            Misbehaviour::TruncateOnce | Misbehaviour::TruncateOnceWithoutRanges => {}
         }
     }
     client.write_all(&response)?;
