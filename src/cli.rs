@@ -270,7 +270,6 @@ impl PullCommand {
     async fn pull(&self, args: &RegistryArgs) -> Result<modelpack_operator::cache::PullReport> {
         use modelpack_operator::cache::{Progress, PullOptions, Store};
         use std::sync::Arc;
-        use std::sync::atomic::Ordering;
         let registry = args.registry_for(&self.repository)?;
         let mut store = Store::open(&self.cache_dir)?;
         if !self.tuning.durable {
@@ -283,36 +282,40 @@ impl PullCommand {
             keep: self.keep.clone(),
         };
         let progress = Arc::new(Progress::default());
-        let reporter = {
-            let progress = progress.clone();
-            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            tokio::spawn(async move {
-                let started = std::time::Instant::now();
-                let every = if terminal { 200 } else { 5000 };
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_millis(every)).await;
-                    let (done, total) = (progress.done.load(Ordering::Relaxed), progress.total.load(Ordering::Relaxed));
-                    let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
-                    let eta = if rate > 0.0 { (total.saturating_sub(done)) as f64 / rate } else { 0.0 };
-                    let line = format!(
-                        "{:>8.1} / {:.1} MiB  {:>7.1} MiB/s  ETA {:>4.0}s",
-                        done as f64 / 1048576.0,
-                        total as f64 / 1048576.0,
-                        rate / 1048576.0,
-                        eta
-                    );
-                    if terminal {
-                        eprint!("\r{line}");
-                    } else {
-                        eprintln!("{line}");
-                    }
-                }
-            })
-        };
+        let reporter = tokio::spawn(report_progress(progress.clone()));
         let result =
             modelpack_operator::cache::pull(&registry, &self.repository, &self.digest, &store, &options, progress)
                 .await;
         reporter.abort();
         Ok(result?)
+    }
+}
+
+/// Progress on stderr while a pull runs: a bar with bytes, rate and ETA on a terminal; otherwise
+/// (a Job's log) a plain line every 5 s.
+async fn report_progress(progress: std::sync::Arc<modelpack_operator::cache::Progress>) {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        loop {
+            bar.set_length(progress.total.load(Ordering::Relaxed));
+            bar.set_position(progress.done.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (done, total) = (progress.done.load(Ordering::Relaxed), progress.total.load(Ordering::Relaxed));
+        let rate = done as f64 / started.elapsed().as_secs_f64();
+        let eta = if rate > 0.0 { total.saturating_sub(done) as f64 / rate } else { 0.0 };
+        eprintln!("{:.1} / {:.1} MiB  {:.1} MiB/s  ETA {eta:.0}s", mib(done), mib(total), mib(rate as u64));
     }
 }

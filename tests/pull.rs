@@ -424,6 +424,43 @@ async fn a_registry_without_ranges_makes_a_resumed_download_start_over() {
     assert_eq!(report.fetched, 4_000_000, "the whole blob was fetched again, the partial one discarded");
 }
 
+#[tokio::test]
+async fn a_pull_killed_mid_blob_resumes_from_what_it_wrote() {
+    let bed = Bed::get();
+    let cache = tempfile::tempdir().unwrap();
+    let data = support::fixtures::pseudo_random(53, 4_000_000);
+    let a = artifact(vec![cncf_layer("weight.v1.raw", data.clone(), "w.bin")], vec![]);
+    let repo = format!("pull/killed-{}", unique_suffix());
+    let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
+    let blob = craft::sha256(&data);
+    let hex = blob.strip_prefix("sha256:").unwrap();
+    let proxy = support::proxy::Proxy::start(&bed.plain.host, hex, support::proxy::Misbehaviour::StallOnce);
+    let reference = format!("{}/{repo}@{digest}", proxy.host);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_modelpack-operator"))
+        .args(["pull", "--insecure", &reference, "--cache-dir", cache.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The proxy sends half the blob, then nothing: wait until the ingest holds that half.
+    let ingest = cache.path().join("tmp").join(format!("ingest-{hex}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&ingest).map(|m| m.len()).unwrap_or(0) < 2_000_000 {
+        assert!(std::time::Instant::now() < deadline, "the ingest never reached the half that was sent");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = std::fs::metadata(&ingest).unwrap().len();
+    assert_eq!(partial, 2_000_000);
+    assert!(!cache.path().join("blobs/sha256").join(hex).exists(), "nothing published by the killed pull");
+
+    let proxied = Registry { host: proxy.host.clone(), ..bed.plain.clone() };
+    let report = pull(&proxied, &repo, &digest, cache.path(), &[]).unwrap();
+    assert_eq!(report["bytesFetched"].as_u64().unwrap(), 2_000_000, "only the missing half was fetched");
+    assert_eq!(model_file(cache.path(), &digest, "w.bin"), data, "verified from byte 0");
+}
+
 struct Resumed {
     partial: u64,
     fetched: u64,

@@ -15,6 +15,9 @@ pub enum Misbehaviour {
     /// As `TruncateOnce`, behind a server without range support: `Range` headers are dropped, so
     /// every answer is the whole blob.
     TruncateOnceWithoutRanges,
+    /// Send the first half of the blob's body on its first GET, then keep the connection open
+    /// without sending more (for killing the client mid-blob).
+    StallOnce,
 }
 
 pub struct Proxy {
@@ -86,7 +89,13 @@ fn serve(
                 let half = body_at + (response.len() - body_at) / 2;
                 response.truncate(half);
             }
-            Misbehaviour::TruncateOnce | Misbehaviour::TruncateOnceWithoutRanges => {}
+            Misbehaviour::StallOnce if n == 0 => {
+                let half = body_at + (response.len() - body_at) / 2;
+                client.write_all(&response[..half])?;
+                std::thread::sleep(std::time::Duration::from_secs(120));
+                return Ok(());
+            }
+            Misbehaviour::TruncateOnce | Misbehaviour::TruncateOnceWithoutRanges | Misbehaviour::StallOnce => {}
         }
     }
     client.write_all(&response)?;
