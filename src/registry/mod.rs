@@ -4,6 +4,7 @@
 
 mod credentials;
 mod inspect;
+mod reference;
 mod resolve;
 mod semver_range;
 
@@ -88,22 +89,20 @@ impl Repository {
         if name.rsplit('/').next().is_some_and(|last| last.contains(':')) {
             return Err(invalid("a repository must not contain a tag"));
         }
-        let reference: Reference = name.parse().map_err(|e: oci_client::ParseError| invalid(&e.to_string()))?;
-        Ok(Repository { registry: reference.registry().to_owned(), repository: reference.repository().to_owned() })
+        let parsed = reference::parse(name).map_err(|reason| invalid(&reason))?;
+        Ok(Repository { registry: parsed.registry, repository: parsed.repository })
     }
 
     /// Parses `repo[:tag][@digest]` (what the CLI takes); a bare repository means tag `latest`.
     pub fn parse_reference(text: &str) -> Result<(Repository, RefSpec), Error> {
-        let invalid = |reason: String| Error::InvalidReference { reference: text.to_owned(), reason };
-        let reference: Reference = text.parse().map_err(|e: oci_client::ParseError| invalid(e.to_string()))?;
-        let repo =
-            Repository { registry: reference.registry().to_owned(), repository: reference.repository().to_owned() };
-        let spec = match (reference.digest(), reference.tag()) {
+        let parsed =
+            reference::parse(text).map_err(|reason| Error::InvalidReference { reference: text.to_owned(), reason })?;
+        let spec = match (parsed.digest, parsed.tag) {
             (Some(digest), _) => RefSpec::Digest(digest.to_owned()),
             (None, Some(tag)) => RefSpec::Tag(tag.to_owned()),
             (None, None) => RefSpec::Tag("latest".to_owned()),
         };
-        Ok((repo, spec))
+        Ok((Repository { registry: parsed.registry, repository: parsed.repository }, spec))
     }
 
     fn with_tag(&self, tag: &str) -> Reference {
