@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::Serialize;
 
 use super::gc::{self, Collected};
@@ -151,7 +151,7 @@ async fn fetch_layers(
     store: &Store,
     manifest: &Manifest,
     concurrency: usize,
-    progress: &Progress,
+    progress: &Arc<Progress>,
 ) -> Result<u64, Error> {
     let mut missing = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -165,12 +165,23 @@ async fn fetch_layers(
             missing.push((l.digest.clone(), size_of(l.size)));
         }
     }
-    let results: Vec<u64> = futures::stream::iter(missing)
-        .map(|(digest, size)| async move { fetch_blob(registry, repo, store, &digest, size, progress).await })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await?;
-    Ok(results.into_iter().sum())
+    // Each download is a task of its own, so that hashing and writing spread over the runtime's
+    // workers instead of all running where this function is polled. Dropping the set (on the
+    // first error) aborts the others; their partial ingests stay resumable.
+    let mut pending = missing.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut fetched = 0;
+    loop {
+        while running.len() < concurrency {
+            let Some((digest, size)) = pending.next() else { break };
+            let (registry, repo, store, progress) = (registry.clone(), repo.clone(), store.clone(), progress.clone());
+            running.spawn(async move { fetch_blob(&registry, &repo, &store, &digest, size, &progress).await });
+        }
+        match running.join_next().await {
+            None => return Ok(fetched),
+            Some(done) => fetched += done.map_err(|e| Error::Internal(e.to_string()))??,
+        }
+    }
 }
 
 async fn fetch_blob(

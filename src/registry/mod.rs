@@ -131,7 +131,9 @@ pub struct Options {
     pub timeout: Option<Duration>,
 }
 
-/// A client for one credential set and transport configuration.
+/// A client for one credential set and transport configuration; clones share connections and
+/// tokens.
+#[derive(Clone)]
 pub struct Registry {
     client: Client,
     auth: RegistryAuth,
