@@ -390,26 +390,38 @@ async fn garbage_collection_keeps_exactly_what_deployments_keep() {
     assert_eq!(code, 2, "--keep without --link is a usage error: {stderr}");
 }
 
+/// A one-file model (`w.bin`, one raw layer of pseudo-random bytes) pushed to the plain registry and
+/// reachable through a proxy that misbehaves for that layer's blob.
+struct Proxied {
+    cache: tempfile::TempDir,
+    data: Vec<u8>,
+    repo: String,
+    digest: String,
+    blob_hex: String,
+    registry: Registry,
+    proxy: support::proxy::Proxy,
+}
+
+async fn proxied(name: &str, seed: u64, len: usize, how: support::proxy::Misbehaviour) -> Proxied {
+    let bed = Bed::get();
+    let data = support::fixtures::pseudo_random(seed, len);
+    let a = artifact(vec![cncf_layer("weight.v1.raw", data.clone(), "w.bin")], vec![]);
+    let repo = format!("pull/{name}-{}", unique_suffix());
+    let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
+    let blob_hex = craft::sha256(&data).strip_prefix("sha256:").unwrap().to_owned();
+    let proxy = support::proxy::Proxy::start(&bed.plain.host, &blob_hex, how);
+    let registry = Registry { host: proxy.host.clone(), ..bed.plain.clone() };
+    Proxied { cache: tempfile::tempdir().unwrap(), data, repo, digest, blob_hex, registry, proxy }
+}
+
 #[tokio::test]
 async fn a_registry_serving_wrong_bytes_publishes_nothing() {
-    let bed = Bed::get();
-    let cache = tempfile::tempdir().unwrap();
-    let data = support::fixtures::pseudo_random(50, 300_000);
-    let a = artifact(vec![cncf_layer("weight.v1.raw", data.clone(), "w.bin")], vec![]);
-    let repo = format!("pull/lying-{}", unique_suffix());
-    let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
-    let blob = craft::sha256(&data);
-    let proxy = support::proxy::Proxy::start(
-        &bed.plain.host,
-        blob.strip_prefix("sha256:").unwrap(),
-        support::proxy::Misbehaviour::Corrupt,
-    );
-    let lying = Registry { host: proxy.host.clone(), ..bed.plain.clone() };
-    let err = pull(&lying, &repo, &digest, cache.path(), &[]).unwrap_err();
-    assert!(err.contains("digest mismatch") && err.contains(&blob), "{err}");
-    assert!(proxy.blob_gets.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the blob went through the proxy");
-    assert_nothing_published(cache.path(), &digest);
-    assert!(!cache.path().join("blobs/sha256").join(blob.strip_prefix("sha256:").unwrap()).exists());
+    let p = proxied("lying", 50, 300_000, support::proxy::Misbehaviour::Corrupt).await;
+    let err = pull(&p.registry, &p.repo, &p.digest, p.cache.path(), &[]).unwrap_err();
+    assert!(err.contains("digest mismatch") && err.contains(&p.blob_hex), "{err}");
+    assert!(p.proxy.blob_gets.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the blob went through the proxy");
+    assert_nothing_published(p.cache.path(), &p.digest);
+    assert!(!p.cache.path().join("blobs/sha256").join(&p.blob_hex).exists());
 }
 
 #[tokio::test]
@@ -426,24 +438,16 @@ async fn a_registry_without_ranges_makes_a_resumed_download_start_over() {
 
 #[tokio::test]
 async fn a_pull_killed_mid_blob_resumes_from_what_it_wrote() {
-    let bed = Bed::get();
-    let cache = tempfile::tempdir().unwrap();
-    let data = support::fixtures::pseudo_random(53, 4_000_000);
-    let a = artifact(vec![cncf_layer("weight.v1.raw", data.clone(), "w.bin")], vec![]);
-    let repo = format!("pull/killed-{}", unique_suffix());
-    let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
-    let blob = craft::sha256(&data);
-    let hex = blob.strip_prefix("sha256:").unwrap();
-    let proxy = support::proxy::Proxy::start(&bed.plain.host, hex, support::proxy::Misbehaviour::StallOnce);
-    let reference = format!("{}/{repo}@{digest}", proxy.host);
+    let p = proxied("killed", 53, 4_000_000, support::proxy::Misbehaviour::StallOnce).await;
+    let reference = format!("{}/{}@{}", p.registry.host, p.repo, p.digest);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_modelpack-operator"))
-        .args(["pull", "--insecure", &reference, "--cache-dir", cache.path().to_str().unwrap()])
+        .args(["pull", "--insecure", &reference, "--cache-dir", p.cache.path().to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     // The proxy sends half the blob, then nothing: wait until the ingest holds that half.
-    let ingest = cache.path().join("tmp").join(format!("ingest-{hex}"));
+    let ingest = p.cache.path().join("tmp").join(format!("ingest-{}", p.blob_hex));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::fs::metadata(&ingest).map(|m| m.len()).unwrap_or(0) < 2_000_000 {
         assert!(std::time::Instant::now() < deadline, "the ingest never reached the half that was sent");
@@ -453,12 +457,11 @@ async fn a_pull_killed_mid_blob_resumes_from_what_it_wrote() {
     child.wait().unwrap();
     let partial = std::fs::metadata(&ingest).unwrap().len();
     assert_eq!(partial, 2_000_000);
-    assert!(!cache.path().join("blobs/sha256").join(hex).exists(), "nothing published by the killed pull");
+    assert!(!p.cache.path().join("blobs/sha256").join(&p.blob_hex).exists(), "nothing published by the killed pull");
 
-    let proxied = Registry { host: proxy.host.clone(), ..bed.plain.clone() };
-    let report = pull(&proxied, &repo, &digest, cache.path(), &[]).unwrap();
+    let report = pull(&p.registry, &p.repo, &p.digest, p.cache.path(), &[]).unwrap();
     assert_eq!(report["bytesFetched"].as_u64().unwrap(), 2_000_000, "only the missing half was fetched");
-    assert_eq!(model_file(cache.path(), &digest, "w.bin"), data, "verified from byte 0");
+    assert_eq!(model_file(p.cache.path(), &p.digest, "w.bin"), p.data, "verified from byte 0");
 }
 
 struct Resumed {
@@ -469,26 +472,18 @@ struct Resumed {
 /// Pulls a 4 MB blob through a proxy that cuts its first answer short, checks what stays behind,
 /// pulls again and checks the model byte for byte.
 async fn interrupt_then_resume(seed: u64, how: support::proxy::Misbehaviour) -> Resumed {
-    let bed = Bed::get();
-    let cache = tempfile::tempdir().unwrap();
-    let data = support::fixtures::pseudo_random(seed, 4_000_000);
-    let a = artifact(vec![cncf_layer("weight.v1.raw", data.clone(), "w.bin")], vec![]);
-    let repo = format!("pull/resume-{}", unique_suffix());
-    let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
-    let blob = craft::sha256(&data);
-    let proxy = support::proxy::Proxy::start(&bed.plain.host, blob.strip_prefix("sha256:").unwrap(), how);
-    let flaky = Registry { host: proxy.host.clone(), ..bed.plain.clone() };
-    pull(&flaky, &repo, &digest, cache.path(), &[]).unwrap_err();
-    let partial = std::fs::read_dir(cache.path().join("tmp"))
+    let p = proxied("resume", seed, 4_000_000, how).await;
+    pull(&p.registry, &p.repo, &p.digest, p.cache.path(), &[]).unwrap_err();
+    let partial = std::fs::read_dir(p.cache.path().join("tmp"))
         .unwrap()
         .flatten()
         .map(|e| e.metadata().unwrap().len())
         .sum::<u64>();
     assert!(partial > 0 && partial < 4_000_000, "a partial ingest stays in tmp/ ({partial} bytes)");
-    assert!(!cache.path().join("models/sha256").join(digest.strip_prefix("sha256:").unwrap()).exists());
+    assert!(!p.cache.path().join("models/sha256").join(p.digest.strip_prefix("sha256:").unwrap()).exists());
 
-    let report = pull(&flaky, &repo, &digest, cache.path(), &[]).unwrap();
-    assert_eq!(model_file(cache.path(), &digest, "w.bin"), data, "verified from byte 0");
-    assert_eq!(proxy.blob_gets.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let report = pull(&p.registry, &p.repo, &p.digest, p.cache.path(), &[]).unwrap();
+    assert_eq!(model_file(p.cache.path(), &p.digest, "w.bin"), p.data, "verified from byte 0");
+    assert_eq!(p.proxy.blob_gets.load(std::sync::atomic::Ordering::SeqCst), 2);
     Resumed { partial, fetched: report["bytesFetched"].as_u64().unwrap() }
 }
