@@ -195,6 +195,44 @@ async fn concurrent_pulls_of_one_digest_do_not_corrupt_the_cache() {
 }
 
 #[tokio::test]
+async fn concurrent_pulls_of_two_versions_sharing_a_layer_fetch_it_once() {
+    let bed = Bed::get();
+    let cache = tempfile::tempdir().unwrap();
+    let shared = support::fixtures::pseudo_random(31, 2_000_000);
+    let version = |seed: u64, len: usize| {
+        let head = support::fixtures::pseudo_random(seed, len);
+        let layers = vec![
+            cncf_layer("weight.v1.raw", shared.clone(), "base.bin"),
+            cncf_layer("weight.v1.raw", head, "head.bin"),
+        ];
+        artifact(layers, vec![])
+    };
+    let (a, b) = (version(32, 1_000), version(33, 2_000));
+    let repo = format!("pull/shared-{}", unique_suffix());
+    let da = craft::push(&bed.plain, &repo, "a", &a).await;
+    let db = craft::push(&bed.plain, &repo, "b", &b).await;
+    // The shared blob takes a second to arrive, so both pulls meet on it.
+    let hex = craft::sha256(&shared).strip_prefix("sha256:").unwrap().to_owned();
+    let proxy = support::proxy::Proxy::start(&bed.plain.host, &hex, support::proxy::Misbehaviour::Slow);
+    let slow = Registry { host: proxy.host.clone(), ..bed.plain.clone() };
+    let handles: Vec<_> = [da.clone(), db.clone()]
+        .into_iter()
+        .map(|digest| {
+            let (registry, repo, cache) = (slow.clone(), repo.clone(), cache.path().to_owned());
+            std::thread::spawn(move || pull(&registry, &repo, &digest, &cache, &[]))
+        })
+        .collect();
+    let fetched: u64 = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap_or_else(|e| panic!("{e}"))["bytesFetched"].as_u64().unwrap())
+        .sum();
+    assert_eq!(fetched, 2_000_000 + 1_000 + 2_000, "the shared layer was fetched once");
+    assert_eq!(proxy.blob_gets.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(model_file(cache.path(), &da, "base.bin"), shared);
+    assert_eq!(model_file(cache.path(), &db, "head.bin"), b.layers[1].data);
+}
+
+#[tokio::test]
 async fn malicious_archives_are_refused_with_the_entry_named() {
     let bed = Bed::get();
     let outside = tempfile::tempdir().unwrap();

@@ -72,9 +72,9 @@ pub async fn pull(
 
     let manifest_bytes = registry.manifest(repo, digest).await?;
     let manifest = Manifest::parse(&manifest_bytes)?;
-    if !store.has_blob(digest)? {
-        // Kept as a blob so garbage collection knows which layers this model needs.
-        let mut ingest = store.ingest(digest, manifest_bytes.len() as u64)?;
+    // Kept as a blob so garbage collection knows which layers this model needs. (Under this
+    // model's lock, nobody else writes it: taking its blob lock does not wait.)
+    if let Some(mut ingest) = store.ingest(digest, manifest_bytes.len() as u64)? {
         ingest.write(&manifest_bytes)?;
         ingest.commit()?;
     }
@@ -192,11 +192,16 @@ async fn fetch_blob(
     size: u64,
     progress: &Progress,
 ) -> Result<u64, Error> {
-    let mut ingest = blocking({
+    let ingest = blocking({
         let (store, digest) = (store.clone(), digest.to_owned());
         move || store.ingest(&digest, size)
     })
     .await?;
+    let Some(mut ingest) = ingest else {
+        // Another pull (of a model sharing this layer) published it while this one waited.
+        progress.done.fetch_add(size, Ordering::Relaxed);
+        return Ok(0);
+    };
     let resumed_at = ingest.offset();
     progress.done.fetch_add(resumed_at, Ordering::Relaxed);
     if resumed_at == size {
@@ -207,9 +212,8 @@ async fn fetch_blob(
     let stream = registry.blob_stream(repo, digest, resumed_at).await?;
     if !stream.from_offset && resumed_at > 0 {
         // The registry ignored the Range request: start this blob over.
-        ingest.abort();
+        ingest.restart()?;
         progress.done.fetch_sub(resumed_at, Ordering::Relaxed);
-        ingest = store.ingest(digest, size)?;
     }
     let start = ingest.offset();
     let received = receive(registry, digest, stream.chunks, &mut ingest, progress).await;

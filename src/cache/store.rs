@@ -75,9 +75,17 @@ impl Store {
         Ok(file)
     }
 
-    /// Starts (or resumes) writing blob `digest` of `size` bytes.
-    pub fn ingest(&self, digest: &str, size: u64) -> Result<Ingest, Error> {
-        let path = self.tmp_dir().join(format!("ingest-{}", digest_hex(digest)?));
+    /// Starts (or resumes) writing blob `digest` of `size` bytes. Blocks while another pull (of
+    /// another model sharing the layer) writes the same blob; `None` when that pull published it.
+    pub fn ingest(&self, digest: &str, size: u64) -> Result<Option<Ingest>, Error> {
+        let hex = digest_hex(digest)?;
+        let lock = self.lock(&format!("blob-{hex}"))?;
+        let path = self.tmp_dir().join(format!("ingest-{hex}"));
+        if self.has_blob(digest)? {
+            // Whatever an interrupted writer left behind is of no use any more.
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
         let mut hasher = Sha256::new();
         let mut written = 0u64;
         if let Ok(mut existing) = File::open(&path) {
@@ -99,7 +107,8 @@ impl Store {
             written = 0;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(Ingest {
+        Ok(Some(Ingest {
+            _lock: lock,
             path,
             file,
             hasher,
@@ -109,12 +118,13 @@ impl Store {
             digest: digest.to_owned(),
             size,
             target: self.blob_path(digest)?,
-        })
+        }))
     }
 }
 
-/// A blob being written.
+/// A blob being written; one writer per blob in the whole cache (its lock is held until dropped).
 pub struct Ingest {
+    _lock: File,
     path: PathBuf,
     file: File,
     hasher: Sha256,
@@ -172,6 +182,13 @@ impl Ingest {
         Ok(self.target.clone())
     }
 
+    /// Empties the ingest, for a registry that answers a resumed download with the whole blob.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.file.set_len(0).map_err(|e| Error::io(&self.path, e))?;
+        (self.hasher, self.written, self.flushed) = (Sha256::new(), 0, 0);
+        Ok(())
+    }
+
     /// Removes the partial file: what it holds is wrong.
     pub fn abort(&mut self) {
         let _ = fs::remove_file(&self.path);
@@ -192,7 +209,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let data = b"hello model".to_vec();
         let d = digest(&data);
-        let mut ingest = store.ingest(&d, data.len() as u64).unwrap();
+        let mut ingest = store.ingest(&d, data.len() as u64).unwrap().unwrap();
         ingest.write(&data[..5]).unwrap();
         assert!(!store.has_blob(&d).unwrap(), "nothing visible before commit");
         ingest.write(&data[5..]).unwrap();
@@ -207,12 +224,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let d = digest(b"expected");
-        let mut ingest = store.ingest(&d, 8).unwrap();
+        let mut ingest = store.ingest(&d, 8).unwrap().unwrap();
         ingest.write(b"tampered").unwrap();
         assert!(matches!(ingest.commit(), Err(Error::DigestMismatch { .. })));
         assert!(!store.has_blob(&d).unwrap());
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "partial removed");
-        let mut ingest = store.ingest(&d, 4).unwrap();
+        let mut ingest = store.ingest(&d, 4).unwrap().unwrap();
         assert!(matches!(ingest.write(b"too long"), Err(Error::SizeMismatch { .. })));
     }
 
@@ -222,14 +239,30 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let d = digest(&data);
-        let mut first = store.ingest(&d, data.len() as u64).unwrap();
+        let mut first = store.ingest(&d, data.len() as u64).unwrap().unwrap();
         first.write(&data[..4000]).unwrap();
         drop(first);
-        let mut resumed = store.ingest(&d, data.len() as u64).unwrap();
+        let mut resumed = store.ingest(&d, data.len() as u64).unwrap().unwrap();
         assert_eq!(resumed.offset(), 4000);
         resumed.write(&data[4000..]).unwrap();
         resumed.commit().unwrap();
         assert_eq!(fs::read(store.blob_path(&d).unwrap()).unwrap(), data);
+    }
+
+    #[test]
+    fn a_second_writer_of_a_blob_waits_then_finds_it_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = b"a layer two models share".to_vec();
+        let (d, len) = (digest(&data), data.len() as u64);
+        let mut first = store.ingest(&d, len).unwrap().unwrap();
+        let (other, d2) = (store.clone(), d.clone());
+        let second = std::thread::spawn(move || other.ingest(&d2, len).unwrap().is_none());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!second.is_finished(), "the second writer waits for the first");
+        first.write(&data).unwrap();
+        first.commit().unwrap();
+        assert!(second.join().unwrap(), "then finds the blob published and writes nothing");
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub enum Misbehaviour {
     /// Send the first half of the blob's body on its first GET, then keep the connection open
     /// without sending more (for killing the client mid-blob).
     StallOnce,
+    /// Send the first half of the blob's body, pause a second, then the rest (every GET): keeps a
+    /// download in flight long enough for another to meet it.
+    Slow,
 }
 
 pub struct Proxy {
@@ -94,6 +97,13 @@ fn serve(
                 client.write_all(&response[..half])?;
                 std::thread::sleep(std::time::Duration::from_secs(120));
                 return Ok(());
+            }
+            Misbehaviour::Slow => {
+                let half = body_at + (response.len() - body_at) / 2;
+                client.write_all(&response[..half])?;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                client.write_all(&response[half..])?;
+                return client.shutdown(std::net::Shutdown::Both);
             }
             Misbehaviour::TruncateOnce | Misbehaviour::TruncateOnceWithoutRanges | Misbehaviour::StallOnce => {}
         }
