@@ -27,11 +27,6 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// Waits until a file's data is on disk.
-pub fn sync_data(file: &File, path: &Path) -> Result<(), Error> {
-    file.sync_data().map_err(|e| Error::io(path, e))
-}
-
 /// Makes a directory's entries (renames, links) durable.
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))

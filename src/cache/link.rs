@@ -3,8 +3,8 @@
 
 use std::fs;
 
+use super::Error;
 use super::store::{Store, digest_hex};
-use super::{Error, durable};
 
 /// Kubernetes object names and namespaces: DNS subdomains, so never `/` or `..`.
 fn valid_name(s: &str) -> bool {
@@ -36,10 +36,7 @@ pub fn set_current(store: &Store, namespace: &str, name: &str, digest: &str) -> 
     std::os::unix::fs::symlink(&target, &tmp).map_err(|e| Error::io(&tmp, e))?;
     let current = dir.join("current");
     fs::rename(&tmp, &current).map_err(|e| Error::io(&current, e))?;
-    if store.is_durable() {
-        durable::sync_dir(&dir)?;
-    }
-    Ok(())
+    store.sync_dir(&dir)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::Error;
 use super::store::{Store, digest_hex};
-use super::{Error, durable};
 use crate::modelpack::{LayerFormat, Manifest, ModelPath, layer};
 
 /// Marker written last into a model directory.
@@ -47,18 +47,14 @@ pub fn materialise(
     fs::write(&marker, manifest_digest).map_err(|e| Error::io(&marker, e))?;
     fs::set_permissions(&marker, fs::Permissions::from_mode(0o444)).map_err(|e| Error::io(&marker, e))?;
     seal(&staging)?;
-    if store.is_durable() {
-        durable::sync_filesystem(&staging)?;
-    }
+    store.sync_filesystem()?;
     if target.join(COMPLETE).exists() {
         // Another pull finished first; its copy is identical.
         remove_tree(&staging)?;
     } else {
         remove_tree(&target)?;
         fs::rename(&staging, &target).map_err(|e| Error::io(&target, e))?;
-        if store.is_durable() {
-            durable::sync_dir(target.parent().unwrap_or(store.root()))?;
-        }
+        store.sync_dir(target.parent().unwrap_or(store.root()))?;
     }
     Ok((target, files))
 }

@@ -65,10 +65,11 @@ pub async fn pull(
     let started = Instant::now();
     let hex = digest_hex(digest)?.to_owned();
     // One pull of a digest at a time per cache; a second one waits, then finds it complete.
-    let lock_store = store.clone();
-    let _lock = tokio::task::spawn_blocking(move || lock_store.lock(&hex))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    let _lock = blocking({
+        let store = store.clone();
+        move || store.lock(&hex)
+    })
+    .await?;
 
     let manifest_bytes = registry.manifest(repo, digest).await?;
     let manifest = Manifest::parse(&manifest_bytes)?;
@@ -96,9 +97,7 @@ pub async fn pull(
         fetched = fetch_layers(registry, repo, store, &manifest, options.concurrency.max(1), &progress).await?;
         let (store, manifest, digest, diff_ids, limit) =
             (store.clone(), manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.extract_limit);
-        let (_, files) = tokio::task::spawn_blocking(move || materialise(&store, &digest, &manifest, &diff_ids, limit))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+        let (_, files) = blocking(move || materialise(&store, &digest, &manifest, &diff_ids, limit)).await?;
         files.len()
     };
     let mut collected = None;
@@ -107,11 +106,7 @@ pub async fn pull(
         if let Some(keep) = &options.keep {
             gc::keep_versions(store, namespace, name, digest, keep)?;
             let (store, own) = (store.clone(), digest_hex(digest)?.to_owned());
-            collected = Some(
-                tokio::task::spawn_blocking(move || gc::collect(&store, &own))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))??,
-            );
+            collected = Some(blocking(move || gc::collect(&store, &own)).await?);
         }
     }
     Ok(PullReport {

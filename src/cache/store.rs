@@ -42,8 +42,14 @@ impl Store {
         self
     }
 
-    pub fn is_durable(&self) -> bool {
-        self.durable
+    /// Makes the renames and links in `dir` durable (nothing under `without_sync`).
+    pub fn sync_dir(&self, dir: &Path) -> Result<(), Error> {
+        if self.durable { durable::sync_dir(dir) } else { Ok(()) }
+    }
+
+    /// Flushes everything written to the cache's filesystem (nothing under `without_sync`).
+    pub fn sync_filesystem(&self) -> Result<(), Error> {
+        if self.durable { durable::sync_filesystem(&self.root) } else { Ok(()) }
     }
 
     pub fn root(&self) -> &Path {
@@ -175,7 +181,7 @@ impl Ingest {
             return Err(Error::DigestMismatch { expected: self.digest.clone(), actual });
         }
         if self.durable {
-            durable::sync_data(&self.file, &self.path)?;
+            self.file.sync_data().map_err(|e| Error::io(&self.path, e))?;
         }
         fs::set_permissions(&self.path, fs::Permissions::from_mode(0o444)).map_err(|e| Error::io(&self.path, e))?;
         fs::rename(&self.path, &self.target).map_err(|e| Error::io(&self.target, e))?;
