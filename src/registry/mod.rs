@@ -292,6 +292,27 @@ impl Registry {
         })
     }
 
+    /// Confirms with one HEAD that `repo` holds blob `digest` for these credentials. Pulls ask this
+    /// before they use anything the node already has under that digest (a blob, a model, another
+    /// pull's partial download): a digest alone is no proof that a tenant may read the bytes
+    /// (Kubernetes decided the same for images, KEP-2535).
+    pub async fn blob_exists(&self, repo: &Repository, digest: &str) -> Result<(), Error> {
+        let reference = repo.with_digest(digest);
+        let what = format!("blob {repo}@{digest}");
+        self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth).await;
+        let found = tokio::time::timeout(self.timeout, self.client.blob_exists(&reference, digest))
+            .await
+            .map_err(|_| Error::Timeout { registry: repo.registry.clone(), after: self.timeout })?;
+        match found {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::NotFound { what }),
+            Err(OciDistributionError::RequestError(e)) if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) => {
+                Err(Error::Unauthorized { registry: repo.registry.clone(), detail: format!("HEAD {what}: {e}") })
+            }
+            Err(e) => Err(classify(&repo.registry, &what, e)),
+        }
+    }
+
     /// The per-request timeout, for callers that read streams themselves.
     pub fn timeout(&self) -> Duration {
         self.timeout
