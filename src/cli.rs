@@ -218,7 +218,7 @@ pub struct PullCommand {
 /// How a pull runs, as opposed to what it pulls.
 pub struct PullTuning {
     pub concurrency: usize,
-    pub extract_limit: Option<u64>,
+    pub limits: modelpack_operator::cache::Limits,
     /// Flush to disk before publishing (off: `--no-sync`).
     pub durable: bool,
 }
@@ -278,7 +278,7 @@ impl PullCommand {
         let options = PullOptions {
             concurrency: self.tuning.concurrency,
             link: self.link.clone(),
-            extract_limit: self.tuning.extract_limit,
+            limits: self.tuning.limits,
             keep: self.keep.clone(),
         };
         let progress = Arc::new(Progress::default());

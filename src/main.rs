@@ -104,9 +104,13 @@ struct PullArgs {
     /// Parallel layer downloads.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Most bytes extracted from one archive layer (default: 20× its size, at least 1 GiB).
+    /// Most bytes extracted from one archive layer, tar headers included (default: 20× its size,
+    /// at least 1 GiB).
     #[arg(long, value_name = "BYTES")]
     extract_limit: Option<u64>,
+    /// Most entries (files, directories, links) one model may create, over all its layers.
+    #[arg(long, value_name = "N", default_value_t = modelpack_operator::cache::DEFAULT_MAX_ENTRIES)]
+    max_entries: u64,
     /// Publish without flushing to disk: faster, but a node crash soon after may leave garbage
     /// under a verified name. Only for caches that do not survive a reboot (tmpfs, emptyDir).
     #[arg(long)]
@@ -176,7 +180,10 @@ fn main() -> ExitCode {
                 &args.keep,
                 cli::PullTuning {
                     concurrency: args.concurrency,
-                    extract_limit: args.extract_limit,
+                    limits: modelpack_operator::cache::Limits {
+                        extract_bytes: args.extract_limit,
+                        entries: args.max_entries,
+                    },
                     durable: !args.no_sync,
                 },
                 args.termination_log,

@@ -14,20 +14,24 @@ mod link;
 mod materialise;
 mod pull;
 mod store;
+mod tree;
 
 use std::path::Path;
 use std::time::Duration;
 
 pub use gc::{Collected, collect, keep_versions, unlink};
 pub use link::{parse_link, set_current};
-pub use materialise::{COMPLETE, default_extract_limit, materialise, remove_tree};
+pub use materialise::{
+    COMPLETE, DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, remove_tree,
+};
 pub use pull::{Progress, PullOptions, PullReport, pull};
 pub use store::{Ingest, Store, digest_hex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    // The cause is part of the one line, not a `source` too: a chain printer would say it twice.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex>")]
     InvalidDigest(String),
     #[error("invalid link {0:?}: expected deployments/<namespace>/<name>")]
@@ -44,8 +48,16 @@ pub enum Error {
     UnsafeEntry { layer: String, entry: String, reason: String },
     #[error("layer {layer}: archive: {reason}")]
     Archive { layer: String, reason: String },
-    #[error("layer {layer}: extraction stopped at the {limit}-byte limit (a decompression bomb?)")]
+    #[error("layer {layer}: extraction stopped at the {limit}-byte limit, headers included (a decompression bomb?)")]
     ExtractionLimit { layer: String, limit: u64 },
+    #[error(
+        "layer {layer}: the model has more than {limit} entries (files, directories and links; --max-entries raises it)"
+    )]
+    TooManyEntries { layer: String, limit: u64 },
+    #[error(
+        "layer {layer}: {repository} does not serve it to these credentials ({reason}); nothing cached under that digest is used"
+    )]
+    LayerNotInRepository { layer: String, repository: String, reason: String },
     #[error("blob {digest}: download failed: {reason}")]
     Download { digest: String, reason: String },
     #[error("blob {digest}: no data for {after:?}")]
@@ -60,6 +72,6 @@ pub enum Error {
 
 impl Error {
     fn io(path: &Path, source: std::io::Error) -> Error {
-        Error::Io { path: path.display().to_string(), source }
+        Error::Io { path: path.display().to_string(), error: source }
     }
 }

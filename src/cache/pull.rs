@@ -11,11 +11,11 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::gc::{self, Collected};
-use super::materialise::{COMPLETE, materialise};
+use super::materialise::{COMPLETE, Limits, materialise};
 use super::store::{Ingest, Store, digest_hex};
 use super::{Error, link};
 use crate::modelpack::{Manifest, ModelConfig, layer};
-use crate::registry::{Registry, Repository};
+use crate::registry::{Error as RegistryError, Registry, Repository};
 
 /// Config blobs are small JSON documents; anything bigger is refused.
 const MAX_CONFIG_BYTES: usize = 1 << 20;
@@ -26,8 +26,8 @@ pub struct PullOptions {
     pub concurrency: usize,
     /// `(namespace, name)` of the deployment whose `current` link should point at the model.
     pub link: Option<(String, String)>,
-    /// Bound on bytes extracted from each archive layer (default: a multiple of its size).
-    pub extract_limit: Option<u64>,
+    /// Bounds on extraction (bytes per archive layer, entries per model).
+    pub limits: Limits,
     /// With `link`: other versions this deployment keeps; everything no deployment keeps is
     /// garbage-collected. `None` collects nothing.
     pub keep: Option<Vec<String>>,
@@ -83,6 +83,7 @@ pub async fn pull(
     for descriptor in &manifest.layers {
         layer(descriptor)?;
     }
+    confirm_layers(registry, repo, &manifest, options.concurrency.max(1)).await?;
     let total: u64 = manifest.layers.iter().map(|l| size_of(l.size)).sum();
     progress.total.store(total, Ordering::Relaxed);
 
@@ -96,7 +97,7 @@ pub async fn pull(
         let (config, _) = ModelConfig::parse(&config)?;
         fetched = fetch_layers(registry, repo, store, &manifest, options.concurrency.max(1), &progress).await?;
         let (store, manifest, digest, diff_ids, limit) =
-            (store.clone(), manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.extract_limit);
+            (store.clone(), manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.limits);
         let (_, files) = blocking(move || materialise(&store, &digest, &manifest, &diff_ids, limit)).await?;
         files.len()
     };
@@ -137,6 +138,33 @@ fn count_files(dir: &std::path::Path) -> usize {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Asks the registry, with this pull's credentials, whether `repo` serves each layer (one HEAD per
+/// distinct layer), before anything the node holds under those digests (a blob, a finished model,
+/// another pull's partial download) is used. Without it, a manifest in an attacker's registry that
+/// names another tenant's private layers would be materialised from the node's cache without a
+/// byte fetched: a digest is no proof of access (Kubernetes decided the same for images, KEP-2535).
+async fn confirm_layers(
+    registry: &Registry,
+    repo: &Repository,
+    manifest: &Manifest,
+    concurrency: usize,
+) -> Result<(), Error> {
+    use futures::TryStreamExt;
+    let digests: std::collections::BTreeSet<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
+    futures::stream::iter(digests.into_iter().map(Ok))
+        .try_for_each_concurrent(concurrency, |digest| async move {
+            registry.blob_exists(repo, digest).await.map_err(|e| match e {
+                RegistryError::NotFound { .. } | RegistryError::Unauthorized { .. } => Error::LayerNotInRepository {
+                    layer: digest.to_owned(),
+                    repository: repo.to_string(),
+                    reason: e.to_string(),
+                },
+                other => Error::Registry(other),
+            })
+        })
+        .await
 }
 
 /// Downloads every layer blob the store lacks; returns the bytes fetched from the registry.
