@@ -418,7 +418,11 @@ fn certificate_cases() -> Vec<Case> {
     let mut cases = vec![
         same("control: leaf ← intermediate ← root", chain(2, &|_, _| {}), Ok(())),
         same("pathLen 0 on the intermediate, 3 certificates", chain(2, &path_len(1, 0)), Ok(())),
-        same("pathLen 0 on the root, 3 certificates", chain(2, &path_len(2, 0)), Err(("acme root", "pathLenConstraint 0"))),
+        same(
+            "pathLen 0 on the root, 3 certificates",
+            chain(2, &path_len(2, 0)),
+            Err(("acme root", "pathLenConstraint 0")),
+        ),
         same("pathLen 1 on the root, 3 certificates", chain(2, &path_len(2, 1)), Ok(())),
         same("pathLen 0 on the lower intermediate, 4 certificates", chain(3, &path_len(1, 0)), Ok(())),
         same(
@@ -426,7 +430,11 @@ fn certificate_cases() -> Vec<Case> {
             chain(3, &path_len(2, 0)),
             Err(("acme ca2", "pathLenConstraint 0")),
         ),
-        same("pathLen 1 on the root, 4 certificates", chain(3, &path_len(3, 1)), Err(("acme root", "pathLenConstraint 1"))),
+        same(
+            "pathLen 1 on the root, 4 certificates",
+            chain(3, &path_len(3, 1)),
+            Err(("acme root", "pathLenConstraint 1")),
+        ),
         same(
             "leaf with keyCertSign",
             chain(2, &at(0, |p| p.key_usages.push(Ku::KeyCertSign))),
@@ -479,12 +487,27 @@ fn certificate_cases() -> Vec<Case> {
             Err(("acme ca1", "lacks keyCertSign")),
         ),
         same(
+            "intermediate keyUsage not critical",
+            chain(
+                2,
+                &at(1, move |p| {
+                    p.key_usages.clear();
+                    p.custom_extensions.push(ext(&[2, 5, 29, 15], &[3, 2, 1, 0x06], false));
+                }),
+            ),
+            Err(("acme ca1", "keyUsage is not marked critical")),
+        ),
+        same(
             "leaf EKU serverAuth only",
             chain(2, &at(0, |p| p.extended_key_usages = vec![Eku::ServerAuth])),
             Err((leaf, "extended key usage serverAuth is not allowed")),
         ),
         // The specification says nothing of EKUs on CA certificates; neither verifier reads them.
-        same("intermediate with EKU serverAuth", chain(2, &at(1, |p| p.extended_key_usages = vec![Eku::ServerAuth])), Ok(())),
+        same(
+            "intermediate with EKU serverAuth",
+            chain(2, &at(1, |p| p.extended_key_usages = vec![Eku::ServerAuth])),
+            Ok(()),
+        ),
     ];
     for (eku, name) in [
         (Eku::ClientAuth, "clientAuth"),
@@ -562,14 +585,24 @@ fn certificate_cases() -> Vec<Case> {
             false,
             (leaf, "extended key usage anyExtendedKeyUsage is not allowed"),
         ),
-        differs("unknown critical extension on the leaf", chain(2, &at(0, unknown_critical)), false, (leaf, "critical extension")),
+        differs(
+            "unknown critical extension on the leaf",
+            chain(2, &at(0, unknown_critical)),
+            false,
+            (leaf, "critical extension"),
+        ),
         differs(
             "unknown critical extension on the intermediate",
             chain(2, &at(1, unknown_critical)),
             false,
             ("acme ca1", "critical extension"),
         ),
-        differs("unknown critical extension on the root", chain(2, &at(2, unknown_critical)), false, ("acme root", "critical extension")),
+        differs(
+            "unknown critical extension on the root",
+            chain(2, &at(2, unknown_critical)),
+            false,
+            ("acme root", "critical extension"),
+        ),
         // The case that matters: a trusted intermediate allowed to issue only under OU=builds
         // issues a signing certificate outside it.
         differs(
@@ -591,8 +624,7 @@ async fn certificate_rules_side_by_side_with_notation() {
     for case in certificate_cases() {
         let (reference, digest) = artifact(&bed.plain, &repo).await;
         let manifest = craft::manifest_bytes(&bed.plain, &repo, &digest).await;
-        let target =
-            json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": manifest.len()});
+        let target = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": manifest.len()});
         attach_envelope(&reference, "application/jose+json", &crafted_jws(&case.chain, &target, None));
         let certs: Vec<&str> = case.chain.chain_pem.split_inclusive("-----END CERTIFICATE-----\n").collect();
         let anchor = if case.trust_intermediate { certs[1] } else { &case.chain.root_pem };

@@ -308,7 +308,9 @@ fn authenticity(envelope: &Envelope, chain: &[Cert], policy: &Policy, stores: &T
     if let Some(attribute) = subject.repeated().filter(|_| named) {
         return Err(rejected(
             Rejection::IdentityMismatch,
-            format!("signer {subject} holds attribute {attribute} more than once, so it matches no x509.subject identity"),
+            format!(
+                "signer {subject} holds attribute {attribute} more than once, so it matches no x509.subject identity"
+            ),
         ));
     }
     let matches = policy.identities.iter().any(|i| match i {

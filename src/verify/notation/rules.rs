@@ -166,7 +166,9 @@ fn validate_leaf(leaf: &Cert) -> Result<(), String> {
         for oid in &eku.0 {
             let dotted = oid.to_string();
             if let Some((_, denied)) = DENIED_EKUS.iter().find(|(o, _)| *o == dotted) {
-                return Err(format!("{role} {name}: extended key usage {denied} is not allowed on a signing certificate"));
+                return Err(format!(
+                    "{role} {name}: extended key usage {denied} is not allowed on a signing certificate"
+                ));
             }
         }
         // Stricter than the specification ("MAY contain codeSigning") and notation: an EKU
@@ -183,8 +185,8 @@ fn validate_leaf(leaf: &Cert) -> Result<(), String> {
 mod tests {
     use super::*;
     use rcgen::{
-        BasicConstraints as Bc, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose as Eku, GeneralSubtree,
-        IsCa, Issuer, KeyPair, KeyUsagePurpose as Ku, NameConstraints,
+        BasicConstraints as Bc, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose as Eku,
+        GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose as Ku, NameConstraints,
     };
 
     const NOW: i64 = 1_900_000_000;
@@ -262,9 +264,11 @@ mod tests {
 
     #[test]
     fn path_length_counts_the_ca_certificates_below() {
-        let constrained = |at: usize, n: u8| move |level: usize, p: &mut CertificateParams| {
-            if level == at {
-                p.is_ca = IsCa::Ca(Bc::Constrained(n));
+        let constrained = |at: usize, n: u8| {
+            move |level: usize, p: &mut CertificateParams| {
+                if level == at {
+                    p.is_ca = IsCa::Ca(Bc::Constrained(n));
+                }
             }
         };
         // leaf ← ca1 ← root: the root has one CA below it, ca1 none.
@@ -273,21 +277,42 @@ mod tests {
         accepted("pathLen 1 on the root of a 3-chain", &chain(2, constrained(2, 1)));
         // leaf ← ca1 ← ca2 ← root.
         accepted("pathLen 0 on the lower intermediate of a 4-chain", &chain(3, constrained(1, 0)));
-        refused("pathLen 0 on the upper intermediate of a 4-chain", &chain(3, constrained(2, 0)), "ca2", "pathLenConstraint 0");
+        refused(
+            "pathLen 0 on the upper intermediate of a 4-chain",
+            &chain(3, constrained(2, 0)),
+            "ca2",
+            "pathLenConstraint 0",
+        );
         refused("pathLen 1 on the root of a 4-chain", &chain(3, constrained(3, 1)), "root", "pathLenConstraint 1");
         accepted("pathLen 2 on the root of a 4-chain", &chain(3, constrained(3, 2)));
     }
 
     #[test]
     fn signing_certificate_rules() {
-        let leaf = |f: fn(&mut CertificateParams)| chain(1, move |l, p| if l == 0 { f(p) });
+        let leaf = |f: fn(&mut CertificateParams)| {
+            chain(1, move |l, p| {
+                if l == 0 {
+                    f(p)
+                }
+            })
+        };
         accepted("no EKU", &leaf(|p| p.extended_key_usages.clear()));
         accepted("contentCommitment too", &leaf(|p| p.key_usages.push(Ku::ContentCommitment)));
-        refused("keyCertSign", &leaf(|p| p.key_usages.push(Ku::KeyCertSign)), "signer", "keyUsage keyCertSign is not allowed");
+        refused(
+            "keyCertSign",
+            &leaf(|p| p.key_usages.push(Ku::KeyCertSign)),
+            "signer",
+            "keyUsage keyCertSign is not allowed",
+        );
         refused("cRLSign", &leaf(|p| p.key_usages.push(Ku::CrlSign)), "signer", "keyUsage cRLSign is not allowed");
         refused("keyEncipherment", &leaf(|p| p.key_usages.push(Ku::KeyEncipherment)), "signer", "keyEncipherment");
         refused("keyAgreement", &leaf(|p| p.key_usages.push(Ku::KeyAgreement)), "signer", "keyAgreement");
-        refused("no digitalSignature", &leaf(|p| p.key_usages = vec![Ku::ContentCommitment]), "signer", "lacks digitalSignature");
+        refused(
+            "no digitalSignature",
+            &leaf(|p| p.key_usages = vec![Ku::ContentCommitment]),
+            "signer",
+            "lacks digitalSignature",
+        );
         refused("no keyUsage", &leaf(|p| p.key_usages.clear()), "signer", "has no keyUsage");
         refused(
             "keyUsage not critical",
@@ -309,9 +334,17 @@ mod tests {
             (Eku::OcspSigning, "OCSPSigning"),
             (Eku::Any, "anyExtendedKeyUsage"),
         ] {
-            let alone = chain(1, |l, p| if l == 0 { p.extended_key_usages = vec![eku.clone()] });
+            let alone = chain(1, |l, p| {
+                if l == 0 {
+                    p.extended_key_usages = vec![eku.clone()]
+                }
+            });
             refused(name, &alone, "signer", &format!("extended key usage {name} is not allowed"));
-            let beside = chain(1, |l, p| if l == 0 { p.extended_key_usages.push(eku.clone()) });
+            let beside = chain(1, |l, p| {
+                if l == 0 {
+                    p.extended_key_usages.push(eku.clone())
+                }
+            });
             refused(&format!("codeSigning and {name}"), &beside, "signer", name);
         }
         let custom = leaf(|p| p.extended_key_usages = vec![Eku::Other(vec![1, 3, 6, 1, 4, 1, 99999, 1])]);
@@ -321,11 +354,24 @@ mod tests {
     #[test]
     fn ca_certificate_rules() {
         for (level, who) in [(1, "ca1"), (2, "root")] {
-            let at = move |f: fn(&mut CertificateParams)| chain(2, move |l, p| if l == level { f(p) });
+            let at = move |f: fn(&mut CertificateParams)| {
+                chain(2, move |l, p| {
+                    if l == level {
+                        f(p)
+                    }
+                })
+            };
             refused("no basicConstraints", &at(|p| p.is_ca = IsCa::NoCa), who, "lacks basicConstraints cA=true");
             refused("cA=false", &at(|p| p.is_ca = IsCa::ExplicitNoCa), who, "lacks basicConstraints cA=true");
             refused("no keyCertSign", &at(|p| p.key_usages = vec![Ku::CrlSign]), who, "lacks keyCertSign");
             refused("no keyUsage", &at(|p| p.key_usages.clear()), who, "has no keyUsage");
+            let not_critical = chain(2, |l, p| {
+                if l == level {
+                    p.key_usages.clear();
+                    p.custom_extensions.push(extension(&[2, 5, 29, 15], &[3, 2, 1, 0x06], false));
+                }
+            });
+            refused("keyUsage not critical", &not_critical, who, "keyUsage is not marked critical");
             // The specification says nothing of EKUs on CA certificates; notation ignores them.
             accepted("a CA with EKU serverAuth", &at(|p| p.extended_key_usages = vec![Eku::ServerAuth]));
         }
@@ -372,7 +418,11 @@ mod tests {
         refused("intermediate missing", &[c[0].clone(), c[2].clone()], "signer", "is not issued by");
         let extra = [c[0].clone(), c[1].clone(), c[2].clone(), c[2].clone()];
         refused("a self-signed certificate inside", &extra, "root", "self-signed but is not the last");
-        let expired = chain(2, |l, p| if l == 1 { p.not_after = rcgen::date_time_ymd(2021, 1, 1) });
+        let expired = chain(2, |l, p| {
+            if l == 1 {
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1)
+            }
+        });
         refused("expired intermediate", &expired, "ca1", "not valid at the signing time");
     }
 }
