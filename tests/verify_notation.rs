@@ -364,3 +364,286 @@ async fn a_model_verifies_with_notation_and_audit_keeps_an_untrusted_version_usa
     assert_eq!(health, "Healthy");
     assert!(message.contains("audit"), "{message}");
 }
+
+/// One crafted chain and the verdicts of both verifiers on a signature made with it.
+struct Case {
+    what: &'static str,
+    chain: Chain,
+    /// The trust store holds the root, or (`trust_intermediate`) the certificate below it.
+    trust_intermediate: bool,
+    identity: &'static str,
+    /// Our verdict, and (when we refuse) what the one-line refusal names: the certificate's CN
+    /// and the rule.
+    ours: Result<(), (&'static str, &'static str)>,
+    notation: bool,
+}
+
+const ANYONE: &str = "*";
+const ACME: &str = "x509.subject: C=US, ST=WA, O=acme";
+
+fn at(level: usize, f: impl Fn(&mut rcgen::CertificateParams)) -> impl Fn(usize, &mut rcgen::CertificateParams) {
+    move |l, p| {
+        if l == level {
+            f(p)
+        }
+    }
+}
+
+/// The Notary Project's certificate requirements, each broken once, and RFC 5280's critical
+/// extensions, with the subject rules of trusted identities.
+fn certificate_cases() -> Vec<Case> {
+    use rcgen::{
+        BasicConstraints as Bc, CustomExtension, DnType, ExtendedKeyUsagePurpose as Eku, GeneralSubtree, IsCa,
+        KeyUsagePurpose as Ku, NameConstraints,
+    };
+    let same = |what, chain, ours: Result<(), (&'static str, &'static str)>| Case {
+        what,
+        notation: ours.is_ok(),
+        chain,
+        trust_intermediate: false,
+        identity: ANYONE,
+        ours,
+    };
+    let chain = |cas, tweak: &dyn Fn(usize, &mut rcgen::CertificateParams)| Chain::custom("acme", cas, tweak, None);
+    let path_len = |level, n| at(level, move |p| p.is_ca = IsCa::Ca(Bc::Constrained(n)));
+    let ext = |oid: &[u64], der: &[u8], critical| {
+        let mut e = CustomExtension::from_oid_content(oid, der.to_vec());
+        e.set_criticality(critical);
+        e
+    };
+    let unknown_critical = move |p: &mut rcgen::CertificateParams| {
+        p.custom_extensions.push(ext(&[1, 3, 6, 1, 4, 1, 99999, 7], &[5, 0], true))
+    };
+    let leaf = "acme release signer";
+    let mut cases = vec![
+        same("control: leaf ← intermediate ← root", chain(2, &|_, _| {}), Ok(())),
+        same("pathLen 0 on the intermediate, 3 certificates", chain(2, &path_len(1, 0)), Ok(())),
+        same(
+            "pathLen 0 on the root, 3 certificates",
+            chain(2, &path_len(2, 0)),
+            Err(("acme root", "pathLenConstraint 0")),
+        ),
+        same("pathLen 1 on the root, 3 certificates", chain(2, &path_len(2, 1)), Ok(())),
+        same("pathLen 0 on the lower intermediate, 4 certificates", chain(3, &path_len(1, 0)), Ok(())),
+        same(
+            "pathLen 0 on the upper intermediate, 4 certificates",
+            chain(3, &path_len(2, 0)),
+            Err(("acme ca2", "pathLenConstraint 0")),
+        ),
+        same(
+            "pathLen 1 on the root, 4 certificates",
+            chain(3, &path_len(3, 1)),
+            Err(("acme root", "pathLenConstraint 1")),
+        ),
+        same(
+            "leaf with keyCertSign",
+            chain(2, &at(0, |p| p.key_usages.push(Ku::KeyCertSign))),
+            Err((leaf, "keyUsage keyCertSign is not allowed")),
+        ),
+        same(
+            "leaf with cRLSign",
+            chain(2, &at(0, |p| p.key_usages.push(Ku::CrlSign))),
+            Err((leaf, "keyUsage cRLSign is not allowed")),
+        ),
+        same(
+            "leaf that is a CA",
+            chain(2, &at(0, |p| p.is_ca = IsCa::Ca(Bc::Unconstrained))),
+            Err((leaf, "is a CA certificate")),
+        ),
+        same(
+            "leaf keyUsage not critical",
+            chain(
+                2,
+                &at(0, move |p| {
+                    p.key_usages.clear();
+                    p.custom_extensions.push(ext(&[2, 5, 29, 15], &[3, 2, 7, 0x80], false));
+                }),
+            ),
+            Err((leaf, "keyUsage is not marked critical")),
+        ),
+        same(
+            "leaf keyUsage twice",
+            chain(2, &at(0, move |p| p.custom_extensions.push(ext(&[2, 5, 29, 15], &[3, 2, 1, 0x06], true)))),
+            Err((leaf, "appears more than once")),
+        ),
+        same(
+            "intermediate without basicConstraints",
+            chain(2, &at(1, |p| p.is_ca = IsCa::NoCa)),
+            Err(("acme ca1", "lacks basicConstraints cA=true")),
+        ),
+        same(
+            "intermediate with cA=false",
+            chain(2, &at(1, |p| p.is_ca = IsCa::ExplicitNoCa)),
+            Err(("acme ca1", "lacks basicConstraints cA=true")),
+        ),
+        same(
+            "root without basicConstraints",
+            chain(2, &at(2, |p| p.is_ca = IsCa::NoCa)),
+            Err(("acme root", "lacks basicConstraints cA=true")),
+        ),
+        same(
+            "intermediate without keyCertSign",
+            chain(2, &at(1, |p| p.key_usages = vec![Ku::CrlSign, Ku::DigitalSignature])),
+            Err(("acme ca1", "lacks keyCertSign")),
+        ),
+        same(
+            "intermediate keyUsage not critical",
+            chain(
+                2,
+                &at(1, move |p| {
+                    p.key_usages.clear();
+                    p.custom_extensions.push(ext(&[2, 5, 29, 15], &[3, 2, 1, 0x06], false));
+                }),
+            ),
+            Err(("acme ca1", "keyUsage is not marked critical")),
+        ),
+        same(
+            "leaf EKU serverAuth only",
+            chain(2, &at(0, |p| p.extended_key_usages = vec![Eku::ServerAuth])),
+            Err((leaf, "extended key usage serverAuth is not allowed")),
+        ),
+        // The specification says nothing of EKUs on CA certificates; neither verifier reads them.
+        same(
+            "intermediate with EKU serverAuth",
+            chain(2, &at(1, |p| p.extended_key_usages = vec![Eku::ServerAuth])),
+            Ok(()),
+        ),
+    ];
+    for (eku, name) in [
+        (Eku::ClientAuth, "clientAuth"),
+        (Eku::EmailProtection, "emailProtection"),
+        (Eku::TimeStamping, "timeStamping"),
+        (Eku::OcspSigning, "OCSPSigning"),
+    ] {
+        let what: &'static str = format!("leaf EKU codeSigning and {name}").leak();
+        cases.push(same(what, chain(2, &at(0, move |p| p.extended_key_usages.push(eku.clone()))), Err((leaf, name))));
+    }
+    // Subjects against trusted identities: a repeated attribute type has no single value.
+    let subject = |what, rfc4514: &str, identity, ours: Result<(), (&'static str, &'static str)>, notation| Case {
+        what,
+        chain: Chain::custom("acme", 2, |_: usize, _: &mut rcgen::CertificateParams| {}, Some(rfc4514)),
+        trust_intermediate: false,
+        identity,
+        ours,
+        notation,
+    };
+    let repeated = Err((leaf, "holds attribute O more than once"));
+    cases.extend([
+        subject("O=evil, O=acme vs O=acme", "CN=acme release signer,O=evil,O=acme,ST=WA,C=US", ACME, repeated, false),
+        subject("O=acme, O=evil vs O=acme", "CN=acme release signer,O=acme,O=evil,ST=WA,C=US", ACME, repeated, false),
+        subject("O=evil+O=acme vs O=acme", "CN=acme release signer,O=evil+O=acme,ST=WA,C=US", ACME, repeated, false),
+        subject("O=evil, O=acme vs *", "CN=acme release signer,O=evil,O=acme,ST=WA,C=US", ANYONE, Ok(()), true),
+        subject("CN+O in one RDN vs O=acme", "CN=acme release signer+O=acme,ST=WA,C=US", ACME, Ok(()), true),
+        // Deliberate difference: Go keeps only the last CN of a subject, so notation sees one
+        // CN; we see two and match nothing.
+        subject(
+            "CN twice vs O=acme",
+            "CN=acme release signer,CN=other,O=acme,ST=WA,C=US",
+            ACME,
+            Err((leaf, "holds attribute CN more than once")),
+            true,
+        ),
+    ]);
+    // Deliberate differences: notation 1.3.2 ignores what the specification does not list, does
+    // not require codeSigning in an EKU, and does not deny anyExtendedKeyUsage (the
+    // specification does); we refuse a critical extension we do not enforce.
+    let differs = |what, chain, trust_intermediate, ours| Case {
+        what,
+        chain,
+        trust_intermediate,
+        identity: ANYONE,
+        ours: Err(ours),
+        notation: true,
+    };
+    let only_builds = NameConstraints {
+        permitted_subtrees: vec![GeneralSubtree::DirectoryName({
+            let mut dn = rcgen::DistinguishedName::new();
+            dn.push(DnType::CountryName, "US");
+            dn.push(DnType::StateOrProvinceName, "WA");
+            dn.push(DnType::OrganizationName, "acme");
+            dn.push(DnType::OrganizationalUnitName, "builds");
+            dn
+        })],
+        excluded_subtrees: vec![],
+    };
+    cases.extend([
+        differs(
+            "leaf EKU without codeSigning",
+            chain(2, &at(0, |p| p.extended_key_usages = vec![Eku::Other(vec![1, 3, 6, 1, 4, 1, 99999, 1])])),
+            false,
+            (leaf, "extended key usage is present without codeSigning"),
+        ),
+        differs(
+            "leaf EKU codeSigning and anyExtendedKeyUsage",
+            chain(2, &at(0, |p| p.extended_key_usages.push(Eku::Any))),
+            false,
+            (leaf, "extended key usage anyExtendedKeyUsage is not allowed"),
+        ),
+        differs(
+            "leaf EKU anyExtendedKeyUsage only",
+            chain(2, &at(0, |p| p.extended_key_usages = vec![Eku::Any])),
+            false,
+            (leaf, "extended key usage anyExtendedKeyUsage is not allowed"),
+        ),
+        differs(
+            "unknown critical extension on the leaf",
+            chain(2, &at(0, unknown_critical)),
+            false,
+            (leaf, "critical extension"),
+        ),
+        differs(
+            "unknown critical extension on the intermediate",
+            chain(2, &at(1, unknown_critical)),
+            false,
+            ("acme ca1", "critical extension"),
+        ),
+        differs(
+            "unknown critical extension on the root",
+            chain(2, &at(2, unknown_critical)),
+            false,
+            ("acme root", "critical extension"),
+        ),
+        // The case that matters: a trusted intermediate allowed to issue only under OU=builds
+        // issues a signing certificate outside it.
+        differs(
+            "name constraints on a trusted intermediate",
+            chain(2, &at(1, move |p| p.name_constraints = Some(only_builds.clone()))),
+            true,
+            ("acme ca1", "critical extension nameConstraints"),
+        ),
+    ]);
+    cases
+}
+
+#[tokio::test]
+async fn certificate_rules_side_by_side_with_notation() {
+    let bed = Bed::get();
+    let repo = format!("notary/certs-{}", unique_suffix());
+    let notation = Notation::new();
+    let mut failures = Vec::new();
+    for case in certificate_cases() {
+        let (reference, digest) = artifact(&bed.plain, &repo).await;
+        let manifest = craft::manifest_bytes(&bed.plain, &repo, &digest).await;
+        let target = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": manifest.len()});
+        attach_envelope(&reference, "application/jose+json", &crafted_jws(&case.chain, &target, None));
+        let certs: Vec<&str> = case.chain.chain_pem.split_inclusive("-----END CERTIFICATE-----\n").collect();
+        let anchor = if case.trust_intermediate { certs[1] } else { &case.chain.root_pem };
+        notation.trust(&policy(json!(["*"]), "strict", &["ca:acme"], &[case.identity]), &[("ca", "acme", anchor)]);
+        let (code, out) = ours(&notation, &reference);
+        let theirs = notation.verifies(&reference);
+        let detail = out["detail"].as_str().unwrap_or_default();
+        let ok = match case.ours {
+            Ok(()) => code == 0,
+            Err((who, rule)) => {
+                code == 1 && !detail.contains('\n') && detail.contains(&format!("CN={who}")) && detail.contains(rule)
+            }
+        };
+        if !ok || theirs != case.notation {
+            failures.push(format!(
+                "{}: ours {code} {out} (expected {:?}), notation {theirs} (expected {})",
+                case.what, case.ours, case.notation
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} case(s) differ:\n{}", failures.len(), failures.join("\n"));
+}

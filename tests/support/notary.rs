@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SignatureAlgorithm,
+    SignatureAlgorithm, SigningKey,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -90,6 +90,67 @@ impl Chain {
             subject: format!("C=US, ST=WA, O={org}, CN={org} release signer"),
         }
     }
+}
+
+impl Chain {
+    /// A chain of `cas` CA certificates (the root included) above the leaf, all ECDSA P-256 (what
+    /// the crafted envelopes sign with), each from the defaults above changed by
+    /// `tweak(level, params)`: 0 is the leaf, `cas` the root, CNs `{org} release signer`,
+    /// `{org} ca<level>`, `{org} root`. `leaf_subject` (RFC 4514) replaces the leaf's subject
+    /// after rcgen made it, re-signed by its issuer: rcgen writes each attribute type once, and
+    /// the subjects an attacker would use repeat them.
+    pub fn custom(
+        org: &str,
+        cas: usize,
+        tweak: impl Fn(usize, &mut CertificateParams),
+        leaf_subject: Option<&str>,
+    ) -> Chain {
+        assert!(cas >= 1, "a crafted chain has a root above the leaf");
+        let make = |level: usize| {
+            let cn = match level {
+                0 => format!("{org} release signer"),
+                l if l == cas => format!("{org} root"),
+                l => format!("{org} ca{l}"),
+            };
+            let mut p = params(&cn, org, level > 0);
+            tweak(level, &mut p);
+            (p, KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap())
+        };
+        let (root_params, root_key) = make(cas);
+        let root_pem = root_params.self_signed(&root_key).unwrap().pem();
+        let mut pems = vec![root_pem.clone()];
+        let mut issuer = Issuer::new(root_params, root_key);
+        for level in (1..cas).rev() {
+            let (p, key) = make(level);
+            pems.push(p.signed_by(&key, &issuer).unwrap().pem());
+            issuer = Issuer::new(p, key);
+        }
+        let (leaf_params, leaf_key) = make(0);
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let leaf_pem = match leaf_subject {
+            None => leaf.pem(),
+            Some(subject) => resign_with_subject(leaf.der(), subject, issuer.key()),
+        };
+        pems.push(leaf_pem);
+        pems.reverse();
+        Chain {
+            leaf_key_pem: leaf_key.serialize_pem(),
+            chain_pem: pems.concat(),
+            root_pem,
+            subject: leaf_subject.map_or(format!("C=US, ST=WA, O={org}, CN={org} release signer"), str::to_owned),
+        }
+    }
+}
+
+/// `der` with its subject replaced by `subject` (RFC 4514), signed again by `issuer`.
+fn resign_with_subject(der: &[u8], subject: &str, issuer: &KeyPair) -> String {
+    use std::str::FromStr;
+    use x509_cert::der::{Decode, Encode, EncodePem, pem::LineEnding};
+    let mut cert = x509_cert::Certificate::from_der(der).unwrap();
+    cert.tbs_certificate.subject = x509_cert::name::Name::from_str(subject).unwrap();
+    let signature = issuer.sign(&cert.tbs_certificate.to_der().unwrap()).unwrap();
+    cert.signature = x509_cert::der::asn1::BitString::from_bytes(&signature).unwrap();
+    cert.to_pem(LineEnding::LF).unwrap()
 }
 
 /// The `notation` CLI with a configuration directory of its own.

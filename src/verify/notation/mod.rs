@@ -8,6 +8,7 @@ mod cose;
 mod envelope;
 mod jws;
 pub mod policy;
+mod rules;
 mod x509;
 
 use std::collections::BTreeMap;
@@ -41,7 +42,7 @@ pub mod fuzzing {
 
     pub fn certificate(bytes: &[u8]) {
         if let Ok(cert) = super::x509::Cert::from_der(bytes) {
-            let _ = super::x509::validate_chain(std::slice::from_ref(&cert), 0);
+            let _ = super::rules::validate_chain(std::slice::from_ref(&cert), 0);
         }
     }
 }
@@ -274,7 +275,7 @@ fn integrity(envelope: &Envelope, target: &Target<'_>) -> Result<Vec<Cert>, Erro
         ));
     }
     let at = envelope.signed_at().unwrap_or_default();
-    x509::validate_chain(&chain, at).map_err(invalid)?;
+    rules::validate_chain(&chain, at).map_err(invalid)?;
     Ok(chain)
 }
 
@@ -303,6 +304,15 @@ fn authenticity(envelope: &Envelope, chain: &[Cert], policy: &Policy, stores: &T
         ));
     }
     let subject = chain[0].subject();
+    let named = policy.identities.iter().any(|i| matches!(i, Identity::Subject(_)));
+    if let Some(attribute) = subject.repeated().filter(|_| named) {
+        return Err(rejected(
+            Rejection::IdentityMismatch,
+            format!(
+                "signer {subject} holds attribute {attribute} more than once, so it matches no x509.subject identity"
+            ),
+        ));
+    }
     let matches = policy.identities.iter().any(|i| match i {
         Identity::Any => true,
         Identity::Subject(dn) => dn.is_subset_of(&subject),

@@ -335,6 +335,12 @@ mod tests {
         p["trustedIdentities"] = json!(["x509.subject: CN=acme, O=acme"]);
         refused(json!({"version": "1.0", "trustPolicies": [p]}), "lacks C");
         let mut p = policy("a", json!(["*"]), "strict");
+        p["trustedIdentities"] = json!(["x509.subject: C=US, ST=WA, O=acme+OU=builds"]);
+        refused(json!({"version": "1.0", "trustPolicies": [p]}), "multi-valued RDNs");
+        let mut p = policy("a", json!(["*"]), "strict");
+        p["trustedIdentities"] = json!(["x509.subject: C=US, ST=WA, O=acme, O=evil"]);
+        refused(json!({"version": "1.0", "trustPolicies": [p]}), "attribute O appears twice");
+        let mut p = policy("a", json!(["*"]), "strict");
         p["signatureVerification"]["override"] = json!({"integrity": "log"});
         refused(json!({"version": "1.0", "trustPolicies": [p]}), "integrity cannot");
         let mut p = policy("a", json!(["*"]), "skip");

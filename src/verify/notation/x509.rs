@@ -1,21 +1,16 @@
-//! Certificates for the Notary Project: parsing, distinguished names, the code-signing chain rules
-//! (leaf key usage and EKU, CA basic constraints and keyCertSign, issuer signatures), validity.
+//! Certificates for the Notary Project: parsing, distinguished names, issuer signatures, validity.
+//! The code-signing chain rules are in `rules`.
 
 use aws_lc_rs::signature::{self, VerificationAlgorithm};
 use x509_cert::Certificate;
 use x509_cert::der::oid::ObjectIdentifier;
 use x509_cert::der::{Decode, DecodePem, Encode};
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages};
+use x509_cert::ext::Extension;
 
 use crate::verify::{KeyKind, PublicKey};
 
-const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
-const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
-const EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
 const CRL_DISTRIBUTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.31");
 const AUTHORITY_INFO: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.1.1");
-const CODE_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
-const ANY_EKU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37.0");
 
 /// A parsed certificate with its DER.
 #[derive(Clone, Debug)]
@@ -53,8 +48,15 @@ impl Cert {
         DistinguishedName::of(&self.cert.tbs_certificate.subject)
     }
 
-    fn issuer(&self) -> DistinguishedName {
-        DistinguishedName::of(&self.cert.tbs_certificate.issuer)
+    /// Whether this certificate names `issuer` as its issuer, compared as encoded (as notation
+    /// does: two spellings of one name are two names) and `issuer`'s key signed it.
+    pub(super) fn issued_by(&self, issuer: &Cert) -> bool {
+        let (Ok(named), Ok(subject)) =
+            (self.cert.tbs_certificate.issuer.to_der(), issuer.cert.tbs_certificate.subject.to_der())
+        else {
+            return false;
+        };
+        named == subject && self.signed_by(issuer)
     }
 
     /// Whether `at` (unix seconds) is within the validity period.
@@ -64,16 +66,23 @@ impl Cert {
         secs(&v.not_before) <= at && at <= secs(&v.not_after)
     }
 
-    fn extension<'a, T: Decode<'a>>(&'a self, oid: ObjectIdentifier) -> Result<Option<T>, String> {
-        let Some(exts) = &self.cert.tbs_certificate.extensions else { return Ok(None) };
-        match exts.iter().find(|e| e.extn_id == oid) {
+    pub(super) fn extensions(&self) -> &[Extension] {
+        self.cert.tbs_certificate.extensions.as_deref().unwrap_or_default()
+    }
+
+    /// The extension `oid` (the first: `rules` refuses a certificate that repeats one) decoded,
+    /// with whether it is critical.
+    pub(super) fn extension<'a, T: Decode<'a>>(&'a self, oid: ObjectIdentifier) -> Result<Option<(T, bool)>, String> {
+        match self.extensions().iter().find(|e| e.extn_id == oid) {
             None => Ok(None),
-            Some(e) => T::from_der(e.extn_value.as_bytes()).map(Some).map_err(|err| format!("extension {oid}: {err}")),
+            Some(e) => T::from_der(e.extn_value.as_bytes())
+                .map(|v| Some((v, e.critical)))
+                .map_err(|err| format!("certificate {}: extension {oid} does not decode: {err}", self.subject())),
         }
     }
 
     fn has_extension(&self, oid: ObjectIdentifier) -> bool {
-        self.cert.tbs_certificate.extensions.as_ref().is_some_and(|e| e.iter().any(|e| e.extn_id == oid))
+        self.extensions().iter().any(|e| e.extn_id == oid)
     }
 
     /// Whether the certificate names revocation endpoints (CRL or OCSP).
@@ -114,75 +123,6 @@ fn algorithms(oid: &ObjectIdentifier, key: KeyKind) -> Vec<&'static dyn Verifica
     }
 }
 
-/// Checks the signature's certificate chain (leaf first) against the Notary Project certificate
-/// requirements, with every certificate valid at `at` (the signing time).
-pub fn validate_chain(chain: &[Cert], at: i64) -> Result<(), String> {
-    let Some(leaf) = chain.first() else { return Err("the signature carries no certificate".into()) };
-    for (i, cert) in chain.iter().enumerate() {
-        if !cert.valid_at(at) {
-            return Err(format!("certificate {} is not valid at the signing time", cert.subject()));
-        }
-        match chain.get(i + 1) {
-            Some(issuer) => {
-                if cert.issuer() != issuer.subject() || !cert.signed_by(issuer) {
-                    return Err(format!("certificate {} is not issued by {}", cert.subject(), issuer.subject()));
-                }
-            }
-            None => {
-                // The chain ends in a self-signed certificate (a root, or a self-signed leaf).
-                if cert.issuer() != cert.subject() || !cert.signed_by(cert) {
-                    return Err(format!("the chain does not end in a self-signed root ({})", cert.subject()));
-                }
-            }
-        }
-        if i > 0 {
-            validate_ca(cert, i - 1)?;
-        }
-    }
-    validate_leaf(leaf, chain.len() == 1)
-}
-
-fn validate_ca(cert: &Cert, below: usize) -> Result<(), String> {
-    let name = cert.subject();
-    let bc: Option<BasicConstraints> = cert.extension(BASIC_CONSTRAINTS)?;
-    let Some(bc) = bc.filter(|b| b.ca) else {
-        return Err(format!("CA certificate {name} lacks basicConstraints CA=true"));
-    };
-    if let Some(limit) = bc.path_len_constraint
-        && below > limit as usize + 1
-    {
-        return Err(format!("CA certificate {name}: path length constraint {limit} exceeded"));
-    }
-    let ku: Option<KeyUsage> = cert.extension(KEY_USAGE)?;
-    if !ku.is_some_and(|k| k.0.contains(KeyUsages::KeyCertSign)) {
-        return Err(format!("CA certificate {name} lacks keyUsage keyCertSign"));
-    }
-    Ok(())
-}
-
-fn validate_leaf(leaf: &Cert, self_signed: bool) -> Result<(), String> {
-    let name = leaf.subject();
-    let bc: Option<BasicConstraints> = leaf.extension(BASIC_CONSTRAINTS)?;
-    if bc.is_some_and(|b| b.ca) && !self_signed {
-        return Err(format!("signing certificate {name} is a CA certificate"));
-    }
-    let ku: Option<KeyUsage> = leaf.extension(KEY_USAGE)?;
-    match ku {
-        Some(k) if k.0.contains(KeyUsages::DigitalSignature) => {}
-        _ => return Err(format!("signing certificate {name} lacks keyUsage digitalSignature")),
-    }
-    let eku: Option<ExtendedKeyUsage> = leaf.extension(EXT_KEY_USAGE)?;
-    if let Some(eku) = eku {
-        if eku.0.contains(&ANY_EKU) {
-            return Err(format!("signing certificate {name} has extended key usage anyExtendedKeyUsage"));
-        }
-        if !eku.0.contains(&CODE_SIGNING) {
-            return Err(format!("signing certificate {name} has extended key usages without codeSigning"));
-        }
-    }
-    Ok(())
-}
-
 /// An X.509 distinguished name as ordered (attribute, value) pairs with short attribute names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DistinguishedName(Vec<(String, String)>);
@@ -217,6 +157,9 @@ impl DistinguishedName {
             match c {
                 '\\' => current.extend(chars.next()),
                 ',' | ';' => parts.push(std::mem::take(&mut current)),
+                // notation refuses multi-valued RDNs in an identity; read as a value, `+` would
+                // make an identity that no certificate can ever match, silently.
+                '+' => return Err("multi-valued RDNs (+) are not supported; escape a + inside a value as \\+".into()),
                 other => current.push(other),
             }
         }
@@ -241,9 +184,18 @@ impl DistinguishedName {
         self.0.iter().any(|(k, _)| k == key)
     }
 
+    /// The first attribute type this name holds more than once (in separate RDNs or in one
+    /// multi-valued RDN): such a subject (`O=evil, O=acme`) has no single value to compare.
+    pub fn repeated(&self) -> Option<&str> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.0.iter().map(|(k, _)| k.as_str()).find(|k| !seen.insert(*k))
+    }
+
     /// Whether every attribute of `self` is in `subject` with the same value (notation's rule).
+    /// A subject that repeats an attribute type matches nothing: with `O=evil, O=acme`, "the O"
+    /// is not defined, and picking either value lets the certificate's holder choose.
     pub fn is_subset_of(&self, subject: &DistinguishedName) -> bool {
-        self.0.iter().all(|(k, v)| subject.0.iter().any(|(sk, sv)| sk == k && sv == v))
+        subject.repeated().is_none() && self.0.iter().all(|(k, v)| subject.0.iter().any(|(sk, sv)| sk == k && sv == v))
     }
 }
 
@@ -268,5 +220,29 @@ mod tests {
         assert!(DistinguishedName::parse("C=US, C=DE").is_err());
         assert!(DistinguishedName::parse("C=US, nonsense").is_err());
         assert_eq!(trusted.to_string(), "C=US, ST=WA, O=acme\\, inc");
+        assert!(DistinguishedName::parse("C=US, ST=WA, O=acme+OU=x").is_err(), "multi-valued RDN in an identity");
+        assert_eq!(DistinguishedName::parse("C=US, ST=WA, O=a\\+b").unwrap().to_string(), "C=US, ST=WA, O=a+b");
+    }
+
+    /// A subject that holds an attribute type twice (two RDNs, or one multi-valued RDN) matches
+    /// no identity, whichever of its values the identity names; distinct types in one RDN are
+    /// plain attributes (as Go, hence notation, reads them).
+    #[test]
+    fn subjects_repeating_an_attribute_match_no_identity() {
+        use std::str::FromStr;
+        let identity = DistinguishedName::parse("C=US, ST=WA, O=acme").unwrap();
+        let subject = |rfc4514: &str| DistinguishedName::of(&x509_cert::name::Name::from_str(rfc4514).unwrap());
+        assert!(identity.is_subset_of(&subject("CN=signer,O=acme,ST=WA,C=US")));
+        assert!(identity.is_subset_of(&subject("CN=signer+O=acme,ST=WA,C=US")));
+        for repeated in [
+            "CN=signer,O=acme,O=evil,ST=WA,C=US",
+            "CN=signer,O=evil,O=acme,ST=WA,C=US",
+            "CN=signer,O=evil+O=acme,ST=WA,C=US",
+            "CN=signer,CN=other,O=acme,ST=WA,C=US",
+        ] {
+            let s = subject(repeated);
+            assert!(s.repeated().is_some(), "{repeated}");
+            assert!(!identity.is_subset_of(&s), "{repeated} matched {identity}");
+        }
     }
 }
