@@ -383,6 +383,7 @@ fn registry_outcome(
         R::TooLarge { .. } => (Observation::stalled("ArtifactTooLarge", message), every),
         R::Credentials { .. } => (Observation::stalled("InvalidSecret", message), every),
         R::InvalidCa(_) => (Observation::stalled("InvalidCA", message), every),
+        R::TokenRealm { .. } => (Observation::stalled("InvalidTokenRealm", message), every),
         R::InvalidReference { .. } | R::InvalidSemver { .. } | R::InvalidFilter { .. } => {
             (Observation::stalled("InvalidReference", message), every)
         }
