@@ -81,11 +81,14 @@ fn inspect_refuses_every_endless_answer_in_bounded_memory() {
 
 #[test]
 fn endless_error_bodies_become_one_short_line() {
-    for (endless, expected) in [(Endless::ServerError, "HTTP 500"), (Endless::NotFoundError, "not found")] {
+    for (endless, expected) in [(Endless::ServerError, "HTTP 500 Internal Server Error: [31mboom aaaa"), (Endless::NotFoundError, "not found")] {
         let front = Hostile::start(endless);
-        let line = refused(&format!("inspect, {endless:?}"), &["inspect", "--insecure", &front.reference()]);
-        assert!(line.contains(expected), "{endless:?}: {line}");
-        assert!(line.len() < 500, "{endless:?}: {} bytes", line.len());
+        let by_digest = format!("{}/{REPO}@{}", front.host, front.digest);
+        for reference in [front.reference(), by_digest] {
+            let line = refused(&format!("inspect {reference}, {endless:?}"), &["inspect", "--insecure", &reference]);
+            assert!(line.contains(expected), "{endless:?}: {line}");
+            assert!(line.len() < 500, "{endless:?}: {} bytes", line.len());
+        }
     }
 }
 

@@ -194,14 +194,24 @@ pub const MAX_TAG_PAGE_BYTES: usize = 4 << 20;
 pub const MAX_DETAIL_CHARS: usize = 300;
 
 /// Registry-supplied text made safe for one line of status or a terminal: control characters
-/// (newlines, escape sequences) become spaces and the text is cut to [`MAX_DETAIL_CHARS`].
+/// (newlines, escape sequences) and runs of white space become one space, and the text is cut to
+/// [`MAX_DETAIL_CHARS`] (an ellipsis says so).
 pub fn clip(text: &str) -> String {
-    let mut out: String =
-        text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_DETAIL_CHARS).collect();
-    if text.chars().nth(MAX_DETAIL_CHARS).is_some() {
-        out.push('…');
+    let mut out = String::new();
+    let mut words = text.split(|c: char| c.is_whitespace() || c.is_control()).filter(|w| !w.is_empty());
+    let mut chars = 0;
+    for word in words.by_ref() {
+        let separated = if out.is_empty() { 0 } else { 1 };
+        if chars + separated + word.chars().count() > MAX_DETAIL_CHARS {
+            let room = MAX_DETAIL_CHARS.saturating_sub(chars + separated);
+            out.extend(std::iter::repeat_n(' ', separated).chain(word.chars().take(room)));
+            out.push('…');
+            return out;
+        }
+        out.extend(std::iter::repeat_n(' ', separated).chain(word.chars()));
+        chars += separated + word.chars().count();
     }
-    out.trim().to_owned()
+    out
 }
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
@@ -251,6 +261,16 @@ mod tests {
         let (_, spec) = Repository::parse_reference(&format!("r.example/m@{digest}")).unwrap();
         assert_eq!(spec, RefSpec::Digest(digest));
         assert_eq!(Repository::parse_reference("r.example/m").unwrap().1, RefSpec::Tag("latest".into()));
+    }
+
+    #[test]
+    fn registry_text_is_clipped_to_one_line() {
+        assert_eq!(clip("  HTTP 500:\r\n\x1b[31mboom\t x "), "HTTP 500: [31mboom x");
+        let long = clip(&"ab ".repeat(1000));
+        assert_eq!(long.chars().count(), MAX_DETAIL_CHARS + 1);
+        assert!(long.ends_with('…'));
+        assert_eq!(clip(&"é".repeat(MAX_DETAIL_CHARS)), "é".repeat(MAX_DETAIL_CHARS), "exactly the limit is kept whole");
+        assert_eq!(clip(""), "");
     }
 
     #[test]

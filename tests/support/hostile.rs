@@ -26,9 +26,10 @@ pub enum Endless {
     Referrers,
     /// The config blob.
     ConfigBlob,
-    /// Manifests answer 500 with an endless body of control characters and text.
+    /// Manifest GETs answer 500 with an endless body of control characters and text (a HEAD of
+    /// the tag answers 200 without a digest, so that the GET follows).
     ServerError,
-    /// Manifests answer 404 with an endless body.
+    /// Manifest GETs answer 404 with an endless body (HEAD as for `ServerError`).
     NotFoundError,
 }
 
@@ -125,6 +126,10 @@ impl Served {
         };
         if let Some(reference) = rest.strip_prefix("manifests/") {
             match e {
+                // A HEAD without a digest, so that the GET (and its error body) follows.
+                Endless::ServerError | Endless::NotFoundError if head_only && reference == TAG => {
+                    return answer(&mut client, 200, &[], &self.manifest, head_only);
+                }
                 Endless::ServerError => return endless(&mut client, 500, "text/plain", b"\x1b[31mboom\r\n", None),
                 Endless::NotFoundError => return endless(&mut client, 404, "application/json", b"{\"errors\":[", None),
                 Endless::ManifestByTag if reference == TAG => {
