@@ -18,6 +18,9 @@ use support::{Bed, Operator, eventually, install_crds, namespace, unique_suffix}
 
 /// What the CLI costs: well under this, while the hostile answer is 300 MB.
 const MAX_PEAK_RSS: u64 = 64 << 20;
+/// What a client that stops at its cap lets the front send: the largest cap (4 MiB) and the
+/// sockets' buffers.
+const MAX_SENT: usize = 32 << 20;
 const MAX_SECONDS: u64 = 30;
 
 struct Run {
@@ -74,6 +77,7 @@ fn inspect_refuses_every_endless_answer_in_bounded_memory() {
     for (endless, expected) in cases {
         let front = Hostile::start(endless);
         let line = refused(&format!("inspect, {endless:?}"), &["inspect", "--insecure", &front.reference()]);
+        assert!(front.endless_sent() < MAX_SENT, "{endless:?}: {} MiB received", front.endless_sent() >> 20);
         let expected = expected.replace("{host}", &front.host);
         assert!(line.contains(&expected), "{endless:?}: {line}");
     }
@@ -118,9 +122,11 @@ async fn an_endless_tag_page_and_referrers_list_are_cut_off() {
     let semver = RefSpec::Semver { range: "^1".into(), filter: None };
     let err = registry.resolve(&hostile_repo(&front), &semver).await.unwrap_err();
     assert!(matches!(err, registry::Error::TooLarge { limit: registry::MAX_TAG_PAGE_BYTES, .. }), "{err}");
+    assert!(front.endless_sent() < MAX_SENT, "tag page: {} MiB received", front.endless_sent() >> 20);
     let front = Hostile::start(Endless::Referrers);
     let err = registry.referrers(&hostile_repo(&front), &front.digest).await.unwrap_err();
     assert!(matches!(err, registry::Error::TooLarge { limit: registry::MAX_MANIFEST_BYTES, .. }), "{err}");
+    assert!(front.endless_sent() < MAX_SENT, "referrers: {} MiB received", front.endless_sent() >> 20);
     assert!(started.elapsed() < Duration::from_secs(MAX_SECONDS));
     // The same fronts answer the good endpoints: a tag and no referrers.
     let front = Hostile::start(Endless::ConfigBlob);
@@ -154,7 +160,8 @@ async fn the_controller_stalls_only_the_models_on_a_hostile_registry() {
     let repo = format!("ctl/hostile-good-{}", unique_suffix());
     let m = ModelFiles::new(14, &[("model.safetensors", 40_000), ("config.json", 100)]);
     oras_push_cncf(bed, &bed.plain, &repo, "v1", &m, &cncf_config("good", &m));
-    apply_model(&models, "good", json!({"repository": format!("{}/{repo}", bed.plain.host), "insecure": true})).await;
+    let good = json!({"repository": format!("{}/{repo}", bed.plain.host), "ref": {"tag": "v1"}, "insecure": true});
+    apply_model(&models, "good", good).await;
 
     let tag = json!({"tag": TAG});
     let semver = json!({"semver": "^1"});

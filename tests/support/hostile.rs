@@ -4,6 +4,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 
@@ -42,6 +44,9 @@ pub struct Hostile {
     pub host: String,
     /// The digest of the good manifest it serves.
     pub digest: String,
+    /// Bytes of endless bodies sent so far: a client that stops reading at its cap hangs up after
+    /// a few MiB (the cap and the sockets' buffers), one that buffers whole takes all 300 MB.
+    pub endless_sent: Arc<AtomicUsize>,
 }
 
 impl Hostile {
@@ -51,9 +56,10 @@ impl Hostile {
         let artifact = artifact();
         let manifest = serde_json::to_vec(&artifact.manifest()).unwrap();
         let digest = sha256(&manifest);
-        let served = Served { host: host.clone(), endless, manifest, artifact };
+        let endless_sent = Arc::new(AtomicUsize::new(0));
+        let served = Served { host: host.clone(), endless, manifest, artifact, sent: endless_sent.clone() };
         std::thread::spawn(move || {
-            let served = std::sync::Arc::new(served);
+            let served = Arc::new(served);
             for client in listener.incoming().flatten() {
                 let served = served.clone();
                 std::thread::spawn(move || {
@@ -61,7 +67,11 @@ impl Hostile {
                 });
             }
         });
-        Hostile { host, digest }
+        Hostile { host, digest, endless_sent }
+    }
+
+    pub fn endless_sent(&self) -> usize {
+        self.endless_sent.load(Ordering::SeqCst)
     }
 
     pub fn reference(&self) -> String {
@@ -87,6 +97,7 @@ struct Served {
     endless: Endless,
     manifest: Vec<u8>,
     artifact: Artifact,
+    sent: Arc<AtomicUsize>,
 }
 
 /// A digest this registry claims for a manifest it never finishes sending.
@@ -115,7 +126,7 @@ impl Served {
         let e = self.endless;
 
         if path == "/token" {
-            return endless(&mut client, 200, "application/json", b"{\"token\":\"", None);
+            return endless(&mut client, &self.sent, 200, "application/json", b"{\"token\":\"", None);
         }
         if e == Endless::Token && !has_token {
             let challenge = format!("Bearer realm=\"http://{}/token\",service=\"hostile\"", self.host);
@@ -130,10 +141,10 @@ impl Served {
                 Endless::ServerError | Endless::NotFoundError if head_only && reference == TAG => {
                     return answer(&mut client, 200, &[], &self.manifest, head_only);
                 }
-                Endless::ServerError => return endless(&mut client, 500, "text/plain", b"\x1b[31mboom\r\n", None),
-                Endless::NotFoundError => return endless(&mut client, 404, "application/json", b"{\"errors\":[", None),
+                Endless::ServerError => return endless(&mut client, &self.sent, 500, "text/plain", b"\x1b[31mboom\r\n", None),
+                Endless::NotFoundError => return endless(&mut client, &self.sent, 404, "application/json", b"{\"errors\":[", None),
                 Endless::ManifestByTag if reference == TAG => {
-                    return endless(&mut client, 200, "application/vnd.oci.image.manifest.v1+json", b"{", None);
+                    return endless(&mut client, &self.sent, 200, "application/vnd.oci.image.manifest.v1+json", b"{", None);
                 }
                 Endless::ManifestByDigest | Endless::ManifestStatedTooLarge if reference == TAG => {
                     let headers = [("Docker-Content-Digest", endless_digest())];
@@ -141,11 +152,11 @@ impl Served {
                     return answer(&mut client, 200, &headers, &self.manifest, head_only);
                 }
                 Endless::ManifestByDigest if reference == endless_digest() => {
-                    return endless(&mut client, 200, "application/vnd.oci.image.manifest.v1+json", b"{", None);
+                    return endless(&mut client, &self.sent, 200, "application/vnd.oci.image.manifest.v1+json", b"{", None);
                 }
                 Endless::ManifestStatedTooLarge if reference == endless_digest() => {
                     let media = "application/vnd.oci.image.manifest.v1+json";
-                    return endless(&mut client, 200, media, b"{", Some(ENDLESS_BYTES));
+                    return endless(&mut client, &self.sent, 200, media, b"{", Some(ENDLESS_BYTES));
                 }
                 _ if reference == TAG || reference == digest => {
                     let headers = [("Docker-Content-Digest", digest.as_str())];
@@ -156,13 +167,13 @@ impl Served {
         }
         if rest == "tags/list" {
             if e == Endless::TagList {
-                return endless(&mut client, 200, "application/json", b"{\"tags\":[\"", None);
+                return endless(&mut client, &self.sent, 200, "application/json", b"{\"tags\":[\"", None);
             }
             return answer(&mut client, 200, &[], format!("{{\"tags\":[\"{TAG}\"]}}").as_bytes(), head_only);
         }
         if rest.starts_with("referrers/") {
             if e == Endless::Referrers {
-                return endless(&mut client, 200, "application/vnd.oci.image.index.v1+json", b"{\"manifests\":[", None);
+                return endless(&mut client, &self.sent, 200, "application/vnd.oci.image.index.v1+json", b"{\"manifests\":[", None);
             }
             let empty = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []});
             return answer(&mut client, 200, &[], empty.to_string().as_bytes(), head_only);
@@ -170,7 +181,7 @@ impl Served {
         if let Some(blob) = rest.strip_prefix("blobs/") {
             if blob == sha256(&self.artifact.config.data) {
                 if e == Endless::ConfigBlob {
-                    return endless(&mut client, 200, "application/octet-stream", b"{", None);
+                    return endless(&mut client, &self.sent, 200, "application/octet-stream", b"{", None);
                 }
                 return answer(&mut client, 200, &[], &self.artifact.config.data, head_only);
             }
@@ -198,7 +209,7 @@ fn answer(client: &mut TcpStream, status: u16, headers: &[(&str, &str)], body: &
 /// `prefix` then filler until the client leaves or 300 MB have been sent; a body delimited by the
 /// connection's close unless `stated` gives a Content-Length. HEAD requests get the same (what a
 /// hostile server may do).
-fn endless(client: &mut TcpStream, status: u16, content_type: &str, prefix: &[u8], stated: Option<usize>) -> std::io::Result<()> {
+fn endless(client: &mut TcpStream, counter: &AtomicUsize, status: u16, content_type: &str, prefix: &[u8], stated: Option<usize>) -> std::io::Result<()> {
     let length = stated.map(|n| format!("Content-Length: {n}\r\n")).unwrap_or_default();
     let head = format!("HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\n{length}Connection: close\r\n\r\n");
     client.write_all(head.as_bytes())?;
@@ -208,6 +219,7 @@ fn endless(client: &mut TcpStream, status: u16, content_type: &str, prefix: &[u8
     while sent < ENDLESS_BYTES {
         client.write_all(&chunk)?;
         sent += chunk.len();
+        counter.fetch_add(chunk.len(), Ordering::SeqCst);
     }
     client.shutdown(std::net::Shutdown::Both)
 }
