@@ -31,6 +31,7 @@ struct Run {
 }
 
 /// Runs the operator binary and reaps it with wait4, whose rusage is this child's own peak RSS.
+#[allow(clippy::zombie_processes, reason = "reaped by wait4, which std's wait cannot replace")]
 fn run_measured(args: &[&str]) -> Run {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_modelpack-operator"))
@@ -85,7 +86,9 @@ fn inspect_refuses_every_endless_answer_in_bounded_memory() {
 
 #[test]
 fn endless_error_bodies_become_one_short_line() {
-    for (endless, expected) in [(Endless::ServerError, "HTTP 500 Internal Server Error: [31mboom aaaa"), (Endless::NotFoundError, "not found")] {
+    for (endless, expected) in
+        [(Endless::ServerError, "HTTP 500 Internal Server Error: [31mboom aaaa"), (Endless::NotFoundError, "not found")]
+    {
         let front = Hostile::start(endless);
         let by_digest = format!("{}/{REPO}@{}", front.host, front.digest);
         for reference in [front.reference(), by_digest] {

@@ -5,7 +5,10 @@
 pub(super) enum Challenge {
     Basic,
     /// The Docker token flow: a token from `realm` for `service`.
-    Bearer { realm: String, service: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
 }
 
 /// Parses the first challenge of a `WWW-Authenticate` value that is Basic or Bearer (with a realm).

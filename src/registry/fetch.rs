@@ -37,7 +37,8 @@ impl Registry {
         let what = format!("manifest {repo}:{tag}");
         let fetched = self
             .bounded(&repo.registry, async {
-                let response = self.transport.send(Method::GET, repo, &format!("manifests/{tag}"), accept, None).await?;
+                let response =
+                    self.transport.send(Method::GET, repo, &format!("manifests/{tag}"), accept, None).await?;
                 let stated = content_digest(&response);
                 let response = expect_success(response, &repo.registry, &what).await?;
                 Ok((read_capped(response, MAX_MANIFEST_BYTES, &what, &repo.registry).await?, stated))
@@ -63,8 +64,10 @@ impl Registry {
         let what = format!("tag {tag} of {repo}");
         let stated = self
             .bounded(&repo.registry, async {
-                let response =
-                    self.transport.send(Method::HEAD, repo, &format!("manifests/{tag}"), ACCEPTED_MANIFESTS, None).await?;
+                let response = self
+                    .transport
+                    .send(Method::HEAD, repo, &format!("manifests/{tag}"), ACCEPTED_MANIFESTS, None)
+                    .await?;
                 let stated = content_digest(&response);
                 expect_success(response, &repo.registry, &what).await?;
                 Ok(stated)
@@ -85,7 +88,8 @@ impl Registry {
         let accept = [crate::modelpack::OCI_INDEX];
         let answered = self
             .bounded(&repo.registry, async {
-                let response = self.transport.send(Method::GET, repo, &format!("referrers/{digest}"), &accept, None).await?;
+                let response =
+                    self.transport.send(Method::GET, repo, &format!("referrers/{digest}"), &accept, None).await?;
                 if response.status() == StatusCode::NOT_FOUND {
                     return Ok(None);
                 }

@@ -36,7 +36,11 @@ struct AuthState {
 }
 
 impl Transport {
-    pub(super) fn new(options: &Options, credential: Option<&Credential>, timeout: Duration) -> Result<Transport, Error> {
+    pub(super) fn new(
+        options: &Options,
+        credential: Option<&Credential>,
+        timeout: Duration,
+    ) -> Result<Transport, Error> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("modelpack-operator/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -91,7 +95,8 @@ impl Transport {
             if response.status() != StatusCode::UNAUTHORIZED || retried {
                 return Ok(response);
             }
-            let asked = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).and_then(challenge::parse);
+            let asked =
+                response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).and_then(challenge::parse);
             let Some(asked) = asked else { return Ok(response) };
             if asked == Challenge::Basic && self.credential.is_none() {
                 return Ok(response);
@@ -138,8 +143,11 @@ impl Transport {
         realm: &str,
         service: Option<&str>,
     ) -> Result<(HeaderValue, Duration), Error> {
-        let url = challenge::check_realm(realm, self.over_tls)
-            .map_err(|detail| Error::TokenRealm { registry: registry.to_owned(), realm: clip(realm), detail })?;
+        let url = challenge::check_realm(realm, self.over_tls).map_err(|detail| Error::TokenRealm {
+            registry: registry.to_owned(),
+            realm: clip(realm),
+            detail,
+        })?;
         let what = format!("token response of {}", url.host_str().unwrap_or("the realm"));
         let mut request = self.client.get(url).query(&[("scope", scope)]);
         if let Some(service) = service {
@@ -151,10 +159,13 @@ impl Transport {
         let response = request.send().await.map_err(|e| transport_error(registry, &e))?;
         let response = expect_success(response, registry, &what).await?;
         let body = read_capped(response, MAX_TOKEN_BYTES, &what, registry).await?;
-        let protocol = |detail: &str| Error::Protocol { registry: registry.to_owned(), detail: format!("{what}: {detail}") };
+        let protocol =
+            |detail: &str| Error::Protocol { registry: registry.to_owned(), detail: format!("{what}: {detail}") };
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| protocol(&clip(&e.to_string())))?;
-        let token = parsed.token.or(parsed.access_token).filter(|t| !t.is_empty()).ok_or_else(|| protocol("no token"))?;
-        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| protocol("token is not a header value"))?;
+        let token =
+            parsed.token.or(parsed.access_token).filter(|t| !t.is_empty()).ok_or_else(|| protocol("no token"))?;
+        let value =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| protocol("token is not a header value"))?;
         // Used for most of its stated life; a 401 before then fetches a new one anyway.
         let seconds = parsed.expires_in.unwrap_or(60).clamp(10, 3600);
         Ok((value, Duration::from_secs(seconds * 9 / 10)))
@@ -268,9 +279,29 @@ pub(super) fn failure(registry: &str, what: &str, status: StatusCode, body: &[u8
 mod tests {
     use super::*;
 
+    /// The realm rule is applied before anything is sent: over TLS an http realm is refused; the
+    /// same realm for a plain-HTTP registry is fetched (and here finds nothing listening).
+    #[tokio::test]
+    async fn a_realm_that_downgrades_https_is_refused_before_it_is_asked() {
+        let credential = Credential { username: "u".into(), password: "p".into() };
+        let realm = "http://127.0.0.1:1/token";
+        for insecure in [false, true] {
+            let options = Options { insecure, ..Default::default() };
+            let transport = Transport::new(&options, Some(&credential), Duration::from_secs(5)).unwrap();
+            let got = transport.token("r.example", "repository:m:pull", realm, Some("svc")).await;
+            match (insecure, got) {
+                (false, Err(Error::TokenRealm { detail, .. })) => assert!(detail.contains("downgrades"), "{detail}"),
+                (true, Err(Error::Unavailable { .. })) => {}
+                (insecure, other) => panic!("insecure={insecure}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
+
     #[test]
     fn failures_are_classified_and_clipped() {
-        let f = |status: u16, body: &str| failure("r", "manifest r/m:v1", StatusCode::from_u16(status).unwrap(), body.as_bytes());
+        let f = |status: u16, body: &str| {
+            failure("r", "manifest r/m:v1", StatusCode::from_u16(status).unwrap(), body.as_bytes())
+        };
         assert!(matches!(f(401, ""), Error::Unauthorized { .. }));
         assert!(matches!(f(403, "nope"), Error::Unauthorized { .. }));
         assert!(matches!(f(400, r#"{"errors":[{"code":"DENIED","message":"x"}]}"#), Error::Unauthorized { .. }));

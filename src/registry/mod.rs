@@ -106,7 +106,6 @@ impl Repository {
         };
         Ok((Repository { registry: parsed.registry, repository: parsed.repository }, spec))
     }
-
 }
 
 impl std::fmt::Display for Repository {
@@ -269,7 +268,11 @@ mod tests {
         let long = clip(&"ab ".repeat(1000));
         assert_eq!(long.chars().count(), MAX_DETAIL_CHARS + 1);
         assert!(long.ends_with('…'));
-        assert_eq!(clip(&"é".repeat(MAX_DETAIL_CHARS)), "é".repeat(MAX_DETAIL_CHARS), "exactly the limit is kept whole");
+        assert_eq!(
+            clip(&"é".repeat(MAX_DETAIL_CHARS)),
+            "é".repeat(MAX_DETAIL_CHARS),
+            "exactly the limit is kept whole"
+        );
         assert_eq!(clip(""), "");
     }
 

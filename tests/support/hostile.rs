@@ -81,7 +81,8 @@ impl Hostile {
 
 fn artifact() -> Artifact {
     let weights = b"hostile weights".to_vec();
-    let config = json!({"descriptor": {"name": "hostile"}, "modelfs": {"type": "layers", "diffIds": [sha256(&weights)]}});
+    let config =
+        json!({"descriptor": {"name": "hostile"}, "modelfs": {"type": "layers", "diffIds": [sha256(&weights)]}});
     Artifact {
         artifact_type: Some("application/vnd.cncf.model.manifest.v1+json".into()),
         config: Blob::new("application/vnd.cncf.model.config.v1+json", serde_json::to_vec(&config).unwrap()),
@@ -141,10 +142,21 @@ impl Served {
                 Endless::ServerError | Endless::NotFoundError if head_only && reference == TAG => {
                     return answer(&mut client, 200, &[], &self.manifest, head_only);
                 }
-                Endless::ServerError => return endless(&mut client, &self.sent, 500, "text/plain", b"\x1b[31mboom\r\n", None),
-                Endless::NotFoundError => return endless(&mut client, &self.sent, 404, "application/json", b"{\"errors\":[", None),
+                Endless::ServerError => {
+                    return endless(&mut client, &self.sent, 500, "text/plain", b"\x1b[31mboom\r\n", None);
+                }
+                Endless::NotFoundError => {
+                    return endless(&mut client, &self.sent, 404, "application/json", b"{\"errors\":[", None);
+                }
                 Endless::ManifestByTag if reference == TAG => {
-                    return endless(&mut client, &self.sent, 200, "application/vnd.oci.image.manifest.v1+json", b"{", None);
+                    return endless(
+                        &mut client,
+                        &self.sent,
+                        200,
+                        "application/vnd.oci.image.manifest.v1+json",
+                        b"{",
+                        None,
+                    );
                 }
                 Endless::ManifestByDigest | Endless::ManifestStatedTooLarge if reference == TAG => {
                     let headers = [("Docker-Content-Digest", endless_digest())];
@@ -152,7 +164,14 @@ impl Served {
                     return answer(&mut client, 200, &headers, &self.manifest, head_only);
                 }
                 Endless::ManifestByDigest if reference == endless_digest() => {
-                    return endless(&mut client, &self.sent, 200, "application/vnd.oci.image.manifest.v1+json", b"{", None);
+                    return endless(
+                        &mut client,
+                        &self.sent,
+                        200,
+                        "application/vnd.oci.image.manifest.v1+json",
+                        b"{",
+                        None,
+                    );
                 }
                 Endless::ManifestStatedTooLarge if reference == endless_digest() => {
                     let media = "application/vnd.oci.image.manifest.v1+json";
@@ -173,9 +192,17 @@ impl Served {
         }
         if rest.starts_with("referrers/") {
             if e == Endless::Referrers {
-                return endless(&mut client, &self.sent, 200, "application/vnd.oci.image.index.v1+json", b"{\"manifests\":[", None);
+                return endless(
+                    &mut client,
+                    &self.sent,
+                    200,
+                    "application/vnd.oci.image.index.v1+json",
+                    b"{\"manifests\":[",
+                    None,
+                );
             }
-            let empty = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []});
+            let empty =
+                json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []});
             return answer(&mut client, 200, &[], empty.to_string().as_bytes(), head_only);
         }
         if let Some(blob) = rest.strip_prefix("blobs/") {
@@ -193,7 +220,13 @@ impl Served {
     }
 }
 
-fn answer(client: &mut TcpStream, status: u16, headers: &[(&str, &str)], body: &[u8], head_only: bool) -> std::io::Result<()> {
+fn answer(
+    client: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
     let mut response = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
     for (k, v) in headers {
         response.push_str(&format!("{k}: {v}\r\n"));
@@ -209,7 +242,14 @@ fn answer(client: &mut TcpStream, status: u16, headers: &[(&str, &str)], body: &
 /// `prefix` then filler until the client leaves or 300 MB have been sent; a body delimited by the
 /// connection's close unless `stated` gives a Content-Length. HEAD requests get the same (what a
 /// hostile server may do).
-fn endless(client: &mut TcpStream, counter: &AtomicUsize, status: u16, content_type: &str, prefix: &[u8], stated: Option<usize>) -> std::io::Result<()> {
+fn endless(
+    client: &mut TcpStream,
+    counter: &AtomicUsize,
+    status: u16,
+    content_type: &str,
+    prefix: &[u8],
+    stated: Option<usize>,
+) -> std::io::Result<()> {
     let length = stated.map(|n| format!("Content-Length: {n}\r\n")).unwrap_or_default();
     let head = format!("HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\n{length}Connection: close\r\n\r\n");
     client.write_all(head.as_bytes())?;
