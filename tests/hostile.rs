@@ -137,6 +137,17 @@ async fn an_endless_tag_page_and_referrers_list_are_cut_off() {
     assert_eq!(registry.referrers(&hostile_repo(&front), &front.digest).await.unwrap(), vec![]);
 }
 
+#[tokio::test]
+async fn a_registry_that_drips_is_cut_off_at_the_deadline() {
+    let options = Options { insecure: true, timeout: Some(Duration::from_secs(2)), ..Default::default() };
+    let registry = Registry::new(&options, None).unwrap();
+    let front = Hostile::start(Endless::Drip);
+    let started = Instant::now();
+    let err = registry.resolve(&hostile_repo(&front), &RefSpec::Tag(TAG.into())).await.unwrap_err();
+    assert!(matches!(err, registry::Error::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}
+
 async fn apply_model(models: &Api<Model>, name: &str, spec: Value) {
     let obj =
         json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "Model", "metadata": {"name": name}, "spec": spec});

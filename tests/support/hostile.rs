@@ -31,6 +31,9 @@ pub enum Endless {
     /// Manifest GETs answer 500 with an endless body of control characters and text (a HEAD of
     /// the tag answers 200 without a digest, so that the GET follows).
     ServerError,
+    /// The tag's manifest GET drips one byte every 200 ms (for 40 s; HEAD as for `ServerError`):
+    /// each read is quick, only a deadline on the whole read ends it.
+    Drip,
     /// Manifest GETs answer 404 with an endless body (HEAD as for `ServerError`).
     NotFoundError,
 }
@@ -139,9 +142,10 @@ impl Served {
         if let Some(reference) = rest.strip_prefix("manifests/") {
             match e {
                 // A HEAD without a digest, so that the GET (and its error body) follows.
-                Endless::ServerError | Endless::NotFoundError if head_only && reference == TAG => {
+                Endless::ServerError | Endless::NotFoundError | Endless::Drip if head_only && reference == TAG => {
                     return answer(&mut client, 200, &[], &self.manifest, head_only);
                 }
+                Endless::Drip if reference == TAG => return drip(&mut client),
                 Endless::ServerError => {
                     return endless(&mut client, &self.sent, 500, "text/plain", b"\x1b[31mboom\r\n", None);
                 }
@@ -260,6 +264,17 @@ fn endless(
         client.write_all(&chunk)?;
         sent += chunk.len();
         counter.fetch_add(chunk.len(), Ordering::SeqCst);
+    }
+    client.shutdown(std::net::Shutdown::Both)
+}
+
+fn drip(client: &mut TcpStream) -> std::io::Result<()> {
+    client.write_all(
+        b"HTTP/1.1 200 X\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n",
+    )?;
+    for _ in 0..200 {
+        client.write_all(b" ")?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
     client.shutdown(std::net::Shutdown::Both)
 }
