@@ -100,6 +100,13 @@ fn endless_error_bodies_become_one_short_line() {
 }
 
 #[test]
+fn manifest_text_in_an_error_is_one_short_line() {
+    let front = Hostile::start(Endless::HugeMediaType);
+    let line = refused("inspect, HugeMediaType", &["inspect", "--insecure", &front.reference()]);
+    assert!(line.contains("not a ModelPack") && line.ends_with('…'), "{line}");
+}
+
+#[test]
 fn pull_refuses_an_endless_manifest_and_config() {
     for (endless, digest) in [(Endless::ManifestByDigest, endless_digest()), (Endless::ConfigBlob, String::new())] {
         let front = Hostile::start(endless);

@@ -36,6 +36,9 @@ pub enum Endless {
     Drip,
     /// Manifest GETs answer 404 with an endless body (HEAD as for `ServerError`).
     NotFoundError,
+    /// Not endless: a 3 MiB manifest (under the cap) whose artifactType is an escape sequence and
+    /// 3 MiB of text, served as the good manifest.
+    HugeMediaType,
 }
 
 pub const REPO: &str = "hostile/model";
@@ -57,7 +60,12 @@ impl Hostile {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
         let artifact = artifact();
-        let manifest = serde_json::to_vec(&artifact.manifest()).unwrap();
+        let mut manifest = artifact.manifest();
+        if endless == Endless::HugeMediaType {
+            manifest["artifactType"] = json!(format!("application/x\u{1b}[31m\n{}", "a".repeat(3 << 20)));
+            manifest["config"]["mediaType"] = json!("application/x");
+        }
+        let manifest = serde_json::to_vec(&manifest).unwrap();
         let digest = sha256(&manifest);
         let endless_sent = Arc::new(AtomicUsize::new(0));
         let served = Served { host: host.clone(), endless, manifest, artifact, sent: endless_sent.clone() };
