@@ -107,6 +107,53 @@ fn manifest_text_in_an_error_is_one_short_line() {
 }
 
 #[test]
+fn verify_refuses_an_endless_signature_manifest() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("cosign.pub");
+    std::fs::write(&key_file, key.public_key_pem()).unwrap();
+    let front = Hostile::start(Endless::SignatureTag);
+    let args = ["verify", "--insecure", "--cosign-key", key_file.to_str().unwrap(), &front.reference()];
+    let line = refused("verify, SignatureTag", &args);
+    assert!(front.endless_sent() < MAX_SENT, "{} MiB received", front.endless_sent() >> 20);
+    let expected = format!(
+        "manifest {}/{REPO}:sha256-{}.sig is larger than the 4194304-byte limit",
+        front.host,
+        &front.digest[7..]
+    );
+    assert!(line.contains(&expected), "{line}");
+}
+
+#[test]
+fn verify_refuses_an_endless_referrers_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = json!({"version": "1.0", "trustPolicies": [{
+        "name": "all", "registryScopes": ["*"], "signatureVerification": {"level": "strict"},
+        "trustStores": ["ca:hostile"], "trustedIdentities": ["*"]}]});
+    std::fs::write(dir.path().join("trustpolicy.json"), policy.to_string()).unwrap();
+    let store = dir.path().join("certs/ca/hostile");
+    std::fs::create_dir_all(&store).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(store.join("root.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+    let front = Hostile::start(Endless::Referrers);
+    let (policy, certs) = (dir.path().join("trustpolicy.json"), dir.path().join("certs"));
+    let args = [
+        "verify",
+        "--insecure",
+        "--notation-policy",
+        policy.to_str().unwrap(),
+        "--notation-certs",
+        certs.to_str().unwrap(),
+        &front.reference(),
+    ];
+    let line = refused("verify, Referrers", &args);
+    assert!(front.endless_sent() < MAX_SENT, "{} MiB received", front.endless_sent() >> 20);
+    assert!(line.contains(&format!("referrers of {}/{REPO}@{} is larger than", front.host, front.digest)), "{line}");
+}
+
+#[test]
 fn pull_refuses_an_endless_manifest_and_config() {
     for (endless, digest) in [(Endless::ManifestByDigest, endless_digest()), (Endless::ConfigBlob, String::new())] {
         let front = Hostile::start(endless);

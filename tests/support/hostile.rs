@@ -24,6 +24,8 @@ pub enum Endless {
     ManifestStatedTooLarge,
     /// `tags/list`.
     TagList,
+    /// The cosign signature manifest (`manifests/sha256-<hex>.sig`).
+    SignatureTag,
     /// `referrers/<digest>`.
     Referrers,
     /// The config blob.
@@ -154,6 +156,16 @@ impl Served {
                     return answer(&mut client, 200, &[], &self.manifest, head_only);
                 }
                 Endless::Drip if reference == TAG => return drip(&mut client),
+                Endless::SignatureTag if reference.ends_with(".sig") => {
+                    return endless(
+                        &mut client,
+                        &self.sent,
+                        200,
+                        "application/vnd.oci.image.manifest.v1+json",
+                        b"{",
+                        None,
+                    );
+                }
                 Endless::ServerError => {
                     return endless(&mut client, &self.sent, 500, "text/plain", b"\x1b[31mboom\r\n", None);
                 }
