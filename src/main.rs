@@ -306,8 +306,15 @@ fn run_async(command: impl std::future::Future<Output = anyhow::Result<()>>) -> 
     }
 }
 
+/// One line whatever the error carries (registry or manifest text can hold newlines, escape
+/// sequences and megabytes): control characters become spaces and the line is cut.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    let line = format!("{e:#}").replace('\n', " ");
+    const MAX_CHARS: usize = 900;
+    let text = format!("{e:#}");
+    let mut line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_CHARS).collect();
+    if text.chars().nth(MAX_CHARS).is_some() {
+        line.push('…');
+    }
     eprintln!("error: {line}");
     ExitCode::FAILURE
 }

@@ -71,8 +71,24 @@ impl Observation {
     }
 
     fn new(ready: ConditionStatus, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { ready, reason: reason.into(), message: message.into(), reconciling: false, stalled: false }
+        Self { ready, reason: reason.into(), message: one_line(message.into()), reconciling: false, stalled: false }
     }
+}
+
+/// Messages carry text from outside (registries, manifests): one line of at most
+/// [`MAX_MESSAGE_CHARS`], so that no answer can bloat a status or break its write.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
+fn one_line(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_CHARS && !message.chars().any(char::is_control) {
+        return message;
+    }
+    let mut out: String =
+        message.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_MESSAGE_CHARS).collect();
+    if message.chars().nth(MAX_MESSAGE_CHARS).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Sets (or replaces) a condition. The transition time moves only when the status changes, so an
@@ -169,6 +185,14 @@ pub fn kstatus(generation: Option<i64>, observed_generation: Option<i64>, condit
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_one_bounded_line() {
+        let o = Observation::stalled("R", format!("a\nb\x1b[0m{}", "x".repeat(100_000)));
+        assert_eq!(o.message.chars().count(), MAX_MESSAGE_CHARS + 1, "cut, with an ellipsis");
+        assert!(o.message.starts_with("a b [0m"), "{}", &o.message[..20]);
+        assert_eq!(Observation::ready("R", "resolved tag v1").message, "resolved tag v1");
+    }
 
     fn t(secs: i64) -> Time {
         Time(jiff::Timestamp::from_second(secs).unwrap())

@@ -249,8 +249,8 @@ async fn fetch_blob(
             reason: format!("the registry closed the response after {written} of {size} bytes"),
         }));
     }
-    // Every byte arrived. A stream error now is oci-client's own digest check of a whole
-    // response: the commit re-checks, reports the mismatch and removes the ingest.
+    // Every byte arrived; a stream error after the last byte changes nothing: the commit checks
+    // size and digest, reports a mismatch and removes the ingest.
     blocking(move || ingest.commit()).await?;
     Ok(written - start)
 }

@@ -383,6 +383,7 @@ fn registry_outcome(
         R::TooLarge { .. } => (Observation::stalled("ArtifactTooLarge", message), every),
         R::Credentials { .. } => (Observation::stalled("InvalidSecret", message), every),
         R::InvalidCa(_) => (Observation::stalled("InvalidCA", message), every),
+        R::TokenRealm { .. } => (Observation::stalled("InvalidTokenRealm", message), every),
         R::InvalidReference { .. } | R::InvalidSemver { .. } | R::InvalidFilter { .. } => {
             (Observation::stalled("InvalidReference", message), every)
         }
@@ -434,6 +435,15 @@ mod tests {
             every,
         );
         assert_eq!((o.observation.reason.as_str(), o.requeue), ("RegistryUnavailable", Duration::from_secs(30)));
+        let too_large = registry::Error::TooLarge { what: "tag list of r/m".into(), limit: 4 << 20 };
+        let o = outcome_of(&Error::Registry(too_large), None, every);
+        assert_eq!((o.observation.reason.as_str(), o.observation.stalled), ("ArtifactTooLarge", true));
+        let too_large = registry::Error::TooLarge { what: "referrers of r/m@d".into(), limit: 4 << 20 };
+        let o = outcome_of(&Error::Verify(crate::verify::Error::Registry(too_large)), None, every);
+        assert_eq!((o.observation.reason.as_str(), o.observation.stalled), ("ArtifactTooLarge", true));
+        let realm = registry::Error::TokenRealm { registry: "r".into(), realm: "http://a".into(), detail: "x".into() };
+        let o = outcome_of(&Error::Registry(realm), None, every);
+        assert_eq!((o.observation.reason.as_str(), o.observation.stalled), ("InvalidTokenRealm", true));
         let o = outcome_of(&Error::SecretNotFound { name: "ml/creds".into() }, None, every);
         assert_eq!((o.observation.reason.as_str(), o.requeue), ("SecretNotFound", every));
     }

@@ -1,8 +1,12 @@
 //! OCI registry access: repository names, credentials, resolution of tags, semver ranges and digests,
-//! and digest-verified manifest and blob fetches. Built on oci-client; one [`Registry`] per
-//! credential set (oci-client keys stored credentials by host and never replaces them).
+//! and digest-verified manifest and blob fetches over the distribution API (our own small client on
+//! reqwest: every body is read with a cap while it streams, see [`http`]); one [`Registry`] per
+//! credential set.
 
+mod challenge;
 mod credentials;
+mod fetch;
+mod http;
 mod inspect;
 mod reference;
 mod resolve;
@@ -10,10 +14,6 @@ mod semver_range;
 
 use std::time::Duration;
 
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
 pub use credentials::{Credential, Keyring};
@@ -49,6 +49,8 @@ pub enum Error {
     InvalidFilter { filter: String, reason: String },
     #[error("CA bundle: {0}")]
     InvalidCa(String),
+    #[error("registry {registry} names token realm {realm:?}: {detail}")]
+    TokenRealm { registry: String, realm: String, detail: String },
     #[error("registry {registry}: {detail}")]
     Protocol { registry: String, detail: String },
     #[error(transparent)]
@@ -104,14 +106,6 @@ impl Repository {
         };
         Ok((Repository { registry: parsed.registry, repository: parsed.repository }, spec))
     }
-
-    fn with_tag(&self, tag: &str) -> Reference {
-        Reference::with_tag(self.registry.clone(), self.repository.clone(), tag.to_owned())
-    }
-
-    fn with_digest(&self, digest: &str) -> Reference {
-        Reference::with_digest(self.registry.clone(), self.repository.clone(), digest.to_owned())
-    }
 }
 
 impl std::fmt::Display for Repository {
@@ -135,127 +129,32 @@ pub struct Options {
 /// tokens.
 #[derive(Clone)]
 pub struct Registry {
-    client: Client,
-    auth: RegistryAuth,
+    transport: http::Transport,
     timeout: Duration,
 }
 
 impl Registry {
     pub fn new(options: &Options, credential: Option<&Credential>) -> Result<Registry, Error> {
         let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let mut config = ClientConfig {
-            protocol: if options.insecure { ClientProtocol::Http } else { ClientProtocol::Https },
-            connect_timeout: Some(timeout.min(Duration::from_secs(10))),
-            read_timeout: Some(timeout),
-            user_agent: concat!("modelpack-operator/", env!("CARGO_PKG_VERSION")),
-            ..Default::default()
-        };
-        if let Some(pem) = &options.ca_pem {
-            if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
-                return Err(Error::InvalidCa("no PEM certificate found".into()));
-            }
-            config.extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data: pem.clone() });
-        }
-        let client = Client::try_from(config).map_err(|e| Error::InvalidCa(e.to_string()))?;
-        let auth = match credential {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => RegistryAuth::Anonymous,
-        };
-        Ok(Registry { client, auth, timeout })
-    }
-
-    /// Runs one registry call under the timeout and classifies its failure.
-    async fn call<T>(
-        &self,
-        registry: &str,
-        what: &str,
-        fut: impl Future<Output = Result<T, OciDistributionError>>,
-    ) -> Result<T, Error> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Err(_) => Err(Error::Timeout { registry: registry.to_owned(), after: self.timeout }),
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(classify(registry, what, e)),
-        }
-    }
-
-    /// The manifest `repo@digest`, its bytes checked against the digest.
-    pub async fn manifest(&self, repo: &Repository, digest: &str) -> Result<Vec<u8>, Error> {
-        let reference = repo.with_digest(digest);
-        let what = format!("manifest {repo}@{digest}");
-        let (bytes, _) = self
-            .call(&repo.registry, &what, self.client.pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFESTS))
-            .await?;
-        verify_digest(&what, digest, &bytes)?;
-        if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(Error::TooLarge { what, limit: MAX_MANIFEST_BYTES });
-        }
-        Ok(bytes.to_vec())
-    }
-
-    /// The manifest a tag points at and its digest; `None` when the tag does not exist.
-    pub async fn manifest_for_tag(
-        &self,
-        repo: &Repository,
-        tag: &str,
-        accept: &[&str],
-    ) -> Result<Option<(Vec<u8>, String)>, Error> {
-        let reference = repo.with_tag(tag);
-        let what = format!("manifest {repo}:{tag}");
-        let fetched =
-            self.call(&repo.registry, &what, self.client.pull_manifest_raw(&reference, &self.auth, accept)).await;
-        let (bytes, digest) = match fetched {
-            Ok(found) => found,
-            Err(Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(Error::TooLarge { what, limit: MAX_MANIFEST_BYTES });
-        }
-        // The registry's Docker-Content-Digest is not trusted: the digest is computed here.
-        let computed = sha256_digest(&bytes);
-        if !digest.is_empty() && digest.starts_with("sha256:") && digest != computed {
-            return Err(Error::DigestMismatch { what, expected: digest, actual: computed });
-        }
-        Ok(Some((bytes.to_vec(), computed)))
-    }
-
-    /// Manifests that refer to `repo@digest` (their `subject`), through the referrers API or, where
-    /// the registry lacks it, the `sha256-<hex>` tag schema. Unfiltered: legacy referrers carry their
-    /// type only in their config media type.
-    pub async fn referrers(&self, repo: &Repository, digest: &str) -> Result<Vec<Referrer>, Error> {
-        let reference = repo.with_digest(digest);
-        let what = format!("referrers of {repo}@{digest}");
-        self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth).await;
-        let index = self.call(&repo.registry, &what, self.client.pull_referrers(&reference, None)).await?;
-        Ok(index
-            .manifests
-            .into_iter()
-            .map(|m| Referrer { digest: m.digest, media_type: m.media_type, artifact_type: m.artifact_type })
-            .collect())
-    }
-
-    /// A small blob (e.g. a config), read fully, bounded by `limit` and checked against its digest.
-    pub async fn small_blob(&self, repo: &Repository, digest: &str, limit: usize) -> Result<Vec<u8>, Error> {
-        use futures::StreamExt;
-        let reference = repo.with_digest(digest);
-        let what = format!("blob {repo}@{digest}");
-        self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth).await;
-        let mut stream =
-            self.call(&repo.registry, &what, self.client.pull_blob_stream(&reference, digest)).await?.stream;
-        let mut out = Vec::new();
-        while let Some(chunk) = tokio::time::timeout(self.timeout, stream.next())
-            .await
-            .map_err(|_| Error::Timeout { registry: repo.registry.clone(), after: self.timeout })?
+        if let Some(pem) = &options.ca_pem
+            && !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----")
         {
-            let chunk =
-                chunk.map_err(|e| Error::Unavailable { registry: repo.registry.clone(), detail: e.to_string() })?;
-            if out.len() + chunk.len() > limit {
-                return Err(Error::TooLarge { what, limit });
-            }
-            out.extend_from_slice(&chunk);
+            return Err(Error::InvalidCa("no PEM certificate found".into()));
         }
-        verify_digest(&what, digest, &out)?;
-        Ok(out)
+        Ok(Registry { transport: http::Transport::new(options, credential, timeout)?, timeout })
+    }
+
+    /// Runs one registry operation, body reads included, under the timeout: a registry that
+    /// drips an answer is cut off like one that does not answer.
+    async fn bounded<T>(&self, registry: &str, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout { registry: registry.to_owned(), after: self.timeout })?
+    }
+
+    /// The per-request timeout, for callers that read streams themselves.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
@@ -274,51 +173,6 @@ pub struct BlobStream {
     pub chunks: futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
 }
 
-impl Registry {
-    /// Streams blob `digest` starting at `offset`; the caller hashes every byte it keeps.
-    pub async fn blob_stream(&self, repo: &Repository, digest: &str, offset: u64) -> Result<BlobStream, Error> {
-        let reference = repo.with_digest(digest);
-        let what = format!("blob {repo}@{digest}");
-        self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth).await;
-        // A Range request even from byte 0: oci-client hashes only whole (200) responses, and the
-        // caller must hash anyway (a resumed blob is verified from its first byte), so asking for
-        // `bytes=0-` keeps a blob from being hashed twice (about a core-second per GiB).
-        let response = self
-            .call(&repo.registry, &what, self.client.pull_blob_stream_partial(&reference, digest, offset, None))
-            .await?;
-        Ok(match response {
-            oci_client::client::BlobResponse::Partial(s) => BlobStream { from_offset: true, chunks: s.stream },
-            oci_client::client::BlobResponse::Full(s) => BlobStream { from_offset: offset == 0, chunks: s.stream },
-        })
-    }
-
-    /// Confirms with one HEAD that `repo` holds blob `digest` for these credentials. Pulls ask this
-    /// before they use anything the node already has under that digest (a blob, a model, another
-    /// pull's partial download): a digest alone is no proof that a tenant may read the bytes
-    /// (Kubernetes decided the same for images, KEP-2535).
-    pub async fn blob_exists(&self, repo: &Repository, digest: &str) -> Result<(), Error> {
-        let reference = repo.with_digest(digest);
-        let what = format!("blob {repo}@{digest}");
-        self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth).await;
-        let found = tokio::time::timeout(self.timeout, self.client.blob_exists(&reference, digest))
-            .await
-            .map_err(|_| Error::Timeout { registry: repo.registry.clone(), after: self.timeout })?;
-        match found {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Error::NotFound { what }),
-            Err(OciDistributionError::RequestError(e)) if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) => {
-                Err(Error::Unauthorized { registry: repo.registry.clone(), detail: format!("HEAD {what}: {e}") })
-            }
-            Err(e) => Err(classify(&repo.registry, &what, e)),
-        }
-    }
-
-    /// The per-request timeout, for callers that read streams themselves.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-}
-
 /// What a manifest fetch accepts: ModelPacks are OCI image manifests; indexes and Docker manifests
 /// are accepted only so that they can be reported as "not a ModelPack".
 const ACCEPTED_MANIFESTS: &[&str] = &[
@@ -328,8 +182,36 @@ const ACCEPTED_MANIFESTS: &[&str] = &[
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-/// Manifests over 4 MiB are refused by common registries; anything bigger here is hostile.
-const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Manifests (and referrer indexes) over 4 MiB are refused by distribution, the reference
+/// registry; a bigger answer is hostile and is cut off while it streams.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// One page of a tag list: 1000 tags of at most 128 characters fit in 4 MiB many times over (and a
+/// registry that ignores the page size still fits 100,000 ordinary tags).
+pub const MAX_TAG_PAGE_BYTES: usize = 4 << 20;
+/// Error text from a registry in a message (and so in a Model's status) is cut to this many
+/// characters.
+pub const MAX_DETAIL_CHARS: usize = 300;
+
+/// Registry-supplied text made safe for one line of status or a terminal: control characters
+/// (newlines, escape sequences) and runs of white space become one space, and the text is cut to
+/// [`MAX_DETAIL_CHARS`] (an ellipsis says so).
+pub fn clip(text: &str) -> String {
+    let mut out = String::new();
+    let mut words = text.split(|c: char| c.is_whitespace() || c.is_control()).filter(|w| !w.is_empty());
+    let mut chars = 0;
+    for word in words.by_ref() {
+        let separated = if out.is_empty() { 0 } else { 1 };
+        if chars + separated + word.chars().count() > MAX_DETAIL_CHARS {
+            let room = MAX_DETAIL_CHARS.saturating_sub(chars + separated);
+            out.extend(std::iter::repeat_n(' ', separated).chain(word.chars().take(room)));
+            out.push('…');
+            return out;
+        }
+        out.extend(std::iter::repeat_n(' ', separated).chain(word.chars()));
+        chars += separated + word.chars().count();
+    }
+    out
+}
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -347,44 +229,6 @@ fn verify_digest(what: &str, expected: &str, bytes: &[u8]) -> Result<(), Error> 
         return Err(Error::DigestMismatch { what: what.to_owned(), expected: expected.to_owned(), actual });
     }
     Ok(())
-}
-
-fn classify(registry: &str, what: &str, e: OciDistributionError) -> Error {
-    let unauthorized = |detail: String| Error::Unauthorized { registry: registry.to_owned(), detail };
-    let unavailable = |detail: String| Error::Unavailable { registry: registry.to_owned(), detail };
-    match e {
-        OciDistributionError::UnauthorizedError { .. } => unauthorized("401 Unauthorized".into()),
-        OciDistributionError::AuthenticationFailure(detail) => unauthorized(detail),
-        OciDistributionError::ImageManifestNotFoundError(_) => Error::NotFound { what: what.to_owned() },
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            let detail = envelope.to_string();
-            if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
-                unauthorized(detail)
-            } else if codes.iter().any(|c| {
-                matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::BlobUnknown)
-            }) {
-                Error::NotFound { what: what.to_owned() }
-            } else {
-                Error::Protocol { registry: registry.to_owned(), detail }
-            }
-        }
-        OciDistributionError::ServerError { code, message, .. } => match code {
-            401 | 403 => unauthorized(format!("HTTP {code}")),
-            404 => Error::NotFound { what: what.to_owned() },
-            _ => unavailable(format!("HTTP {code}: {}", message.chars().take(200).collect::<String>())),
-        },
-        OciDistributionError::RequestError(e) => {
-            let mut detail = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                detail = format!("{detail}: {s}");
-                source = s.source();
-            }
-            unavailable(detail)
-        }
-        other => Error::Protocol { registry: registry.to_owned(), detail: other.to_string() },
-    }
 }
 
 #[cfg(test)]
@@ -416,6 +260,20 @@ mod tests {
         let (_, spec) = Repository::parse_reference(&format!("r.example/m@{digest}")).unwrap();
         assert_eq!(spec, RefSpec::Digest(digest));
         assert_eq!(Repository::parse_reference("r.example/m").unwrap().1, RefSpec::Tag("latest".into()));
+    }
+
+    #[test]
+    fn registry_text_is_clipped_to_one_line() {
+        assert_eq!(clip("  HTTP 500:\r\n\x1b[31mboom\t x "), "HTTP 500: [31mboom x");
+        let long = clip(&"ab ".repeat(1000));
+        assert_eq!(long.chars().count(), MAX_DETAIL_CHARS + 1);
+        assert!(long.ends_with('…'));
+        assert_eq!(
+            clip(&"é".repeat(MAX_DETAIL_CHARS)),
+            "é".repeat(MAX_DETAIL_CHARS),
+            "exactly the limit is kept whole"
+        );
+        assert_eq!(clip(""), "");
     }
 
     #[test]

@@ -68,34 +68,20 @@ impl Registry {
         }
     }
 
-    /// HEAD of the tag's manifest (GET and hash when the registry sends no digest header).
-    async fn tag_digest(&self, repo: &Repository, tag: &str) -> Result<String, Error> {
-        let reference = repo.with_tag(tag);
-        let what = format!("tag {tag} of {repo}");
-        self.call(&repo.registry, &what, self.client.fetch_manifest_digest(&reference, &self.auth)).await
-    }
-
     /// Every tag of the repository, following pagination: each page continues after the last tag of
     /// the previous one (the `last` parameter that registries' `Link` headers carry), until a page
     /// adds nothing new.
     pub async fn tags(&self, repo: &Repository) -> Result<Vec<String>, Error> {
-        let reference = repo.with_tag("latest");
         let what = format!("tag list of {repo}");
         let mut all: Vec<String> = Vec::new();
         let mut last: Option<String> = None;
         loop {
-            let page = self
-                .call(
-                    &repo.registry,
-                    &what,
-                    self.client.list_tags(&reference, &self.auth, Some(TAGS_PAGE), last.as_deref()),
-                )
-                .await?;
-            let new_last = page.tags.last().cloned();
-            if page.tags.is_empty() || new_last == last {
+            let page = self.tag_page(repo, TAGS_PAGE, last.as_deref()).await?;
+            let new_last = page.last().cloned();
+            if page.is_empty() || new_last == last {
                 break;
             }
-            all.extend(page.tags);
+            all.extend(page);
             if all.len() > MAX_TAGS {
                 return Err(Error::TooLarge { what, limit: MAX_TAGS });
             }

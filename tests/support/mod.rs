@@ -6,6 +6,7 @@
 pub mod argo;
 pub mod craft;
 pub mod fixtures;
+pub mod hostile;
 pub mod notary;
 pub mod proxy;
 
@@ -328,6 +329,13 @@ impl Operator {
 }
 
 impl Operator {
+    /// The operator's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+        line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("VmHWM in kB") * 1024
+    }
+
     /// Kills the operator now (as a crash would).
     pub fn kill(self) {
         drop(self);

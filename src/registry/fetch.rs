@@ -1,0 +1,242 @@
+//! The distribution API reads: manifests, referrers, tag pages and blobs, each body read with a cap
+//! ([`super::http`]) and each digest checked here, never taken from the registry.
+
+use futures::{StreamExt, TryStreamExt};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+
+use super::http::{expect_success, read_capped};
+use super::{
+    ACCEPTED_MANIFESTS, BlobStream, Error, MAX_MANIFEST_BYTES, MAX_TAG_PAGE_BYTES, Referrer, Registry, Repository,
+    sha256_digest, verify_digest,
+};
+
+impl Registry {
+    /// The manifest `repo@digest`, its bytes checked against the digest.
+    pub async fn manifest(&self, repo: &Repository, digest: &str) -> Result<Vec<u8>, Error> {
+        let what = format!("manifest {repo}@{digest}");
+        let bytes = self
+            .bounded(&repo.registry, async {
+                let path = format!("manifests/{digest}");
+                let response = self.transport.send(Method::GET, repo, &path, ACCEPTED_MANIFESTS, None).await?;
+                let response = expect_success(response, &repo.registry, &what).await?;
+                read_capped(response, MAX_MANIFEST_BYTES, &what, &repo.registry).await
+            })
+            .await?;
+        verify_digest(&what, digest, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// The manifest a tag points at and its digest; `None` when the tag does not exist.
+    pub async fn manifest_for_tag(
+        &self,
+        repo: &Repository,
+        tag: &str,
+        accept: &[&str],
+    ) -> Result<Option<(Vec<u8>, String)>, Error> {
+        let what = format!("manifest {repo}:{tag}");
+        let fetched = self
+            .bounded(&repo.registry, async {
+                let response =
+                    self.transport.send(Method::GET, repo, &format!("manifests/{tag}"), accept, None).await?;
+                let stated = content_digest(&response);
+                let response = expect_success(response, &repo.registry, &what).await?;
+                Ok((read_capped(response, MAX_MANIFEST_BYTES, &what, &repo.registry).await?, stated))
+            })
+            .await;
+        let (bytes, stated) = match fetched {
+            Ok(found) => found,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // The registry's Docker-Content-Digest is not trusted: the digest is computed here.
+        let computed = sha256_digest(&bytes);
+        if let Some(stated) = stated
+            && stated != computed
+        {
+            return Err(Error::DigestMismatch { what, expected: stated, actual: computed });
+        }
+        Ok(Some((bytes, computed)))
+    }
+
+    /// The digest a tag points at: a HEAD, or a GET and a hash when the registry states none.
+    pub(super) async fn tag_digest(&self, repo: &Repository, tag: &str) -> Result<String, Error> {
+        let what = format!("tag {tag} of {repo}");
+        let stated = self
+            .bounded(&repo.registry, async {
+                let response = self
+                    .transport
+                    .send(Method::HEAD, repo, &format!("manifests/{tag}"), ACCEPTED_MANIFESTS, None)
+                    .await?;
+                let stated = content_digest(&response);
+                expect_success(response, &repo.registry, &what).await?;
+                Ok(stated)
+            })
+            .await?;
+        if let Some(digest) = stated {
+            return Ok(digest);
+        }
+        let fetched = self.manifest_for_tag(repo, tag, ACCEPTED_MANIFESTS).await?;
+        fetched.map(|(_, digest)| digest).ok_or(Error::NotFound { what })
+    }
+
+    /// Manifests that refer to `repo@digest` (their `subject`), through the referrers API or, where
+    /// the registry lacks it (a 404), the `sha256-<hex>` tag schema. Unfiltered: legacy referrers
+    /// carry their type only in their config media type. One page (at most 4 MiB) is read.
+    pub async fn referrers(&self, repo: &Repository, digest: &str) -> Result<Vec<Referrer>, Error> {
+        let what = format!("referrers of {repo}@{digest}");
+        let accept = [crate::modelpack::OCI_INDEX];
+        let answered = self
+            .bounded(&repo.registry, async {
+                let response =
+                    self.transport.send(Method::GET, repo, &format!("referrers/{digest}"), &accept, None).await?;
+                if response.status() == StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                let response = expect_success(response, &repo.registry, &what).await?;
+                Ok(Some(read_capped(response, MAX_MANIFEST_BYTES, &what, &repo.registry).await?))
+            })
+            .await?;
+        let index = match answered {
+            Some(bytes) => bytes,
+            None => match self.manifest_for_tag(repo, &digest.replace(':', "-"), &accept).await? {
+                Some((bytes, _)) => bytes,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let index: Index = serde_json::from_slice(&index).map_err(|e| Error::Protocol {
+            registry: repo.registry.clone(),
+            detail: format!("{what}: not an image index ({})", super::clip(&e.to_string())),
+        })?;
+        Ok(index
+            .manifests
+            .into_iter()
+            .map(|m| Referrer { digest: m.digest, media_type: m.media_type, artifact_type: m.artifact_type })
+            .collect())
+    }
+
+    /// One page of the tag list after `last`; tags that are not valid tag names are dropped (they
+    /// would otherwise reach status and further requests).
+    pub(super) async fn tag_page(
+        &self,
+        repo: &Repository,
+        page: usize,
+        last: Option<&str>,
+    ) -> Result<Vec<String>, Error> {
+        let what = format!("tag list of {repo}");
+        let path = match last {
+            Some(last) => format!("tags/list?n={page}&last={last}"),
+            None => format!("tags/list?n={page}"),
+        };
+        let bytes = self
+            .bounded(&repo.registry, async {
+                let response = self.transport.send(Method::GET, repo, &path, &["application/json"], None).await?;
+                let response = expect_success(response, &repo.registry, &what).await?;
+                read_capped(response, MAX_TAG_PAGE_BYTES, &what, &repo.registry).await
+            })
+            .await?;
+        let list: TagList = serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
+            registry: repo.registry.clone(),
+            detail: format!("{what}: {}", super::clip(&e.to_string())),
+        })?;
+        Ok(list.tags.unwrap_or_default().into_iter().filter(|t| is_tag(t)).collect())
+    }
+
+    /// A small blob (e.g. a config), read fully, bounded by `limit` and checked against its digest.
+    pub async fn small_blob(&self, repo: &Repository, digest: &str, limit: usize) -> Result<Vec<u8>, Error> {
+        let what = format!("blob {repo}@{digest}");
+        let bytes = self
+            .bounded(&repo.registry, async {
+                let response = self.transport.send(Method::GET, repo, &format!("blobs/{digest}"), &[], None).await?;
+                let response = expect_success(response, &repo.registry, &what).await?;
+                read_capped(response, limit, &what, &repo.registry).await
+            })
+            .await?;
+        verify_digest(&what, digest, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// Streams blob `digest` starting at `offset`; the caller hashes every byte it keeps. A Range
+    /// request even from byte 0 (`bytes=0-`): the caller hashes anyway.
+    pub async fn blob_stream(&self, repo: &Repository, digest: &str, offset: u64) -> Result<BlobStream, Error> {
+        let what = format!("blob {repo}@{digest}");
+        let response = self
+            .bounded(&repo.registry, async {
+                let response =
+                    self.transport.send(Method::GET, repo, &format!("blobs/{digest}"), &[], Some(offset)).await?;
+                expect_success(response, &repo.registry, &what).await
+            })
+            .await?;
+        let from_offset = response.status() == StatusCode::PARTIAL_CONTENT || offset == 0;
+        let chunks = response.bytes_stream().map_err(std::io::Error::other).boxed();
+        Ok(BlobStream { from_offset, chunks })
+    }
+
+    /// Confirms with one HEAD that `repo` holds blob `digest` for these credentials. Pulls ask this
+    /// before they use anything the node already has under that digest (a blob, a model, another
+    /// pull's partial download): a digest alone is no proof that a tenant may read the bytes
+    /// (Kubernetes decided the same for images, KEP-2535).
+    pub async fn blob_exists(&self, repo: &Repository, digest: &str) -> Result<(), Error> {
+        let what = format!("blob {repo}@{digest}");
+        self.bounded(&repo.registry, async {
+            let response = self.transport.send(Method::HEAD, repo, &format!("blobs/{digest}"), &[], None).await?;
+            match response.status().as_u16() {
+                401 | 403 => Err(Error::Unauthorized {
+                    registry: repo.registry.clone(),
+                    detail: format!("HEAD {what}: HTTP {}", response.status()),
+                }),
+                _ => expect_success(response, &repo.registry, &what).await.map(drop),
+            }
+        })
+        .await
+    }
+}
+
+/// The registry's stated digest, when it is a well-formed sha256 digest.
+fn content_digest(response: &reqwest::Response) -> Option<String> {
+    let value = response.headers().get("docker-content-digest")?.to_str().ok()?;
+    crate::modelpack::sha256_hex(value).is_some().then(|| value.to_owned())
+}
+
+/// The OCI tag grammar: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub(super) fn is_tag(tag: &str) -> bool {
+    let mut bytes = tag.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && tag.len() <= 128
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+#[derive(Deserialize)]
+struct TagList {
+    tags: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct Index {
+    #[serde(default)]
+    manifests: Vec<IndexEntry>,
+}
+
+#[derive(Deserialize)]
+struct IndexEntry {
+    digest: String,
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    #[serde(rename = "artifactType")]
+    artifact_type: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_names() {
+        for good in ["v1", "latest", "_x", "1.2.3-rc.1", &"a".repeat(128)] {
+            assert!(is_tag(good), "{good}");
+        }
+        for bad in ["", ".v1", "-v1", "v 1", "v1\n", "a/b", "v1?x=1", "v1&last=z", &"a".repeat(129), "é"] {
+            assert!(!is_tag(bad), "{bad:?}");
+        }
+    }
+}
