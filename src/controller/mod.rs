@@ -1,6 +1,7 @@
 //! The reconcilers. `run` wires the Model and ModelDeployment controllers to the cluster; each
 //! reconcile is a plain function over one shared [`Context`].
 
+mod acceptance;
 mod access;
 mod deployment;
 mod metrics;
