@@ -27,7 +27,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::api::{Model, ModelDeployment};
 
 pub use access::Caches;
-pub use deployment::{FINALIZER, JobSettings};
+pub use deployment::{AllowedToleration, FINALIZER, JobSettings, NodeBound, parse_label};
 pub use metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]

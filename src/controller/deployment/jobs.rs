@@ -57,6 +57,8 @@ pub struct JobSettings {
     pub namespace: String,
     pub cache_dir: String,
     pub image: String,
+    /// Where pull Jobs may go.
+    pub bound: super::bound::NodeBound,
 }
 
 /// The value of [`DEPLOYMENT_LABEL`] for `namespace/name`.
@@ -246,6 +248,9 @@ fn pod_template(
                 {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
             ]}}},
             "tolerations": deployment.spec.tolerations,
+            // The operator's bound again, so that a pull Job cannot land outside it even if the node
+            // changed since it was selected. Cleanup Jobs go where pulls went, bound or not.
+            "nodeSelector": (role == Role::Pull && !settings.bound.selector.is_empty()).then_some(&settings.bound.selector),
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
             "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
