@@ -339,6 +339,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pull_jobs_carry_the_bound_and_cleanup_jobs_do_not() {
+        let deployment: ModelDeployment = serde_json::from_value(
+            json!({"metadata": {"name": "d", "namespace": "ns"}, "spec": {"modelRef": {"name": "m"}}}),
+        )
+        .unwrap();
+        let repository = Repository { registry: "r.example".into(), repository: "m".into() };
+        let options = Options::default();
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let pull = PullJob {
+            node: "n1",
+            repository: &repository,
+            digest: &digest,
+            keep: &[],
+            options: &options,
+            credential: None,
+            access: "a",
+        };
+        let selector_of = |job: &Job| job.spec.as_ref()?.template.spec.as_ref()?.node_selector.clone();
+        let mut settings = JobSettings {
+            namespace: "sys".into(),
+            cache_dir: "/c".into(),
+            image: "i".into(),
+            bound: Default::default(),
+        };
+        assert_eq!(selector_of(&pull_job(&deployment, &settings, &pull).unwrap().0), None, "no bound, no selector");
+        settings.bound.selector = [("pool".to_owned(), "models".to_owned())].into();
+        let (job, _) = pull_job(&deployment, &settings, &pull).unwrap();
+        assert_eq!(selector_of(&job), Some(settings.bound.selector.clone()));
+        assert_eq!(selector_of(&cleanup_job(&deployment, &settings, "n1").unwrap()), None);
+    }
+
+    #[test]
     fn job_names_are_short_stable_dns_labels() {
         let digest = format!("sha256:{}", "a".repeat(64));
         let long = "a.very.long.deployment.name.that-goes-on-and-on-and-on-for-a-long-time";
