@@ -277,3 +277,59 @@ async fn the_operators_node_bound_refuses_broad_tolerations_and_narrows_selectio
     wait_for(&deployments, "broad", "v1 on 2 nodes", in_sync_on(&digest, 2)).await;
     assert!(pulled_nodes(&client, &ns, "broad").await.iter().all(|n| inside.names.contains(n)));
 }
+
+/// Waits until the Model's revocation (or acceptance) of `digest` is what `revoked` says.
+async fn wait_revoked(models: &Api<Model>, name: &str, digest: &str, revoked: bool) -> Model {
+    let what = if revoked { "revokes" } else { "accepts" };
+    eventually(&format!("model {name} {what} {digest}"), Duration::from_secs(60), || async {
+        let m = models.get(name).await.ok()?;
+        let s = m.status.as_ref()?;
+        let fresh = s.observed_generation == m.metadata.generation;
+        let now = if revoked {
+            s.revoked.as_ref().is_some_and(|r| r.digest == digest) && s.verified.is_none()
+        } else {
+            s.verified.as_ref().is_some_and(|v| v.digest == digest) && s.revoked.is_none()
+        };
+        (fresh && now).then_some(m)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_deleted_trust_secret_or_a_changed_provider_revokes_and_restoring_accepts_again() {
+    let bed = Bed::get();
+    let client = bed.client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "revoke-secret").await;
+    let _operator = Operator::start(&ns);
+    let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let repo = format!("deploy/revoke-secret-{}", unique_suffix());
+    let digest = modctl_push(bed, &bed.plain, &repo, "prod", &ModelFiles::new(45, &[("model.safetensors", 10_000)]));
+    let repository = format!("{}/{repo}", bed.plain.host);
+    let key = CosignKey::generate();
+    key.sign(&format!("{repository}@{digest}"));
+    set_keys(&secrets, &[("release.pub", &key)]).await;
+    let spec = |provider: &str| {
+        json!({"repository": repository, "ref": {"tag": "prod"}, "insecure": true, "interval": "1h",
+            "verify": {"provider": provider, "secretRef": {"name": "keys"}}})
+    };
+    apply(&models, "Model", "m", spec("cosign")).await;
+    wait_revoked(&models, "m", &digest, false).await;
+
+    // The trust Secret is deleted: the Secret watch alone (the interval is an hour) revokes it.
+    secrets.delete("keys", &Default::default()).await.unwrap();
+    let m = wait_revoked(&models, "m", &digest, true).await;
+    let verified = find(&m.status.as_ref().unwrap().conditions, VERIFIED).unwrap().clone();
+    assert_eq!(verified.reason, "TrustRevoked");
+    assert!(verified.message.contains("not found"), "{}", verified.message);
+    set_keys(&secrets, &[("release.pub", &key)]).await;
+    wait_revoked(&models, "m", &digest, false).await;
+
+    // The provider changes to one the Secret does not serve (no trust policy): revoked too.
+    apply(&models, "Model", "m", spec("notation")).await;
+    let m = wait_revoked(&models, "m", &digest, true).await;
+    assert_eq!(find(&m.status.as_ref().unwrap().conditions, READY).unwrap().reason, "TrustRevoked");
+    apply(&models, "Model", "m", spec("cosign")).await;
+    wait_revoked(&models, "m", &digest, false).await;
+}
