@@ -162,34 +162,10 @@ impl VerifyStep<'_> {
         now: &Time,
         every: Duration,
     ) -> Result<(Observation, Duration), Error> {
-        let namespace = self.model.namespace().unwrap_or_default();
-        let (trust, verified) = match trust::trust_for(&self.ctx.client, self.spec, &namespace).await {
-            Ok(t) => {
-                let verified = self.ctx.caches.verify(self.access, self.model, &t, &self.observed.inspection).await;
-                (Some(t), verified)
-            }
-            Err(e) => (None, Err(e)),
-        };
-        self.count(&verified);
-        let verified = match verified {
-            Err(Error::Kube(e)) => return Err(Error::Kube(e)),
-            v => v.map(|(v, _)| v),
-        };
+        let (trust, verified) = self.resolved().await?;
         let resolved = Check::of(&verified.as_ref().map(|_| ()));
         let was_revoked = next.verified.is_none() && next.revoked.is_some();
-        let previous = next.verified.as_ref().map(|v| &v.digest).or(next.revoked.as_ref().map(|r| &r.digest)).cloned();
-        let (previous, again) = match (&verified, previous, &trust) {
-            (Ok(_), _, _) | (Err(_), None, _) => (None, None),
-            (Err(_), Some(d), Some(t)) if d != self.observed.resolution.digest => {
-                let again = self.again(t, &d).await;
-                if let Err(Error::Kube(e)) = again {
-                    return Err(Error::Kube(e));
-                }
-                (Some((d, Check::of(&again.as_ref().map(|_| ())))), Some(again))
-            }
-            // The same digest, or a trust that refuses every digest: the one verdict stands for both.
-            (Err(_), Some(d), _) => (Some((d, resolved)), None),
-        };
+        let (previous, again) = self.previous(next, verified.is_ok(), trust.as_ref(), resolved).await?;
         let generation = self.model.metadata.generation;
         let error = match verified {
             Ok(verification) => {
@@ -221,6 +197,49 @@ impl VerifyStep<'_> {
             conditions::condition(conditions::VERIFIED, ConditionStatus::False, &o.reason, &o.message, generation, now);
         conditions::set(&mut next.conditions, verified);
         Ok((outcome.observation, outcome.requeue))
+    }
+
+    /// The trust in force (when usable) and the resolved digest's verification under it.
+    #[allow(clippy::type_complexity)]
+    async fn resolved(&self) -> Result<(Option<trust::Trust>, Result<Verification, Error>), Error> {
+        let namespace = self.model.namespace().unwrap_or_default();
+        let (trust, verified) = match trust::trust_for(&self.ctx.client, self.spec, &namespace).await {
+            Ok(t) => {
+                let verified = self.ctx.caches.verify(self.access, self.model, &t, &self.observed.inspection).await;
+                (Some(t), verified)
+            }
+            Err(e) => (None, Err(e)),
+        };
+        self.count(&verified);
+        match verified {
+            Err(Error::Kube(e)) => Err(Error::Kube(e)),
+            v => Ok((trust, v.map(|(v, _)| v))),
+        }
+    }
+
+    /// The digest accepted (or revoked) before this pass and its verdict now, when the resolved
+    /// digest did not pass; with the result of verifying it again, when that was needed.
+    #[allow(clippy::type_complexity)]
+    async fn previous(
+        &self,
+        next: &ModelStatus,
+        passed: bool,
+        trust: Option<&trust::Trust>,
+        resolved: Check,
+    ) -> Result<(Option<(String, Check)>, Option<Result<Verification, Error>>), Error> {
+        let previous = next.verified.as_ref().map(|v| &v.digest).or(next.revoked.as_ref().map(|r| &r.digest)).cloned();
+        Ok(match (passed, previous, trust) {
+            (true, _, _) | (false, None, _) => (None, None),
+            (false, Some(d), Some(t)) if d != self.observed.resolution.digest => {
+                let again = self.again(t, &d).await;
+                if let Err(Error::Kube(e)) = again {
+                    return Err(Error::Kube(e));
+                }
+                (Some((d, Check::of(&again.as_ref().map(|_| ())))), Some(again))
+            }
+            // The same digest, or a trust that refuses every digest: the one verdict stands for both.
+            (false, Some(d), _) => (Some((d, resolved)), None),
+        })
     }
 
     /// Verifies the previously accepted (or revoked) `digest` again under `trust` (a cached pass
