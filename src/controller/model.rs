@@ -98,6 +98,8 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
             match &model.spec.verify {
                 None => {
                     conditions::remove(&mut next.conditions, conditions::VERIFIED);
+                    // Without verification nothing is accepted or revoked by trust.
+                    next.revoked = None;
                     ready_observation(&observed, every)
                 }
                 Some(verify) => {
