@@ -74,6 +74,17 @@ struct RunArgs {
     /// This replica's identity in the Lease (default: $POD_NAME, else host name and pid).
     #[arg(long, env = "POD_NAME")]
     leader_election_identity: Option<String>,
+    /// Bound every deployment's nodes to nodes with this label (repeatable): selections are
+    /// intersected with it and pull Jobs carry it as their nodeSelector. Default: every node.
+    #[arg(long = "node-selector", value_name = "KEY=VALUE", value_parser = modelpack_operator::controller::parse_label)]
+    node_selector: Vec<(String, String)>,
+    /// A taint deployments may tolerate (repeatable); a deployment tolerating anything else is
+    /// Stalled (TolerationNotAllowed) and pulls nothing. Default: any toleration.
+    #[arg(long = "allowed-toleration", value_name = "KEY[=VALUE][:EFFECT]")]
+    allowed_toleration: Vec<modelpack_operator::controller::AllowedToleration>,
+    /// Restrict tolerations to --allowed-toleration even when none is given (then none is allowed).
+    #[arg(long)]
+    restrict_tolerations: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -256,6 +267,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.jobs_namespace,
         cache_dir: args.cache_dir.to_string_lossy().into_owned(),
         image: args.puller_image,
+        bound: modelpack_operator::controller::NodeBound {
+            selector: args.node_selector.into_iter().collect(),
+            tolerations: (args.restrict_tolerations || !args.allowed_toleration.is_empty())
+                .then_some(args.allowed_toleration),
+        },
     };
     use modelpack_operator::controller::runtime::{self, LeaderElection, RuntimeConfig};
     // Operators watching different namespaces (one per tenant, or per test) elect separately.

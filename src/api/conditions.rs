@@ -12,6 +12,17 @@ pub const STALLED: &str = "Stalled";
 pub const VERIFIED: &str = "Verified";
 pub const DRIFTED: &str = "Drifted";
 
+/// Reasons several places write or read.
+pub mod reasons {
+    /// The digest a verifying Model accepted no longer verifies under the trust in force (Model,
+    /// ModelDeployment).
+    pub const TRUST_REVOKED: &str = "TrustRevoked";
+    /// A verifying Model has no verified digest, or a pin is not the verified one (ModelDeployment).
+    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    /// A deployment tolerates a taint the operator's node bound does not allow (ModelDeployment).
+    pub const TOLERATION_NOT_ALLOWED: &str = "TolerationNotAllowed";
+}
+
 /// Status of a condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ConditionStatus {

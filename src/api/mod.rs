@@ -11,8 +11,8 @@ pub use deployment::{
     NodePhase, NodesStatus, PullSpec, VersionRef,
 };
 pub use model::{
-    Artifact, HistoryEntry, LocalObjectReference, Model, ModelReference, ModelSpec, ModelStatus, Resolved, Verified,
-    VerifyProvider, VerifySpec,
+    Artifact, HistoryEntry, LocalObjectReference, Model, ModelReference, ModelSpec, ModelStatus, Resolved, Revoked,
+    Verified, VerifyProvider, VerifySpec,
 };
 
 use kube::CustomResourceExt;

@@ -173,6 +173,10 @@ pub struct ModelStatus {
     /// The newest digest whose signature passed verification (what deployments use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<Verified>,
+    /// The digest that was verified and no longer verifies under the trust in force (a key removed,
+    /// a policy tightened, the provider changed): nothing is accepted until a digest verifies again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revoked>,
     /// What the resolved artifact is, from its manifest and ModelPack config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,
@@ -213,6 +217,20 @@ pub struct Verified {
     pub identity: Option<String>,
     /// When verification passed.
     pub verified_at: Time,
+}
+
+/// A verified digest whose trust was revoked.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revoked {
+    /// Manifest digest, `sha256:…`.
+    pub digest: String,
+    /// First 12 hex characters of the digest, for display.
+    pub short_digest: String,
+    /// Why it no longer verifies.
+    pub message: String,
+    /// When the revocation was first seen.
+    pub revoked_at: Time,
 }
 
 /// The resolved artifact, as its manifest and ModelPack config describe it.

@@ -1,6 +1,7 @@
 //! The reconcilers. `run` wires the Model and ModelDeployment controllers to the cluster; each
 //! reconcile is a plain function over one shared [`Context`].
 
+mod acceptance;
 mod access;
 mod deployment;
 mod metrics;
@@ -26,7 +27,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::api::{Model, ModelDeployment};
 
 pub use access::Caches;
-pub use deployment::{FINALIZER, JobSettings};
+pub use deployment::{AllowedToleration, FINALIZER, JobSettings, NodeBound, parse_label};
 pub use metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]

@@ -11,11 +11,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
+use super::acceptance::{self, Acceptance, Check, Previous};
 use super::access::{Access, access_for};
 use super::{Context, Error, status, trust};
-use crate::api::conditions::{self, ConditionStatus, Observation};
+use crate::api::conditions::{self, ConditionStatus, Observation, reasons};
 use crate::api::{
-    Artifact, HistoryEntry, Model, ModelReference, ModelStatus, Resolved, Verified, VerifySpec, short_digest,
+    Artifact, HistoryEntry, Model, ModelReference, ModelStatus, Resolved, Revoked, Verified, VerifySpec, short_digest,
 };
 use crate::registry::{self, Inspection, RefSpec, Resolution};
 use crate::verify::Verification;
@@ -97,49 +98,14 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
             match &model.spec.verify {
                 None => {
                     conditions::remove(&mut next.conditions, conditions::VERIFIED);
+                    // Without verification nothing is accepted or revoked by trust.
+                    next.revoked = None;
                     ready_observation(&observed, every)
                 }
                 Some(verify) => {
-                    let verified = match trust::trust_for(&ctx.client, verify, &namespace).await {
-                        Ok(trust) => ctx.caches.verify(&access, &model, &trust, &observed.inspection).await,
-                        Err(e) => Err(e),
-                    };
-                    let provider = if matches!(verify.provider, crate::api::VerifyProvider::Cosign) {
-                        "cosign"
-                    } else {
-                        "notation"
-                    };
-                    match &verified {
-                        Ok((v, false)) => {
-                            ctx.metrics.verification(provider, if v.enforced { "verified" } else { "audit" })
-                        }
-                        Ok((_, true)) | Err(Error::Kube(_)) => {}
-                        Err(Error::Verify(crate::verify::Error::Rejected { .. })) => {
-                            ctx.metrics.verification(provider, "rejected")
-                        }
-                        Err(_) => ctx.metrics.verification(provider, "error"),
-                    }
-                    match verified {
-                        Err(Error::Kube(e)) => return Err(Error::Kube(e)),
-                        Ok((verification, _)) => {
-                            events.extend(record_verification(&mut next, verify, &verification, &now, generation));
-                            verified_observation(&observed, &verification, every)
-                        }
-                        Err(e) => {
-                            let outcome = outcome_of(&e, access_source.as_deref(), every);
-                            let o = &outcome.observation;
-                            let verified = conditions::condition(
-                                conditions::VERIFIED,
-                                ConditionStatus::False,
-                                &o.reason,
-                                &o.message,
-                                generation,
-                                &now,
-                            );
-                            conditions::set(&mut next.conditions, verified);
-                            (outcome.observation, outcome.requeue)
-                        }
-                    }
+                    let step =
+                        VerifyStep { ctx: &ctx, access: &access, model: &model, spec: verify, observed: &observed };
+                    step.run(&mut next, &mut events, &now, every).await?
                 }
             }
         }
@@ -178,6 +144,157 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
         "reconciled model"
     );
     Ok(Action::requeue(requeue))
+}
+
+/// The verification of one pass: the resolved digest under the trust in force and, when that does
+/// not pass, the digest accepted before (see [`acceptance`]).
+struct VerifyStep<'a> {
+    ctx: &'a Context,
+    access: &'a Access,
+    model: &'a Model,
+    spec: &'a VerifySpec,
+    observed: &'a Observed,
+}
+
+impl VerifyStep<'_> {
+    async fn run(
+        &self,
+        next: &mut ModelStatus,
+        events: &mut Vec<Event>,
+        now: &Time,
+        every: Duration,
+    ) -> Result<(Observation, Duration), Error> {
+        let (trust, verified) = self.resolved().await?;
+        let resolved = Check::of(&verified.as_ref().map(|_| ()));
+        let was_revoked = next.verified.is_none() && next.revoked.is_some();
+        let (previous, again) = self.previous(next, verified.is_ok(), trust.as_ref(), resolved).await?;
+        let generation = self.model.metadata.generation;
+        let error = match verified {
+            Ok(verification) => {
+                next.revoked = None;
+                events.extend(record_verification(next, self.spec, &verification, now, generation));
+                return Ok(verified_observation(self.observed, &verification, every));
+            }
+            Err(e) => e,
+        };
+        let decision = previous.as_ref().map(|(_, check)| Previous { check: *check, revoked: was_revoked });
+        match (acceptance::accept(resolved, decision), previous, again) {
+            (Acceptance::Revoked, Some((digest, _)), again) => {
+                let why = match &again {
+                    Some(Err(e)) => e,
+                    _ => &error,
+                };
+                return Ok(revoke(next, &digest, why, now, generation, every));
+            }
+            (Acceptance::Keep, _, Some(Ok(restored))) if was_revoked => {
+                // The trust was restored: the revoked digest verifies again and is accepted again.
+                next.revoked = None;
+                events.extend(record_verification(next, self.spec, &restored, now, generation));
+            }
+            _ => {}
+        }
+        let outcome = outcome_of(&error, self.access.credential_source.as_deref(), every);
+        let o = &outcome.observation;
+        let verified =
+            conditions::condition(conditions::VERIFIED, ConditionStatus::False, &o.reason, &o.message, generation, now);
+        conditions::set(&mut next.conditions, verified);
+        Ok((outcome.observation, outcome.requeue))
+    }
+
+    /// The trust in force (when usable) and the resolved digest's verification under it.
+    #[allow(clippy::type_complexity)]
+    async fn resolved(&self) -> Result<(Option<trust::Trust>, Result<Verification, Error>), Error> {
+        let namespace = self.model.namespace().unwrap_or_default();
+        let (trust, verified) = match trust::trust_for(&self.ctx.client, self.spec, &namespace).await {
+            Ok(t) => {
+                let verified = self.ctx.caches.verify(self.access, self.model, &t, &self.observed.inspection).await;
+                (Some(t), verified)
+            }
+            Err(e) => (None, Err(e)),
+        };
+        self.count(&verified);
+        match verified {
+            Err(Error::Kube(e)) => Err(Error::Kube(e)),
+            v => Ok((trust, v.map(|(v, _)| v))),
+        }
+    }
+
+    /// The digest accepted (or revoked) before this pass and its verdict now, when the resolved
+    /// digest did not pass; with the result of verifying it again, when that was needed.
+    #[allow(clippy::type_complexity)]
+    async fn previous(
+        &self,
+        next: &ModelStatus,
+        passed: bool,
+        trust: Option<&trust::Trust>,
+        resolved: Check,
+    ) -> Result<(Option<(String, Check)>, Option<Result<Verification, Error>>), Error> {
+        let previous = next.verified.as_ref().map(|v| &v.digest).or(next.revoked.as_ref().map(|r| &r.digest)).cloned();
+        Ok(match (passed, previous, trust) {
+            (true, _, _) | (false, None, _) => (None, None),
+            (false, Some(d), Some(t)) if d != self.observed.resolution.digest => {
+                let again = self.again(t, &d).await;
+                if let Err(Error::Kube(e)) = again {
+                    return Err(Error::Kube(e));
+                }
+                (Some((d, Check::of(&again.as_ref().map(|_| ())))), Some(again))
+            }
+            // The same digest, or a trust that refuses every digest: the one verdict stands for both.
+            (false, Some(d), _) => (Some((d, resolved)), None),
+        })
+    }
+
+    /// Verifies the previously accepted (or revoked) `digest` again under `trust` (a cached pass
+    /// when nothing changed).
+    async fn again(&self, trust: &trust::Trust, digest: &str) -> Result<Verification, Error> {
+        let inspection = self.ctx.caches.inspect(self.access, digest).await?;
+        self.ctx.caches.verify(self.access, self.model, trust, &inspection).await.map(|(v, _)| v)
+    }
+
+    fn count(&self, verified: &Result<(Verification, bool), Error>) {
+        let provider =
+            if matches!(self.spec.provider, crate::api::VerifyProvider::Cosign) { "cosign" } else { "notation" };
+        let metrics = &self.ctx.metrics;
+        match verified {
+            Ok((v, false)) => metrics.verification(provider, if v.enforced { "verified" } else { "audit" }),
+            Ok((_, true)) | Err(Error::Kube(_)) => {}
+            Err(Error::Verify(crate::verify::Error::Rejected { .. })) => metrics.verification(provider, "rejected"),
+            Err(_) => metrics.verification(provider, "error"),
+        }
+    }
+}
+
+/// Nothing is accepted any more: `digest` moves from `verified` to `revoked`, and the Model says why.
+fn revoke(
+    next: &mut ModelStatus,
+    digest: &str,
+    why: &Error,
+    now: &Time,
+    generation: Option<i64>,
+    every: Duration,
+) -> (Observation, Duration) {
+    let message = format!("{digest} no longer verifies under the trust in force: {why}");
+    let revoked_at = match &next.revoked {
+        Some(r) if r.digest == digest => r.revoked_at.clone(),
+        _ => now.clone(),
+    };
+    next.verified = None;
+    next.revoked = Some(Revoked {
+        digest: digest.to_owned(),
+        short_digest: short_digest(digest),
+        message: message.clone(),
+        revoked_at,
+    });
+    let verified = conditions::condition(
+        conditions::VERIFIED,
+        ConditionStatus::False,
+        reasons::TRUST_REVOKED,
+        &message,
+        generation,
+        now,
+    );
+    conditions::set(&mut next.conditions, verified);
+    (Observation::stalled(reasons::TRUST_REVOKED, message), every)
 }
 
 async fn observe(ctx: &Context, access: &Access, spec: &RefSpec, every: Duration) -> Result<Observed, Error> {

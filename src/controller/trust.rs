@@ -2,10 +2,13 @@
 //! reconcile, with a cache of passed verifications: a verified digest is not verified again while
 //! the digest, the generation and the material stay the same. Failures are never cached, so a
 //! rejected digest is tried again at every interval (signatures are often attached after a push).
+//!
+//! The cache is keyed by the whole (repository, digest, generation, trust) tuple, the trust being
+//! the provider and every byte of the Secret's data: a fingerprint would let two different trusts
+//! (or digests) collide and one stand for the other. A hit must also name the digest asked for.
 
-use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
@@ -13,13 +16,30 @@ use kube::{Api, Client};
 use super::Error;
 use super::access::Access;
 use crate::api::{Model, VerifyProvider, VerifySpec};
-use crate::registry::Inspection;
+use crate::registry::{Inspection, Repository};
 use crate::verify::{self, Verification, cosign::NamedKey, notation};
 
-/// Keys and certificates from the trust Secret, and a fingerprint of them.
+/// Keys and certificates from the trust Secret, and what identifies them.
 pub struct Trust {
     material: Material,
-    fingerprint: u64,
+    id: TrustId,
+}
+
+/// Everything that decides a verification's verdict besides the artifact: the provider and the
+/// trust Secret's data, byte for byte (public keys, certificates and policies, nothing secret).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TrustId {
+    provider: VerifyProvider,
+    data: Arc<BTreeMap<String, Vec<u8>>>,
+}
+
+/// A passed verification's key: the whole tuple, compared field by field.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PassKey {
+    repository: Repository,
+    digest: String,
+    generation: Option<i64>,
+    trust: TrustId,
 }
 
 enum Material {
@@ -35,10 +55,6 @@ pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> R
     let secret =
         secrets.get_opt(name).await?.ok_or_else(|| Error::SecretNotFound { name: format!("{namespace}/{name}") })?;
     let data = secret.data.unwrap_or_default();
-    let mut h = DefaultHasher::new();
-    for (k, v) in &data {
-        (k, &v.0).hash(&mut h);
-    }
     let invalid = |reason: String| Error::InvalidSecret { name: format!("{namespace}/{name}"), reason };
     let material = match spec.provider {
         VerifyProvider::Cosign => {
@@ -66,15 +82,15 @@ pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> R
             Material::Notation { policies, stores }
         }
     };
-    format!("{:?}", spec.provider).hash(&mut h);
-    Ok(Trust { material, fingerprint: h.finish() })
+    let data = data.into_iter().map(|(k, v)| (k, v.0)).collect();
+    Ok(Trust { material, id: TrustId { provider: spec.provider, data: Arc::new(data) } })
 }
 
 /// Passed verifications by (repository, digest, generation, material); `verify` says whether its
 /// answer came from the cache.
 #[derive(Default)]
 pub struct Verifications {
-    passed: Mutex<HashMap<u64, Verification>>,
+    passed: Mutex<HashMap<PassKey, Verification>>,
 }
 
 const MAX_CACHED: usize = 1024;
@@ -89,11 +105,14 @@ impl Verifications {
         inspection: &Inspection,
     ) -> Result<(Verification, bool), Error> {
         let digest = inspection.digest.as_str();
-        let mut h = DefaultHasher::new();
-        (&access.repository, digest, model.metadata.generation, trust.fingerprint).hash(&mut h);
-        let key = h.finish();
-        if let Some(hit) = self.passed.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok((hit.clone(), true));
+        let key = PassKey {
+            repository: access.repository.clone(),
+            digest: digest.to_owned(),
+            generation: model.metadata.generation,
+            trust: trust.id.clone(),
+        };
+        if let Some(hit) = self.hit(&key) {
+            return Ok((hit, true));
         }
         let verification = match &trust.material {
             Material::Cosign(keys) => verify::cosign::verify(registry, &access.repository, digest, keys).await?,
@@ -110,5 +129,68 @@ impl Verifications {
         }
         passed.insert(key, verification.clone());
         Ok((verification, false))
+    }
+
+    /// A cached pass for exactly this key, and only if it is a pass of the digest asked for.
+    fn hit(&self, key: &PassKey) -> Option<Verification> {
+        let passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
+        passed.get(key).filter(|v| v.digest == key.digest).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: char) -> String {
+        format!("sha256:{}", n.to_string().repeat(64))
+    }
+
+    fn trust(provider: VerifyProvider, pem: &[u8]) -> TrustId {
+        TrustId { provider, data: Arc::new(BTreeMap::from([("release.pub".to_owned(), pem.to_vec())])) }
+    }
+
+    fn key(repo: &str, d: &str, generation: i64, trust: TrustId) -> PassKey {
+        let repository = Repository { registry: "r.example".into(), repository: repo.into() };
+        PassKey { repository, digest: d.into(), generation: Some(generation), trust }
+    }
+
+    fn pass(d: &str) -> Verification {
+        Verification {
+            provider: "cosign",
+            digest: d.into(),
+            identity: "release.pub".into(),
+            signature_digest: digest('s'),
+            warnings: Vec::new(),
+            enforced: true,
+        }
+    }
+
+    #[test]
+    fn a_pass_is_reused_only_for_the_same_whole_tuple() {
+        let cache = Verifications::default();
+        let a = trust(VerifyProvider::Cosign, b"key A");
+        let stored = key("m", &digest('a'), 1, a.clone());
+        cache.passed.lock().unwrap().insert(stored.clone(), pass(&digest('a')));
+        assert!(cache.hit(&stored).is_some());
+        let others = [
+            key("other", &digest('a'), 1, a.clone()),
+            key("m", &digest('b'), 1, a.clone()),
+            key("m", &digest('a'), 2, a.clone()),
+            key("m", &digest('a'), 1, trust(VerifyProvider::Cosign, b"key B")),
+            key("m", &digest('a'), 1, trust(VerifyProvider::Cosign, b"key A ")),
+            key("m", &digest('a'), 1, trust(VerifyProvider::Notation, b"key A")),
+        ];
+        for other in others {
+            assert!(cache.hit(&other).is_none(), "{other:?} reused a pass of {stored:?}");
+        }
+    }
+
+    #[test]
+    fn a_hit_naming_another_digest_is_not_a_pass() {
+        let cache = Verifications::default();
+        let k = key("m", &digest('a'), 1, trust(VerifyProvider::Cosign, b"key A"));
+        cache.passed.lock().unwrap().insert(k.clone(), pass(&digest('b')));
+        assert!(cache.hit(&k).is_none());
     }
 }

@@ -1,7 +1,8 @@
 //! The version a ModelDeployment should hold: the Model's accepted digest (verified when the Model
-//! asks for verification, resolved otherwise) or the deployment's pin.
+//! asks for verification, resolved otherwise) or the deployment's pin. A digest whose trust was
+//! revoked is no version at all: nothing is pulled, and nodes that hold it keep it.
 
-use crate::api::conditions::{self, READY, STALLED};
+use crate::api::conditions::{self, READY, STALLED, reasons};
 use crate::api::{Model, ModelDeployment, VersionRef, short_digest};
 
 use super::plan::Desired;
@@ -21,6 +22,13 @@ pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
     let accepted = if verify { status.verified.as_ref().map(|v| v.digest.as_str()) } else { resolved };
     let why = conditions::find(&status.conditions, READY).map(|c| c.message.clone()).unwrap_or_default();
     let model_stalled = conditions::is_true(&status.conditions, STALLED);
+    if let (true, None, Some(revoked)) = (verify, accepted, &status.revoked) {
+        let message = format!(
+            "model {name} accepts no version: {}; no node receives it, nodes that hold it keep it",
+            revoked.message
+        );
+        return blocked(reasons::TRUST_REVOKED, message, true);
+    }
 
     let digest = match (&deployment.spec.digest, accepted) {
         (Some(pin), _) if !verify || accepted == Some(pin.as_str()) => pin.clone(),
@@ -29,11 +37,11 @@ pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
             let message = format!(
                 "pinned digest {pin} is not the digest model {name} verified ({verified}); only verified digests are pulled"
             );
-            return blocked("VerificationFailed", message, true);
+            return blocked(reasons::VERIFICATION_FAILED, message, true);
         }
         (None, Some(d)) => d.to_owned(),
         (None, None) if verify && (model_stalled || resolved.is_some()) => {
-            return blocked("VerificationFailed", format!("model {name} has no verified version: {why}"), true);
+            return blocked(reasons::VERIFICATION_FAILED, format!("model {name} has no verified version: {why}"), true);
         }
         (None, None) if model_stalled => {
             return blocked("ModelStalled", format!("model {name} has no usable version: {why}"), true);
@@ -62,6 +70,17 @@ mod tests {
 
     fn d(n: char) -> String {
         format!("sha256:{}", n.to_string().repeat(64))
+    }
+
+    fn revoked(mut m: Model, digest: String) -> Model {
+        let status = m.status.as_mut().unwrap();
+        status.verified = None;
+        status.revoked = Some(
+            serde_json::from_value(json!({"digest": digest, "shortDigest": "x",
+            "message": "signature rejected", "revokedAt": "2026-01-01T00:00:00Z"}))
+            .unwrap(),
+        );
+        m
     }
 
     fn model(verify: bool, resolved: Option<String>, verified: Option<String>, stalled: bool) -> Model {
@@ -124,5 +143,28 @@ mod tests {
         let pin = desired(&deployment(Some(d('c'))), Some(&moved));
         assert!(matches!(pin, Desired::Blocked { ref reason, .. } if reason == "VerificationFailed"));
         assert_eq!(digest_of(&desired(&deployment(Some(d('a'))), Some(&moved))), Some(d('a').as_str()));
+    }
+
+    #[test]
+    fn a_revoked_digest_is_no_version_pinned_or_not() {
+        let is_revoked = |got: &Desired| matches!(got, Desired::Blocked { reason, stalled: true, .. } if reason == reasons::TRUST_REVOKED);
+        // Revoked with the tag still on it, and revoked after the tag moved to a rejected digest.
+        for m in [
+            revoked(model(true, Some(d('a')), None, true), d('a')),
+            revoked(model(true, Some(d('b')), None, true), d('a')),
+        ] {
+            for pin in [None, Some(d('a')), Some(d('b'))] {
+                let got = desired(&deployment(pin.clone()), Some(&m));
+                assert!(is_revoked(&got), "pin {pin:?}: {got:?}");
+            }
+        }
+        // Verified again (the trust was restored): accepted, whatever `revoked` still says.
+        let mut restored = model(true, Some(d('a')), Some(d('a')), false);
+        restored.status.as_mut().unwrap().revoked =
+            revoked(model(true, None, None, false), d('a')).status.unwrap().revoked;
+        assert_eq!(digest_of(&desired(&deployment(None), Some(&restored))), Some(d('a').as_str()));
+        // Without verification, `revoked` means nothing.
+        let open = revoked(model(false, Some(d('a')), None, false), d('a'));
+        assert_eq!(digest_of(&desired(&deployment(None), Some(&open))), Some(d('a').as_str()));
     }
 }

@@ -57,6 +57,8 @@ pub struct JobSettings {
     pub namespace: String,
     pub cache_dir: String,
     pub image: String,
+    /// Where pull Jobs may go.
+    pub bound: super::bound::NodeBound,
 }
 
 /// The value of [`DEPLOYMENT_LABEL`] for `namespace/name`.
@@ -246,6 +248,9 @@ fn pod_template(
                 {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
             ]}}},
             "tolerations": deployment.spec.tolerations,
+            // The operator's bound again, so that a pull Job cannot land outside it even if the node
+            // changed since it was selected. Cleanup Jobs go where pulls went, bound or not.
+            "nodeSelector": (role == Role::Pull && !settings.bound.selector.is_empty()).then_some(&settings.bound.selector),
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
             "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
@@ -332,6 +337,38 @@ fn last_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_jobs_carry_the_bound_and_cleanup_jobs_do_not() {
+        let deployment: ModelDeployment = serde_json::from_value(
+            json!({"metadata": {"name": "d", "namespace": "ns"}, "spec": {"modelRef": {"name": "m"}}}),
+        )
+        .unwrap();
+        let repository = Repository { registry: "r.example".into(), repository: "m".into() };
+        let options = Options::default();
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let pull = PullJob {
+            node: "n1",
+            repository: &repository,
+            digest: &digest,
+            keep: &[],
+            options: &options,
+            credential: None,
+            access: "a",
+        };
+        let selector_of = |job: &Job| job.spec.as_ref()?.template.spec.as_ref()?.node_selector.clone();
+        let mut settings = JobSettings {
+            namespace: "sys".into(),
+            cache_dir: "/c".into(),
+            image: "i".into(),
+            bound: Default::default(),
+        };
+        assert_eq!(selector_of(&pull_job(&deployment, &settings, &pull).unwrap().0), None, "no bound, no selector");
+        settings.bound.selector = [("pool".to_owned(), "models".to_owned())].into();
+        let (job, _) = pull_job(&deployment, &settings, &pull).unwrap();
+        assert_eq!(selector_of(&job), Some(settings.bound.selector.clone()));
+        assert_eq!(selector_of(&cleanup_job(&deployment, &settings, "n1").unwrap()), None);
+    }
 
     #[test]
     fn job_names_are_short_stable_dns_labels() {

@@ -3,6 +3,7 @@
 //! status (only on change), label warm nodes, publish events. Deletion runs a cleanup Job per node
 //! behind a finalizer.
 
+mod bound;
 mod cleanup;
 mod desired;
 mod jobs;
@@ -23,9 +24,11 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::access::access_for;
 use super::{Context, Error, status};
+use crate::api::conditions::reasons;
 use crate::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase, short_digest};
 use plan::{Desired, Inputs, JobState, ObservedJob};
 
+pub use bound::{AllowedToleration, NodeBound, parse_label};
 pub use jobs::JobSettings;
 pub use nodes::selection_fingerprint;
 
@@ -68,6 +71,9 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
     let models: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
     let model = models.get_opt(&deployment.spec.model_ref.name).await?;
     let mut desired = desired::desired(deployment, model.as_ref());
+    if let Some(message) = ctx.settings.bound.refusal(&deployment.spec.tolerations) {
+        desired = Desired::Blocked { reason: reasons::TOLERATION_NOT_ALLOWED.into(), message, stalled: true };
+    }
 
     let mut access = None;
     if let (Some(model), Desired::Version { .. }) = (&model, &desired) {
@@ -82,7 +88,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
     let fingerprint = access.as_ref().map(|a| format!("{:016x}", a.fingerprint())).unwrap_or_default();
     let current = deployment.status.clone();
     let previous = current.clone().unwrap_or_default();
-    let nodes = nodes::selected(deployment, ctx.nodes.state().iter().map(|n| n.as_ref()));
+    let nodes = nodes::selected(deployment, &ctx.settings.bound, ctx.nodes.state().iter().map(|n| n.as_ref()));
     let observed = observe_jobs(ctx, &namespace, &name, &previous).await?;
     let plan = plan::plan(&Inputs {
         spec: &deployment.spec,

@@ -6,6 +6,7 @@ use std::hash::{Hash, Hasher};
 use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 use kube::ResourceExt;
 
+use super::bound::NodeBound;
 use crate::api::ModelDeployment;
 
 /// Prefix of the per-deployment node labels (`<prefix>/<namespace>.<name>`).
@@ -13,8 +14,14 @@ pub const READY_LABEL_PREFIX: &str = "ready.modelpack.dev";
 
 /// Ready, schedulable nodes matching the selector whose NoSchedule/NoExecute taints are tolerated,
 /// by name.
-pub fn selected<'a>(deployment: &ModelDeployment, nodes: impl Iterator<Item = &'a Node>) -> Vec<String> {
-    let mut names: Vec<String> = nodes.filter(|n| selects(deployment, n)).map(|n| n.name_any()).collect();
+/// Only nodes inside the operator's `bound` count.
+pub fn selected<'a>(
+    deployment: &ModelDeployment,
+    bound: &NodeBound,
+    nodes: impl Iterator<Item = &'a Node>,
+) -> Vec<String> {
+    let mut names: Vec<String> =
+        nodes.filter(|n| bound.admits(n.labels()) && selects(deployment, n)).map(|n| n.name_any()).collect();
     names.sort();
     names
 }
@@ -130,6 +137,21 @@ mod tests {
         assert!(selects(&deployment(json!({}), json!([{"operator": "Exists"}])), &tainted));
         let prefer = node(json!({}), json!([{"key": "x", "effect": "PreferNoSchedule"}]), "True");
         assert!(selects(&deployment(json!({}), json!([])), &prefer), "PreferNoSchedule does not exclude");
+    }
+
+    #[test]
+    fn the_bound_narrows_every_selection() {
+        let mut inside = node(json!({"pool": "models", "gpu": "a100"}), json!([]), "True");
+        inside.metadata.name = Some("inside".into());
+        let mut outside = node(json!({"gpu": "a100"}), json!([]), "True");
+        outside.metadata.name = Some("outside".into());
+        let bound = NodeBound { selector: [("pool".into(), "models".into())].into(), tolerations: None };
+        let all = [inside, outside];
+        let gpu = deployment(json!({"gpu": "a100"}), json!([]));
+        assert_eq!(selected(&gpu, &bound, all.iter()), vec!["inside"]);
+        assert_eq!(selected(&gpu, &NodeBound::default(), all.iter()), vec!["inside", "outside"]);
+        let elsewhere = deployment(json!({"pool": "other"}), json!([]));
+        assert!(selected(&elsewhere, &bound, all.iter()).is_empty(), "asking for more selects nothing");
     }
 
     #[test]

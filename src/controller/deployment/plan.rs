@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::conditions::{self, ConditionStatus, Observation};
+use crate::api::conditions::{self, ConditionStatus, Observation, reasons};
 use crate::api::{
     DeployedVersion, Drift, ModelDeploymentSpec, ModelDeploymentStatus, NodeEntry, NodePhase, NodesStatus, VersionRef,
     short_digest,
@@ -64,6 +64,15 @@ pub enum Desired {
         message: String,
         stalled: bool,
     },
+}
+
+impl Desired {
+    /// Blocked for a reason that forbids the pulls already under way too: the version lost its
+    /// trust, or the deployment asks for nodes beyond the operator's bound.
+    pub fn halts_pulls(&self) -> bool {
+        matches!(self, Desired::Blocked { reason, .. }
+            if reason == reasons::TRUST_REVOKED || reason == reasons::TOLERATION_NOT_ALLOWED)
+    }
 }
 
 pub struct Inputs<'a> {
@@ -133,12 +142,16 @@ pub fn plan(inputs: &Inputs) -> Plan {
             (a, b) => a.or(b),
         };
     }
-    // Nodes that left the selection keep nothing running for this deployment.
+    // Nodes that left the selection keep nothing running for this deployment, nor does any node
+    // once pulls are halted (finished Jobs stay: they hold results, and `current` is untouched).
+    let halted = inputs.desired.halts_pulls();
     for (node, jobs) in inputs.jobs {
-        if !inputs.nodes.contains(node) {
-            delete.extend(jobs.iter().filter(|j| !j.deleting).map(|j| j.name.clone()));
-        }
+        let selected = inputs.nodes.contains(node);
+        let stop = jobs.iter().filter(|j| !j.deleting && (!selected || (halted && j.state.is_active())));
+        delete.extend(stop.map(|j| j.name.clone()));
     }
+    delete.sort();
+    delete.dedup();
 
     let running = inputs
         .jobs
@@ -349,8 +362,8 @@ fn drift(inputs: &Inputs, status: &ModelDeploymentStatus) -> (Drift, Observation
     if let Some(why) = rejected {
         let message = format!("{why}; nodes keep {desired}");
         return (
-            drift(false, "VerificationFailed", message.clone()),
-            Observation::stalled("VerificationFailed", message),
+            drift(false, reasons::VERIFICATION_FAILED, message.clone()),
+            Observation::stalled(reasons::VERIFICATION_FAILED, message),
         );
     }
     if nodes.selected == 0 {
@@ -448,10 +461,14 @@ fn events(previous: &ModelDeploymentStatus, next: &ModelDeploymentStatus) -> Vec
             notes.push(note(true, "PullFailed", format!("node {}: pull of {} failed: {why}", e.node, e.digest)));
         }
     }
+    // Refusals are announced once, when they start.
+    let refusals = [reasons::VERIFICATION_FAILED, reasons::TRUST_REVOKED, reasons::TOLERATION_NOT_ALLOWED];
     let reason = |s: &ModelDeploymentStatus| s.drift.as_ref().map(|d| d.reason.clone());
-    if reason(next).as_deref() == Some("VerificationFailed") && reason(previous) != reason(next) {
+    if let Some(r) = reason(next).filter(|r| refusals.contains(&r.as_str()))
+        && reason(previous).as_ref() != Some(&r)
+    {
         let message = next.drift.as_ref().map(|d| d.message.clone()).unwrap_or_default();
-        notes.push(note(true, "VerificationFailed", message));
+        notes.push(note(true, &r, message));
     }
     notes
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::conditions::{KStatus, kstatus};
+use crate::api::conditions::{KStatus, kstatus, reasons};
 
 fn t(secs: i64) -> Time {
     Time(jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap())
@@ -253,4 +253,57 @@ fn rollback_to_a_kept_version_and_suspend() {
     run.spec.suspend = true;
     let plan = run.step(&version(3), &jobs(vec![]), 14);
     assert!(plan.create.is_empty(), "suspended: no Jobs");
+}
+
+#[test]
+fn revoked_trust_halts_pulls_and_leaves_what_nodes_hold() {
+    let mut run = Run::new(2, 5);
+    deployed_everywhere(&mut run, 1);
+    // n3 joined and its pull started; then the trust in v1 was revoked.
+    run.nodes = nodes(4);
+    let revoked = Desired::Blocked {
+        reason: reasons::TRUST_REVOKED.into(),
+        message: "sha256:11… no longer verifies".into(),
+        stalled: true,
+    };
+    let under_way = jobs(vec![
+        job("n1", &digest(1), succeeded(10)),
+        job("n3", &digest(1), JobState::Running { started: Some(t(5)) }),
+    ]);
+    let plan = run.step(&revoked, &under_way, 10);
+    assert!(plan.create.is_empty(), "no node receives a revoked version");
+    assert_eq!(plan.delete, vec![under_way["n3"][0].name.clone()], "the pull under way stops; finished Jobs stay");
+    assert_eq!(run.drift(), reasons::TRUST_REVOKED);
+    assert_eq!(run.kstatus(), KStatus::Failed);
+    assert_eq!(plan.events.iter().filter(|e| e.warning && e.reason == reasons::TRUST_REVOKED).count(), 1);
+    assert_eq!(run.status.deployed.as_ref().unwrap().digest, digest(1), "nodes still hold it");
+    let entries = &run.status.nodes.as_ref().unwrap().entries;
+    for node in ["n1", "n2"] {
+        let entry = entries.iter().find(|e| e.node == node).unwrap();
+        assert_eq!(entry.current.as_deref(), Some(digest(1).as_str()), "{node} keeps its files");
+    }
+    assert!(entries.iter().all(|e| e.node != "n4"), "a node that holds nothing gets nothing");
+    // Still revoked: nothing more happens and the event is not repeated.
+    let plan = run.step(&revoked, &jobs(vec![]), 20);
+    assert!(plan.create.is_empty() && plan.delete.is_empty() && plan.events.is_empty(), "{plan:?}");
+    // Trust restored: the joined nodes receive it.
+    let plan = run.step(&version(1), &jobs(vec![]), 30);
+    let to: Vec<&str> = plan.create.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(to, vec!["n3", "n4"]);
+}
+
+#[test]
+fn only_refusals_of_trust_or_bounds_halt_pulls_under_way() {
+    let blocked = |reason: &str| Desired::Blocked { reason: reason.into(), message: "m".into(), stalled: true };
+    let table = [
+        (blocked(reasons::TRUST_REVOKED), true),
+        (blocked(reasons::TOLERATION_NOT_ALLOWED), true),
+        (blocked(reasons::VERIFICATION_FAILED), false),
+        (blocked("ModelStalled"), false),
+        (blocked("ModelNotFound"), false),
+        (version(1), false),
+    ];
+    for (desired, halts) in table {
+        assert_eq!(desired.halts_pulls(), halts, "{desired:?}");
+    }
 }
