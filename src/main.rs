@@ -85,6 +85,10 @@ struct RunArgs {
     /// Restrict tolerations to --allowed-toleration even when none is given (then none is allowed).
     #[arg(long)]
     restrict_tolerations: bool,
+    /// Most entries (files, directories, links) one model may create in a node's cache (passed to
+    /// every pull Job).
+    #[arg(long, value_name = "N", default_value_t = modelpack_operator::cache::DEFAULT_MAX_ENTRIES)]
+    max_entries: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -272,6 +276,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tolerations: (args.restrict_tolerations || !args.allowed_toleration.is_empty())
                 .then_some(args.allowed_toleration),
         },
+        max_entries: args.max_entries,
     };
     use modelpack_operator::controller::runtime::{self, LeaderElection, RuntimeConfig};
     // Operators watching different namespaces (one per tenant, or per test) elect separately.

@@ -59,6 +59,8 @@ pub struct JobSettings {
     pub image: String,
     /// Where pull Jobs may go.
     pub bound: super::bound::NodeBound,
+    /// `pull --max-entries`: entries one model may create on a node.
+    pub max_entries: u64,
 }
 
 /// The value of [`DEPLOYMENT_LABEL`] for `namespace/name`.
@@ -149,6 +151,9 @@ pub fn pull_job(
     }
     if pull.options.insecure {
         args.push("--insecure".to_owned());
+    }
+    if settings.max_entries != crate::cache::DEFAULT_MAX_ENTRIES {
+        args.extend(["--max-entries".to_owned(), settings.max_entries.to_string()]);
     }
     let mut secret_data = BTreeMap::new();
     if let Some(c) = pull.credential {
@@ -362,8 +367,20 @@ mod tests {
             cache_dir: "/c".into(),
             image: "i".into(),
             bound: Default::default(),
+            max_entries: crate::cache::DEFAULT_MAX_ENTRIES,
         };
         assert_eq!(selector_of(&pull_job(&deployment, &settings, &pull).unwrap().0), None, "no bound, no selector");
+        let args_of = |job: &Job| {
+            job.spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .map(|p| p.containers[0].args.clone().unwrap_or_default())
+        };
+        let default_args = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
+        assert!(!default_args.contains(&"--max-entries".to_owned()), "{default_args:?}");
+        settings.max_entries = 250_000;
+        let raised = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
+        assert!(raised.windows(2).any(|w| w == ["--max-entries", "250000"]), "{raised:?}");
         settings.bound.selector = [("pool".to_owned(), "models".to_owned())].into();
         let (job, _) = pull_job(&deployment, &settings, &pull).unwrap();
         assert_eq!(selector_of(&job), Some(settings.bound.selector.clone()));
