@@ -489,7 +489,9 @@ async fn a_pull_killed_mid_blob_resumes_from_what_it_wrote() {
         .spawn()
         .unwrap();
     // The proxy sends half the blob, then nothing: wait until the ingest holds that half.
-    let ingest = p.cache.path().join("tmp").join(format!("ingest-{}", p.blob_hex));
+    // Partial downloads are named after the blob and their source (see `Store::ingest`).
+    let key = &craft::sha256(format!("{}/{}", p.registry.host, p.repo).as_bytes())[7..23];
+    let ingest = p.cache.path().join("tmp").join(format!("ingest-{}-{key}", p.blob_hex));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::fs::metadata(&ingest).map(|m| m.len()).unwrap_or(0) < 2_000_000 {
         assert!(std::time::Instant::now() < deadline, "the ingest never reached the half that was sent");

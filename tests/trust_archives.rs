@@ -173,6 +173,8 @@ struct Victim {
     scratch_root: PathBuf,
     cache: PathBuf,
     layer_hex: String,
+    /// `registry/repository` the victim pulled from.
+    source: String,
 }
 
 async fn victim(bed: &Bed) -> Victim {
@@ -185,16 +187,19 @@ async fn victim(bed: &Bed) -> Victim {
     let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
     pulled(&bed.plain.host, &repo, &digest, &cache, &[]);
     let layer_hex = craft::sha256(&secret).trim_start_matches("sha256:").to_owned();
-    Victim { scratch_root: scratch.path().to_path_buf(), _scratch: scratch, cache, layer_hex }
+    let source = format!("{}/{repo}", bed.plain.host);
+    Victim { scratch_root: scratch.path().to_path_buf(), _scratch: scratch, cache, layer_hex, source }
 }
 
-/// Everything the victim has, and everything outside the cache: must be unchanged by an attack.
+/// Everything the victim has (its layer blob and who served it included), and everything outside
+/// the cache: must be unchanged by an attack.
 fn protected(v: &Victim) -> BTreeMap<PathBuf, (String, u64, u64, String)> {
     let mut all = snapshot(&v.scratch_root);
     all.retain(|p, _| {
         !(p.starts_with(v.cache.join("tmp"))
             || p.starts_with(v.cache.join("locks"))
-            || p.starts_with(v.cache.join("blobs")) && !p.ends_with(&v.layer_hex))
+            || (p.starts_with(v.cache.join("blobs")) || p.starts_with(v.cache.join("sources")))
+                && !p.ends_with(&v.layer_hex))
     });
     all
 }
@@ -514,7 +519,9 @@ async fn a_digest_in_the_cache_is_no_proof_of_access() {
     assert!(err.contains(&victim_layer), "{err}");
     assert_eq!(protected(&v), before);
 
-    let partial = v.cache.join("tmp").join(format!("ingest-{}", v.layer_hex));
+    // The victim's own partial download is named after its source (see `Store::ingest`).
+    let key = &craft::sha256(v.source.as_bytes())[7..23];
+    let partial = v.cache.join("tmp").join(format!("ingest-{}-{key}", v.layer_hex));
     let bytes = std::fs::read(v.cache.join("blobs/sha256").join(&v.layer_hex)).unwrap();
     std::fs::remove_file(v.cache.join("blobs/sha256").join(&v.layer_hex)).unwrap();
     std::fs::write(&partial, &bytes[..bytes.len() / 2]).unwrap();

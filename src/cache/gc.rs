@@ -98,7 +98,7 @@ pub fn collect(store: &Store, own_lock: &str) -> Result<Collected, Error> {
     let blobs = store.root().join("blobs/sha256");
     for entry in fs::read_dir(&blobs).map_err(|e| Error::io(&blobs, e))?.flatten() {
         if !kept_blobs.contains(&entry.file_name().to_string_lossy().into_owned()) {
-            fs::remove_file(entry.path()).map_err(|e| Error::io(&entry.path(), e))?;
+            store.remove_blob(&entry.file_name().to_string_lossy())?;
             collected.blobs += 1;
         }
     }

@@ -73,9 +73,10 @@ pub async fn pull(
 
     let manifest_bytes = registry.manifest(repo, digest).await?;
     let manifest = Manifest::parse(&manifest_bytes)?;
+    let source = repo.to_string();
     // Kept as a blob so garbage collection knows which layers this model needs. (Under this
     // model's lock, nobody else writes it: taking its blob lock does not wait.)
-    if let Some(mut ingest) = store.ingest(digest, manifest_bytes.len() as u64)? {
+    if let Some(mut ingest) = store.ingest(digest, manifest_bytes.len() as u64, &source)? {
         ingest.write(&manifest_bytes)?;
         ingest.commit()?;
     }
@@ -88,14 +89,14 @@ pub async fn pull(
     progress.total.store(total, Ordering::Relaxed);
 
     let model_dir = store.model_dir(digest)?;
-    let mut fetched = 0u64;
+    // Every layer must be this repository's: served to this cache by it before, or downloaded
+    // now, even when the finished model is already on the node (see `Store::is_proven`).
+    let fetched = fetch_layers(registry, repo, store, &manifest, options.concurrency.max(1), &progress).await?;
     let files = if model_dir.join(COMPLETE).exists() {
-        progress.done.store(total, Ordering::Relaxed);
         count_files(&model_dir)
     } else {
         let config = registry.small_blob(repo, &manifest.config.digest, MAX_CONFIG_BYTES).await?;
         let (config, _) = ModelConfig::parse(&config)?;
-        fetched = fetch_layers(registry, repo, store, &manifest, options.concurrency.max(1), &progress).await?;
         let (store, manifest, digest, diff_ids, limit) =
             (store.clone(), manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.limits);
         let (_, files) = blocking(move || materialise(&store, &digest, &manifest, &diff_ids, limit)).await?;
@@ -167,7 +168,7 @@ async fn confirm_layers(
         .await
 }
 
-/// Downloads every layer blob the store lacks; returns the bytes fetched from the registry.
+/// Downloads every layer blob the store lacks or that this repository has not served to it; returns the bytes fetched from the registry.
 async fn fetch_layers(
     registry: &Registry,
     repo: &Repository,
@@ -182,7 +183,7 @@ async fn fetch_layers(
         if !seen.insert(l.digest.clone()) {
             continue;
         }
-        if store.has_blob(&l.digest)? {
+        if store.has_blob(&l.digest)? && store.is_proven(&l.digest, &repo.to_string())? {
             progress.done.fetch_add(size_of(l.size), Ordering::Relaxed);
         } else {
             missing.push((l.digest.clone(), size_of(l.size)));
@@ -217,7 +218,8 @@ async fn fetch_blob(
 ) -> Result<u64, Error> {
     let ingest = blocking({
         let (store, digest) = (store.clone(), digest.to_owned());
-        move || store.ingest(&digest, size)
+        let source = repo.to_string();
+        move || store.ingest(&digest, size, &source)
     })
     .await?;
     let Some(mut ingest) = ingest else {

@@ -28,7 +28,7 @@ pub fn digest_hex(digest: &str) -> Result<&str, Error> {
 impl Store {
     /// Opens (creating when needed) the cache at `root`.
     pub fn open(root: &Path) -> Result<Store, Error> {
-        for dir in ["blobs/sha256", "models/sha256", "deployments", "tmp", "locks"] {
+        for dir in ["blobs/sha256", "sources/sha256", "models/sha256", "deployments", "tmp", "locks"] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
@@ -81,13 +81,57 @@ impl Store {
         Ok(file)
     }
 
-    /// Starts (or resumes) writing blob `digest` of `size` bytes. Blocks while another pull (of
-    /// another model sharing the layer) writes the same blob; `None` when that pull published it.
-    pub fn ingest(&self, digest: &str, size: u64) -> Result<Option<Ingest>, Error> {
+    /// Whether `source` (`registry/repository`) has served this blob's bytes to this cache: the
+    /// only proof that a pull from `source` may use the blob without downloading it. A digest is
+    /// no proof (anyone can name one), and a registry's word is none either (a registry of an
+    /// attacker's answers yes to every HEAD); bytes it sent that hashed to the digest are.
+    pub fn is_proven(&self, digest: &str, source: &str) -> Result<bool, Error> {
+        let path = self.sources_path(digest)?;
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().any(|line| line == source)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    fn sources_path(&self, digest: &str) -> Result<PathBuf, Error> {
+        Ok(self.root.join("sources/sha256").join(digest_hex(digest)?))
+    }
+
+    /// Records that `source` served the blob (under the blob's commit lock).
+    fn add_source(&self, digest: &str, source: &str) -> Result<(), Error> {
+        if self.is_proven(digest, source)? {
+            return Ok(());
+        }
+        let path = self.sources_path(digest)?;
+        let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        // Lost on a crash, the line only costs a download again; a torn one matches nothing.
+        file.write_all(format!("{source}\n").as_bytes()).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Removes a blob and its provenance (garbage collection).
+    pub fn remove_blob(&self, digest_hex: &str) -> Result<(), Error> {
+        for path in [self.root.join("blobs/sha256").join(digest_hex), self.root.join("sources/sha256").join(digest_hex)]
+        {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts (or resumes) writing blob `digest` of `size` bytes as served by `source`
+    /// (`registry/repository`); `None` when the cache holds the blob and `source` has served it
+    /// before. Each source has its own partial download and lock: a pull never resumes bytes
+    /// another repository sent (they could be another tenant's), and a slow registry holds up
+    /// only pulls from itself. Blocks while another pull from the same source writes the blob.
+    pub fn ingest(&self, digest: &str, size: u64, source: &str) -> Result<Option<Ingest>, Error> {
         let hex = digest_hex(digest)?;
-        let lock = self.lock(&format!("blob-{hex}"))?;
-        let path = self.tmp_dir().join(format!("ingest-{hex}"));
-        if self.has_blob(digest)? {
+        let key = &hex::encode(Sha256::digest(source.as_bytes()))[..16];
+        let lock = self.lock(&format!("blob-{hex}-{key}"))?;
+        let path = self.tmp_dir().join(format!("ingest-{hex}-{key}"));
+        if self.has_blob(digest)? && self.is_proven(digest, source)? {
             // Whatever an interrupted writer left behind is of no use any more.
             let _ = fs::remove_file(&path);
             return Ok(None);
@@ -124,6 +168,8 @@ impl Store {
             digest: digest.to_owned(),
             size,
             target: self.blob_path(digest)?,
+            store: self.clone(),
+            source: source.to_owned(),
         }))
     }
 }
@@ -141,6 +187,8 @@ pub struct Ingest {
     digest: String,
     size: u64,
     target: PathBuf,
+    store: Store,
+    source: String,
 }
 
 impl Ingest {
@@ -184,7 +232,15 @@ impl Ingest {
             self.file.sync_data().map_err(|e| Error::io(&self.path, e))?;
         }
         fs::set_permissions(&self.path, fs::Permissions::from_mode(0o444)).map_err(|e| Error::io(&self.path, e))?;
-        fs::rename(&self.path, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        // Writers from other sources may finish the same blob: publish once, record every source.
+        let _commit = self.store.lock(&format!("blob-{}", digest_hex(&self.digest)?))?;
+        if self.target.is_file() {
+            // Already there (the same bytes, verified): keep the published inode that models link.
+            fs::remove_file(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        } else {
+            fs::rename(&self.path, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        }
+        self.store.add_source(&self.digest, &self.source)?;
         Ok(self.target.clone())
     }
 
@@ -205,6 +261,8 @@ impl Ingest {
 mod tests {
     use super::*;
 
+    const SRC: &str = "r.example/team/model";
+
     fn digest(data: &[u8]) -> String {
         format!("sha256:{}", hex::encode(Sha256::digest(data)))
     }
@@ -215,7 +273,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let data = b"hello model".to_vec();
         let d = digest(&data);
-        let mut ingest = store.ingest(&d, data.len() as u64).unwrap().unwrap();
+        let mut ingest = store.ingest(&d, data.len() as u64, SRC).unwrap().unwrap();
         ingest.write(&data[..5]).unwrap();
         assert!(!store.has_blob(&d).unwrap(), "nothing visible before commit");
         ingest.write(&data[5..]).unwrap();
@@ -230,12 +288,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let d = digest(b"expected");
-        let mut ingest = store.ingest(&d, 8).unwrap().unwrap();
+        let mut ingest = store.ingest(&d, 8, SRC).unwrap().unwrap();
         ingest.write(b"tampered").unwrap();
         assert!(matches!(ingest.commit(), Err(Error::DigestMismatch { .. })));
         assert!(!store.has_blob(&d).unwrap());
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "partial removed");
-        let mut ingest = store.ingest(&d, 4).unwrap().unwrap();
+        let mut ingest = store.ingest(&d, 4, SRC).unwrap().unwrap();
         assert!(matches!(ingest.write(b"too long"), Err(Error::SizeMismatch { .. })));
     }
 
@@ -245,10 +303,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let d = digest(&data);
-        let mut first = store.ingest(&d, data.len() as u64).unwrap().unwrap();
+        let mut first = store.ingest(&d, data.len() as u64, SRC).unwrap().unwrap();
         first.write(&data[..4000]).unwrap();
         drop(first);
-        let mut resumed = store.ingest(&d, data.len() as u64).unwrap().unwrap();
+        let mut resumed = store.ingest(&d, data.len() as u64, SRC).unwrap().unwrap();
         assert_eq!(resumed.offset(), 4000);
         resumed.write(&data[4000..]).unwrap();
         resumed.commit().unwrap();
@@ -261,14 +319,64 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let data = b"a layer two models share".to_vec();
         let (d, len) = (digest(&data), data.len() as u64);
-        let mut first = store.ingest(&d, len).unwrap().unwrap();
+        let mut first = store.ingest(&d, len, SRC).unwrap().unwrap();
         let (other, d2) = (store.clone(), d.clone());
-        let second = std::thread::spawn(move || other.ingest(&d2, len).unwrap().is_none());
+        let second = std::thread::spawn(move || other.ingest(&d2, len, SRC).unwrap().is_none());
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(!second.is_finished(), "the second writer waits for the first");
         first.write(&data).unwrap();
         first.commit().unwrap();
         assert!(second.join().unwrap(), "then finds the blob published and writes nothing");
+    }
+
+    #[test]
+    fn a_blob_is_reused_only_by_sources_that_served_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = b"private layer".to_vec();
+        let (d, len) = (digest(&data), data.len() as u64);
+        let mut first = store.ingest(&d, len, SRC).unwrap().unwrap();
+        first.write(&data).unwrap();
+        let published = first.commit().unwrap();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&published);
+        assert!(store.ingest(&d, len, SRC).unwrap().is_none(), "the source that served it reuses it");
+        let other = "evil.example/attacker/model";
+        assert!(!store.is_proven(&d, other).unwrap());
+        // Another repository must send the bytes itself; then it is proven too, and the published
+        // inode (which models hard-link) stays the same.
+        let mut second = store.ingest(&d, len, other).unwrap().expect("another source downloads");
+        assert_eq!(second.offset(), 0);
+        second.write(&data).unwrap();
+        second.commit().unwrap();
+        assert!(store.is_proven(&d, other).unwrap() && store.is_proven(&d, SRC).unwrap());
+        assert_eq!(inode(&published), before);
+        assert!(store.ingest(&d, len, other).unwrap().is_none());
+        // Wrong bytes from a third source prove nothing.
+        let third = "evil.example/other";
+        let mut wrong = store.ingest(&d, len, third).unwrap().unwrap();
+        wrong.write(b"guessed bytes").unwrap();
+        assert!(wrong.commit().is_err());
+        assert!(!store.is_proven(&d, third).unwrap());
+        assert_eq!(fs::read(&published).unwrap(), data);
+    }
+
+    #[test]
+    fn partial_downloads_are_per_source_and_do_not_block_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 199) as u8).collect();
+        let (d, len) = (digest(&data), data.len() as u64);
+        let mut slow = store.ingest(&d, len, "slow.example/a").unwrap().unwrap();
+        slow.write(&data[..4999]).unwrap();
+        // While that writer holds its lock, another source starts from zero, at once.
+        let (other, d2) = (store.clone(), d.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(other.ingest(&d2, len, SRC).unwrap().unwrap().offset()));
+        let offset = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("not blocked by the other source");
+        assert_eq!(offset, 0, "never resumes another source's bytes");
+        drop(slow);
+        assert_eq!(store.ingest(&d, len, "slow.example/a").unwrap().unwrap().offset(), 4999);
     }
 
     #[test]
