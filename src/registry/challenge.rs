@@ -58,6 +58,9 @@ fn auth_params(text: &str) -> Vec<(String, String)> {
 /// them), and only http(s) URLs are fetched.
 pub(super) fn check_realm(realm: &str, registry_over_tls: bool) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(realm).map_err(|e| format!("token realm is not a URL ({e})"))?;
+    if is_metadata_endpoint(&url) {
+        return Err("token realm is a link-local or cloud metadata address; refused".into());
+    }
     match url.scheme() {
         "https" => Ok(url),
         "http" if !registry_over_tls => Ok(url),
@@ -66,9 +69,41 @@ pub(super) fn check_realm(realm: &str, registry_over_tls: bool) -> Result<reqwes
     }
 }
 
+/// Link-local addresses (169.254.0.0/16, fe80::/10) and the cloud metadata names: where a node's
+/// cloud credentials live. No registry's token service or blob storage is there, so a registry
+/// that sends the operator (or a pull Job, on the node's network) there is attacking it.
+pub(super) fn is_metadata_endpoint(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_link_local(),
+        Ok(std::net::IpAddr::V6(ip)) => (ip.segments()[0] & 0xffc0) == 0xfe80,
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            name == "metadata" || name == "metadata.google.internal" || name.ends_with(".metadata.google.internal")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_endpoints_are_never_fetched() {
+        for bad in [
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "https://169.254.170.2/v2/credentials",
+            "http://[fe80::1]/token",
+            "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token",
+            "http://METADATA.GOOGLE.INTERNAL./x",
+        ] {
+            assert!(check_realm(bad, false).is_err(), "{bad}");
+        }
+        for good in ["https://auth.docker.io/token", "http://127.0.0.1:5001/token", "https://10.0.0.5/token"] {
+            assert!(check_realm(good, false).is_ok(), "{good}");
+        }
+    }
 
     #[test]
     fn challenges() {

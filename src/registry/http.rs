@@ -50,6 +50,8 @@ impl Transport {
                     attempt.error("more than 10 redirects")
                 } else if attempt.url().scheme() == "http" && attempt.previous().iter().any(|u| u.scheme() == "https") {
                     attempt.error("a redirect downgrades https to http; refused")
+                } else if challenge::is_metadata_endpoint(attempt.url()) {
+                    attempt.error("a redirect to a link-local or cloud metadata address; refused")
                 } else {
                     attempt.follow()
                 }
@@ -185,6 +187,22 @@ fn basic(c: &Credential) -> HeaderValue {
     HeaderValue::from_str(&format!("Basic {encoded}")).unwrap_or_else(|_| HeaderValue::from_static("Basic"))
 }
 
+/// Whether `url` is the registry's own origin: its host and port (another port of the same host
+/// is another service).
+fn same_host(url: &reqwest::Url, registry: &str) -> bool {
+    let own = api_host(registry);
+    // `host[:port]`, `[v6]:port` or `[v6]`.
+    let (host, port) = match own.rsplit_once(':') {
+        Some((host, port)) if !own.ends_with(']') && port.chars().all(|c| c.is_ascii_digit()) => {
+            (host, port.parse().ok())
+        }
+        _ => (own, None),
+    };
+    let strip = |h: &str| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let port = port.or_else(|| url.port_or_known_default().filter(|_| url.port().is_none()));
+    url.host_str().is_some_and(|h| strip(h) == strip(host)) && url.port_or_known_default() == port
+}
+
 /// Docker Hub's API lives on another host than its name.
 fn api_host(registry: &str) -> &str {
     if registry == "docker.io" { "registry-1.docker.io" } else { registry }
@@ -237,6 +255,12 @@ pub(super) async fn expect_success(mut response: Response, registry: &str, what:
         }
     }
     body.truncate(MAX_ERROR_BODY_BYTES);
+    // Text from another host than the registry's own (a token realm, a redirect target the
+    // registry chose) is not repeated into errors and status: a hostile registry could point the
+    // operator at an internal service and read its answer back from the Model's status.
+    if !same_host(response.url(), registry) {
+        body.clear();
+    }
     Err(failure(registry, what, status, &body))
 }
 
@@ -278,6 +302,25 @@ pub(super) fn failure(registry: &str, what: &str, status: StatusCode, body: &[u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_registrys_own_origin_is_its_own() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        for (u, registry, own) in [
+            ("https://r.example/v2/m/manifests/x", "r.example", true),
+            ("https://r.example:443/v2/", "r.example", true),
+            ("https://R.Example/v2/", "r.example", true),
+            ("https://r.example:8443/v2/", "r.example", false),
+            ("https://storage.example/blob", "r.example", false),
+            ("http://127.0.0.1:5000/v2/", "127.0.0.1:5000", true),
+            ("http://127.0.0.1:5001/admin", "127.0.0.1:5000", false),
+            ("http://[::1]:5000/v2/", "[::1]:5000", true),
+            ("https://registry-1.docker.io/v2/", "docker.io", true),
+            ("https://auth.docker.io/token", "docker.io", false),
+        ] {
+            assert_eq!(same_host(&url(u), registry), own, "{u} vs {registry}");
+        }
+    }
 
     /// The realm rule is applied before anything is sent: over TLS an http realm is refused; the
     /// same realm for a plain-HTTP registry is fetched (and here finds nothing listening).
