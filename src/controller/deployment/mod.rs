@@ -6,9 +6,11 @@
 mod bound;
 mod cleanup;
 mod desired;
+mod handover;
 mod jobs;
 mod nodes;
 mod plan;
+mod workloads;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,12 +124,14 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
     }
     let mut next = plan.status;
     next.node_label = Some(nodes::ready_label(&namespace, &name));
+    let repository = model.as_ref().map(|m| m.spec.repository.as_str());
+    let handed = handover::sync(ctx, deployment, &desired, repository, &previous, &mut next).await?;
     record_metrics(ctx, &format!("{namespace}/{name}"), &previous, &next);
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let wrote = status::apply(&api, deployment, current.as_ref(), &next).await?;
     sync_node_labels(ctx, &namespace, &name, &next).await?;
     let reference = deployment.object_ref(&());
-    for note in plan.events {
+    for note in plan.events.into_iter().chain(handed.events) {
         let event = Event {
             type_: if note.warning { EventType::Warning } else { EventType::Normal },
             reason: note.reason,
@@ -148,7 +152,22 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
         wrote_status = wrote,
         "reconciled deployment"
     );
-    Ok(Action::requeue(plan.requeue))
+    Ok(Action::requeue(requeue(plan.requeue, &previous, &next, handed.rolling)))
+}
+
+/// The hand-over follows the stored `deployed`: a switch written now is handed over on the next
+/// reconcile, and a rollout under way is re-read until its pods are ready.
+fn requeue(
+    planned: Duration,
+    previous: &ModelDeploymentStatus,
+    next: &ModelDeploymentStatus,
+    rolling: bool,
+) -> Duration {
+    let digest = |s: &ModelDeploymentStatus| s.deployed.as_ref().map(|d| d.digest.clone());
+    if digest(previous) != digest(next) {
+        return Duration::from_secs(1);
+    }
+    if rolling { planned.min(Duration::from_secs(10)) } else { planned }
 }
 
 /// Pulls that finished since the previous status, and whether the deployment is drifted.

@@ -1,0 +1,94 @@
+//! The writer of the hand-over: reads each listed workload, server-side applies what
+//! [`workloads::to_apply`] decided under [`workloads::FIELD_MANAGER`], and puts
+//! [`workloads::report`]'s result into the status being written.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+use super::plan::{Desired, Note};
+use super::workloads::{self, Live, Observed};
+use crate::api::conditions::{self, WORKLOADS_UPDATED};
+use crate::api::{ModelDeployment, ModelDeploymentStatus, WorkloadKind, WorkloadRef};
+use crate::controller::{Context, Error};
+
+/// What the reconcile does with the hand-over's outcome.
+pub struct Outcome {
+    pub events: Vec<Note>,
+    /// A workload is rolling the handed-over version out: status should be refreshed soon.
+    pub rolling: bool,
+}
+
+/// Hands `previous.deployed` (the stored status: nodes hold it) to the workloads when it is still
+/// the accepted version, and records their state in `next`.
+pub async fn sync(
+    ctx: &Context,
+    deployment: &ModelDeployment,
+    desired: &Desired,
+    repository: Option<&str>,
+    previous: &ModelDeploymentStatus,
+    next: &mut ModelDeploymentStatus,
+) -> Result<Outcome, Error> {
+    let refs = &deployment.spec.workloads;
+    let namespace = deployment.namespace().unwrap_or_default();
+    let deployed = previous.deployed.as_ref().map(|d| d.digest.as_str());
+    let target = workloads::target(&deployment.spec, desired, deployed);
+    // Without the Model's repository no image volume can be pinned: hand nothing over.
+    let target = match (target, repository) {
+        (Ok(_), None) => Err("the model's repository is unknown".to_owned()),
+        (t, _) => t,
+    };
+    let mut observed = Vec::with_capacity(refs.len());
+    for r in refs {
+        observed.push(read(ctx, &namespace, r).await?);
+    }
+    let applies = workloads::to_apply(refs, &observed, target.as_ref().ok().copied(), repository.unwrap_or_default());
+    let mut applied = Vec::new();
+    for a in applies {
+        let api = api_for(ctx, &namespace, a.kind);
+        let params = PatchParams::apply(workloads::FIELD_MANAGER).force();
+        match api.patch(&a.name, &params, &Patch::Apply(workloads::apply_body(&a))).await {
+            Ok(obj) => {
+                let index = refs.iter().position(|r| r.kind == a.kind && r.name == a.name);
+                if let Some(i) = index {
+                    observed[i] = Observed::Found(live(a.kind, &obj, refs[i].image_volume.as_deref())?);
+                }
+                tracing::info!(workload = %format!("{}/{namespace}/{}", a.kind.as_str(), a.name), digest = %a.digest, "handed version to workload");
+                applied.push(a);
+            }
+            // Deleted between the read and the patch: reported as missing on the next reconcile.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let report = workloads::report(refs, &observed, &target, &applied, &previous.workloads);
+    next.workloads = report.statuses;
+    match report.condition {
+        Some((status, reason, message)) => conditions::set(
+            &mut next.conditions,
+            conditions::condition(WORKLOADS_UPDATED, status, reason, &message, deployment.metadata.generation, &now()),
+        ),
+        None => conditions::remove(&mut next.conditions, WORKLOADS_UPDATED),
+    }
+    Ok(Outcome { events: report.events, rolling: report.rolling })
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+fn api_for(ctx: &Context, namespace: &str, kind: WorkloadKind) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", kind.as_str()));
+    Api::namespaced_with(ctx.client.clone(), namespace, &resource)
+}
+
+async fn read(ctx: &Context, namespace: &str, r: &WorkloadRef) -> Result<Observed, Error> {
+    match api_for(ctx, namespace, r.kind).get_opt(&r.name).await? {
+        Some(obj) => Ok(Observed::Found(live(r.kind, &obj, r.image_volume.as_deref())?)),
+        None => Ok(Observed::Missing),
+    }
+}
+
+fn live(kind: WorkloadKind, obj: &DynamicObject, image_volume: Option<&str>) -> Result<Live, Error> {
+    Ok(Live::read(kind, &serde_json::to_value(obj)?, image_volume))
+}
