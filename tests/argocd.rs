@@ -75,6 +75,9 @@ fn the_workloads_hand_over_shows_in_modeldeployment_health() {
         assert_eq!((status.as_str(), message.starts_with(reason)), ("Degraded", true), "{reason}");
     }
     // While nodes are still pulling, waiting for the hand-over is the nodes' progress, not a failure.
-    let pulling = json!([condition("Ready", "False", "NoNodesSelected"), condition("WorkloadsUpdated", "False", "HandOverWaiting")]);
+    let pulling = json!([
+        condition("Ready", "False", "NoNodesSelected"),
+        condition("WorkloadsUpdated", "False", "HandOverWaiting")
+    ]);
     assert_eq!(health(&obj(pulling)).0, "Degraded", "Ready=False without Reconciling stays Degraded");
 }

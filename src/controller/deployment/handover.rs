@@ -2,6 +2,7 @@
 //! [`workloads::to_apply`] decided under [`workloads::FIELD_MANAGER`], and puts
 //! [`workloads::report`]'s result into the status being written.
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -14,9 +15,11 @@ use crate::controller::{Context, Error};
 
 /// What the reconcile does with the hand-over's outcome.
 pub struct Outcome {
-    pub events: Vec<Note>,
-    /// A workload is rolling the handed-over version out: status should be refreshed soon.
-    pub rolling: bool,
+    /// (related workload, event).
+    pub events: Vec<(ObjectReference, Note)>,
+    /// A workload is rolling the handed-over version out, or one is missing: the workloads are not
+    /// watched, so they should be read again soon.
+    pub recheck: bool,
 }
 
 /// Hands `previous.deployed` (the stored status: nodes hold it) to the workloads when it is still
@@ -70,7 +73,19 @@ pub async fn sync(
         ),
         None => conditions::remove(&mut next.conditions, WORKLOADS_UPDATED),
     }
-    Ok(Outcome { events: report.events, rolling: report.rolling })
+    let events =
+        report.events.into_iter().map(|(kind, name, note)| (reference(&namespace, kind, name), note)).collect();
+    Ok(Outcome { events, recheck: report.rolling || report.problems })
+}
+
+fn reference(namespace: &str, kind: WorkloadKind, name: String) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some(kind.as_str().into()),
+        name: Some(name),
+        namespace: Some(namespace.to_owned()),
+        ..Default::default()
+    }
 }
 
 fn now() -> Time {

@@ -163,8 +163,11 @@ pub fn apply_body(a: &Apply) -> Value {
 pub struct Report {
     pub statuses: Vec<WorkloadStatus>,
     pub condition: Option<(ConditionStatus, &'static str, String)>,
-    pub events: Vec<Note>,
+    /// Events about one workload each (it becomes their related object).
+    pub events: Vec<(WorkloadKind, String, Note)>,
     pub rolling: bool,
+    /// A workload or image volume is missing: nothing watches for it to appear, so look again soon.
+    pub problems: bool,
 }
 
 pub fn report(
@@ -174,7 +177,7 @@ pub fn report(
     applied: &[Apply],
     previous: &[WorkloadStatus],
 ) -> Report {
-    let mut out = Report { statuses: Vec::new(), condition: None, events: Vec::new(), rolling: false };
+    let mut out = Report { statuses: Vec::new(), condition: None, events: Vec::new(), rolling: false, problems: false };
     let mut problems: Vec<(&'static str, String)> = Vec::new();
     let mut rolling = Vec::new();
     for (r, o) in refs.iter().zip(observed) {
@@ -182,7 +185,8 @@ pub fn report(
         let before = previous.iter().find(|p| p.kind == status.kind && p.name == status.name);
         if let Some((reason, message)) = &problem {
             if before.and_then(|b| b.message.as_ref()) != Some(message) {
-                out.events.push(Note { warning: true, reason: (*reason).to_owned(), message: message.clone() });
+                let note = Note { warning: true, reason: (*reason).to_owned(), message: message.clone() };
+                out.events.push((r.kind, r.name.clone(), note));
             }
             problems.push((reason, message.clone()));
         }
@@ -196,8 +200,9 @@ pub fn report(
         }
         out.statuses.push(status);
     }
-    out.events.extend(applied.iter().map(handed_over));
+    out.events.extend(applied.iter().map(|a| (a.kind, a.name.clone(), handed_over(a))));
     out.rolling = !rolling.is_empty() && target.is_ok();
+    out.problems = !problems.is_empty();
     out.condition = condition(refs, target, &problems, &rolling);
     out
 }

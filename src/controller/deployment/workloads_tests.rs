@@ -134,7 +134,7 @@ fn report_condition_follows_problems_then_waiting_then_rollout() {
     let rolled = Observed::Found(live(Some(one.clone()), Volume::Image(Some(format!("{REPO}@{one}")))));
     let r = report(&refs, std::slice::from_ref(&rolled), &ok, &[], &[]);
     assert_eq!(r.condition.as_ref().map(|c| (c.0, c.1)), Some((ConditionStatus::True, reasons::ROLLED_OUT)));
-    assert!(!r.rolling && r.events.is_empty());
+    assert!(!r.rolling && !r.problems && r.events.is_empty());
     assert_eq!(r.statuses[0].digest.as_deref(), Some(one.as_str()));
 
     // Handed over, pods not ready yet (a new generation not observed, or replicas not ready).
@@ -168,10 +168,11 @@ fn problems_are_reported_in_condition_status_and_one_event_each() {
     let (status, reason, message) = r.condition.clone().unwrap();
     assert_eq!((status, reason), (ConditionStatus::False, reasons::WORKLOAD_NOT_FOUND));
     assert!(message.contains("Deployment gone not found") && message.contains("no volume model"), "{message}");
-    let reasons_seen: Vec<&str> = r.events.iter().map(|e| e.reason.as_str()).collect();
+    let reasons_seen: Vec<&str> = r.events.iter().map(|e| e.2.reason.as_str()).collect();
     assert_eq!(reasons_seen, [reasons::WORKLOAD_NOT_FOUND, reasons::IMAGE_VOLUME_NOT_FOUND]);
-    assert!(r.events.iter().all(|e| e.warning));
+    assert!(r.events.iter().all(|e| e.2.warning));
     assert!(r.statuses.iter().all(|s| s.message.is_some()));
+    assert!(r.problems, "looked at again soon: nothing watches for the workload to appear");
     // Announced once: the same problems in the previous status publish nothing.
     let again = report(&refs, &observed, &ok, &[], &r.statuses);
     assert!(again.events.is_empty(), "{:?}", again.events);
@@ -190,7 +191,8 @@ fn each_hand_over_is_one_event_naming_the_digest_and_the_reference() {
     let observed = vec![Observed::Found(live(Some(one.clone()), Volume::Image(Some(format!("{REPO}@{one}")))))];
     let r = report(&refs, &observed, &Ok(&one), &applied, &[]);
     assert_eq!(r.events.len(), 1);
-    let e = &r.events[0];
+    let (kind, name, e) = &r.events[0];
+    assert_eq!((*kind, name.as_str()), (WorkloadKind::Deployment, "web"));
     assert_eq!((e.warning, e.reason.as_str()), (false, reasons::WORKLOAD_UPDATED));
     assert!(e.message.contains(&one) && e.message.contains(&format!("{REPO}@{one}")), "{}", e.message);
 }
