@@ -381,6 +381,16 @@ async fn workloads_follow_each_verified_promotion_once_after_every_node_holds_it
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // A second hand-over to the same workload is its own event (not folded into the first's series).
+    let web_events: Vec<String> = events_of(&s.client, &s.ns, "serve")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("WorkloadUpdated"))
+        .filter_map(|e| e.note)
+        .filter(|n| n.starts_with("Deployment web"))
+        .collect();
+    assert_eq!(web_events.len(), 2, "{web_events:?}");
+    assert!(web_events.iter().any(|n| n.contains(&format!("handed {v2}"))), "{web_events:?}");
     {
         let seen = log.lock().unwrap();
         assert_handed_over_after_deployed(&seen, &v2);

@@ -8,8 +8,8 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams
 use kube::{Api, ResourceExt};
 
 use super::plan::{Desired, Note};
-use super::workloads::{self, Live, Observed};
-use crate::api::conditions::{self, WORKLOADS_UPDATED};
+use super::workloads::{self, Apply, Live, Observed};
+use crate::api::conditions::{self, WORKLOADS_UPDATED, reasons};
 use crate::api::{ModelDeployment, ModelDeploymentStatus, WorkloadKind, WorkloadRef};
 use crate::controller::{Context, Error};
 
@@ -46,24 +46,8 @@ pub async fn sync(
         observed.push(read(ctx, &namespace, r).await?);
     }
     let applies = workloads::to_apply(refs, &observed, target.as_ref().ok().copied(), repository.unwrap_or_default());
-    let mut applied = Vec::new();
-    for a in applies {
-        let api = api_for(ctx, &namespace, a.kind);
-        let params = PatchParams::apply(workloads::FIELD_MANAGER).force();
-        match api.patch(&a.name, &params, &Patch::Apply(workloads::apply_body(&a))).await {
-            Ok(obj) => {
-                let index = refs.iter().position(|r| r.kind == a.kind && r.name == a.name);
-                if let Some(i) = index {
-                    observed[i] = Observed::Found(live(a.kind, &obj, refs[i].image_volume.as_deref())?);
-                }
-                tracing::info!(workload = %format!("{}/{namespace}/{}", a.kind.as_str(), a.name), digest = %a.digest, "handed version to workload");
-                applied.push(a);
-            }
-            // Deleted between the read and the patch: reported as missing on the next reconcile.
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let done = hand_over(ctx, &namespace, refs, applies, &mut observed).await?;
+    let applied: Vec<Apply> = done.iter().map(|(a, _)| a.clone()).collect();
     let report = workloads::report(refs, &observed, &target, &applied, &previous.workloads);
     next.workloads = report.statuses;
     match report.condition {
@@ -73,16 +57,57 @@ pub async fn sync(
         ),
         None => conditions::remove(&mut next.conditions, WORKLOADS_UPDATED),
     }
-    let events =
-        report.events.into_iter().map(|(kind, name, note)| (reference(&namespace, kind, name), note)).collect();
+    let events = report
+        .events
+        .into_iter()
+        .map(|(kind, name, note)| {
+            let mut related = reference(&namespace, kind, &name);
+            // A hand-over names the workload version it made: two hand-overs are two events, not one
+            // series (the recorder folds events whose objects and reason are equal).
+            if note.reason == reasons::WORKLOAD_UPDATED {
+                let made = done.iter().find(|(a, _)| a.kind == kind && a.name == name);
+                related.resource_version = made.and_then(|(_, version)| version.clone());
+            }
+            (related, note)
+        })
+        .collect();
     Ok(Outcome { events, recheck: report.rolling || report.problems })
 }
 
-fn reference(namespace: &str, kind: WorkloadKind, name: String) -> ObjectReference {
+/// Applies each hand-over (and reads the workload back from the answer); returns those done, with
+/// the workload's resourceVersion after it.
+async fn hand_over(
+    ctx: &Context,
+    namespace: &str,
+    refs: &[WorkloadRef],
+    applies: Vec<Apply>,
+    observed: &mut [Observed],
+) -> Result<Vec<(Apply, Option<String>)>, Error> {
+    let mut done = Vec::new();
+    for a in applies {
+        let api = api_for(ctx, namespace, a.kind);
+        let params = PatchParams::apply(workloads::FIELD_MANAGER).force();
+        match api.patch(&a.name, &params, &Patch::Apply(workloads::apply_body(&a))).await {
+            Ok(obj) => {
+                if let Some(i) = refs.iter().position(|r| r.kind == a.kind && r.name == a.name) {
+                    observed[i] = Observed::Found(live(a.kind, &obj, refs[i].image_volume.as_deref())?);
+                }
+                tracing::info!(workload = %format!("{}/{namespace}/{}", a.kind.as_str(), a.name), digest = %a.digest, "handed version to workload");
+                done.push((a, obj.metadata.resource_version));
+            }
+            // Deleted between the read and the patch: reported as missing on the next reconcile.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
+
+fn reference(namespace: &str, kind: WorkloadKind, name: &str) -> ObjectReference {
     ObjectReference {
         api_version: Some("apps/v1".into()),
         kind: Some(kind.as_str().into()),
-        name: Some(name),
+        name: Some(name.to_owned()),
         namespace: Some(namespace.to_owned()),
         ..Default::default()
     }
