@@ -29,6 +29,21 @@ if stalled ~= nil and stalled.status == "True" then
   return hs
 end
 local ready = condition("Ready")
+-- The hand-over to spec.workloads: a workload that is missing (or lacks the image volume) is a
+-- configuration error; once nodes are in sync, the workloads' rollout is still progress.
+local workloads = condition("WorkloadsUpdated")
+if workloads ~= nil and workloads.status == "False" then
+  if workloads.reason == "WorkloadNotFound" or workloads.reason == "ImageVolumeNotFound" then
+    hs.status = "Degraded"
+    hs.message = workloads.reason .. ": " .. (workloads.message or "")
+    return hs
+  end
+  if ready ~= nil and ready.status == "True" then
+    hs.status = "Progressing"
+    hs.message = "workloads: " .. (workloads.message or "")
+    return hs
+  end
+end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = ready.message or ""

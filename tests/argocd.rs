@@ -54,3 +54,30 @@ fn each_status_is_reached() {
         );
     }
 }
+
+#[test]
+fn the_workloads_hand_over_shows_in_modeldeployment_health() {
+    let obj = |conditions: serde_json::Value| {
+        json!({"kind": "ModelDeployment", "metadata": {"name": "x", "generation": 1}, "spec": {},
+            "status": {"observedGeneration": 1, "conditions": conditions}})
+    };
+    let ready = condition("Ready", "True", "Deployed");
+    let rolled = condition("WorkloadsUpdated", "True", "RolledOut");
+    assert_eq!(health(&obj(json!([ready, rolled]))).0, "Healthy");
+    // Nodes in sync, the workloads not yet handed over or not yet rolled out: still progressing.
+    for reason in ["RollingOut", "HandOverWaiting"] {
+        let (status, message) = health(&obj(json!([ready, condition("WorkloadsUpdated", "False", reason)])));
+        assert_eq!((status.as_str(), message.contains(reason)), ("Progressing", true), "{reason}");
+    }
+    // A missing workload or image volume is a configuration error.
+    for reason in ["WorkloadNotFound", "ImageVolumeNotFound"] {
+        let (status, message) = health(&obj(json!([ready, condition("WorkloadsUpdated", "False", reason)])));
+        assert_eq!((status.as_str(), message.starts_with(reason)), ("Degraded", true), "{reason}");
+    }
+    // While nodes are still pulling, waiting for the hand-over is the nodes' progress, not a failure.
+    let pulling = json!([
+        condition("Ready", "False", "NoNodesSelected"),
+        condition("WorkloadsUpdated", "False", "HandOverWaiting")
+    ]);
+    assert_eq!(health(&obj(pulling)).0, "Degraded", "Ready=False without Reconciling stays Degraded");
+}

@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use modelpack_operator::api::{Model, ModelDeployment};
@@ -144,13 +145,39 @@ async fn the_operator_runs_a_full_scenario_with_only_the_charts_rbac() {
     let models: Api<Model> = Api::namespaced(client.clone(), &ns);
     apply(&models, "Model", "m", json!({"repository": format!("{}/{repo}", bed.auth.host), "ref": {"tag": "v1"},
         "insecure": true, "secretRef": {"name": "creds"}, "verify": {"provider": "cosign", "secretRef": {"name": "keys"}}})).await;
+    // A workload that follows the deployment (its pods select no node): read and patched under the
+    // chart's get/patch on apps.
+    let repository = format!("{}/{repo}", bed.auth.host);
+    let web: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {
+        "replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+            "nodeSelector": {"modelpack.dev/none": "none"},
+            "containers": [{"name": "c", "image": "registry.example.com/serve:1"}],
+            "volumes": [{"name": "model", "image": {"reference": format!("{repository}:v1")}}]}}}}))
+    .unwrap();
+    let workloads: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    workloads.create(&PostParams::default(), &web).await.unwrap();
     let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
-    apply(&deployments, "ModelDeployment", "d", json!({"modelRef": {"name": "m"}, "nodeSelector": nodes.selector()}))
-        .await;
+    apply(
+        &deployments,
+        "ModelDeployment",
+        "d",
+        json!({"modelRef": {"name": "m"}, "nodeSelector": nodes.selector(),
+        "workloads": [{"kind": "Deployment", "name": "web", "imageVolume": "model"}]}),
+    )
+    .await;
     eventually("deployed with the chart's RBAC", Duration::from_secs(90), || async {
         let d = deployments.get("d").await.ok()?;
         let s = d.status?;
         (s.deployed?.digest == digest && s.drift?.in_sync).then_some(())
+    })
+    .await;
+    eventually("the workload handed the version with the chart's RBAC", Duration::from_secs(60), || async {
+        let web = serde_json::to_value(workloads.get("web").await.ok()?).ok()?;
+        let template = &web["spec"]["template"];
+        let handed = template["metadata"]["annotations"]["modelpack.dev/digest"] == json!(digest)
+            && template["spec"]["volumes"][0]["image"]["reference"] == json!(format!("{repository}@{digest}"));
+        handed.then_some(())
     })
     .await;
     let label = format!("ready.modelpack.dev/{ns}.d");

@@ -11,6 +11,8 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 pub const VERIFIED: &str = "Verified";
 pub const DRIFTED: &str = "Drifted";
+/// Whether the workloads of `spec.workloads` carry the deployed version and rolled it out.
+pub const WORKLOADS_UPDATED: &str = "WorkloadsUpdated";
 
 /// Reasons several places write or read.
 pub mod reasons {
@@ -21,6 +23,19 @@ pub mod reasons {
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
     /// A deployment tolerates a taint the operator's node bound does not allow (ModelDeployment).
     pub const TOLERATION_NOT_ALLOWED: &str = "TolerationNotAllowed";
+    /// WorkloadsUpdated: every workload runs the deployed version (True).
+    pub const ROLLED_OUT: &str = "RolledOut";
+    /// WorkloadsUpdated: a workload was handed the version and its pods are not all updated and
+    /// ready yet (Argo CD: Progressing).
+    pub const ROLLING_OUT: &str = "RollingOut";
+    /// WorkloadsUpdated: nothing is handed over now (nodes pulling, version not accepted, suspended).
+    pub const HAND_OVER_WAITING: &str = "HandOverWaiting";
+    /// WorkloadsUpdated and event: a listed workload does not exist.
+    pub const WORKLOAD_NOT_FOUND: &str = "WorkloadNotFound";
+    /// WorkloadsUpdated and event: `imageVolume` names no volume with an `image` source.
+    pub const IMAGE_VOLUME_NOT_FOUND: &str = "ImageVolumeNotFound";
+    /// Event: a workload was handed a version.
+    pub const WORKLOAD_UPDATED: &str = "WorkloadUpdated";
 }
 
 /// Status of a condition.

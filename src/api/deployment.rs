@@ -62,6 +62,47 @@ pub struct ModelDeploymentSpec {
     /// Stop creating pull Jobs; status keeps being reported.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+
+    /// Workloads (apps/v1, this namespace) handed the deployed version once every selected node
+    /// holds it: their pod template gets the `modelpack.dev/digest` annotation and, with
+    /// `imageVolume`, that image volume's reference pinned to `repository@digest`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub workloads: Vec<WorkloadRef>,
+}
+
+/// A workload that follows the deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// Deployment, StatefulSet or DaemonSet (apps/v1).
+    pub kind: WorkloadKind,
+    /// Name of the workload in the deployment's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// A volume of the pod template with an `image` source whose `reference` is set to
+    /// `<repository>@<digest>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub image_volume: Option<String>,
+}
+
+/// The apps/v1 kinds a deployment can hand its version to.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
 }
 
 fn default_keep_previous() -> i32 {
@@ -131,6 +172,40 @@ pub struct ModelDeploymentStatus {
     /// for serving workloads' node affinity; its value is the short digest the node serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_label: Option<String>,
+    /// The workloads of `spec.workloads`: the digest handed to each and its rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadStatus>,
+}
+
+/// A workload's hand-over and rollout, read from the workload.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// Deployment, StatefulSet or DaemonSet.
+    pub kind: String,
+    /// Name of the workload.
+    pub name: String,
+    /// The digest its pod template carries (`modelpack.dev/digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The workload's `metadata.generation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// The generation the workload's controller has observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods (DaemonSet: nodes) the workload wants.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Of those, running the current pod template.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Of those, ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Why the workload was not (fully) handed the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A version of the model.

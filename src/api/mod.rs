@@ -8,7 +8,7 @@ mod model;
 
 pub use deployment::{
     DeployedVersion, Drift, ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, ModelRefName, NodeEntry,
-    NodePhase, NodesStatus, PullSpec, VersionRef,
+    NodePhase, NodesStatus, PullSpec, VersionRef, WorkloadKind, WorkloadRef, WorkloadStatus,
 };
 pub use model::{
     Artifact, HistoryEntry, LocalObjectReference, Model, ModelReference, ModelSpec, ModelStatus, Resolved, Revoked,

@@ -6,16 +6,18 @@
 mod bound;
 mod cleanup;
 mod desired;
+mod handover;
 mod jobs;
 mod nodes;
 mod plan;
+mod workloads;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -122,22 +124,16 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
     }
     let mut next = plan.status;
     next.node_label = Some(nodes::ready_label(&namespace, &name));
+    let repository = model.as_ref().map(|m| m.spec.repository.as_str());
+    let handed = handover::sync(ctx, deployment, &desired, repository, &previous, &mut next).await?;
     record_metrics(ctx, &format!("{namespace}/{name}"), &previous, &next);
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let wrote = status::apply(&api, deployment, current.as_ref(), &next).await?;
     sync_node_labels(ctx, &namespace, &name, &next).await?;
     let reference = deployment.object_ref(&());
-    for note in plan.events {
-        let event = Event {
-            type_: if note.warning { EventType::Warning } else { EventType::Normal },
-            reason: note.reason,
-            note: Some(note.message),
-            action: "Deploy".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, reason = %event.reason, "publishing event failed");
-        }
+    let related = handed.events.into_iter().map(|(workload, note)| (note, Some(workload)));
+    for (note, secondary) in plan.events.into_iter().map(|note| (note, None)).chain(related) {
+        publish(ctx, &reference, note, secondary).await;
     }
     tracing::info!(
         deployment = %format!("{namespace}/{name}"),
@@ -148,7 +144,37 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
         wrote_status = wrote,
         "reconciled deployment"
     );
-    Ok(Action::requeue(plan.requeue))
+    Ok(Action::requeue(requeue(plan.requeue, &previous, &next, handed.recheck)))
+}
+
+/// Events about the deployment; a workload it concerns is the related object (which also keeps
+/// events about different workloads from being folded into one series).
+async fn publish(ctx: &Context, reference: &ObjectReference, note: plan::Note, secondary: Option<ObjectReference>) {
+    let event = Event {
+        type_: if note.warning { EventType::Warning } else { EventType::Normal },
+        reason: note.reason,
+        note: Some(note.message),
+        action: "Deploy".into(),
+        secondary,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, reason = %event.reason, "publishing event failed");
+    }
+}
+
+/// The hand-over follows the stored `deployed`: a switch written now is handed over on the next
+/// reconcile, and workloads rolling out or missing are re-read every 10s (they are not watched).
+fn requeue(
+    planned: Duration,
+    previous: &ModelDeploymentStatus,
+    next: &ModelDeploymentStatus,
+    recheck: bool,
+) -> Duration {
+    let digest = |s: &ModelDeploymentStatus| s.deployed.as_ref().map(|d| d.digest.clone());
+    if digest(previous) != digest(next) {
+        return Duration::from_secs(1);
+    }
+    if recheck { planned.min(Duration::from_secs(10)) } else { planned }
 }
 
 /// Pulls that finished since the previous status, and whether the deployment is drifted.

@@ -174,6 +174,7 @@ pub fn plan(inputs: &Inputs) -> Plan {
         drift: None,
         history: previous.history.clone(),
         node_label: previous.node_label.clone(),
+        workloads: previous.workloads.clone(),
     };
     let on_desired = |e: &NodeEntry| desired.is_some_and(|d| e.current.as_deref() == Some(d.digest.as_str()));
     if let Some(d) = desired {

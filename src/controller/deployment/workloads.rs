@@ -1,0 +1,275 @@
+//! The hand-over of the deployed version to the workloads of `spec.workloads`, as pure decisions:
+//! which digest the workloads should carry now ([`target`]), what to apply to each ([`to_apply`],
+//! [`apply_body`]) and what to report ([`report`]). The reads and patches are in `handover.rs`.
+//!
+//! The version is handed over only once the stored status says every selected node holds it
+//! (`deployed`) and it is still the accepted version (`desired`): pods restarted before that would
+//! find the old weights behind `current`, and a version that lost its trust must not reach them.
+
+use serde_json::{Value, json};
+
+use crate::api::conditions::{ConditionStatus, reasons};
+use crate::api::{ModelDeploymentSpec, WorkloadKind, WorkloadRef, WorkloadStatus, short_digest};
+
+use super::plan::{Desired, Note};
+
+/// The field manager of the two fields the operator writes on a workload, so that GitOps tools can
+/// ignore exactly those.
+pub const FIELD_MANAGER: &str = "modelpack-operator-workloads";
+/// Pod-template annotation carrying the handed-over digest; changing it rolls the workload.
+pub const DIGEST_ANNOTATION: &str = "modelpack.dev/digest";
+
+/// The named image volume as the pod template has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Volume {
+    /// No `imageVolume` is asked for.
+    NotAsked,
+    /// No volume of that name, or one without an `image` source.
+    Absent,
+    /// The volume's `image.reference`.
+    Image(Option<String>),
+}
+
+/// What was read of one listed workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    Missing,
+    Found(Live),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Live {
+    /// The pod template's digest annotation.
+    pub digest: Option<String>,
+    pub volume: Volume,
+    pub generation: Option<i64>,
+    pub observed_generation: Option<i64>,
+    pub replicas: i32,
+    pub updated: i32,
+    pub ready: i32,
+}
+
+impl Live {
+    /// Reads an apps/v1 workload of `kind` (as JSON) for the volume named `image_volume`.
+    pub fn read(kind: WorkloadKind, obj: &Value, image_volume: Option<&str>) -> Live {
+        let int = |path: &str| obj.pointer(path).and_then(Value::as_i64);
+        let count = |path: &str| int(path).unwrap_or(0) as i32;
+        let template = &obj["spec"]["template"];
+        let volume = match image_volume {
+            None => Volume::NotAsked,
+            Some(name) => template["spec"]["volumes"]
+                .as_array()
+                .and_then(|vs| vs.iter().find(|v| v["name"] == name))
+                .filter(|v| v["image"].is_object())
+                .map_or(Volume::Absent, |v| Volume::Image(v["image"]["reference"].as_str().map(str::to_owned))),
+        };
+        let (replicas, updated, ready) = match kind {
+            WorkloadKind::DaemonSet => (
+                count("/status/desiredNumberScheduled"),
+                count("/status/updatedNumberScheduled"),
+                count("/status/numberReady"),
+            ),
+            // A missing spec.replicas defaults to 1 on both kinds.
+            _ => (
+                int("/spec/replicas").unwrap_or(1) as i32,
+                count("/status/updatedReplicas"),
+                count("/status/readyReplicas"),
+            ),
+        };
+        Live {
+            digest: template["metadata"]["annotations"][DIGEST_ANNOTATION].as_str().map(str::to_owned),
+            volume,
+            generation: int("/metadata/generation"),
+            observed_generation: int("/status/observedGeneration"),
+            replicas,
+            updated,
+            ready,
+        }
+    }
+
+    /// The workload's controller saw the current template and every pod runs it, ready.
+    fn rolled_out(&self) -> bool {
+        self.observed_generation >= self.generation && self.updated >= self.replicas && self.ready >= self.replicas
+    }
+}
+
+/// The digest workloads should carry now, or why nothing is handed over.
+pub fn target<'a>(spec: &ModelDeploymentSpec, desired: &Desired, deployed: Option<&'a str>) -> Result<&'a str, String> {
+    if spec.suspend {
+        return Err("the deployment is suspended".into());
+    }
+    let version = match desired {
+        Desired::Version { version, .. } => version,
+        Desired::Blocked { message, .. } => return Err(format!("no version is accepted: {message}")),
+    };
+    match deployed {
+        Some(d) if d == version.digest => Ok(d),
+        Some(d) => Err(format!(
+            "selected nodes are pulling {}; workloads keep {}",
+            short_digest(&version.digest),
+            short_digest(d)
+        )),
+        None => Err(format!("selected nodes are pulling {}", short_digest(&version.digest))),
+    }
+}
+
+/// A server-side apply of the digest to one workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Apply {
+    pub kind: WorkloadKind,
+    pub name: String,
+    pub digest: String,
+    /// (volume name, `repository@digest`).
+    pub volume: Option<(String, String)>,
+}
+
+/// The workloads whose template does not carry `target` yet (annotation, or the image volume's
+/// reference when one is asked for and present).
+pub fn to_apply(refs: &[WorkloadRef], observed: &[Observed], target: Option<&str>, repository: &str) -> Vec<Apply> {
+    let Some(digest) = target else { return Vec::new() };
+    let mut out = Vec::new();
+    for (r, o) in refs.iter().zip(observed) {
+        let Observed::Found(live) = o else { continue };
+        let volume = match (&r.image_volume, &live.volume) {
+            (Some(name), Volume::Image(_)) => Some((name.clone(), format!("{repository}@{digest}"))),
+            _ => None,
+        };
+        let volume_stale = volume.as_ref().is_some_and(|(_, want)| live.volume != Volume::Image(Some(want.clone())));
+        if live.digest.as_deref() != Some(digest) || volume_stale {
+            out.push(Apply { kind: r.kind, name: r.name.clone(), digest: digest.to_owned(), volume });
+        }
+    }
+    out
+}
+
+/// The apply configuration: only the fields this manager owns (the volume entry is identified by
+/// its name, the list's merge key).
+pub fn apply_body(a: &Apply) -> Value {
+    let mut template = json!({"metadata": {"annotations": {DIGEST_ANNOTATION: a.digest}}});
+    if let Some((name, reference)) = &a.volume {
+        template["spec"] = json!({"volumes": [{"name": name, "image": {"reference": reference}}]});
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": a.kind.as_str(),
+        "metadata": {"name": a.name},
+        "spec": {"template": template},
+    })
+}
+
+/// What the hand-over amounts to: per-workload status, the WorkloadsUpdated condition (none when no
+/// workload is listed), events, and whether a rollout is under way.
+#[derive(Debug, PartialEq)]
+pub struct Report {
+    pub statuses: Vec<WorkloadStatus>,
+    pub condition: Option<(ConditionStatus, &'static str, String)>,
+    /// Events about one workload each (it becomes their related object).
+    pub events: Vec<(WorkloadKind, String, Note)>,
+    pub rolling: bool,
+    /// A workload or image volume is missing: nothing watches for it to appear, so look again soon.
+    pub problems: bool,
+}
+
+pub fn report(
+    refs: &[WorkloadRef],
+    observed: &[Observed],
+    target: &Result<&str, String>,
+    applied: &[Apply],
+    previous: &[WorkloadStatus],
+) -> Report {
+    let mut out = Report { statuses: Vec::new(), condition: None, events: Vec::new(), rolling: false, problems: false };
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
+    let mut rolling = Vec::new();
+    for (r, o) in refs.iter().zip(observed) {
+        let (status, problem) = workload_status(r, o);
+        let before = previous.iter().find(|p| p.kind == status.kind && p.name == status.name);
+        if let Some((reason, message)) = &problem {
+            if before.and_then(|b| b.message.as_ref()) != Some(message) {
+                let note = Note { warning: true, reason: (*reason).to_owned(), message: message.clone() };
+                out.events.push((r.kind, r.name.clone(), note));
+            }
+            problems.push((reason, message.clone()));
+        }
+        if let Observed::Found(live) = o
+            && (!live.rolled_out() || target.as_ref().is_ok_and(|t| live.digest.as_deref() != Some(*t)))
+        {
+            rolling.push(format!(
+                "{}/{}: {}/{} updated, {}/{} ready",
+                status.kind, status.name, live.updated, live.replicas, live.ready, live.replicas
+            ));
+        }
+        out.statuses.push(status);
+    }
+    out.events.extend(applied.iter().map(|a| (a.kind, a.name.clone(), handed_over(a))));
+    out.rolling = !rolling.is_empty() && target.is_ok();
+    out.problems = !problems.is_empty();
+    out.condition = condition(refs, target, &problems, &rolling);
+    out
+}
+
+fn workload_status(r: &WorkloadRef, o: &Observed) -> (WorkloadStatus, Option<(&'static str, String)>) {
+    let mut status = WorkloadStatus { kind: r.kind.as_str().to_owned(), name: r.name.clone(), ..Default::default() };
+    let live = match o {
+        Observed::Missing => {
+            let message = format!("{} {} not found", r.kind.as_str(), r.name);
+            status.message = Some(message.clone());
+            return (status, Some((reasons::WORKLOAD_NOT_FOUND, message)));
+        }
+        Observed::Found(live) => live,
+    };
+    status.digest = live.digest.clone();
+    status.generation = live.generation;
+    status.observed_generation = live.observed_generation;
+    (status.replicas, status.updated_replicas, status.ready_replicas) = (live.replicas, live.updated, live.ready);
+    let problem = match (&r.image_volume, &live.volume) {
+        (Some(name), Volume::Absent) => {
+            let message = format!(
+                "{} {}: the pod template has no volume {name} with an image source; only the annotation is set",
+                r.kind.as_str(),
+                r.name
+            );
+            status.message = Some(message.clone());
+            Some((reasons::IMAGE_VOLUME_NOT_FOUND, message))
+        }
+        _ => None,
+    };
+    (status, problem)
+}
+
+fn condition(
+    refs: &[WorkloadRef],
+    target: &Result<&str, String>,
+    problems: &[(&'static str, String)],
+    rolling: &[String],
+) -> Option<(ConditionStatus, &'static str, String)> {
+    if refs.is_empty() {
+        return None;
+    }
+    let joined = |items: Vec<&str>| items.join("; ");
+    Some(match (problems.first(), target) {
+        (Some((reason, _)), _) => {
+            (ConditionStatus::False, *reason, joined(problems.iter().map(|(_, m)| m.as_str()).collect()))
+        }
+        (None, Err(why)) => (ConditionStatus::False, reasons::HAND_OVER_WAITING, why.clone()),
+        (None, Ok(_)) if !rolling.is_empty() => {
+            (ConditionStatus::False, reasons::ROLLING_OUT, joined(rolling.iter().map(String::as_str).collect()))
+        }
+        (None, Ok(t)) => {
+            (ConditionStatus::True, reasons::ROLLED_OUT, format!("{} workload(s) run {}", refs.len(), short_digest(t)))
+        }
+    })
+}
+
+fn handed_over(a: &Apply) -> Note {
+    let volume =
+        a.volume.as_ref().map_or_else(String::new, |(name, reference)| format!(", image volume {name} = {reference}"));
+    Note {
+        warning: false,
+        reason: reasons::WORKLOAD_UPDATED.to_owned(),
+        message: format!("{} {}: handed {}{volume}", a.kind.as_str(), a.name, a.digest),
+    }
+}
+
+#[cfg(test)]
+#[path = "workloads_tests.rs"]
+mod tests;
