@@ -75,3 +75,6 @@ impl Error {
         Error::Io { path: path.display().to_string(), error: source }
     }
 }
+
+#[cfg(test)]
+mod extract_tests;
