@@ -84,7 +84,7 @@ pub async fn pull(
         layer(descriptor)?;
     }
     confirm_layers(registry, repo, &manifest, options.concurrency.max(1)).await?;
-    let total: u64 = manifest.layers.iter().map(|l| size_of(l.size)).sum();
+    let total = manifest.layers.iter().fold(0u64, |sum, l| sum.saturating_add(size_of(l.size)));
     progress.total.store(total, Ordering::Relaxed);
 
     let model_dir = store.model_dir(digest)?;
@@ -99,7 +99,7 @@ pub async fn pull(
         let (store, manifest, digest, diff_ids, limit) =
             (store.clone(), manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.limits);
         let (_, files) = blocking(move || materialise(&store, &digest, &manifest, &diff_ids, limit)).await?;
-        files.len()
+        files
     };
     let mut collected = None;
     if let Some((namespace, name)) = &options.link {
