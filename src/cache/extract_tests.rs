@@ -286,11 +286,7 @@ fn implicit_parent_directories_count_as_entries() {
         Limits { entries: limit, ..Limits::default() },
     );
     let inodes = walkdir_count(dir.path());
-    assert!(
-        inodes <= limit,
-        "{inodes} inodes created under an entry limit of {limit} (extract: {:?})",
-        result
-    );
+    assert!(inodes <= limit, "{inodes} inodes created under an entry limit of {limit} (extract: {:?})", result);
 }
 
 fn walkdir_count(dir: &std::path::Path) -> u64 {

@@ -113,7 +113,9 @@ fn build(
             Refusal::Unsafe(reason) => {
                 Error::UnsafeEntry { layer: descriptor.digest.clone(), entry: entry.to_owned(), reason }
             }
-            Refusal::TooManyEntries => Error::TooManyEntries { layer: descriptor.digest.clone(), limit: limits.entries },
+            Refusal::TooManyEntries => {
+                Error::TooManyEntries { layer: descriptor.digest.clone(), limit: limits.entries }
+            }
             Refusal::Io(e) => Error::io(&staging.join(entry), e),
         };
         if l.format().is_single_file() {
@@ -270,12 +272,7 @@ impl Layer<'_> {
         }
     }
 
-    fn extract(
-        &self,
-        reader: &mut dyn Read,
-        tree: &mut Tree,
-        claimed: &mut HashSet<PathKey>,
-    ) -> Result<(), Error> {
+    fn extract(&self, reader: &mut dyn Read, tree: &mut Tree, claimed: &mut HashSet<PathKey>) -> Result<(), Error> {
         let mut archive = tar::Archive::new(reader);
         let mut iter = archive.entries().map_err(|e| self.read_error(e))?;
         loop {

@@ -86,7 +86,15 @@ impl Tree {
     /// Opens the (empty) staging directory `root`; the tree will create at most `max_entries` inodes.
     pub fn open(root: &Path, max_entries: u64) -> std::io::Result<Tree> {
         let root = rustix::fs::open(root, dir_flags(), Mode::empty())?;
-        Ok(Tree { root, files: HashSet::new(), symlinks: Vec::new(), created: 0, max_entries, lookups: 0, max_lookups: MAX_LOOKUPS })
+        Ok(Tree {
+            root,
+            files: HashSet::new(),
+            symlinks: Vec::new(),
+            created: 0,
+            max_entries,
+            lookups: 0,
+            max_lookups: MAX_LOOKUPS,
+        })
     }
 
     /// Inodes created so far.
