@@ -31,10 +31,10 @@ use crate::modelpack::ModelPath;
 /// Symlinks followed while resolving one symlink, as Linux's own limit (MAXSYMLINKS).
 const MAX_HOPS: usize = 40;
 
-/// Directory lookups (one per path component walked or resolved) one model may cost: far above
-/// what real models need (100,000 entries 40 levels deep), and seconds of system calls at worst,
+/// Directory lookups (one per path component walked or resolved) one model may cost: well above
+/// what real models need (100,000 entries 20 levels deep), and seconds of system calls at worst,
 /// where 100,000 paths or symlinks of 2,048 components would cost 200 million.
-pub const MAX_LOOKUPS: u64 = 1 << 22;
+pub const MAX_LOOKUPS: u64 = 1 << 21;
 
 /// Why an entry was refused: the caller names the layer and entry.
 #[derive(Debug)]
