@@ -234,6 +234,7 @@ fn a_deep_directory_is_an_error_not_a_stack_overflow() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&child.stderr);
     assert!(!stderr.contains("overflow"), "exit {:?}: {}", child.status, stderr.lines().last().unwrap_or_default());
+    assert!(String::from_utf8_lossy(&child.stdout).contains("1 passed"), "{stderr}");
 }
 
 /// The body of the test above, run in a child process (a stack overflow aborts the process).
@@ -252,11 +253,20 @@ fn deep_directory_child() {
             h.set_mode(0o755);
             h.set_size(0);
             builder.append_data(&mut h, &deep, std::io::empty()).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(4);
+            builder.append_data(&mut h, format!("{deep}/f"), &b"deep"[..]).unwrap();
             let tar = builder.into_inner().unwrap();
             let digest = put_blob(&store, &tar);
             let layers = vec![descriptor(TAR, &digest, tar.len(), "x")];
-            let _ =
-                materialise(&store, &format!("sha256:{}", "f".repeat(64)), &manifest(layers), &[], Limits::default());
+            let manifest_digest = format!("sha256:{}", "f".repeat(64));
+            let (dir, files) =
+                materialise(&store, &manifest_digest, &manifest(layers), &[], Limits::default()).unwrap();
+            // What a second pull of the same model does, and what the garbage collector does.
+            assert_eq!(super::materialise::count_files(&dir).unwrap(), files);
+            super::materialise::remove_tree(&dir).unwrap();
+            assert!(!dir.exists());
         })
         .unwrap()
         .join()

@@ -403,6 +403,22 @@ pub fn remove_tree(path: &Path) -> Result<(), Error> {
     fs::remove_dir(path).map_err(|e| Error::io(path, e))
 }
 
+/// The files (regular files and links) of a finished model, the marker aside.
+pub fn count_files(dir: &Path) -> Result<usize, Error> {
+    let root = open_dir(dir)?;
+    let (mut stack, mut files) = (vec![PathBuf::new()], 0);
+    while let Some(rel) = stack.pop() {
+        let at = open_beneath(&root, &rel).map_err(|e| Error::io(&dir.join(&rel), e))?;
+        let top = rel.as_os_str().is_empty();
+        let count = |name: &std::ffi::CStr| {
+            files += usize::from(!(top && name.to_bytes() == COMPLETE.as_bytes()));
+            Ok(())
+        };
+        stack.extend(subdirectories(&at, &rel, count).map_err(|e| Error::io(&dir.join(&rel), e))?);
+    }
+    Ok(files)
+}
+
 fn open_dir(dir: &Path) -> Result<OwnedFd, Error> {
     rustix::fs::open(dir, dir_flags(), Mode::empty()).map_err(|e| Error::io(dir, e.into()))
 }

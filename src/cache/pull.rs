@@ -126,18 +126,8 @@ fn size_of(size: i64) -> u64 {
 }
 
 fn count_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.file_type() {
-                    Ok(t) if t.is_dir() => count_files(&e.path()),
-                    _ if e.file_name() == COMPLETE => 0,
-                    _ => 1,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
+    // Iterative (a model may be 2,048 directories deep, this runs on an async worker's stack).
+    super::materialise::count_files(dir).unwrap_or(0)
 }
 
 /// Asks the registry, with this pull's credentials, whether `repo` serves each layer (one HEAD per
