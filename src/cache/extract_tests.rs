@@ -334,6 +334,8 @@ fn layer_sizes_from_a_registry_do_not_overflow() {
 /// directories of 250 characters, then a distinct name), each path in a GNU long-name record.
 struct LongNames {
     n: usize,
+    /// Symlinks (to `.`) rather than empty files.
+    symlinks: bool,
     next: usize,
     buf: Vec<u8>,
     pos: usize,
@@ -351,7 +353,12 @@ impl std::io::Read for LongNames {
             let mut h = tar::Header::new_gnu();
             h.set_mode(0o644);
             h.set_size(0);
-            builder.append_data(&mut h, &path, std::io::empty()).unwrap();
+            if self.symlinks {
+                h.set_entry_type(tar::EntryType::Symlink);
+                builder.append_link(&mut h, &path, ".").unwrap();
+            } else {
+                builder.append_data(&mut h, &path, std::io::empty()).unwrap();
+            }
             let mut bytes = builder.into_inner().unwrap();
             bytes.truncate(bytes.len() - 1024); // no end-of-archive blocks between entries
             self.buf = bytes;
@@ -379,27 +386,30 @@ fn peak_rss_kib() -> u64 {
 #[test]
 fn paths_held_in_memory_stay_bounded() {
     // In a process of its own: peak RSS is the process's, and other tests run alongside.
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "cache::extract_tests::paths_held_child", "--nocapture", "--test-threads=1"])
-        .env("EXTRACT_PATHS_HELD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&child.stdout);
-    assert!(stdout.contains("1 passed"), "{stdout}{}", String::from_utf8_lossy(&child.stderr));
+    for kind in ["files", "symlinks"] {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "cache::extract_tests::paths_held_child", "--nocapture", "--test-threads=1"])
+            .env("EXTRACT_PATHS_HELD", kind)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(stdout.contains("1 passed"), "{kind}: {stdout}{}", String::from_utf8_lossy(&child.stderr));
+    }
 }
 
 /// The body of the test above, run in a child process.
 #[test]
 fn paths_held_child() {
-    if std::env::var_os("EXTRACT_PATHS_HELD").is_none() {
-        return;
-    }
+    let Some(kind) = std::env::var_os("EXTRACT_PATHS_HELD") else { return };
     let before = peak_rss_kib();
     let dir = tempfile::tempdir().unwrap();
     let n = 20_000;
-    let mut stream = LongNames { n, next: 0, buf: Vec::new(), pos: 0 };
+    let mut stream = LongNames { n, symlinks: kind == "symlinks", next: 0, buf: Vec::new(), pos: 0 };
     let files = super::materialise::extract_tar(&mut stream, dir.path(), Limits::default()).unwrap();
     assert_eq!(files, n);
     let grown_mib = (peak_rss_kib() - before) / 1024;
-    assert!(grown_mib < 64, "{n} entries of ~4 KiB paths: peak RSS grew by {grown_mib} MiB (x5 for the default limit)");
+    assert!(
+        grown_mib < 64,
+        "{n} {kind:?} of ~4 KiB paths: peak RSS grew by {grown_mib} MiB (x5 for the default limit)"
+    );
 }

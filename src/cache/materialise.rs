@@ -4,20 +4,21 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
+use std::ffi::{CStr, OsStr};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode};
 use sha2::{Digest, Sha256};
 
 use super::Error;
 use super::store::{Store, digest_hex};
 use super::tree::{PathKey, Refusal, Tree, path_key};
+use super::walk::{Visitor, dir_flags, walk};
 use crate::modelpack::{LayerFormat, Manifest, ModelPath, layer};
 
 /// Marker written last into a model directory.
@@ -169,10 +170,10 @@ pub fn extract_tar(reader: &mut dyn Read, dir: &Path, limits: Limits) -> Result<
 }
 
 fn check_symlinks(tree: &mut Tree) -> Result<(), Error> {
-    tree.check_symlinks().map_err(|(link, reason)| Error::UnsafeEntry {
+    tree.check_symlinks().map_err(|refused| Error::UnsafeEntry {
         layer: String::from("(the finished model)"),
-        entry: link.to_string(),
-        reason: format!("symlink {reason}"),
+        entry: refused.link,
+        reason: format!("symlink {}", refused.reason),
     })
 }
 
@@ -363,100 +364,55 @@ impl Layer<'_> {
 /// Makes a finished model read-only: files are already 0444 (0555 if executable), directories
 /// become 0555.
 fn seal(dir: &Path) -> Result<(), Error> {
-    let root = open_dir(dir)?;
-    // Iterative, as is `remove_tree`: a model may be 2,048 directories deep, too deep to recurse
-    // on a blocking thread's stack. Paths are relative to `root`, so never longer than a model path.
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let at = open_beneath(&root, &rel).map_err(|e| Error::io(&dir.join(&rel), e))?;
-        stack.extend(subdirectories(&at, &rel, |_| Ok(())).map_err(|e| Error::io(&dir.join(&rel), e))?);
-        rustix::fs::fchmod(&at, Mode::from_raw_mode(0o555)).map_err(|e| Error::io(&dir.join(&rel), e.into()))?;
+    struct Seal;
+    impl Visitor for Seal {
+        type Error = io::Error;
+        fn enter(&mut self, at: &OwnedFd, _: &Path) -> io::Result<()> {
+            Ok(rustix::fs::fchmod(at, Mode::from_raw_mode(0o555))?)
+        }
     }
-    Ok(())
+    walk(open_dir(dir)?, &mut Seal).map_err(|e| Error::io(dir, e))
 }
 
 /// Removes a directory tree that [`seal`] made read-only.
 pub fn remove_tree(path: &Path) -> Result<(), Error> {
+    struct Remove;
+    impl Visitor for Remove {
+        type Error = io::Error;
+        fn enter(&mut self, at: &OwnedFd, _: &Path) -> io::Result<()> {
+            Ok(rustix::fs::fchmod(at, Mode::from_raw_mode(0o755))?)
+        }
+        fn entry(&mut self, at: &OwnedFd, _: &Path, name: &CStr, _: FileType) -> io::Result<()> {
+            Ok(rustix::fs::unlinkat(at, name, AtFlags::empty())?)
+        }
+        fn leave(&mut self, parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
+            Ok(rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?)
+        }
+    }
     let Ok(meta) = fs::symlink_metadata(path) else { return Ok(()) };
     if !meta.is_dir() {
         return fs::remove_file(path).map_err(|e| Error::io(path, e));
     }
-    let root = open_dir(path)?;
-    // A directory stays on the stack until a visit finds no subdirectory left in it: each is
-    // listed at most twice, and the stack holds one path per pending directory.
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.last().cloned() {
-        let failed = |e: io::Error| Error::io(&path.join(&rel), e);
-        let at = open_beneath(&root, &rel).map_err(failed)?;
-        rustix::fs::fchmod(&at, Mode::from_raw_mode(0o755)).map_err(|e| failed(e.into()))?;
-        let unlink = |name: &std::ffi::CStr| rustix::fs::unlinkat(&at, name, AtFlags::empty()).map_err(io::Error::from);
-        let subdirs = subdirectories(&at, &rel, unlink).map_err(failed)?;
-        if subdirs.is_empty() {
-            stack.pop();
-            if !rel.as_os_str().is_empty() {
-                rustix::fs::unlinkat(&root, &rel, AtFlags::REMOVEDIR).map_err(|e| failed(e.into()))?;
-            }
-        } else {
-            stack.extend(subdirs);
-        }
-    }
+    walk(open_dir(path)?, &mut Remove).map_err(|e| Error::io(path, e))?;
     fs::remove_dir(path).map_err(|e| Error::io(path, e))
 }
 
 /// The files (regular files and links) of a finished model, the marker aside.
 pub fn count_files(dir: &Path) -> Result<usize, Error> {
-    let root = open_dir(dir)?;
-    let (mut stack, mut files) = (vec![PathBuf::new()], 0);
-    while let Some(rel) = stack.pop() {
-        let at = open_beneath(&root, &rel).map_err(|e| Error::io(&dir.join(&rel), e))?;
-        let top = rel.as_os_str().is_empty();
-        let count = |name: &std::ffi::CStr| {
-            files += usize::from(!(top && name.to_bytes() == COMPLETE.as_bytes()));
+    struct Count(usize);
+    impl Visitor for Count {
+        type Error = io::Error;
+        fn entry(&mut self, _: &OwnedFd, rel: &Path, name: &CStr, _: FileType) -> io::Result<()> {
+            let marker = rel.as_os_str().is_empty() && name.to_bytes() == COMPLETE.as_bytes();
+            self.0 += usize::from(!marker);
             Ok(())
-        };
-        stack.extend(subdirectories(&at, &rel, count).map_err(|e| Error::io(&dir.join(&rel), e))?);
+        }
     }
-    Ok(files)
+    let mut count = Count(0);
+    walk(open_dir(dir)?, &mut count).map_err(|e| Error::io(dir, e))?;
+    Ok(count.0)
 }
 
 fn open_dir(dir: &Path) -> Result<OwnedFd, Error> {
     rustix::fs::open(dir, dir_flags(), Mode::empty()).map_err(|e| Error::io(dir, e.into()))
-}
-
-fn open_beneath(root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
-    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-    Ok(rustix::fs::openat(root, rel, dir_flags(), Mode::empty())?)
-}
-
-fn dir_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
-}
-
-/// The subdirectories of `at` (which is `rel` beneath the root), as paths beneath the root;
-/// `other` is called with the name of every other entry.
-fn subdirectories(
-    at: &OwnedFd,
-    rel: &Path,
-    mut other: impl FnMut(&std::ffi::CStr) -> io::Result<()>,
-) -> io::Result<Vec<PathBuf>> {
-    let mut subdirs = Vec::new();
-    for entry in rustix::fs::Dir::read_from(at)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name == c"." || name == c".." {
-            continue;
-        }
-        let kind = match entry.file_type() {
-            FileType::Unknown => {
-                FileType::from_raw_mode(rustix::fs::statat(at, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode)
-            }
-            kind => kind,
-        };
-        if kind == FileType::Directory {
-            subdirs.push(rel.join(std::ffi::OsStr::from_bytes(name.to_bytes())));
-        } else {
-            other(name)?;
-        }
-    }
-    Ok(subdirs)
 }

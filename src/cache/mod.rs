@@ -15,6 +15,7 @@ mod materialise;
 mod pull;
 mod store;
 mod tree;
+mod walk;
 
 use std::path::Path;
 use std::time::Duration;
