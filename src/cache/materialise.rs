@@ -45,7 +45,8 @@ pub struct Limits {
     /// Decompressed bytes of all the model's archive layers together, headers and padding included
     /// (default: a multiple of their total size, see [`default_extract_limit`]).
     pub extract_bytes: Option<u64>,
-    /// Entries per model, over all layers.
+    /// Inodes per model, over all layers (implicit parent directories included); a tar entry that
+    /// creates none still counts once.
     pub entries: u64,
 }
 
