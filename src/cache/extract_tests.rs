@@ -87,6 +87,14 @@ fn the_complete_marker_never_overwrites_a_store_blob() {
             overwritten
                 .push(format!("{shape}: blob now {:?} (materialise: {result:?})", String::from_utf8_lossy(&now)));
         }
+        // Refused up front, in one line naming the entry.
+        match &result {
+            Err(e) => assert!(
+                e.to_string().contains("\".complete\"") && e.to_string().contains("completion marker"),
+                "{shape}: {e}"
+            ),
+            Ok(_) => panic!("{shape}: published"),
+        }
     }
     assert!(overwritten.is_empty(), "{overwritten:#?}");
 }
