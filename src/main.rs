@@ -119,8 +119,8 @@ struct PullArgs {
     /// Parallel layer downloads.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Most bytes extracted from one archive layer, tar headers included (default: 20× its size,
-    /// at least 1 GiB).
+    /// Most bytes extracted from the model's archive layers all together, tar headers included
+    /// (default: 20× their total size, at least 1 GiB).
     #[arg(long, value_name = "BYTES")]
     extract_limit: Option<u64>,
     /// Most entries (files, directories, links) one model may create, over all its layers.

@@ -3,27 +3,32 @@
 //! `tmp/` that is renamed into `models/sha256/<hex>` only when complete.
 
 use std::cell::Cell;
-use std::collections::BTreeSet;
+use std::collections::HashSet;
+use std::ffi::{CStr, OsStr};
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use rustix::fs::{AtFlags, FileType, Mode};
 use sha2::{Digest, Sha256};
 
 use super::Error;
 use super::store::{Store, digest_hex};
-use super::tree::{Refusal, Tree};
+use super::tree::{PathKey, Refusal, Tree, path_key};
+use super::walk::{Visitor, dir_flags, walk};
 use crate::modelpack::{LayerFormat, Manifest, ModelPath, layer};
 
 /// Marker written last into a model directory.
 pub const COMPLETE: &str = ".complete";
 
-/// Extraction bound for one archive layer when no better figure is known: a generous multiple of
-/// the compressed size, never below 1 GiB (so small archives of zeros still extract).
-pub fn default_extract_limit(layer_size: u64) -> u64 {
-    layer_size.saturating_mul(20).max(1 << 30)
+/// Extraction bound for a model when none is given: a generous multiple of the compressed size of
+/// all its archive layers, never below 1 GiB (so small archives of zeros still extract). One budget
+/// for the model, not one per layer: many small layers must not multiply it.
+pub fn default_extract_limit(archive_bytes: u64) -> u64 {
+    archive_bytes.saturating_mul(20).max(1 << 30)
 }
 
 /// Entries one model may create (files, directories, links) unless the pull raises it: inodes of
@@ -37,10 +42,11 @@ const MAX_HEADER_BYTES: u64 = 1 << 20;
 /// Bounds on what one model may extract.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Decompressed bytes per archive layer, headers and padding included (default: a multiple of
-    /// its size, see [`default_extract_limit`]).
+    /// Decompressed bytes of all the model's archive layers together, headers and padding included
+    /// (default: a multiple of their total size, see [`default_extract_limit`]).
     pub extract_bytes: Option<u64>,
-    /// Entries per model, over all layers.
+    /// Inodes per model, over all layers (implicit parent directories included); a tar entry that
+    /// creates none still counts once.
     pub entries: u64,
 }
 
@@ -50,28 +56,26 @@ impl Default for Limits {
     }
 }
 
-/// Builds the model directory for `manifest`; returns its path and the files it holds.
+/// Builds the model directory for `manifest`; returns its path and how many files (regular files
+/// and links) it holds.
 pub fn materialise(
     store: &Store,
     manifest_digest: &str,
     manifest: &Manifest,
     diff_ids: &[String],
     limits: Limits,
-) -> Result<(PathBuf, Vec<String>), Error> {
+) -> Result<(PathBuf, usize), Error> {
     let target = store.model_dir(manifest_digest)?;
     let staging = store.tmp_dir().join(format!("model-{}-{}", digest_hex(manifest_digest)?, std::process::id()));
     remove_tree(&staging)?;
     fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-    let files = match build(store, &staging, manifest, diff_ids, limits) {
+    let files = match build(store, &staging, manifest_digest, manifest, diff_ids, limits) {
         Ok(files) => files,
         Err(e) => {
             let _ = remove_tree(&staging);
             return Err(e);
         }
     };
-    let marker = staging.join(COMPLETE);
-    fs::write(&marker, manifest_digest).map_err(|e| Error::io(&marker, e))?;
-    fs::set_permissions(&marker, fs::Permissions::from_mode(0o444)).map_err(|e| Error::io(&marker, e))?;
     seal(&staging)?;
     store.sync_filesystem()?;
     if target.join(COMPLETE).exists() {
@@ -85,17 +89,25 @@ pub fn materialise(
     Ok((target, files))
 }
 
-/// Extracts the layers into `staging` through a [`Tree`]; the caller removes it on error.
+/// Extracts the layers into `staging` through a [`Tree`] and writes the completion marker; the
+/// caller removes it on error.
 fn build(
     store: &Store,
     staging: &Path,
+    manifest_digest: &str,
     manifest: &Manifest,
     diff_ids: &[String],
     limits: Limits,
-) -> Result<Vec<String>, Error> {
-    let mut tree = Tree::open(staging).map_err(|e| Error::io(staging, e))?;
-    let mut claimed = BTreeSet::new();
-    let mut entries = 0u64;
+) -> Result<usize, Error> {
+    let mut tree = Tree::open(staging, limits.entries).map_err(|e| Error::io(staging, e))?;
+    let mut claimed = HashSet::new();
+    let mut archive_bytes = 0u64;
+    for descriptor in &manifest.layers {
+        if !layer(descriptor)?.format().is_single_file() {
+            archive_bytes = archive_bytes.saturating_add(u64::try_from(descriptor.size).unwrap_or(0));
+        }
+    }
+    let meter = Rc::new(Meter::new(limits.extract_bytes.unwrap_or_else(|| default_extract_limit(archive_bytes))));
     for (index, descriptor) in manifest.layers.iter().enumerate() {
         let l = layer(descriptor)?;
         let blob = store.blob_path(&descriptor.digest)?;
@@ -103,28 +115,27 @@ fn build(
             Refusal::Unsafe(reason) => {
                 Error::UnsafeEntry { layer: descriptor.digest.clone(), entry: entry.to_owned(), reason }
             }
+            Refusal::TooManyEntries => {
+                Error::TooManyEntries { layer: descriptor.digest.clone(), limit: limits.entries }
+            }
             Refusal::Io(e) => Error::io(&staging.join(entry), e),
         };
         if l.format().is_single_file() {
-            count(&mut entries, limits.entries, &descriptor.digest)?;
             claim(&mut claimed, &l.path)?;
             tree.link_blob(&blob, &l.path).map_err(|r| refuse(l.path.as_str(), r))?;
             continue;
         }
-        let size = u64::try_from(descriptor.size).unwrap_or(0);
-        let limit = limits.extract_bytes.unwrap_or_else(|| default_extract_limit(size));
         let file = File::open(&blob).map_err(|e| Error::io(&blob, e))?;
         let reader: Box<dyn Read> = match l.format() {
             LayerFormat::Tar => Box::new(file),
-            LayerFormat::TarGzip => Box::new(flate2::read::GzDecoder::new(file)),
+            LayerFormat::TarGzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
             LayerFormat::TarZstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| Error::io(&blob, e))?),
             LayerFormat::Raw | LayerFormat::SingleFile(_) => unreachable!("handled above"),
         };
-        let meter = Rc::new(Meter::new(limit));
         let mut metered =
             Metered { inner: HashingReader { inner: reader, hasher: Sha256::new() }, meter: meter.clone() };
         let layer = Layer { digest: &descriptor.digest, meter: &meter, max_entries: limits.entries };
-        layer.extract(&mut metered, &mut tree, &mut claimed, &mut entries)?;
+        layer.extract(&mut metered, &mut tree, &mut claimed)?;
         // Read what tar left unread (padding, trailing bytes), so the diffId covers the whole
         // stream; the meter bounds this too.
         io::copy(&mut metered, &mut io::sink()).map_err(|e| layer.read_error(e))?;
@@ -139,42 +150,36 @@ fn build(
             }
         }
     }
-    check_symlinks(&tree)?;
-    Ok(claimed.into_iter().collect())
+    check_symlinks(&mut tree)?;
+    tree.create_marker(manifest_digest.as_bytes()).map_err(|e| Error::io(&staging.join(COMPLETE), e))?;
+    Ok(claimed.len())
 }
 
 /// Extracts one uncompressed tar stream into the empty directory `dir` under the same rules as a
 /// pull (for the fuzz target and tests): entries checked, links kept inside, limits enforced.
-pub fn extract_tar(reader: &mut dyn Read, dir: &Path, limits: Limits) -> Result<Vec<String>, Error> {
-    let mut tree = Tree::open(dir).map_err(|e| Error::io(dir, e))?;
-    let mut claimed = BTreeSet::new();
+/// Returns how many files (regular files and links) it created.
+pub fn extract_tar(reader: &mut dyn Read, dir: &Path, limits: Limits) -> Result<usize, Error> {
+    let mut tree = Tree::open(dir, limits.entries).map_err(|e| Error::io(dir, e))?;
+    let mut claimed = HashSet::new();
     let limit = limits.extract_bytes.unwrap_or_else(|| default_extract_limit(0));
     let meter = Rc::new(Meter::new(limit));
     let mut metered = Metered { inner: reader, meter: meter.clone() };
     let layer = Layer { digest: "(archive)", meter: &meter, max_entries: limits.entries };
-    layer.extract(&mut metered, &mut tree, &mut claimed, &mut 0)?;
-    check_symlinks(&tree)?;
-    Ok(claimed.into_iter().collect())
+    layer.extract(&mut metered, &mut tree, &mut claimed)?;
+    check_symlinks(&mut tree)?;
+    Ok(claimed.len())
 }
 
-fn check_symlinks(tree: &Tree) -> Result<(), Error> {
-    tree.check_symlinks().map_err(|(link, reason)| Error::UnsafeEntry {
+fn check_symlinks(tree: &mut Tree) -> Result<(), Error> {
+    tree.check_symlinks().map_err(|refused| Error::UnsafeEntry {
         layer: String::from("(the finished model)"),
-        entry: link.to_string(),
-        reason: format!("symlink {reason}"),
+        entry: refused.link,
+        reason: format!("symlink {}", refused.reason),
     })
 }
 
-fn count(entries: &mut u64, max: u64, layer: &str) -> Result<(), Error> {
-    *entries += 1;
-    if *entries > max {
-        return Err(Error::TooManyEntries { layer: layer.to_owned(), limit: max });
-    }
-    Ok(())
-}
-
-fn claim(claimed: &mut BTreeSet<String>, path: &ModelPath) -> Result<(), Error> {
-    if !claimed.insert(path.as_str().to_owned()) {
+fn claim(claimed: &mut HashSet<PathKey>, path: &ModelPath) -> Result<(), Error> {
+    if !claimed.insert(path_key(path)) {
         return Err(Error::DuplicatePath(path.as_str().to_owned()));
     }
     Ok(())
@@ -193,7 +198,7 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Counts every decompressed byte of a layer against its limit, and the bytes read while tar looks
+/// Counts every decompressed byte of the model's archive layers against its limit, and the bytes read while tar looks
 /// for the next entry (headers, long names, PAX records, which it buffers) against
 /// [`MAX_HEADER_BYTES`]. Shared with the extraction loop, which says when a header starts.
 struct Meter {
@@ -224,7 +229,7 @@ impl<R: Read> Read for Metered<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let m = &self.meter;
         let n = self.inner.read(buf)?;
-        m.total.set(m.total.get() + n as u64);
+        m.total.set(m.total.get().saturating_add(n as u64));
         if m.total.get() > m.limit {
             m.exceeded.set(Some(Exceeded::Bytes));
         }
@@ -253,6 +258,10 @@ impl Layer<'_> {
         Error::UnsafeEntry { layer: self.digest.to_owned(), entry: entry.to_owned(), reason: reason.into() }
     }
 
+    fn too_many(&self) -> Error {
+        Error::TooManyEntries { layer: self.digest.to_owned(), limit: self.max_entries }
+    }
+
     /// A read error, or the limit the meter stopped at.
     fn read_error(&self, e: io::Error) -> Error {
         match self.meter.exceeded.get() {
@@ -265,13 +274,7 @@ impl Layer<'_> {
         }
     }
 
-    fn extract(
-        &self,
-        reader: &mut dyn Read,
-        tree: &mut Tree,
-        claimed: &mut BTreeSet<String>,
-        entries: &mut u64,
-    ) -> Result<(), Error> {
+    fn extract(&self, reader: &mut dyn Read, tree: &mut Tree, claimed: &mut HashSet<PathKey>) -> Result<(), Error> {
         let mut archive = tar::Archive::new(reader);
         let mut iter = archive.entries().map_err(|e| self.read_error(e))?;
         loop {
@@ -279,8 +282,12 @@ impl Layer<'_> {
             let Some(entry) = iter.next() else { break };
             self.meter.header.set(None);
             let mut entry = entry.map_err(|e| self.read_error(e))?;
-            count(entries, self.max_entries, self.digest)?;
+            let created = tree.created();
             self.entry(&mut entry, tree, claimed)?;
+            // Every entry counts, even one that creates nothing (an existing directory, say).
+            if tree.created() == created {
+                tree.charge_entry().map_err(|_| self.too_many())?;
+            }
             // Drain what the entry did not use (a directory's data, say) here rather than inside
             // the next header read, so the header bound measures headers only.
             io::copy(&mut entry, &mut io::sink()).map_err(|e| self.read_error(e))?;
@@ -293,7 +300,7 @@ impl Layer<'_> {
         &self,
         entry: &mut tar::Entry<'_, R>,
         tree: &mut Tree,
-        claimed: &mut BTreeSet<String>,
+        claimed: &mut HashSet<PathKey>,
     ) -> Result<(), Error> {
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
@@ -309,6 +316,7 @@ impl Layer<'_> {
         }
         let refuse = |r: Refusal| match r {
             Refusal::Unsafe(reason) => self.unsafe_entry(&raw, reason),
+            Refusal::TooManyEntries => self.too_many(),
             Refusal::Io(e) => Error::Io { path: raw.clone(), error: e },
         };
         let link_name = |entry: &tar::Entry<'_, R>| {
@@ -354,29 +362,58 @@ impl Layer<'_> {
     }
 }
 
-/// Makes a finished model read-only: files 0444 (0555 if executable), directories 0555.
+/// Makes a finished model read-only: files are already 0444 (0555 if executable), directories
+/// become 0555.
 fn seal(dir: &Path) -> Result<(), Error> {
-    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let path = entry.path();
-        let meta = fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
-        if meta.is_dir() {
-            seal(&path)?;
+    struct Seal;
+    impl Visitor for Seal {
+        type Error = io::Error;
+        fn enter(&mut self, at: &OwnedFd, _: &Path) -> io::Result<()> {
+            Ok(rustix::fs::fchmod(at, Mode::from_raw_mode(0o555))?)
         }
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(|e| Error::io(dir, e))
+    walk(open_dir(dir)?, &mut Seal).map_err(|e| Error::io(dir, e))
 }
 
 /// Removes a directory tree that [`seal`] made read-only.
 pub fn remove_tree(path: &Path) -> Result<(), Error> {
-    let Ok(meta) = fs::symlink_metadata(path) else { return Ok(()) };
-    if meta.is_dir() {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(|e| Error::io(path, e))?;
-        for entry in fs::read_dir(path).map_err(|e| Error::io(path, e))? {
-            remove_tree(&entry.map_err(|e| Error::io(path, e))?.path())?;
+    struct Remove;
+    impl Visitor for Remove {
+        type Error = io::Error;
+        fn enter(&mut self, at: &OwnedFd, _: &Path) -> io::Result<()> {
+            Ok(rustix::fs::fchmod(at, Mode::from_raw_mode(0o755))?)
         }
-        fs::remove_dir(path).map_err(|e| Error::io(path, e))
-    } else {
-        fs::remove_file(path).map_err(|e| Error::io(path, e))
+        fn entry(&mut self, at: &OwnedFd, _: &Path, name: &CStr, _: FileType) -> io::Result<()> {
+            Ok(rustix::fs::unlinkat(at, name, AtFlags::empty())?)
+        }
+        fn leave(&mut self, parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
+            Ok(rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?)
+        }
     }
+    let Ok(meta) = fs::symlink_metadata(path) else { return Ok(()) };
+    if !meta.is_dir() {
+        return fs::remove_file(path).map_err(|e| Error::io(path, e));
+    }
+    walk(open_dir(path)?, &mut Remove).map_err(|e| Error::io(path, e))?;
+    fs::remove_dir(path).map_err(|e| Error::io(path, e))
+}
+
+/// The files (regular files and links) of a finished model, the marker aside.
+pub fn count_files(dir: &Path) -> Result<usize, Error> {
+    struct Count(usize);
+    impl Visitor for Count {
+        type Error = io::Error;
+        fn entry(&mut self, _: &OwnedFd, rel: &Path, name: &CStr, _: FileType) -> io::Result<()> {
+            let marker = rel.as_os_str().is_empty() && name.to_bytes() == COMPLETE.as_bytes();
+            self.0 += usize::from(!marker);
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    walk(open_dir(dir)?, &mut count).map_err(|e| Error::io(dir, e))?;
+    Ok(count.0)
+}
+
+fn open_dir(dir: &Path) -> Result<OwnedFd, Error> {
+    rustix::fs::open(dir, dir_flags(), Mode::empty()).map_err(|e| Error::io(dir, e.into()))
 }

@@ -15,6 +15,7 @@ mod materialise;
 mod pull;
 mod store;
 mod tree;
+mod walk;
 
 use std::path::Path;
 use std::time::Duration;
@@ -48,7 +49,9 @@ pub enum Error {
     UnsafeEntry { layer: String, entry: String, reason: String },
     #[error("layer {layer}: archive: {reason}")]
     Archive { layer: String, reason: String },
-    #[error("layer {layer}: extraction stopped at the {limit}-byte limit, headers included (a decompression bomb?)")]
+    #[error(
+        "layer {layer}: extraction stopped at the model's {limit}-byte limit (all archive layers, headers included; a decompression bomb?)"
+    )]
     ExtractionLimit { layer: String, limit: u64 },
     #[error(
         "layer {layer}: the model has more than {limit} entries (files, directories and links; --max-entries raises it)"
@@ -75,3 +78,6 @@ impl Error {
         Error::Io { path: path.display().to_string(), error: source }
     }
 }
+
+#[cfg(test)]
+mod extract_tests;

@@ -85,7 +85,7 @@ pub async fn pull(
         layer(descriptor)?;
     }
     confirm_layers(registry, repo, &manifest, options.concurrency.max(1)).await?;
-    let total: u64 = manifest.layers.iter().map(|l| size_of(l.size)).sum();
+    let total = manifest.layers.iter().fold(0u64, |sum, l| sum.saturating_add(size_of(l.size)));
     progress.total.store(total, Ordering::Relaxed);
 
     let model_dir = store.model_dir(digest)?;
@@ -100,7 +100,7 @@ pub async fn pull(
         let (store, manifest, digest, diff_ids, limit) =
             (store.clone(), manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.limits);
         let (_, files) = blocking(move || materialise(&store, &digest, &manifest, &diff_ids, limit)).await?;
-        files.len()
+        files
     };
     let mut collected = None;
     if let Some((namespace, name)) = &options.link {
@@ -127,18 +127,8 @@ fn size_of(size: i64) -> u64 {
 }
 
 fn count_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.file_type() {
-                    Ok(t) if t.is_dir() => count_files(&e.path()),
-                    _ if e.file_name() == COMPLETE => 0,
-                    _ => 1,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
+    // Iterative (a model may be 2,048 directories deep, this runs on an async worker's stack).
+    super::materialise::count_files(dir).unwrap_or(0)
 }
 
 /// Asks the registry, with this pull's credentials, whether `repo` serves each layer (one HEAD per

@@ -93,8 +93,9 @@ impl Manifest {
             .map(String::as_str)
     }
 
+    /// The artifact's size as its descriptors say; saturating, as a registry may send any sizes.
     pub fn total_size(&self) -> i64 {
-        self.config.size + self.layers.iter().map(|l| l.size).sum::<i64>()
+        self.layers.iter().fold(self.config.size, |sum, l| sum.saturating_add(l.size))
     }
 }
 
