@@ -13,7 +13,7 @@ use crate::modelpack::{Descriptor, Manifest};
 
 fn put_blob(store: &Store, data: &[u8]) -> String {
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
-    if let Some(mut ingest) = store.ingest(&digest, data.len() as u64).unwrap() {
+    if let Some(mut ingest) = store.ingest(&digest, data.len() as u64, "r.example/tests").unwrap() {
         ingest.write(data).unwrap();
         ingest.commit().unwrap();
     }
