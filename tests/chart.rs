@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use modelpack_operator::api::{Model, ModelDeployment};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::{
     Bed, Operator, TestNodes, docker_config_secret, eventually, install_crds, namespace, run_tool, unique_suffix,
@@ -67,13 +67,7 @@ async fn the_rendered_manifests_pass_server_side_validation() {
     }
 }
 
-async fn apply<K>(api: &Api<K>, kind: &str, name: &str, spec: Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let obj = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
-    api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&obj)).await.unwrap();
-}
+use support::apply;
 
 #[tokio::test]
 async fn the_operator_runs_a_full_scenario_with_only_the_charts_rbac() {

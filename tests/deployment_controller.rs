@@ -13,12 +13,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Secret};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use modelpack_operator::api::conditions::{ConditionStatus, DRIFTED, KStatus, READY, find, kstatus};
 use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::{
     Bed, Operator, TestNodes, argo, docker_config_secret, ensure_namespace, eventually, install_crds, namespace,
@@ -51,28 +51,9 @@ async fn setup(prefix: &str) -> Setup {
     }
 }
 
-async fn apply<K>(api: &Api<K>, kind: &str, name: &str, spec: Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let obj = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
-    api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&obj)).await.unwrap();
-}
+use support::apply;
 
-/// Waits until the deployment's status for its current generation satisfies `check`.
-async fn wait_for(
-    api: &Api<ModelDeployment>,
-    name: &str,
-    what: &str,
-    check: impl Fn(&ModelDeploymentStatus) -> bool,
-) -> ModelDeployment {
-    eventually(&format!("deployment {name}: {what}"), Duration::from_secs(90), || async {
-        let d = api.get(name).await.ok()?;
-        let s = d.status.as_ref()?;
-        (s.observed_generation == d.metadata.generation && check(s)).then_some(d)
-    })
-    .await
-}
+use support::wait_for_deployment as wait_for;
 
 fn drift_reason(s: &ModelDeploymentStatus) -> Option<String> {
     s.drift.as_ref().map(|d| d.reason.clone())

@@ -1,7 +1,9 @@
 //! Hostile registries' redirects and token realms: what they make the operator fetch, what it
 //! sends there, and what of the answer it repeats (no bed needed: the servers are local threads).
 
-use std::io::{Read, Write};
+mod support;
+
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
@@ -15,15 +17,7 @@ fn server(respond: impl Fn(&str) -> String + Send + 'static) -> (String, Arc<Mut
     let heads = log.clone();
     std::thread::spawn(move || {
         for mut client in listener.incoming().flatten() {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match client.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
+            let head = support::read_request_head(&mut client);
             heads.lock().unwrap().push(head.clone());
             let _ = client.write_all(respond(&head).as_bytes());
         }

@@ -7,21 +7,15 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use modelpack_operator::api::{Model, ModelDeployment};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::{
     Bed, Operator, TestNodes, ensure_namespace, eventually, http_get, install_crds, namespace, unique_suffix,
 };
 
-async fn apply<K>(api: &Api<K>, kind: &str, name: &str, spec: Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let obj = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
-    api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&obj)).await.unwrap();
-}
+use support::apply;
 
 async fn resolved(models: &Api<Model>, name: &str, digest: &str) {
     eventually(&format!("model {name} resolved {digest}"), Duration::from_secs(45), || async {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Secret};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use modelpack_operator::api::conditions::{KStatus, READY, VERIFIED, find, kstatus};
 use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus};
@@ -20,27 +20,9 @@ use support::{Bed, Operator, TestNodes, argo, ensure_namespace, eventually, inst
 const JOBS_NAMESPACE: &str = "modelpack-system";
 const CACHE: &str = "/var/lib/modelpack";
 
-async fn apply<K>(api: &Api<K>, kind: &str, name: &str, spec: Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let obj = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
-    api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&obj)).await.unwrap();
-}
+use support::apply;
 
-async fn wait_for(
-    api: &Api<ModelDeployment>,
-    name: &str,
-    what: &str,
-    check: impl Fn(&ModelDeploymentStatus) -> bool,
-) -> ModelDeployment {
-    eventually(&format!("deployment {name}: {what}"), Duration::from_secs(90), || async {
-        let d = api.get(name).await.ok()?;
-        let s = d.status.as_ref()?;
-        (s.observed_generation == d.metadata.generation && check(s)).then_some(d)
-    })
-    .await
-}
+use support::wait_for_deployment as wait_for;
 
 fn drift_reason(s: &ModelDeploymentStatus) -> Option<&str> {
     s.drift.as_ref().map(|d| d.reason.as_str())

@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -417,15 +417,8 @@ impl Forger {
         let prefix = format!("/v2/{repo}/");
         std::thread::spawn(move || {
             for mut client in listener.incoming().flatten() {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match client.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => break,
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
+                let head = support::read_request_head(&mut client);
+                let text = head;
                 let line = text.lines().next().unwrap_or_default().to_owned();
                 log.lock().unwrap().push(line.clone());
                 let mut parts = line.split(' ');

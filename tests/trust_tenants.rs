@@ -2,7 +2,9 @@
 //! are threads on local ports): a registry that says yes to every HEAD gets nothing it did not
 //! send, and a registry that drips a shared layer holds up no other repository's pull of it.
 
-use std::io::{Read, Write};
+mod support;
+
+use std::io::Write;
 use std::net::TcpListener;
 
 use modelpack_operator::cache::Store;
@@ -27,15 +29,8 @@ fn lying_registry(
     let prefix = format!("/v2/{repo}/");
     std::thread::spawn(move || {
         for mut client in listener.incoming().flatten() {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match client.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+            let head = support::read_request_head(&mut client);
+            let line = head.lines().next().unwrap_or_default().to_owned();
             requests.lock().unwrap().push(line.clone());
             let mut parts = line.split(' ');
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -124,15 +119,11 @@ fn serving_registry(repo: &str, manifest: Vec<u8>, config: Vec<u8>, layer: Vec<u
         for mut client in listener.incoming().flatten() {
             let (manifest, config, layer, prefix) = (manifest.clone(), config.clone(), layer.clone(), prefix.clone());
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match client.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
+                let head = support::read_request_head(&mut client);
+                if head.is_empty() {
+                    return;
                 }
-                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+                let line = head.lines().next().unwrap_or_default().to_owned();
                 let mut parts = line.split(' ');
                 let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                 let rest = path.strip_prefix(&prefix).unwrap_or("");

@@ -405,3 +405,43 @@ impl Drop for Operator {
         }
     }
 }
+
+/// Server-side applies a `modelpack.dev/v1alpha1` object of `kind` with `spec` (field manager `e2e`).
+pub async fn apply<K>(api: &Api<K>, kind: &str, name: &str, spec: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let obj = serde_json::json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
+    let params = kube::api::PatchParams::apply("e2e").force();
+    api.patch(name, &params, &kube::api::Patch::Apply(&obj)).await.unwrap();
+}
+
+/// Waits until the deployment's status for its current generation satisfies `check`.
+pub async fn wait_for_deployment(
+    api: &Api<modelpack_operator::api::ModelDeployment>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&modelpack_operator::api::ModelDeploymentStatus) -> bool,
+) -> modelpack_operator::api::ModelDeployment {
+    eventually(&format!("deployment {name}: {what}"), Duration::from_secs(90), || async {
+        let d = api.get(name).await.ok()?;
+        let s = d.status.as_ref()?;
+        (s.observed_generation == d.metadata.generation && check(s)).then_some(d)
+    })
+    .await
+}
+
+/// The request line and headers of one HTTP/1.1 request (for the tests' small servers); empty
+/// when the client closed first.
+pub fn read_request_head(client: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 << 10 {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
