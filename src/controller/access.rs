@@ -113,12 +113,20 @@ fn fingerprint(options: &Options, credential: Option<&Credential>) -> u64 {
     h.finish()
 }
 
-type ResolutionKey = (Repository, RefSpec, u64);
+/// Everything that changes what a registry answers to whom, whole: a cache keyed by a hash of it
+/// could hand one tenant's client (and credentials) to another on a collision.
+type ClientKey = (Options, Option<(String, String)>);
+
+fn client_key(access: &Access) -> ClientKey {
+    (access.options.clone(), access.credential.as_ref().map(|c| (c.username.clone(), c.password.clone())))
+}
+
+type ResolutionKey = (Repository, RefSpec, ClientKey);
 
 /// Caches shared by every reconcile.
 #[derive(Default)]
 pub struct Caches {
-    clients: Mutex<HashMap<u64, Arc<Registry>>>,
+    clients: Mutex<HashMap<ClientKey, Arc<Registry>>>,
     resolutions: Mutex<HashMap<ResolutionKey, (Resolution, Instant)>>,
     inspections: Mutex<HashMap<(Repository, String), Arc<Inspection>>>,
     /// One registry round trip per key at a time: the others wait for it and read the cache.
@@ -126,6 +134,7 @@ pub struct Caches {
     verifications: super::trust::Verifications,
 }
 
+/// Only for the in-flight gates: two keys that collide merely wait for each other.
 fn key_hash(key: &impl Hash) -> u64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
@@ -136,14 +145,14 @@ fn key_hash(key: &impl Hash) -> u64 {
 const MAX_INSPECTIONS: usize = 512;
 
 impl Caches {
-    fn registry(&self, access: &Access) -> Result<(Arc<Registry>, u64), Error> {
-        let key = fingerprint(&access.options, access.credential.as_ref());
+    fn registry(&self, access: &Access) -> Result<(Arc<Registry>, ClientKey), Error> {
+        let key = client_key(access);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = clients.get(&key) {
             return Ok((r.clone(), key));
         }
         let r = Arc::new(Registry::new(&access.options, access.credential.as_ref())?);
-        clients.insert(key, r.clone());
+        clients.insert(key.clone(), r.clone());
         Ok((r, key))
     }
 
@@ -209,5 +218,34 @@ impl Caches {
         }
         cache.insert(key, inspection.clone());
         Ok(inspection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_shared_only_by_identical_transport_and_credentials() {
+        let caches = Caches::default();
+        let access = |user: &str, password: &str, insecure: bool| Access {
+            repository: Repository::parse("r.example/team/model").unwrap(),
+            options: Options { insecure, ..Options::default() },
+            credential: Some(Credential { username: user.into(), password: password.into() }),
+            credential_source: None,
+        };
+        let (a, _) = caches.registry(&access("tenant-a", "secret-a", false)).unwrap();
+        let (same, _) = caches.registry(&access("tenant-a", "secret-a", false)).unwrap();
+        assert!(Arc::ptr_eq(&a, &same));
+        for other in [
+            access("tenant-b", "secret-a", false),
+            access("tenant-a", "secret-b", false),
+            access("tenant-a", "secret-a", true),
+        ] {
+            let (b, _) = caches.registry(&other).unwrap();
+            assert!(!Arc::ptr_eq(&a, &b), "{:?}", other.options);
+        }
+        let anonymous = Access { credential: None, ..access("x", "y", false) };
+        assert!(!Arc::ptr_eq(&a, &caches.registry(&anonymous).unwrap().0));
     }
 }
