@@ -8,11 +8,7 @@ use std::io::Write;
 use std::net::TcpListener;
 
 use modelpack_operator::cache::Store;
-use sha2::{Digest, Sha256};
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
+use support::craft::sha256;
 
 /// A registry that serves one manifest and its config, and answers 200 to every HEAD of a blob
 /// (it has none of them). Returns its host:port and a log of request lines.
@@ -69,19 +65,7 @@ fn a_registry_that_says_yes_to_every_head_gets_no_other_tenants_blob() {
     ingest.write(&secret).unwrap();
     ingest.commit().unwrap();
 
-    let config = serde_json::to_vec(
-        &serde_json::json!({"descriptor": {"name": "stolen"}, "modelfs": {"type": "layers", "diffIds": []}}),
-    )
-    .unwrap();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.cncf.model.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.cncf.model.config.v1+json", "digest": sha256(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.cncf.model.weight.v1.raw", "digest": victim_layer, "size": secret.len(),
-                    "annotations": {"org.cncf.model.filepath": "stolen.bin"}}],
-    }))
-    .unwrap();
+    let (manifest, config) = model_of(&victim_layer, secret.len(), "stolen.bin", "stolen");
     let repo = "attacker/stolen";
     let (host, log) = lying_registry(repo, manifest.clone(), config);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelpack-operator"))
@@ -162,6 +146,11 @@ fn serving_registry(repo: &str, manifest: Vec<u8>, config: Vec<u8>, layer: Vec<u
 }
 
 fn model(layer: &[u8], name: &str) -> (Vec<u8>, Vec<u8>) {
+    model_of(&sha256(layer), layer.len(), "weights.bin", name)
+}
+
+/// A one-layer ModelPack manifest and its config; the layer named by digest and size only.
+fn model_of(layer_digest: &str, size: usize, path: &str, name: &str) -> (Vec<u8>, Vec<u8>) {
     let config = serde_json::to_vec(
         &serde_json::json!({"descriptor": {"name": name}, "modelfs": {"type": "layers", "diffIds": []}}),
     )
@@ -171,8 +160,8 @@ fn model(layer: &[u8], name: &str) -> (Vec<u8>, Vec<u8>) {
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "artifactType": "application/vnd.cncf.model.manifest.v1+json",
         "config": {"mediaType": "application/vnd.cncf.model.config.v1+json", "digest": sha256(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.cncf.model.weight.v1.raw", "digest": sha256(layer), "size": layer.len(),
-                    "annotations": {"org.cncf.model.filepath": "weights.bin"}}],
+        "layers": [{"mediaType": "application/vnd.cncf.model.weight.v1.raw", "digest": layer_digest, "size": size,
+                    "annotations": {"org.cncf.model.filepath": path}}],
     }))
     .unwrap();
     (manifest, config)
