@@ -218,6 +218,7 @@ pub struct PullCommand {
 /// How a pull runs, as opposed to what it pulls.
 pub struct PullTuning {
     pub concurrency: usize,
+    pub chunk_size: u64,
     pub limits: modelpack_operator::cache::Limits,
     /// Flush to disk before publishing (off: `--no-sync`).
     pub durable: bool,
@@ -277,6 +278,7 @@ impl PullCommand {
         }
         let options = PullOptions {
             concurrency: self.tuning.concurrency,
+            chunk_size: self.tuning.chunk_size,
             link: self.link.clone(),
             limits: self.tuning.limits,
             keep: self.keep.clone(),

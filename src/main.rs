@@ -116,9 +116,13 @@ struct PullArgs {
     /// Versions to keep for this link (others are garbage-collected).
     #[arg(long, value_name = "DIGEST")]
     keep: Vec<String>,
-    /// Parallel layer downloads.
+    /// Parallel connections to the registry, shared by layers and by the ranges of big blobs.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Blobs above this many bytes are fetched as concurrent ranges of this size, resumable per
+    /// range (0: every blob in one request).
+    #[arg(long, value_name = "BYTES", default_value_t = modelpack_operator::cache::DEFAULT_CHUNK_SIZE)]
+    chunk_size: u64,
     /// Most bytes extracted from the model's archive layers all together, tar headers included
     /// (default: 20× their total size, at least 1 GiB).
     #[arg(long, value_name = "BYTES")]
@@ -195,6 +199,7 @@ fn main() -> ExitCode {
                 &args.keep,
                 cli::PullTuning {
                     concurrency: args.concurrency,
+                    chunk_size: args.chunk_size,
                     limits: modelpack_operator::cache::Limits {
                         extract_bytes: args.extract_limit,
                         entries: args.max_entries,

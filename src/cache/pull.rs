@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use super::gc::{self, Collected};
 use super::materialise::{COMPLETE, Limits, materialise};
 use super::store::{Ingest, Store, digest_hex};
-use super::{Error, link};
+use super::{Error, link, ranged};
 use crate::modelpack::{Manifest, ModelConfig, layer};
 use crate::registry::{Error as RegistryError, Registry, Repository};
 
@@ -22,8 +23,10 @@ const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub struct PullOptions {
-    /// Parallel layer downloads.
+    /// Parallel connections, shared by layers and by the ranges of big blobs.
     pub concurrency: usize,
+    /// Blobs above this size are fetched as concurrent ranges of this size (0: never).
+    pub chunk_size: u64,
     /// `(namespace, name)` of the deployment whose `current` link should point at the model.
     pub link: Option<(String, String)>,
     /// Bounds on extraction (bytes per archive layer, entries per model).
@@ -91,7 +94,7 @@ pub async fn pull(
     let model_dir = store.model_dir(digest)?;
     // Every layer must be this repository's: served to this cache by it before, or downloaded
     // now, even when the finished model is already on the node (see `Store::is_proven`).
-    let fetched = fetch_layers(registry, repo, store, &manifest, options.concurrency.max(1), &progress).await?;
+    let fetched = fetch_layers(registry, repo, store, &manifest, options, &progress).await?;
     let files = if model_dir.join(COMPLETE).exists() {
         count_files(&model_dir)
     } else {
@@ -164,9 +167,11 @@ async fn fetch_layers(
     repo: &Repository,
     store: &Store,
     manifest: &Manifest,
-    concurrency: usize,
+    options: &PullOptions,
     progress: &Arc<Progress>,
 ) -> Result<u64, Error> {
+    let concurrency = options.concurrency.max(1);
+    let permits = Arc::new(Semaphore::new(concurrency));
     let mut missing = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for l in &manifest.layers {
@@ -189,7 +194,11 @@ async fn fetch_layers(
         while running.len() < concurrency {
             let Some((digest, size)) = pending.next() else { break };
             let (registry, repo, store, progress) = (registry.clone(), repo.clone(), store.clone(), progress.clone());
-            running.spawn(async move { fetch_blob(&registry, &repo, &store, &digest, size, &progress).await });
+            let (permits, chunk) = (permits.clone(), options.chunk_size);
+            running.spawn(async move {
+                let source = Source { registry: &registry, repo: &repo, permits: &permits, concurrency };
+                fetch_blob(&source, &store, &digest, size, chunk, &progress).await
+            });
         }
         match running.join_next().await {
             None => return Ok(fetched),
@@ -198,14 +207,23 @@ async fn fetch_layers(
     }
 }
 
+/// Where blobs come from, and the connections a pull may open to it.
+struct Source<'a> {
+    registry: &'a Registry,
+    repo: &'a Repository,
+    permits: &'a Arc<Semaphore>,
+    concurrency: usize,
+}
+
 async fn fetch_blob(
-    registry: &Registry,
-    repo: &Repository,
+    source: &Source<'_>,
     store: &Store,
     digest: &str,
     size: u64,
+    chunk: u64,
     progress: &Progress,
 ) -> Result<u64, Error> {
+    let (registry, repo) = (source.registry, source.repo);
     let ingest = blocking({
         let (store, digest) = (store.clone(), digest.to_owned());
         let source = repo.to_string();
@@ -217,6 +235,25 @@ async fn fetch_blob(
         progress.done.fetch_add(size, Ordering::Relaxed);
         return Ok(0);
     };
+    if chunk > 0 && size > chunk {
+        let target = ranged::Target { registry, repo, digest, ingest: &ingest, progress, permits: source.permits };
+        match ranged::fetch(&target, ranged::plan(size, chunk), source.concurrency).await? {
+            ranged::Fetched::Complete(fetched) => {
+                blocking(move || {
+                    ingest.rehash()?;
+                    ingest.commit()
+                })
+                .await?;
+                return Ok(fetched);
+            }
+            // The registry (or the redirect target) ignores ranges: one request after all.
+            ranged::Fetched::Unsupported => ingest.restart()?,
+        }
+    } else if ingest.is_ranged() {
+        // Written in ranges by an earlier pull with a smaller chunk size: holes, not a prefix.
+        ingest.restart()?;
+    }
+    let _permit = source.permits.acquire().await.map_err(|e| Error::Internal(e.to_string()))?;
     let resumed_at = ingest.offset();
     progress.done.fetch_add(resumed_at, Ordering::Relaxed);
     if resumed_at == size {
