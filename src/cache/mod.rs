@@ -26,7 +26,7 @@ pub use link::{parse_link, set_current};
 pub use materialise::{
     COMPLETE, DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, remove_tree,
 };
-pub use pull::{Progress, PullOptions, PullReport, pull};
+pub use pull::{Endpoint, Progress, PullOptions, PullReport, pull};
 pub use ranged::DEFAULT_CHUNK_SIZE;
 pub use store::{Ingest, Store, digest_hex};
 

@@ -34,6 +34,22 @@ pub struct PullOptions {
     /// With `link`: other versions this deployment keeps; everything no deployment keeps is
     /// garbage-collected. `None` collects nothing.
     pub keep: Option<Vec<String>>,
+    /// Hosts to fetch the manifest, config and layers from before the registry itself, in order
+    /// (see [`crate::registry::Mirror`]). What they send is verified like the registry's.
+    pub mirrors: Vec<Endpoint>,
+}
+
+/// A host serving the repository's content: a mirror, or the registry itself.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub registry: Registry,
+    pub repo: Repository,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Endpoint({})", self.repo)
+    }
 }
 
 /// What a pull did: the JSON result printed and written to the termination log.
@@ -74,7 +90,11 @@ pub async fn pull(
     })
     .await?;
 
-    let manifest_bytes = registry.manifest(repo, digest).await?;
+    let manifest_bytes =
+        match from_mirrors(&options.mirrors, |m| async move { m.registry.manifest(&m.repo, digest).await }).await {
+            Some(bytes) => bytes,
+            None => registry.manifest(repo, digest).await?,
+        };
     let manifest = Manifest::parse(&manifest_bytes)?;
     let source = repo.to_string();
     // Kept as a blob so garbage collection knows which layers this model needs. (Under this
@@ -98,7 +118,14 @@ pub async fn pull(
     let files = if model_dir.join(COMPLETE).exists() {
         count_files(&model_dir)
     } else {
-        let config = registry.small_blob(repo, &manifest.config.digest, MAX_CONFIG_BYTES).await?;
+        let config_digest = &manifest.config.digest;
+        let mirrored = from_mirrors(&options.mirrors, |m| async move {
+            m.registry.small_blob(&m.repo, config_digest, MAX_CONFIG_BYTES).await
+        });
+        let config = match mirrored.await {
+            Some(bytes) => bytes,
+            None => registry.small_blob(repo, config_digest, MAX_CONFIG_BYTES).await?,
+        };
         let (config, _) = ModelConfig::parse(&config)?;
         let (store, manifest, digest, diff_ids, limit) =
             (store.clone(), manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.limits);
@@ -123,6 +150,22 @@ pub async fn pull(
         path: model_dir,
         collected,
     })
+}
+
+/// The first mirror's answer; `None` when there is none or every mirror failed (the registry itself
+/// is asked next). Answers are digest-checked by the registry client, as the registry's are.
+async fn from_mirrors<'a, T, F, Fut>(mirrors: &'a [Endpoint], fetch: F) -> Option<T>
+where
+    F: Fn(&'a Endpoint) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RegistryError>>,
+{
+    for mirror in mirrors {
+        match fetch(mirror).await {
+            Ok(answer) => return Some(answer),
+            Err(e) => tracing::warn!(mirror = %mirror.repo, error = %e, "mirror failed; trying the next host"),
+        }
+    }
+    None
 }
 
 fn size_of(size: i64) -> u64 {
@@ -194,9 +237,26 @@ async fn fetch_layers(
         while running.len() < concurrency {
             let Some((digest, size)) = pending.next() else { break };
             let (registry, repo, store, progress) = (registry.clone(), repo.clone(), store.clone(), progress.clone());
-            let (permits, chunk) = (permits.clone(), options.chunk_size);
+            let (permits, chunk, mirrors) = (permits.clone(), options.chunk_size, options.mirrors.clone());
             running.spawn(async move {
-                let source = Source { registry: &registry, repo: &repo, permits: &permits, concurrency };
+                let origin = repo.to_string();
+                for mirror in &mirrors {
+                    let source = Source {
+                        registry: &mirror.registry,
+                        repo: &mirror.repo,
+                        origin: &origin,
+                        permits: &permits,
+                        concurrency,
+                    };
+                    match fetch_blob(&source, &store, &digest, size, chunk, &progress).await {
+                        Ok(fetched) => return Ok(fetched),
+                        Err(e) => {
+                            tracing::warn!(mirror = %mirror.repo, error = %e, "mirror failed; trying the next host")
+                        }
+                    }
+                }
+                let source =
+                    Source { registry: &registry, repo: &repo, origin: &origin, permits: &permits, concurrency };
                 fetch_blob(&source, &store, &digest, size, chunk, &progress).await
             });
         }
@@ -211,6 +271,9 @@ async fn fetch_layers(
 struct Source<'a> {
     registry: &'a Registry,
     repo: &'a Repository,
+    /// The repository whose content this is (`registry/repository`): what the store records as
+    /// the blob's provenance, whichever host sends the bytes.
+    origin: &'a str,
     permits: &'a Arc<Semaphore>,
     concurrency: usize,
 }
@@ -226,8 +289,8 @@ async fn fetch_blob(
     let (registry, repo) = (source.registry, source.repo);
     let ingest = blocking({
         let (store, digest) = (store.clone(), digest.to_owned());
-        let source = repo.to_string();
-        move || store.ingest(&digest, size, &source)
+        let origin = source.origin.to_owned();
+        move || store.ingest(&digest, size, &origin)
     })
     .await?;
     let Some(mut ingest) = ingest else {

@@ -33,6 +33,8 @@ pub struct Proxy {
     pub blob_gets: Arc<AtomicUsize>,
     /// The `Range` header of every GET of the blob, in arrival order (empty: none).
     pub ranges: Arc<Mutex<Vec<String>>>,
+    /// Requests (any path) that carried an `Authorization` header.
+    pub authorized: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -47,29 +49,30 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
         let blob_gets = Arc::new(AtomicUsize::new(0));
-        let ranges = Arc::new(Mutex::new(Vec::new()));
-        let (upstream, blob_hex, gets, seen) =
-            (upstream.to_owned(), blob_hex.to_owned(), blob_gets.clone(), ranges.clone());
+        let (ranges, authorized) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
+        let log = Log { gets: blob_gets.clone(), ranges: ranges.clone(), authorized: authorized.clone() };
+        let (upstream, blob_hex) = (upstream.to_owned(), blob_hex.to_owned());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (upstream, blob_hex, gets, seen) = (upstream.clone(), blob_hex.clone(), gets.clone(), seen.clone());
+                let (upstream, blob_hex, log) = (upstream.clone(), blob_hex.clone(), log.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(client, &upstream, &blob_hex, how, &gets, &seen);
+                    let _ = serve(client, &upstream, &blob_hex, how, &log);
                 });
             }
         });
-        Proxy { host, blob_gets, ranges }
+        Proxy { host, blob_gets, ranges, authorized }
     }
 }
 
-fn serve(
-    mut client: TcpStream,
-    upstream: &str,
-    blob_hex: &str,
-    how: Misbehaviour,
-    gets: &AtomicUsize,
-    seen: &Mutex<Vec<String>>,
-) -> std::io::Result<()> {
+/// What the proxy records, shared by its connection threads.
+#[derive(Clone)]
+struct Log {
+    gets: Arc<AtomicUsize>,
+    ranges: Arc<Mutex<Vec<String>>>,
+    authorized: Arc<AtomicUsize>,
+}
+
+fn serve(mut client: TcpStream, upstream: &str, blob_hex: &str, how: Misbehaviour, log: &Log) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -91,10 +94,13 @@ fn serve(
         .collect();
     forwarded.push_str("Connection: close\r\n\r\n");
     let is_blob_get = request_line.starts_with("GET ") && request_line.contains(&format!("/blobs/sha256:{blob_hex}"));
+    let header =
+        |name: &str| text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix(name).map(|r| r.trim().to_owned()));
+    if header("authorization:").is_some() {
+        log.authorized.fetch_add(1, Ordering::SeqCst);
+    }
     if is_blob_get {
-        let range =
-            text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("range:").map(|r| r.trim().to_owned()));
-        seen.lock().unwrap().push(range.unwrap_or_default());
+        log.ranges.lock().unwrap().push(header("range:").unwrap_or_default());
     }
     let mut server = TcpStream::connect(upstream)?;
     server.write_all(forwarded.as_bytes())?;
@@ -103,7 +109,7 @@ fn serve(
     // 206 too: the puller asks for ranges, from byte 0 on a first download.
     let is_body = response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.1 206");
     if is_blob_get && is_body {
-        let n = gets.fetch_add(1, Ordering::SeqCst);
+        let n = log.gets.fetch_add(1, Ordering::SeqCst);
         let body_at = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 4);
         match how {
             Misbehaviour::Corrupt => {

@@ -61,6 +61,8 @@ pub struct JobSettings {
     pub bound: super::bound::NodeBound,
     /// `pull --max-entries`: entries one model may create on a node.
     pub max_entries: u64,
+    /// `--mirror` of every pull Job.
+    pub mirrors: Vec<crate::registry::Mirror>,
 }
 
 /// The value of [`DEPLOYMENT_LABEL`] for `namespace/name`.
@@ -174,6 +176,9 @@ pub fn pull_job(
     }
     if settings.max_entries != crate::cache::DEFAULT_MAX_ENTRIES {
         args.extend(["--max-entries".to_owned(), settings.max_entries.to_string()]);
+    }
+    for mirror in crate::registry::Mirror::of(&settings.mirrors, &pull.repository.registry) {
+        args.extend(["--mirror".to_owned(), mirror.to_string()]);
     }
     let secret_data = registry_files(pull, &mut args);
     let mut mounts = vec![json!({"name": "cache", "mountPath": settings.cache_dir})];
@@ -375,6 +380,7 @@ mod tests {
             image: "i".into(),
             bound: Default::default(),
             max_entries: crate::cache::DEFAULT_MAX_ENTRIES,
+            mirrors: Vec::new(),
         };
         assert_eq!(selector_of(&pull_job(&deployment, &settings, &pull).unwrap().0), None, "no bound, no selector");
         let args_of = |job: &Job| {
@@ -388,6 +394,12 @@ mod tests {
         settings.max_entries = 250_000;
         let raised = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
         assert!(raised.windows(2).any(|w| w == ["--max-entries", "250000"]), "{raised:?}");
+        let mirror = |spec: &str| crate::registry::Mirror::parse(spec).unwrap();
+        settings.mirrors =
+            vec![mirror("other.example=http://m0"), mirror("r.example=http://m1:5000"), mirror("r.example=https://m2")];
+        let mirrored = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
+        let given: Vec<&str> = mirrored.windows(2).filter(|w| w[0] == "--mirror").map(|w| w[1].as_str()).collect();
+        assert_eq!(given, ["r.example=http://m1:5000", "r.example=https://m2"], "this registry's mirrors, in order");
         settings.bound.selector = [("pool".to_owned(), "models".to_owned())].into();
         let (job, _) = pull_job(&deployment, &settings, &pull).unwrap();
         assert_eq!(selector_of(&job), Some(settings.bound.selector.clone()));
