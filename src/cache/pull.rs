@@ -230,6 +230,7 @@ async fn fetch_layers(
     // Each download is a task of its own, so that hashing and writing spread over the runtime's
     // workers instead of all running where this function is polled. Dropping the set (on the
     // first error) aborts the others; their partial ingests stay resumable.
+    let chunk_size = split_blobs(&missing, options.chunk_size, concurrency);
     let mut pending = missing.into_iter();
     let mut running = tokio::task::JoinSet::new();
     let mut fetched = 0;
@@ -237,7 +238,7 @@ async fn fetch_layers(
         while running.len() < concurrency {
             let Some((digest, size)) = pending.next() else { break };
             let (registry, repo, store, progress) = (registry.clone(), repo.clone(), store.clone(), progress.clone());
-            let (permits, chunk, mirrors) = (permits.clone(), options.chunk_size, options.mirrors.clone());
+            let (permits, chunk, mirrors) = (permits.clone(), chunk_size, options.mirrors.clone());
             running.spawn(async move {
                 let origin = repo.to_string();
                 for mirror in &mirrors {
@@ -265,6 +266,14 @@ async fn fetch_layers(
             Some(done) => fetched += done.map_err(|e| Error::Internal(e.to_string()))??,
         }
     }
+}
+
+/// The range size big blobs are split into (0: none is). Splitting pays only when connections
+/// would otherwise sit idle: with as many big blobs as connections, each blob already has one, and
+/// ranges would only add the final re-read for hashing (measured in `e2e/bench/pull`).
+fn split_blobs(missing: &[(String, u64)], chunk: u64, concurrency: usize) -> u64 {
+    let big = missing.iter().filter(|(_, size)| chunk > 0 && *size > chunk).count();
+    if big >= concurrency { 0 } else { chunk }
 }
 
 /// Where blobs come from, and the connections a pull may open to it.
@@ -371,4 +380,19 @@ async fn receive(
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
     tokio::task::spawn_blocking(work).await.map_err(|e| Error::Internal(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_blobs;
+
+    #[test]
+    fn blobs_are_split_only_while_connections_would_sit_idle() {
+        let blobs = |sizes: &[u64]| sizes.iter().map(|s| ("d".to_owned(), *s)).collect::<Vec<_>>();
+        assert_eq!(split_blobs(&blobs(&[100]), 10, 4), 10, "one big blob: split");
+        assert_eq!(split_blobs(&blobs(&[100, 1, 2, 3, 4, 5]), 10, 4), 10, "one big, many small: split");
+        assert_eq!(split_blobs(&blobs(&[100, 100, 100]), 10, 4), 10);
+        assert_eq!(split_blobs(&blobs(&[100, 100, 100, 100]), 10, 4), 0, "a connection each already");
+        assert_eq!(split_blobs(&blobs(&[100]), 0, 4), 0, "off");
+    }
 }
