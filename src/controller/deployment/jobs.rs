@@ -15,6 +15,7 @@ use serde_json::json;
 use super::nodes::short_hash;
 use super::plan::JobState;
 use crate::api::ModelDeployment;
+use crate::cache::PullOutcome;
 use crate::registry::{Credential, Options, Repository};
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "modelpack-operator");
@@ -61,6 +62,10 @@ pub struct JobSettings {
     pub bound: super::bound::NodeBound,
     /// `pull --max-entries`: entries one model may create on a node.
     pub max_entries: u64,
+    /// `pull --cache-limit`: each node cache's budget.
+    pub cache_limit: crate::cache::CacheLimit,
+    /// How often nodes holding models are scrubbed (zero: never).
+    pub scrub_interval: Duration,
 }
 
 /// The value of [`DEPLOYMENT_LABEL`] for `namespace/name`.
@@ -155,6 +160,7 @@ pub fn pull_job(
     if settings.max_entries != crate::cache::DEFAULT_MAX_ENTRIES {
         args.extend(["--max-entries".to_owned(), settings.max_entries.to_string()]);
     }
+    args.extend(["--cache-limit".to_owned(), settings.cache_limit.to_string()]);
     let mut secret_data = BTreeMap::new();
     if let Some(c) = pull.credential {
         let auth = base64::Engine::encode(
@@ -309,15 +315,15 @@ pub fn job_state(job: &Job) -> JobState {
 pub fn with_result(state: JobState, pods: &[Pod]) -> JobState {
     let last = pods.iter().filter_map(terminated).max_by_key(|(at, _)| at.clone()).map(|(_, message)| message);
     let Some(message) = last else { return state };
-    let parsed: Option<serde_json::Value> = serde_json::from_str(&message).ok();
+    let parsed: Option<PullOutcome> = serde_json::from_str(&message).ok();
     match state {
         JobState::Succeeded { started, completed, .. } => {
-            let bytes = parsed.as_ref().and_then(|v| v["bytesFetched"].as_i64());
+            let bytes = parsed.as_ref().and_then(|o| i64::try_from(o.bytes_fetched).ok());
             JobState::Succeeded { started, completed, bytes }
         }
         JobState::Failed { started, completed, message: job_message } => {
-            let error = match parsed.as_ref().and_then(|v| v["error"].as_str()) {
-                Some(e) => e.to_owned(),
+            let error = match parsed.and_then(|o| o.error) {
+                Some(e) => e,
                 None if !message.trim().is_empty() => last_line(&message),
                 None => job_message,
             };
@@ -368,6 +374,8 @@ mod tests {
             image: "i".into(),
             bound: Default::default(),
             max_entries: crate::cache::DEFAULT_MAX_ENTRIES,
+            cache_limit: crate::cache::CacheLimit::Bytes(5 << 30),
+            scrub_interval: Duration::from_secs(3600),
         };
         assert_eq!(selector_of(&pull_job(&deployment, &settings, &pull).unwrap().0), None, "no bound, no selector");
         let args_of = |job: &Job| {
@@ -378,6 +386,7 @@ mod tests {
         };
         let default_args = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
         assert!(!default_args.contains(&"--max-entries".to_owned()), "{default_args:?}");
+        assert!(default_args.windows(2).any(|w| w == ["--cache-limit", "5368709120"]), "{default_args:?}");
         settings.max_entries = 250_000;
         let raised = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
         assert!(raised.windows(2).any(|w| w == ["--max-entries", "250000"]), "{raised:?}");
