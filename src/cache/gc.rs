@@ -142,14 +142,18 @@ pub fn holders(store: &Store) -> Result<Vec<Holder>, Error> {
         for deployment in read_dirs(&ns)? {
             let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let key = format!("{}/{}", name(&ns), name(&deployment));
-            if let Some(hex) = link_hex(&deployment.join("current")) {
-                out.push(Holder { model: hex, deployment: key.clone(), hold: Hold::Current });
+            let current = link_hex(&deployment.join("current"));
+            if let Some(hex) = &current {
+                out.push(Holder { model: hex.clone(), deployment: key.clone(), hold: Hold::Current });
             }
             let versions = deployment.join("versions");
             if versions.is_dir() {
                 for v in fs::read_dir(&versions).map_err(|e| Error::io(&versions, e))?.flatten() {
                     let model = v.file_name().to_string_lossy().into_owned();
-                    out.push(Holder { model, deployment: key.clone(), hold: Hold::Kept });
+                    // `versions/` records the current one too; it is held as current.
+                    if current.as_ref() != Some(&model) {
+                        out.push(Holder { model, deployment: key.clone(), hold: Hold::Kept });
+                    }
                 }
             }
         }

@@ -3,8 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Misbehaviour {
@@ -21,12 +21,24 @@ pub enum Misbehaviour {
     /// Send the first half of the blob's body, pause a second, then the rest (every GET): keeps a
     /// download in flight long enough for another to meet it.
     Slow,
+    /// Forward everything as is (for the request log).
+    Honest,
 }
 
 pub struct Proxy {
     /// `127.0.0.1:PORT`
     pub host: String,
     pub blob_gets: Arc<AtomicUsize>,
+    /// Every request line received (`GET /v2/…/blobs/sha256:… HTTP/1.1`), in order.
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// The blob GETs received so far (any blob).
+    pub fn blob_requests(&self) -> Vec<String> {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().filter(|r| r.starts_with("GET ") && r.contains("/blobs/")).cloned().collect()
+    }
 }
 
 impl Proxy {
@@ -34,16 +46,18 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
         let blob_gets = Arc::new(AtomicUsize::new(0));
-        let (upstream, blob_hex, gets) = (upstream.to_owned(), blob_hex.to_owned(), blob_gets.clone());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (upstream, blob_hex, gets, log) =
+            (upstream.to_owned(), blob_hex.to_owned(), blob_gets.clone(), requests.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (upstream, blob_hex, gets) = (upstream.clone(), blob_hex.clone(), gets.clone());
+                let (upstream, blob_hex, gets, log) = (upstream.clone(), blob_hex.clone(), gets.clone(), log.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(client, &upstream, &blob_hex, how, &gets);
+                    let _ = serve(client, &upstream, &blob_hex, how, &gets, &log);
                 });
             }
         });
-        Proxy { host, blob_gets }
+        Proxy { host, blob_gets, requests }
     }
 }
 
@@ -53,6 +67,7 @@ fn serve(
     blob_hex: &str,
     how: Misbehaviour,
     gets: &AtomicUsize,
+    log: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -64,6 +79,7 @@ fn serve(
     }
     let text = String::from_utf8_lossy(&head).into_owned();
     let request_line = text.lines().next().unwrap_or_default().to_owned();
+    log.lock().unwrap().push(request_line.clone());
     let mut forwarded: String = text
         .lines()
         .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
@@ -105,7 +121,10 @@ fn serve(
                 client.write_all(&response[half..])?;
                 return client.shutdown(std::net::Shutdown::Both);
             }
-            Misbehaviour::TruncateOnce | Misbehaviour::TruncateOnceWithoutRanges | Misbehaviour::StallOnce => {}
+            Misbehaviour::TruncateOnce
+            | Misbehaviour::TruncateOnceWithoutRanges
+            | Misbehaviour::StallOnce
+            | Misbehaviour::Honest => {}
         }
     }
     client.write_all(&response)?;
