@@ -56,8 +56,8 @@ struct ScrubArgs {
     #[arg(long, value_name = "DIR")]
     cache_dir: PathBuf,
     /// Most bytes read a second (a quantity: 50Mi). Default: no bound.
-    #[arg(long, value_name = "BYTES")]
-    rate: Option<modelpack_operator::cache::CacheLimit>,
+    #[arg(long, value_name = "BYTES", value_parser = parse_rate)]
+    rate: Option<u64>,
     /// The cache's budget, for the capacity reported.
     #[arg(long, value_name = "SIZE|PERCENT%")]
     cache_limit: Option<modelpack_operator::cache::CacheLimit>,
@@ -120,6 +120,16 @@ struct RunArgs {
     /// How often every node holding models is scrubbed (re-hashed); 0 disables.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_interval)]
     scrub_interval: std::time::Duration,
+    /// Most bytes a second a scrub reads from a node's disk (a quantity: 64Mi).
+    #[arg(long, value_name = "BYTES", default_value = "64Mi", value_parser = parse_rate)]
+    scrub_rate: u64,
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    match modelpack_operator::cache::CacheLimit::parse(text).map_err(|e| e.to_string())? {
+        modelpack_operator::cache::CacheLimit::Bytes(bytes) => Ok(bytes),
+        _ => Err(format!("{text:?}: expected bytes a second (64Mi), not a percentage")),
+    }
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
@@ -272,13 +282,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Scrub(args) => {
-            let rate = args.rate.map(|r| match r {
-                modelpack_operator::cache::CacheLimit::Bytes(b) => Ok(b),
-                other => Err(anyhow::anyhow!("--rate {other}: expected bytes a second (50Mi), not a percentage")),
-            });
-            let result = rate
-                .transpose()
-                .and_then(|rate| cli::scrub(&args.cache_dir, rate, args.cache_limit, args.termination_log.as_deref()));
+            let result = cli::scrub(&args.cache_dir, args.rate, args.cache_limit, args.termination_log.as_deref());
             match result {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -356,6 +360,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_entries: args.max_entries,
         cache_limit: args.cache_limit,
         scrub_interval: args.scrub_interval,
+        scrub_rate: args.scrub_rate,
     };
     use modelpack_operator::controller::runtime::{self, LeaderElection, RuntimeConfig};
     // Operators watching different namespaces (one per tenant, or per test) elect separately.

@@ -41,14 +41,21 @@ const CLEANUP_DEADLINE: i64 = 300;
 pub enum Role {
     Pull,
     Cleanup,
+    /// A node cache's integrity scrub (no deployment's).
+    Scrub,
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Pull => "pull",
             Role::Cleanup => "cleanup",
+            Role::Scrub => "scrub",
         }
+    }
+
+    pub fn parse(label: &str) -> Option<Role> {
+        [Role::Pull, Role::Cleanup, Role::Scrub].into_iter().find(|r| r.as_str() == label)
     }
 }
 
@@ -66,6 +73,8 @@ pub struct JobSettings {
     pub cache_limit: crate::cache::CacheLimit,
     /// How often nodes holding models are scrubbed (zero: never).
     pub scrub_interval: Duration,
+    /// `scrub --rate`: bytes a second a scrub reads.
+    pub scrub_rate: u64,
 }
 
 /// The value of [`DEPLOYMENT_LABEL`] for `namespace/name`.
@@ -201,7 +210,7 @@ pub fn pull_job(
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [2]}}
             ]},
-            "template": pod_template(deployment, settings, Role::Pull, pull.node, args, mounts, volumes, spec.resources.as_ref()),
+            "template": pod_template(&PodParts::of(deployment, settings, Role::Pull, pull.node), args, mounts, volumes, spec.resources.as_ref()),
         }
     });
     Ok((serde_json::from_value(job)?, secret))
@@ -218,6 +227,10 @@ pub fn cleanup_job(deployment: &ModelDeployment, settings: &JobSettings, node: &
         settings.cache_dir.clone(),
         "--unlink".to_owned(),
         format!("deployments/{ns}/{dep}"),
+        "--cache-limit".to_owned(),
+        settings.cache_limit.to_string(),
+        "--termination-log".to_owned(),
+        "/dev/termination-log".to_owned(),
     ];
     let mounts = vec![json!({"name": "cache", "mountPath": settings.cache_dir})];
     let job = json!({
@@ -226,7 +239,7 @@ pub fn cleanup_job(deployment: &ModelDeployment, settings: &JobSettings, node: &
             "backoffLimit": 2,
             "activeDeadlineSeconds": CLEANUP_DEADLINE,
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
-            "template": pod_template(deployment, settings, Role::Cleanup, node, args, mounts, vec![cache_volume(settings)], None),
+            "template": pod_template(&PodParts::of(deployment, settings, Role::Cleanup, node), args, mounts, vec![cache_volume(settings)], None),
         }
     });
     serde_json::from_value(job)
@@ -236,21 +249,41 @@ fn cache_volume(settings: &JobSettings) -> serde_json::Value {
     json!({"name": "cache", "hostPath": {"path": settings.cache_dir, "type": "DirectoryOrCreate"}})
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where and as what a Job's pod runs.
+struct PodParts<'a> {
+    labels: BTreeMap<String, String>,
+    node: &'a str,
+    tolerations: serde_json::Value,
+    image: &'a str,
+    /// The operator's node bound, for pull Jobs (cleanup and scrub Jobs go where pulls went).
+    node_selector: Option<&'a BTreeMap<String, String>>,
+}
+
+impl<'a> PodParts<'a> {
+    fn of(deployment: &ModelDeployment, settings: &'a JobSettings, role: Role, node: &'a str) -> PodParts<'a> {
+        let ns = deployment.metadata.namespace.as_deref().unwrap_or_default();
+        let dep = deployment.metadata.name.as_deref().unwrap_or_default();
+        PodParts {
+            labels: labels(role, ns, dep),
+            node,
+            tolerations: json!(deployment.spec.tolerations),
+            image: &settings.image,
+            node_selector: (role == Role::Pull && !settings.bound.selector.is_empty())
+                .then_some(&settings.bound.selector),
+        }
+    }
+}
+
 fn pod_template(
-    deployment: &ModelDeployment,
-    settings: &JobSettings,
-    role: Role,
-    node: &str,
+    pod: &PodParts,
     args: Vec<String>,
     mounts: Vec<serde_json::Value>,
     volumes: Vec<serde_json::Value>,
     resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
 ) -> serde_json::Value {
-    let ns = deployment.metadata.namespace.as_deref().unwrap_or_default();
-    let dep = deployment.metadata.name.as_deref().unwrap_or_default();
+    let node = pod.node;
     json!({
-        "metadata": {"labels": labels(role, ns, dep)},
+        "metadata": {"labels": pod.labels},
         "spec": {
             "restartPolicy": "Never",
             // The node's name, not its hostname label: they differ on several clouds. This is how
@@ -258,16 +291,16 @@ fn pod_template(
             "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                 {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
             ]}}},
-            "tolerations": deployment.spec.tolerations,
+            "tolerations": pod.tolerations,
             // The operator's bound again, so that a pull Job cannot land outside it even if the node
             // changed since it was selected. Cleanup Jobs go where pulls went, bound or not.
-            "nodeSelector": (role == Role::Pull && !settings.bound.selector.is_empty()).then_some(&settings.bound.selector),
+            "nodeSelector": pod.node_selector,
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
             "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": CONTAINER,
-                "image": settings.image,
+                "image": pod.image,
                 "args": args,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "securityContext": {
@@ -281,6 +314,55 @@ fn pod_template(
             "volumes": volumes,
         }
     })
+}
+
+/// The scrub Job of `node`: one per node at a time (its name is the node's), the same pod security
+/// as pull Jobs, tolerating every taint (it goes where pulls went; it is the cache's maintenance).
+pub fn scrub_job(settings: &JobSettings, node: &str) -> Result<Job, serde_json::Error> {
+    let name = format!("scrub-{}", short_hash(&[node], 24));
+    let args = vec![
+        "scrub".to_owned(),
+        "--cache-dir".to_owned(),
+        settings.cache_dir.clone(),
+        "--rate".to_owned(),
+        settings.scrub_rate.to_string(),
+        "--cache-limit".to_owned(),
+        settings.cache_limit.to_string(),
+        "--termination-log".to_owned(),
+        "/dev/termination-log".to_owned(),
+    ];
+    let labels = BTreeMap::from([
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+        (ROLE_LABEL.to_owned(), Role::Scrub.as_str().to_owned()),
+    ]);
+    let pod = PodParts {
+        labels: labels.clone(),
+        node,
+        tolerations: json!([{"operator": "Exists"}]),
+        image: &settings.image,
+        node_selector: None,
+    };
+    let mounts = vec![json!({"name": "cache", "mountPath": settings.cache_dir})];
+    let job = json!({
+        "metadata": {
+            "name": name,
+            "namespace": settings.namespace,
+            "labels": labels,
+            "annotations": {NODE_ANNOTATION: node},
+        },
+        "spec": {
+            // Exit 1 is a finding (something was removed), not a failure to retry.
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
+            "template": pod_template(&pod, args, mounts, vec![cache_volume(settings)], None),
+        }
+    });
+    serde_json::from_value(job)
+}
+
+/// The termination message of a Job's last finished pod: its JSON result.
+pub fn termination_message(pods: &[Pod]) -> Option<String> {
+    pods.iter().filter_map(terminated).max_by_key(|(at, _)| at.clone()).map(|(_, message)| message)
 }
 
 /// A Job's progress, without its result (which is in its pod's termination message).
@@ -313,8 +395,7 @@ pub fn job_state(job: &Job) -> JobState {
 /// Fills in a finished Job's result from the termination message of its last pod: bytes fetched on
 /// success, the pull's own error on failure (clearer than the Job's BackoffLimitExceeded).
 pub fn with_result(state: JobState, pods: &[Pod]) -> JobState {
-    let last = pods.iter().filter_map(terminated).max_by_key(|(at, _)| at.clone()).map(|(_, message)| message);
-    let Some(message) = last else { return state };
+    let Some(message) = termination_message(pods) else { return state };
     let parsed: Option<PullOutcome> = serde_json::from_str(&message).ok();
     match state {
         JobState::Succeeded { started, completed, .. } => {
@@ -376,6 +457,7 @@ mod tests {
             max_entries: crate::cache::DEFAULT_MAX_ENTRIES,
             cache_limit: crate::cache::CacheLimit::Bytes(5 << 30),
             scrub_interval: Duration::from_secs(3600),
+            scrub_rate: 1 << 26,
         };
         assert_eq!(selector_of(&pull_job(&deployment, &settings, &pull).unwrap().0), None, "no bound, no selector");
         let args_of = |job: &Job| {
