@@ -28,6 +28,12 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    node: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerificationLabels {
     provider: String,
     result: String,
@@ -43,6 +49,9 @@ pub struct Metrics {
     pulled_bytes: Counter,
     drifted: Gauge,
     drifted_by_deployment: Mutex<HashMap<String, bool>>,
+    cache_bytes: Family<CacheLabels, Gauge>,
+    evictions: Counter,
+    scrub_corrupt_blobs: Counter,
 }
 
 impl Default for Metrics {
@@ -76,8 +85,21 @@ impl Default for Metrics {
             "ModelDeployments whose deployed version is not the desired one",
             drifted.clone(),
         );
+        let cache_bytes = Family::<CacheLabels, Gauge>::default();
+        registry.register("cache_bytes", "Node cache bytes by node and kind (used, capacity)", cache_bytes.clone());
+        let evictions = Counter::default();
+        registry.register("evictions", "Models and blobs evicted from node caches to make room", evictions.clone());
+        let scrub_corrupt_blobs = Counter::default();
+        registry.register(
+            "scrub_corrupt_blobs",
+            "Blobs (and model files) node cache scrubs found changed and removed",
+            scrub_corrupt_blobs.clone(),
+        );
         Metrics {
             registry,
+            cache_bytes,
+            evictions,
+            scrub_corrupt_blobs,
             reconciles,
             durations,
             resolutions,
@@ -126,6 +148,30 @@ impl Metrics {
             }
         }
         self.drifted.set(map.values().filter(|d| **d).count() as i64);
+    }
+
+    /// A Job's result on `node` was recorded as `status`.
+    pub(crate) fn cache_observed(
+        &self,
+        node: &str,
+        status: &crate::api::ModelCacheStatus,
+        result: &super::caches::JobResult,
+    ) {
+        for (kind, bytes) in [("used", status.used), ("capacity", status.capacity)] {
+            self.cache_bytes.get_or_create(&CacheLabels { node: node.to_owned(), kind }).set(bytes);
+        }
+        self.evictions.inc_by(result.evicted().len() as u64);
+        if let super::caches::JobResult::Scrub(o) = result {
+            let files = o.scrub.removed.iter().filter(|r| !o.scrub.corrupt_blobs.contains(&r.cause)).count();
+            self.scrub_corrupt_blobs.inc_by((o.scrub.corrupt_blobs.len() + files) as u64);
+        }
+    }
+
+    /// `node` is gone: its cache series go too.
+    pub(crate) fn cache_gone(&self, node: &str) {
+        for kind in ["used", "capacity"] {
+            self.cache_bytes.remove(&CacheLabels { node: node.to_owned(), kind });
+        }
     }
 
     pub fn encode(&self) -> String {

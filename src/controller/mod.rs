@@ -3,6 +3,7 @@
 
 mod acceptance;
 mod access;
+mod caches;
 mod deployment;
 mod metrics;
 mod model;
@@ -134,10 +135,17 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
         readiness: readiness.clone(),
     });
     let ns = config.namespace.as_deref();
-    tokio::join!(
-        run_models(&client, ns, ctx.clone(), readiness.clone()),
-        run_deployments(&client, ns, ctx.clone(), nodes_writer, jobs_writer, readiness)
-    );
+    let controllers = async {
+        tokio::join!(
+            run_models(&client, ns, ctx.clone(), readiness.clone()),
+            run_deployments(&client, ns, ctx.clone(), nodes_writer, jobs_writer, readiness)
+        )
+    };
+    // The node caches' loop has no end of its own: it stops with the controllers.
+    tokio::select! {
+        _ = controllers => {}
+        _ = caches::run(ctx.clone()) => {}
+    }
 }
 
 async fn run_models(client: &Client, ns: Option<&str>, ctx: Arc<Context>, readiness: Arc<Readiness>) {
