@@ -258,6 +258,102 @@ mod tests {
         }
     }
 
+    /// A store with models built by hand: each model `name` has one layer blob of `size` bytes
+    /// (`shared` names a layer it shares instead) hard-linked into its directory.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+    }
+
+    fn hex_of(name: &str) -> String {
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes()))
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            Fixture { _dir: dir, store }
+        }
+
+        fn model(&self, name: &str, layer: &str, size: usize) -> String {
+            let (model, layer_hex) = (hex_of(name), hex_of(layer));
+            let blob = self.store.dir(super::super::layout::BLOBS).join(&layer_hex);
+            if !blob.exists() {
+                std::fs::write(&blob, vec![7u8; size]).unwrap();
+            }
+            let manifest = serde_json::json!({"schemaVersion": 2, "config": {"mediaType": "x", "digest": "sha256:00", "size": 1},
+                "layers": [{"mediaType": "x", "digest": format!("sha256:{layer_hex}"), "size": size}]});
+            std::fs::write(self.store.dir(super::super::layout::BLOBS).join(&model), manifest.to_string()).unwrap();
+            let dir = self.store.dir(super::super::layout::MODELS).join(&model);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::hard_link(&blob, dir.join("w.bin")).unwrap();
+            model
+        }
+
+        fn room(&self, limit: u64, need: u64, own: &str, pinned: &[String]) -> Room {
+            make_room(&self.store, Some(CacheLimit::Bytes(limit)), need, &Lock::model(own), pinned).unwrap()
+        }
+
+        fn models(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(self.store.dir(super::super::layout::MODELS))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    #[test]
+    fn make_room_keeps_current_versions_shared_blobs_and_what_the_pull_needs() {
+        let f = Fixture::new();
+        let (a, b, c) = (f.model("a", "la", 1000), f.model("b", "shared", 1000), f.model("c", "shared", 1000));
+        let d = f.model("d", "ld", 1000);
+        crate::cache::set_current(&f.store, "ns", "serve", &format!("sha256:{a}")).unwrap();
+        crate::cache::set_current(&f.store, "ns", "other", &format!("sha256:{d}")).unwrap();
+        crate::cache::keep_versions(&f.store, "ns", "other", &format!("sha256:{d}"), &[format!("sha256:{b}")]).unwrap();
+        // a current, d current, b kept, c orphan (sharing b's layer); the pull needs `d`'s layer.
+        let used = crate::cache::usage::measure(&f.store).unwrap().used();
+        let pinned = vec![hex_of("ld")];
+        // Enough room: nothing goes.
+        assert!(f.room(used + 10, 10, &"e".repeat(64), &pinned).evicted.is_empty());
+        // Short by one byte: the orphan goes first; it frees only its manifest (the layer is b's too).
+        let room = f.room(used, 1, &"e".repeat(64), &pinned);
+        assert_eq!(room.evicted.iter().map(|e| e.digest.clone()).collect::<Vec<_>>(), [format!("sha256:{c}")]);
+        assert!(room.evicted[0].bytes < 1000, "{room:?}");
+        assert!(f.store.dir(super::super::layout::BLOBS).join(hex_of("shared")).exists());
+        // Short by far more than everything: b (kept) goes with the layer now nobody holds, never a
+        // current model nor the pinned blob.
+        let room = f.room(0, 1 << 40, &"e".repeat(64), &pinned);
+        assert_eq!(room.evicted.iter().map(|e| e.digest.clone()).collect::<Vec<_>>(), [format!("sha256:{b}")]);
+        assert_eq!(room.evicted[0].deployments, ["ns/other"]);
+        assert!(room.evicted[0].bytes >= 1000);
+        assert!(room.space.shortfall(1 << 40) > 0);
+        let mut left = vec![a.clone(), d.clone()];
+        left.sort();
+        assert_eq!(f.models(), left);
+        assert!(!f.store.dir(super::super::layout::BLOBS).join(hex_of("shared")).exists());
+        assert!(f.store.dir(super::super::layout::BLOBS).join(hex_of("ld")).exists());
+    }
+
+    #[test]
+    fn another_pulls_model_and_blobs_are_never_evicted() {
+        let f = Fixture::new();
+        let (a, _) = (f.model("a", "la", 1000), f.model("b", "lb", 1000));
+        let _busy = f.store.lock(&Lock::model(&a)).unwrap();
+        let _writing = f.store.lock(&Lock::Ingest { blob: hex_of("lb"), source: "k".into() }).unwrap();
+        let room = f.room(0, 1 << 40, &"e".repeat(64), &[]);
+        // a is being pulled (its model lock): untouched. b goes, but not its blob, being written.
+        assert_eq!(
+            room.evicted.iter().map(|e| e.digest.clone()).collect::<Vec<_>>(),
+            [format!("sha256:{}", hex_of("b"))]
+        );
+        assert!(f.store.model_dir(&format!("sha256:{a}")).unwrap().exists());
+        assert!(f.store.dir(super::super::layout::BLOBS).join(hex_of("lb")).exists());
+    }
+
     #[test]
     fn an_inode_held_by_something_kept_is_never_counted_as_freed() {
         let sizes: HashMap<u64, u64> = [(1, 100)].into();
