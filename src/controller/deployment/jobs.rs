@@ -142,6 +142,26 @@ pub struct PullJob<'a> {
 
 /// The pull Job and, when the registry needs credentials or a CA, the Secret it mounts (named like
 /// the Job; the caller makes the Job its owner once both exist).
+/// The registry credential and CA a pull Job reads from its Secret, and the flags that point
+/// `pull` at them.
+fn registry_files(pull: &PullJob, args: &mut Vec<String>) -> BTreeMap<String, ByteString> {
+    let mut files = BTreeMap::new();
+    if let Some(c) = pull.credential {
+        let auth = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:{}", c.username, c.password),
+        );
+        let config = json!({"auths": {pull.repository.registry.clone(): {"auth": auth}}});
+        files.insert("config.json".to_owned(), ByteString(config.to_string().into_bytes()));
+        args.extend(["--docker-config".to_owned(), format!("{REGISTRY_MOUNT}/config.json")]);
+    }
+    if let Some(ca) = &pull.options.ca_pem {
+        files.insert("ca.crt".to_owned(), ByteString(ca.clone()));
+        args.extend(["--ca-file".to_owned(), format!("{REGISTRY_MOUNT}/ca.crt")]);
+    }
+    files
+}
+
 pub fn pull_job(
     deployment: &ModelDeployment,
     settings: &JobSettings,
@@ -170,20 +190,7 @@ pub fn pull_job(
         args.extend(["--max-entries".to_owned(), settings.max_entries.to_string()]);
     }
     args.extend(["--cache-limit".to_owned(), settings.cache_limit.to_string()]);
-    let mut secret_data = BTreeMap::new();
-    if let Some(c) = pull.credential {
-        let auth = base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("{}:{}", c.username, c.password),
-        );
-        let config = json!({"auths": {pull.repository.registry.clone(): {"auth": auth}}});
-        secret_data.insert("config.json".to_owned(), ByteString(config.to_string().into_bytes()));
-        args.extend(["--docker-config".to_owned(), format!("{REGISTRY_MOUNT}/config.json")]);
-    }
-    if let Some(ca) = &pull.options.ca_pem {
-        secret_data.insert("ca.crt".to_owned(), ByteString(ca.clone()));
-        args.extend(["--ca-file".to_owned(), format!("{REGISTRY_MOUNT}/ca.crt")]);
-    }
+    let secret_data = registry_files(pull, &mut args);
     let mut mounts = vec![json!({"name": "cache", "mountPath": settings.cache_dir})];
     let mut volumes = vec![cache_volume(settings)];
     let mut secret = None;
