@@ -213,9 +213,10 @@ pub fn pull_job(
             "backoffLimit": spec.backoff_limit.unwrap_or(3),
             "activeDeadlineSeconds": deadline.as_secs().max(1),
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
-            // Exit 2 is a usage error: retrying cannot help.
+            // Exit 2 is a usage error, 3 a model the node cannot fit even after eviction: retrying
+            // the pod cannot help (the plan retries when the node has room, or after its backoff).
             "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [2]}}
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [2, 3]}}
             ]},
             "template": pod_template(&PodParts::of(deployment, settings, Role::Pull, pull.node), args, mounts, volumes, spec.resources.as_ref()),
         }
@@ -399,18 +400,23 @@ pub fn job_state(job: &Job) -> JobState {
     JobState::Pending
 }
 
-/// Fills in a finished Job's result from the termination message of its last pod: bytes fetched on
-/// success, the pull's own error on failure (clearer than the Job's BackoffLimitExceeded).
-pub fn with_result(state: JobState, pods: &[Pod]) -> JobState {
+/// A pull Job's result: the termination message of its last pod, when it is one.
+pub fn outcome(pods: &[Pod]) -> Option<PullOutcome> {
+    serde_json::from_str(&termination_message(pods)?).ok()
+}
+
+/// Fills in a finished Job's result from the termination message of its last pod (`outcome`, when
+/// it parsed): bytes fetched on success, the pull's own error on failure (clearer than the Job's
+/// BackoffLimitExceeded), or the message's last line when it is no result (logs).
+pub fn with_result(state: JobState, outcome: Option<PullOutcome>, pods: &[Pod]) -> JobState {
     let Some(message) = termination_message(pods) else { return state };
-    let parsed: Option<PullOutcome> = serde_json::from_str(&message).ok();
     match state {
         JobState::Succeeded { started, completed, .. } => {
-            let bytes = parsed.as_ref().and_then(|o| i64::try_from(o.bytes_fetched).ok());
+            let bytes = outcome.as_ref().and_then(|o| i64::try_from(o.bytes_fetched).ok());
             JobState::Succeeded { started, completed, bytes }
         }
         JobState::Failed { started, completed, message: job_message } => {
-            let error = match parsed.and_then(|o| o.error) {
+            let error = match outcome.and_then(|o| o.error) {
                 Some(e) => e,
                 None if !message.trim().is_empty() => last_line(&message),
                 None => job_message,
@@ -507,12 +513,13 @@ mod tests {
             }]}}))
             .unwrap()
         };
-        let ok = with_result(
+        let result = |state: JobState, pods: &[Pod]| with_result(state, outcome(pods), pods);
+        let ok = result(
             JobState::Succeeded { started: None, completed: None, bytes: None },
             &[pod(r#"{"digest":"sha256:x","bytesFetched":1234}"#, 5)],
         );
         assert_eq!(ok, JobState::Succeeded { started: None, completed: None, bytes: Some(1234) });
-        let failed = with_result(
+        let failed = result(
             JobState::Failed { started: None, completed: None, message: "BackoffLimitExceeded: x".into() },
             &[
                 pod(r#"{"digest":"sha256:x","error":"first"}"#, 1),
@@ -520,7 +527,12 @@ mod tests {
             ],
         );
         assert_eq!(failed, JobState::Failed { started: None, completed: None, message: "401 unauthorized".into() });
-        let logs = with_result(
+        let full = [pod(
+            r#"{"digest":"sha256:x","error":"InsufficientStorage: needs 1.0 KiB, 0 B free after evicting 0 B","reason":"InsufficientStorage","needs":1024}"#,
+            3,
+        )];
+        assert_eq!(outcome(&full).and_then(|o| o.needs), Some(1024));
+        let logs = result(
             JobState::Failed { started: None, completed: None, message: "m".into() },
             &[pod("starting\nerror: cannot open cache\n", 1)],
         );

@@ -76,6 +76,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
         desired: &index.desired,
         nodes: &index.nodes,
         jobs: &index.jobs,
+        caches: &index.caches,
         access: &index.fingerprint,
         generation: deployment.metadata.generation,
         now: &Time(jiff::Timestamp::now()),
