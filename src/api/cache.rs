@@ -42,7 +42,8 @@ pub struct ModelCacheStatus {
     pub free: i64,
     #[serde(default)]
     pub model_count: i32,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Always written, empty too: status is merge-patched, and an absent list would keep the old one.
+    #[serde(default)]
     pub models: Vec<CachedModel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scrub: Option<ScrubSummary>,
