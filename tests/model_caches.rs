@@ -176,3 +176,59 @@ async fn model_caches_follow_the_nodes_and_a_scrub_heals_a_flipped_byte() {
     .await;
     assert!(caches.list(&ListParams::default()).await.unwrap().items.iter().any(|c| c.name_any() == first));
 }
+
+#[tokio::test]
+async fn a_node_too_small_for_the_model_is_reported_and_not_retried_in_a_loop() {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+    use modelpack_operator::api::NodePhase;
+    let bed = Bed::get();
+    let client = bed.client().await;
+    install_crds(&client).await;
+    ensure_namespace(&client, JOBS_NAMESPACE).await;
+    let ns = namespace(&client, "cachefull").await;
+    let _operator = Operator::start_with(&ns, &format!("e2e-{ns}"), &["--cache-limit", "100000"]);
+    let nodes = TestNodes::create("cachefull", 1);
+    let files = ModelFiles::new(32, &[("model.safetensors", 300_000)]);
+    let repo = format!("caches/full-{}", unique_suffix());
+    modctl_push(bed, &bed.plain, &repo, "v1", &files);
+    let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+    let repository = format!("{}/{repo}", bed.plain.host);
+    apply(&models, "Model", "m", json!({"repository": repository, "ref": {"tag": "v1"}, "insecure": true})).await;
+    apply(&deployments, "ModelDeployment", "d", json!({"modelRef": {"name": "m"}, "nodeSelector": nodes.selector()}))
+        .await;
+    let failed = |s: &ModelDeploymentStatus| {
+        s.nodes.as_ref().and_then(|n| n.entries.first()).is_some_and(|e| {
+            e.phase == NodePhase::Failed
+                && e.message.as_deref().is_some_and(|m| m.starts_with("InsufficientStorage: needs 293.0 KiB"))
+        })
+    };
+    support::wait_for_deployment(&deployments, "d", "the node reported InsufficientStorage", failed).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), JOBS_NAMESPACE);
+    let ours = || async {
+        let all =
+            jobs.list(&ListParams::default().labels("app.kubernetes.io/managed-by=modelpack-operator")).await.unwrap();
+        let owner = format!("{ns}/d");
+        let mine: Vec<Job> =
+            all.items.into_iter().filter(|j| j.annotations().get("modelpack.dev/deployment") == Some(&owner)).collect();
+        mine
+    };
+    let first = ours().await;
+    assert_eq!(first.len(), 1, "one pull Job");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), JOBS_NAMESPACE);
+    let selector = format!("batch.kubernetes.io/job-name={}", first[0].name_any());
+    assert_eq!(
+        pods.list(&ListParams::default().labels(&selector)).await.unwrap().items.len(),
+        1,
+        "exit 3 fails the Job at once"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let later = ours().await;
+    assert_eq!(later.iter().map(|j| j.uid()).collect::<Vec<_>>(), first.iter().map(|j| j.uid()).collect::<Vec<_>>());
+    let d = deployments.get("d").await.unwrap();
+    assert!(failed(d.status.as_ref().unwrap()), "still reported, not retried: {:?}", d.status);
+    let cache: Api<ModelCache> = Api::all(client.clone());
+    let status = cache.get(&nodes.names[0]).await.unwrap().status.unwrap();
+    assert!(status.free < 300_000 && status.capacity == 100_000, "{status:?}");
+}
