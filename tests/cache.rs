@@ -186,7 +186,7 @@ async fn a_flipped_blob_byte_is_found_by_scrub_and_healed_by_the_next_pull() {
     flip_byte(&cache.path().join("blobs/sha256").join(layer.trim_start_matches("sha256:")), 1000);
     let (code, found) = scrub(cache.path());
     assert_eq!(code, 1, "{found:?}");
-    assert_eq!(found.scrub.corrupt_blobs, [layer.clone()]);
+    assert_eq!(found.scrub.corrupt_blobs, std::slice::from_ref(&layer));
     assert_eq!(found.scrub.removed.len(), 1, "{found:?}");
     assert_eq!(found.scrub.removed[0].digest, *digest);
     assert_eq!(found.scrub.removed[0].cause, layer);

@@ -127,7 +127,7 @@ async fn model_caches_follow_the_nodes_and_a_scrub_heals_a_flipped_byte() {
         let status = cache.status.unwrap();
         assert_eq!(status.model_count, 1);
         assert_eq!(status.models[0].digest, digest);
-        assert_eq!(status.models[0].current, [holder.clone()]);
+        assert_eq!(status.models[0].current, std::slice::from_ref(&holder));
         assert!(status.capacity > status.used && status.free > 0, "{status:?}");
         assert_eq!(cache.spec.node, *node);
     }

@@ -30,10 +30,10 @@ const FIELD_MANAGER: &str = "modelpack-operator";
 pub async fn run(ctx: Arc<Context>) {
     let mut seen = HashSet::new();
     loop {
-        if ctx.readiness.stores_synced() {
-            if let Err(e) = tick(&ctx, &mut seen).await {
-                tracing::warn!(error = %e, "node caches: tick failed");
-            }
+        if ctx.readiness.stores_synced()
+            && let Err(e) = tick(&ctx, &mut seen).await
+        {
+            tracing::warn!(error = %e, "node caches: tick failed");
         }
         tokio::time::sleep(TICK).await;
     }
@@ -85,7 +85,7 @@ async fn record_results(
         .filter(|j| j.uid().is_some_and(|uid| !seen.contains(&uid)))
         .filter_map(|j| finished(&j).map(|(at, node, role)| (at, node, role, j)))
         .collect();
-    done.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+    done.sort_by_key(|d| d.0.0);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     for (at, node, role, job) in done {
         let selector = format!("batch.kubernetes.io/job-name={}", job.name_any());
