@@ -181,3 +181,43 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ModelCacheStatus;
+    use crate::cache::{Evicted, PullOutcome, RemovedModel, ScrubOutcome, ScrubReport};
+    use crate::controller::caches::JobResult;
+
+    #[test]
+    fn cache_bytes_evictions_and_corrupt_blobs_are_exported() {
+        let metrics = Metrics::default();
+        let status = ModelCacheStatus { used: 600, capacity: 1000, ..Default::default() };
+        let evicted = |d: &str| Evicted { digest: d.into(), bytes: 1, deployments: vec![] };
+        let pull = JobResult::Pull(PullOutcome { evicted: vec![evicted("a"), evicted("b")], ..PullOutcome::new("x") });
+        metrics.cache_observed("n1", &status, &pull);
+        let removed =
+            |cause: &str| RemovedModel { digest: "m".into(), cause: cause.into(), current: vec![], kept: vec![] };
+        let scrub = JobResult::Scrub(ScrubOutcome {
+            scrub: ScrubReport {
+                corrupt_blobs: vec!["sha256:b".into()],
+                // One model removed for the blob, one for a changed extracted file.
+                removed: vec![removed("sha256:b"), removed("sha256:m file x")],
+                ..Default::default()
+            },
+            cache: None,
+        });
+        metrics.cache_observed("n1", &status, &scrub);
+        let text = metrics.encode();
+        for line in [
+            r#"modelpack_cache_bytes{node="n1",kind="used"} 600"#,
+            r#"modelpack_cache_bytes{node="n1",kind="capacity"} 1000"#,
+            "modelpack_evictions_total 2",
+            "modelpack_scrub_corrupt_blobs_total 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+        metrics.cache_gone("n1");
+        assert!(!metrics.encode().contains(r#"node="n1""#));
+    }
+}

@@ -25,7 +25,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{Model, ModelDeployment};
+use crate::api::{Model, ModelCache, ModelDeployment};
 
 pub use access::Caches;
 pub use deployment::{AllowedToleration, FINALIZER, JobSettings, NodeBound, parse_label};
@@ -61,7 +61,7 @@ pub struct Context {
     /// The Jobs this operator created (any deployment's), in the Jobs namespace.
     pub jobs: reflector::Store<Job>,
     /// Every node's ModelCache.
-    pub model_caches: reflector::Store<crate::api::ModelCache>,
+    pub model_caches: reflector::Store<ModelCache>,
     pub settings: JobSettings,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
@@ -211,32 +211,20 @@ async fn run_deployments(
     let secret_changes =
         watcher(api::<Secret>(client, ns), watcher::Config::default()).default_backoff().touched_objects();
 
-    // A node's cache lost a version (a scrub) or made room: the deployments with an entry there.
-    let cache_changes = watcher(Api::<crate::api::ModelCache>::all(client.clone()), watcher::Config::default())
+    let cache_changes = watcher(Api::<ModelCache>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(caches_writer)
         .touched_objects();
-    let (for_nodes, for_models, for_secrets, for_caches) = (
-        deployments_reader.clone(),
-        deployments_reader.clone(),
-        deployments_reader.clone(),
-        deployments_reader.clone(),
-    );
+    let readers = || deployments_reader.clone();
+    let (for_nodes, for_models, for_secrets, for_caches) = (readers(), readers(), readers(), readers());
     Controller::for_stream(deployments, deployments_reader)
         .watches_stream(node_changes, move |_: Node| deployments_where(&for_nodes, |_| true))
         .watches_stream(job_changes, |job: Job| {
             let owner = job.annotations().get(deployment::DEPLOYMENT_ANNOTATION).and_then(|a| a.split_once('/'));
             owner.map(|(ns, name)| ObjectRef::new(name).within(ns))
         })
-        .watches_stream(cache_changes, move |cache: crate::api::ModelCache| {
-            let node = cache.name_any();
-            deployments_where(&for_caches, |d| {
-                d.status
-                    .as_ref()
-                    .and_then(|s| s.nodes.as_ref())
-                    .is_some_and(|n| n.entries.iter().any(|e| e.node == node))
-            })
-        })
+        // A node's cache lost a version (a scrub) or made room: the deployments with an entry there.
+        .watches_stream(cache_changes, move |cache: ModelCache| deployments_on(&for_caches, &cache.name_any()))
         .watches_stream(model_changes, move |model: Model| {
             deployments_where(&for_models, |d| {
                 d.namespace() == model.namespace() && d.spec.model_ref.name == model.name_any()
@@ -330,6 +318,12 @@ fn spec_or_lifecycle(d: &ModelDeployment) -> Option<u64> {
     d.metadata.deletion_timestamp.is_some().hash(&mut h);
     d.finalizers().hash(&mut h);
     Some(h.finish())
+}
+
+fn deployments_on(store: &reflector::Store<ModelDeployment>, node: &str) -> Vec<ObjectRef<ModelDeployment>> {
+    deployments_where(store, |d| {
+        d.status.as_ref().and_then(|s| s.nodes.as_ref()).is_some_and(|n| n.entries.iter().any(|e| e.node == node))
+    })
 }
 
 fn deployments_where(
