@@ -492,6 +492,60 @@ mod tests {
     }
 
     #[test]
+    fn scrub_jobs_run_like_pull_jobs_on_their_node_once() {
+        let settings = JobSettings {
+            namespace: "sys".into(),
+            cache_dir: "/c".into(),
+            image: "i".into(),
+            bound: crate::controller::NodeBound {
+                selector: [("pool".to_owned(), "m".to_owned())].into(),
+                tolerations: None,
+            },
+            max_entries: crate::cache::DEFAULT_MAX_ENTRIES,
+            cache_limit: crate::cache::CacheLimit::Percent(8000),
+            scrub_interval: Duration::from_secs(3600),
+            scrub_rate: 1 << 20,
+        };
+        let job = serde_json::to_value(scrub_job(&settings, "n1").unwrap()).unwrap();
+        let deployment: ModelDeployment = serde_json::from_value(
+            json!({"metadata": {"name": "d", "namespace": "ns"}, "spec": {"modelRef": {"name": "m"}}}),
+        )
+        .unwrap();
+        let cleanup = serde_json::to_value(cleanup_job(&deployment, &settings, "n1").unwrap()).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["securityContext"],
+            cleanup["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        );
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+        assert_eq!(pod["nodeSelector"], serde_json::Value::Null, "it goes where pulls went");
+        let pinned = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+        assert_eq!(pinned["nodeSelectorTerms"][0]["matchFields"][0]["values"], json!(["n1"]));
+        let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
+        assert_eq!(args[0], "scrub");
+        assert!(
+            args.windows(2).any(|w| w == ["--rate", "1048576"])
+                && args.windows(2).any(|w| w == ["--cache-limit", "80%"])
+        );
+        assert_eq!(job["spec"]["backoffLimit"], 0, "a finding is not retried");
+        assert_eq!(job["metadata"]["labels"][ROLE_LABEL], "scrub");
+        assert_eq!(job["metadata"]["annotations"][NODE_ANNOTATION], "n1");
+        assert_eq!(
+            job["metadata"]["name"],
+            serde_json::to_value(scrub_job(&settings, "n1").unwrap()).unwrap()["metadata"]["name"]
+        );
+        assert_ne!(
+            job["metadata"]["name"],
+            serde_json::to_value(scrub_job(&settings, "n2").unwrap()).unwrap()["metadata"]["name"]
+        );
+        assert_eq!(Role::parse("scrub"), Some(Role::Scrub));
+        assert_eq!(Role::parse("other"), None);
+    }
+
+    #[test]
     fn job_names_are_short_stable_dns_labels() {
         let digest = format!("sha256:{}", "a".repeat(64));
         let long = "a.very.long.deployment.name.that-goes-on-and-on-and-on-for-a-long-time";
