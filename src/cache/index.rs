@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::Error;
+use super::layout::Tmp;
 use super::store::Store;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +32,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn create(store: &Store, hex: &str) -> Result<Writer, Error> {
-        let tmp = store.tmp_dir().join(format!("index-{hex}-{}", std::process::id()));
+        let tmp = store.tmp_path(Tmp::Index(hex));
         let file = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(Writer { file: BufWriter::new(file), tmp })
     }

@@ -91,6 +91,16 @@ impl Lock {
     }
 }
 
+/// Work in progress under `tmp/`, never read by consumers.
+pub(super) enum Tmp<'a> {
+    /// A blob being downloaded from one source (resumed by the next pull from that source).
+    Ingest { blob: &'a str, source_key: &'a str },
+    /// A model being built by this process.
+    Model(&'a str),
+    /// A model's file index being written by this process.
+    Index(&'a str),
+}
+
 /// A lock file held open while some other process holds its lock.
 pub struct Held {
     pub what: Protected,
@@ -122,6 +132,15 @@ impl Store {
     /// Where `deployments/<ns>/<name>/versions/<hex>` points.
     pub(super) fn version_target(hex: &str) -> String {
         format!("../../../../{MODELS}/{hex}")
+    }
+
+    pub(super) fn tmp_path(&self, what: Tmp) -> PathBuf {
+        let pid = std::process::id();
+        self.dir(TMP).join(match what {
+            Tmp::Ingest { blob, source_key } => format!("ingest-{blob}-{source_key}"),
+            Tmp::Model(hex) => format!("model-{hex}-{pid}"),
+            Tmp::Index(hex) => format!("index-{hex}-{pid}"),
+        })
     }
 
     pub(super) fn index_path(&self, model_hex: &str) -> PathBuf {

@@ -67,7 +67,7 @@ pub fn materialise(
     limits: Limits,
 ) -> Result<(PathBuf, usize), Error> {
     let target = store.model_dir(manifest_digest)?;
-    let staging = store.tmp_dir().join(format!("model-{}-{}", digest_hex(manifest_digest)?, std::process::id()));
+    let staging = store.tmp_path(super::layout::Tmp::Model(digest_hex(manifest_digest)?));
     remove_tree(&staging)?;
     fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     let hashes = RefCell::new(index::Writer::create(store, digest_hex(manifest_digest)?)?);

@@ -122,7 +122,7 @@ impl Store {
         let hex = digest_hex(digest)?;
         let key = layout::source_key(source);
         let lock = self.lock(&Lock::Ingest { blob: hex.to_owned(), source: key.clone() })?;
-        let path = self.tmp_dir().join(format!("ingest-{hex}-{key}"));
+        let path = self.tmp_path(layout::Tmp::Ingest { blob: hex, source_key: &key });
         if self.has_blob(digest)? && self.is_proven(digest, source)? {
             // Whatever an interrupted writer left behind is of no use any more.
             let _ = fs::remove_file(&path);
