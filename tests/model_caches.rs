@@ -232,3 +232,47 @@ async fn a_node_too_small_for_the_model_is_reported_and_not_retried_in_a_loop() 
     let status = cache.get(&nodes.names[0]).await.unwrap().status.unwrap();
     assert!(status.free < 300_000 && status.capacity == 100_000, "{status:?}");
 }
+
+#[tokio::test]
+async fn a_full_node_evicts_the_least_recently_used_kept_version_and_tells_the_deployment() {
+    let bed = Bed::get();
+    let client = bed.client().await;
+    install_crds(&client).await;
+    ensure_namespace(&client, JOBS_NAMESPACE).await;
+    let ns = namespace(&client, "cachelru").await;
+    // Two versions (250 KB of weights each, and a manifest) fit; three do not.
+    let _operator = Operator::start_with(&ns, &format!("e2e-{ns}"), &["--cache-limit", "700000"]);
+    let nodes = TestNodes::create("cachelru", 1);
+    let node = nodes.names[0].clone();
+    let repo = format!("caches/lru-{}", unique_suffix());
+    let versions: Vec<ModelFiles> = (0..3).map(|i| ModelFiles::new(40 + i, &[("model.safetensors", 250_000)])).collect();
+    let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+    let caches: Api<ModelCache> = Api::all(client.clone());
+    let repository = format!("{}/{repo}", bed.plain.host);
+    let mut digests = Vec::new();
+    for (i, files) in versions.iter().enumerate() {
+        digests.push(modctl_push(bed, &bed.plain, &repo, "stable", files));
+        if i == 0 {
+            let model = json!({"repository": repository, "ref": {"tag": "stable"}, "insecure": true, "interval": "10s"});
+            apply(&models, "Model", "m", model).await;
+            let spec = json!({"modelRef": {"name": "m"}, "nodeSelector": nodes.selector(), "keepPrevious": 2});
+            apply(&deployments, "ModelDeployment", "d", spec).await;
+        }
+        support::wait_for_deployment(&deployments, "d", &format!("v{i} in sync"), in_sync_on(&digests[i], 1)).await;
+        agrees(&caches, &node, &format!("after v{i}")).await;
+    }
+    // v0, kept since v1 was pulled, went to make room for v2; v1, kept since, stays.
+    let held = walk(&node).models;
+    assert!(!held.contains_key(&digests[0]), "{held:?}");
+    assert_eq!(held.keys().cloned().collect::<BTreeSet<_>>(), digests[1..].iter().cloned().collect());
+    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let note = eventually("a KeptVersionEvicted event", Duration::from_secs(30), || async {
+        let list = api.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("KeptVersionEvicted")).and_then(|e| e.note)
+    })
+    .await;
+    assert!(note.contains(&node) && note.contains(&digests[0]), "{note}");
+    let current = Bed::get().node_path(&node, CACHE).join("deployments").join(&ns).join("d/current/model.safetensors");
+    assert_eq!(std::fs::read(current).unwrap(), versions[2].files[0].1);
+}
