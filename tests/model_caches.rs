@@ -245,7 +245,8 @@ async fn a_full_node_evicts_the_least_recently_used_kept_version_and_tells_the_d
     let nodes = TestNodes::create("cachelru", 1);
     let node = nodes.names[0].clone();
     let repo = format!("caches/lru-{}", unique_suffix());
-    let versions: Vec<ModelFiles> = (0..3).map(|i| ModelFiles::new(40 + i, &[("model.safetensors", 250_000)])).collect();
+    let versions: Vec<ModelFiles> =
+        (0..3).map(|i| ModelFiles::new(40 + i, &[("model.safetensors", 250_000)])).collect();
     let models: Api<Model> = Api::namespaced(client.clone(), &ns);
     let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
     let caches: Api<ModelCache> = Api::all(client.clone());
@@ -254,7 +255,8 @@ async fn a_full_node_evicts_the_least_recently_used_kept_version_and_tells_the_d
     for (i, files) in versions.iter().enumerate() {
         digests.push(modctl_push(bed, &bed.plain, &repo, "stable", files));
         if i == 0 {
-            let model = json!({"repository": repository, "ref": {"tag": "stable"}, "insecure": true, "interval": "10s"});
+            let model =
+                json!({"repository": repository, "ref": {"tag": "stable"}, "insecure": true, "interval": "10s"});
             apply(&models, "Model", "m", model).await;
             let spec = json!({"modelRef": {"name": "m"}, "nodeSelector": nodes.selector(), "keepPrevious": 2});
             apply(&deployments, "ModelDeployment", "d", spec).await;
