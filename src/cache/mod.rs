@@ -21,6 +21,7 @@ mod link;
 mod materialise;
 mod outcome;
 mod pull;
+mod ranged;
 mod records;
 mod scrub;
 mod store;
@@ -40,7 +41,8 @@ pub use materialise::{
     COMPLETE, DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, remove_tree,
 };
 pub use outcome::{FailureReason, GcOutcome, PullOutcome, ScrubOutcome, TERMINATION_MESSAGE_LIMIT};
-pub use pull::{Progress, PullOptions, pull};
+pub use pull::{Endpoint, Progress, PullOptions, pull};
+pub use ranged::DEFAULT_CHUNK_SIZE;
 pub use scrub::{RemovedModel, ScrubReport, scrub};
 pub use store::{Ingest, Store, digest_hex};
 pub use usage::{CacheReport, ModelUsage, report};

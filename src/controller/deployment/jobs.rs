@@ -75,6 +75,8 @@ pub struct JobSettings {
     pub scrub_interval: Duration,
     /// `scrub --rate`: bytes a second a scrub reads.
     pub scrub_rate: u64,
+    /// `--mirror` of every pull Job.
+    pub mirrors: Vec<crate::registry::Mirror>,
 }
 
 /// The value of [`DEPLOYMENT_LABEL`] for `namespace/name`.
@@ -190,6 +192,9 @@ pub fn pull_job(
         args.extend(["--max-entries".to_owned(), settings.max_entries.to_string()]);
     }
     args.extend(["--cache-limit".to_owned(), settings.cache_limit.to_string()]);
+    for mirror in crate::registry::Mirror::of(&settings.mirrors, &pull.repository.registry) {
+        args.extend(["--mirror".to_owned(), mirror.to_string()]);
+    }
     let secret_data = registry_files(pull, &mut args);
     let mut mounts = vec![json!({"name": "cache", "mountPath": settings.cache_dir})];
     let mut volumes = vec![cache_volume(settings)];
@@ -471,6 +476,7 @@ mod tests {
             cache_limit: crate::cache::CacheLimit::Bytes(5 << 30),
             scrub_interval: Duration::from_secs(3600),
             scrub_rate: 1 << 26,
+            mirrors: Vec::new(),
         };
         assert_eq!(selector_of(&pull_job(&deployment, &settings, &pull).unwrap().0), None, "no bound, no selector");
         let args_of = |job: &Job| {
@@ -485,6 +491,12 @@ mod tests {
         settings.max_entries = 250_000;
         let raised = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
         assert!(raised.windows(2).any(|w| w == ["--max-entries", "250000"]), "{raised:?}");
+        let mirror = |spec: &str| crate::registry::Mirror::parse(spec).unwrap();
+        settings.mirrors =
+            vec![mirror("other.example=http://m0"), mirror("r.example=http://m1:5000"), mirror("r.example=https://m2")];
+        let mirrored = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
+        let given: Vec<&str> = mirrored.windows(2).filter(|w| w[0] == "--mirror").map(|w| w[1].as_str()).collect();
+        assert_eq!(given, ["r.example=http://m1:5000", "r.example=https://m2"], "this registry's mirrors, in order");
         settings.bound.selector = [("pool".to_owned(), "models".to_owned())].into();
         let (job, _) = pull_job(&deployment, &settings, &pull).unwrap();
         assert_eq!(selector_of(&job), Some(settings.bound.selector.clone()));
@@ -505,6 +517,7 @@ mod tests {
             cache_limit: crate::cache::CacheLimit::Percent(8000),
             scrub_interval: Duration::from_secs(3600),
             scrub_rate: 1 << 20,
+            mirrors: Vec::new(),
         };
         let job = serde_json::to_value(scrub_job(&settings, "n1").unwrap()).unwrap();
         let deployment: ModelDeployment = serde_json::from_value(
