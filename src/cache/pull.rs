@@ -2,17 +2,20 @@
 //! fetched again; missing ones are streamed in parallel (bounded), hashed while written, resumed
 //! from a partial ingest with HTTP Range, and published only when verified.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
-use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use super::gc::{self, Collected};
-use super::materialise::{COMPLETE, Limits, materialise};
+use super::budget::{self, CacheLimit, LayerNeed};
+use super::evict::{Evicted, make_room};
+use super::gc;
+use super::layout::Lock;
+use super::materialise::{COMPLETE, Limits, default_extract_limit, materialise};
+use super::outcome::PullOutcome;
+use super::scrub::{RemovedModel, check_before_reuse};
 use super::store::{Ingest, Store, digest_hex};
 use super::{Error, link, ranged};
 use crate::modelpack::{Manifest, ModelConfig, layer};
@@ -34,6 +37,8 @@ pub struct PullOptions {
     /// With `link`: other versions this deployment keeps; everything no deployment keeps is
     /// garbage-collected. `None` collects nothing.
     pub keep: Option<Vec<String>>,
+    /// The cache's budget (`None`: the filesystem's free space only).
+    pub cache_limit: Option<CacheLimit>,
     /// Hosts to fetch the manifest, config and layers from before the registry itself, in order
     /// (see [`crate::registry::Mirror`]). What they send is verified like the registry's.
     pub mirrors: Vec<Endpoint>,
@@ -52,20 +57,6 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-/// What a pull did: the JSON result printed and written to the termination log.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PullReport {
-    pub digest: String,
-    pub bytes_fetched: u64,
-    pub bytes_reused: u64,
-    pub seconds: f64,
-    pub files: usize,
-    pub path: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub collected: Option<Collected>,
-}
-
 /// Live counters for progress output.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -80,13 +71,13 @@ pub async fn pull(
     store: &Store,
     options: &PullOptions,
     progress: Arc<Progress>,
-) -> Result<PullReport, Error> {
+) -> Result<PullOutcome, Error> {
     let started = Instant::now();
     let hex = digest_hex(digest)?.to_owned();
     // One pull of a digest at a time per cache; a second one waits, then finds it complete.
     let _lock = blocking({
         let store = store.clone();
-        move || store.lock(&hex)
+        move || store.lock(&Lock::Model(hex))
     })
     .await?;
 
@@ -107,6 +98,13 @@ pub async fn pull(
     for descriptor in &manifest.layers {
         layer(descriptor)?;
     }
+    // Before a single blob is requested: a model that cannot fit fails here, having fetched nothing.
+    let (evicted, removed) = blocking({
+        let (store, manifest, digest, source, options) =
+            (store.clone(), manifest.clone(), digest.to_owned(), source.clone(), options.clone());
+        move || preflight(&store, &source, &digest, &manifest, &options)
+    })
+    .await?;
     confirm_layers(registry, repo, &manifest, options.concurrency.max(1)).await?;
     let total = manifest.layers.iter().fold(0u64, |sum, l| sum.saturating_add(size_of(l.size)));
     progress.total.store(total, Ordering::Relaxed);
@@ -132,24 +130,67 @@ pub async fn pull(
         let (_, files) = blocking(move || materialise(&store, &digest, &manifest, &diff_ids, limit)).await?;
         files
     };
+    store.touch_model(digest_hex(digest)?)?;
     let mut collected = None;
     if let Some((namespace, name)) = &options.link {
         link::set_current(store, namespace, name, digest)?;
         if let Some(keep) = &options.keep {
             gc::keep_versions(store, namespace, name, digest, keep)?;
-            let (store, own) = (store.clone(), digest_hex(digest)?.to_owned());
-            collected = Some(blocking(move || gc::collect(&store, &own)).await?);
+            let (store, own) = (store.clone(), Lock::model(digest_hex(digest)?));
+            collected = Some(blocking(move || gc::collect(&store, Some(&own))).await?);
         }
     }
-    Ok(PullReport {
-        digest: digest.to_owned(),
+    Ok(PullOutcome {
         bytes_fetched: fetched,
         bytes_reused: total.saturating_sub(fetched),
         seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         files,
-        path: model_dir,
+        path: Some(model_dir),
         collected,
+        evicted,
+        removed,
+        ..PullOutcome::new(digest)
     })
+}
+
+/// What the pull will write (blobs it lacks, checked ones it reuses, archives to extract), and
+/// room for it: evicts, or fails with [`Error::InsufficientStorage`]. Returns what it evicted and
+/// the models it removed because a blob they were built from changed since its commit.
+fn preflight(
+    store: &Store,
+    source: &str,
+    digest: &str,
+    manifest: &Manifest,
+    options: &PullOptions,
+) -> Result<(Vec<Evicted>, Vec<RemovedModel>), Error> {
+    let (mut layers, mut pinned, mut removed) = (Vec::new(), vec![digest_hex(digest)?.to_owned()], Vec::new());
+    let mut archive_bytes = 0u64;
+    for l in &manifest.layers {
+        let hex = digest_hex(&l.digest)?.to_owned();
+        if pinned.contains(&hex) {
+            continue;
+        }
+        let mut present = store.has_blob(&l.digest)? && store.is_proven(&l.digest, source)?;
+        if present {
+            let (ok, healed) = check_before_reuse(store, &hex)?;
+            present = ok;
+            removed.extend(healed);
+        }
+        let extract = budget::extract_of(l);
+        if extract != budget::Extract::Linked {
+            archive_bytes = archive_bytes.saturating_add(size_of(l.size));
+        }
+        layers.push(LayerNeed { size: size_of(l.size), present, extract });
+        pinned.push(hex);
+    }
+    let built = store.model_dir(digest)?.join(COMPLETE).exists();
+    let limit = options.limits.extract_bytes.unwrap_or_else(|| default_extract_limit(archive_bytes));
+    let needs = budget::need(&layers, built, limit);
+    let room = make_room(store, options.cache_limit, needs, &Lock::model(digest_hex(digest)?), &pinned)?;
+    if room.space.shortfall(needs) > 0 {
+        return Err(Error::InsufficientStorage { needs, free: room.space.free(), evicted: room.evicted });
+    }
+    Ok((room.evicted, removed))
 }
 
 /// The first mirror's answer; `None` when there is none or every mirror failed (the registry itself
