@@ -144,6 +144,34 @@ pub struct PullJob<'a> {
 
 /// The pull Job and, when the registry needs credentials or a CA, the Secret it mounts (named like
 /// the Job; the caller makes the Job its owner once both exist).
+/// What a pull Job runs, but for the flags of its Secret's files.
+fn pull_args(settings: &JobSettings, pull: &PullJob, link: &str) -> Vec<String> {
+    let mut args = vec![
+        "pull".to_owned(),
+        format!("{}@{}", pull.repository, pull.digest),
+        "--cache-dir".to_owned(),
+        settings.cache_dir.clone(),
+        "--link".to_owned(),
+        link.to_owned(),
+        "--termination-log".to_owned(),
+        "/dev/termination-log".to_owned(),
+    ];
+    for keep in pull.keep {
+        args.extend(["--keep".to_owned(), keep.clone()]);
+    }
+    if pull.options.insecure {
+        args.push("--insecure".to_owned());
+    }
+    if settings.max_entries != crate::cache::DEFAULT_MAX_ENTRIES {
+        args.extend(["--max-entries".to_owned(), settings.max_entries.to_string()]);
+    }
+    args.extend(["--cache-limit".to_owned(), settings.cache_limit.to_string()]);
+    for mirror in crate::registry::Mirror::of(&settings.mirrors, &pull.repository.registry) {
+        args.extend(["--mirror".to_owned(), mirror.to_string()]);
+    }
+    args
+}
+
 /// The registry credential and CA a pull Job reads from its Secret, and the flags that point
 /// `pull` at them.
 fn registry_files(pull: &PullJob, args: &mut Vec<String>) -> BTreeMap<String, ByteString> {
@@ -172,29 +200,7 @@ pub fn pull_job(
     let ns = deployment.metadata.namespace.as_deref().unwrap_or_default();
     let dep = deployment.metadata.name.as_deref().unwrap_or_default();
     let name = job_name(Role::Pull, ns, dep, pull.node, pull.digest);
-    let mut args = vec![
-        "pull".to_owned(),
-        format!("{}@{}", pull.repository, pull.digest),
-        "--cache-dir".to_owned(),
-        settings.cache_dir.clone(),
-        "--link".to_owned(),
-        format!("deployments/{ns}/{dep}"),
-        "--termination-log".to_owned(),
-        "/dev/termination-log".to_owned(),
-    ];
-    for keep in pull.keep {
-        args.extend(["--keep".to_owned(), keep.clone()]);
-    }
-    if pull.options.insecure {
-        args.push("--insecure".to_owned());
-    }
-    if settings.max_entries != crate::cache::DEFAULT_MAX_ENTRIES {
-        args.extend(["--max-entries".to_owned(), settings.max_entries.to_string()]);
-    }
-    args.extend(["--cache-limit".to_owned(), settings.cache_limit.to_string()]);
-    for mirror in crate::registry::Mirror::of(&settings.mirrors, &pull.repository.registry) {
-        args.extend(["--mirror".to_owned(), mirror.to_string()]);
-    }
+    let mut args = pull_args(settings, pull, &format!("deployments/{ns}/{dep}"));
     let secret_data = registry_files(pull, &mut args);
     let mut mounts = vec![json!({"name": "cache", "mountPath": settings.cache_dir})];
     let mut volumes = vec![cache_volume(settings)];

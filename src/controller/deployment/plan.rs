@@ -451,7 +451,21 @@ fn decide<'a>(inputs: &Inputs, view: &NodeView<'a>) -> Decision<'a> {
 }
 
 impl NodeView<'_> {
+    /// When the pull that made the target `current` ran, and what it fetched: from its Job, or as
+    /// status recorded it.
+    fn ready_timing(&self) -> (Option<Time>, Option<Time>, Option<i64>) {
+        let from_job = self.finished.filter(|j| j.digest == self.target).map(|j| &j.state);
+        match (from_job, self.prev_same.filter(|p| p.phase == NodePhase::Ready)) {
+            (Some(JobState::Succeeded { started, completed, bytes }), _) => {
+                (started.clone(), completed.clone(), *bytes)
+            }
+            (_, Some(p)) => (p.started_at.clone(), p.completed_at.clone(), p.bytes),
+            _ => (None, None, None),
+        }
+    }
+
     fn into_plan(self, decision: Decision) -> NodePlan {
+        let timing = self.ready_timing();
         let mut entry = NodeEntry {
             node: self.node.to_owned(),
             digest: self.target.clone(),
@@ -466,18 +480,7 @@ impl NodeView<'_> {
         match decision {
             Decision::Ready => {
                 entry.phase = NodePhase::Ready;
-                let from_job = self.finished.filter(|j| j.digest == self.target).map(|j| &j.state);
-                match (from_job, self.prev_same.filter(|p| p.phase == NodePhase::Ready)) {
-                    (Some(JobState::Succeeded { started, completed, bytes }), _) => {
-                        (entry.started_at, entry.completed_at, entry.bytes) =
-                            (started.clone(), completed.clone(), *bytes);
-                    }
-                    (_, Some(p)) => {
-                        (entry.started_at, entry.completed_at, entry.bytes) =
-                            (p.started_at.clone(), p.completed_at.clone(), p.bytes)
-                    }
-                    _ => {}
-                }
+                (entry.started_at, entry.completed_at, entry.bytes) = timing;
             }
             Decision::InFlight(job) => {
                 if let JobState::Running { started } = &job.state {
