@@ -16,10 +16,11 @@ use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use modelpack_operator::api::conditions::{ConditionStatus, DRIFTED, KStatus, READY, find, kstatus};
+use modelpack_operator::api::conditions::{ConditionStatus, DRIFTED, READY, find};
 use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase};
 use serde_json::json;
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
+use support::kstatus::{self, KStatus};
 use support::{
     Bed, Operator, TestNodes, argo, docker_config_secret, ensure_namespace, eventually, install_crds, namespace,
     unique_suffix,
@@ -71,15 +72,8 @@ fn in_sync_on(digest: &str, nodes: usize) -> impl Fn(&ModelDeploymentStatus) -> 
     }
 }
 
-fn kstatus_of(d: &ModelDeployment) -> KStatus {
-    let s = d.status.clone().unwrap_or_default();
-    kstatus(d.metadata.generation, s.observed_generation, &s.conditions)
-}
-
 async fn model_kstatus(models: &Api<Model>, name: &str) -> KStatus {
-    let m = models.get(name).await.unwrap();
-    let s = m.status.unwrap_or_default();
-    kstatus(m.metadata.generation, s.observed_generation, &s.conditions)
+    kstatus::of(&models.get(name).await.unwrap())
 }
 
 fn link(node: &str, ns: &str, name: &str) -> PathBuf {
@@ -159,7 +153,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
 
     // Rollout: every node serves v1, byte for byte, and carries the ready label.
     let d = wait_for(&s.deployments, "serve", "v1 on 3 nodes", in_sync_on(&v1, 3)).await;
-    assert_eq!(kstatus_of(&d), KStatus::Current);
+    assert_eq!(kstatus::of(&d), KStatus::Current);
     assert_eq!(argo::status_of(&d), "Healthy");
     assert_eq!(model_kstatus(&s.models, "llm").await, KStatus::Current);
     assert_eq!(argo::status_of(&s.models.get("llm").await.unwrap()), "Healthy");
@@ -215,6 +209,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     {
         let during = seen.lock().unwrap();
         assert!(during.iter().any(|s| drift_reason(s).as_deref() == Some("NewVersionPending")), "never Drifted");
+        let mut captured_statuses = Vec::new();
         for s in during.iter() {
             let n = s.nodes.clone().unwrap_or_default();
             if deployed(s) == Some(v2.as_str()) {
@@ -224,11 +219,15 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
                 assert_eq!(deployed(s), Some(v1.as_str()));
                 let c = find(&s.conditions, DRIFTED).unwrap();
                 assert_eq!((c.status, c.reason.as_str()), (ConditionStatus::True, "NewVersionPending"));
-                assert_eq!(kstatus(Some(1), Some(1), &s.conditions), KStatus::InProgress);
-                let captured = json!({"kind": "ModelDeployment", "metadata": {"name": "serve", "generation": 1},
-                    "spec": {}, "status": {"observedGeneration": 1, "conditions": s.conditions, "nodes": s.nodes}});
+                let captured = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "ModelDeployment",
+                    "metadata": {"name": "serve", "generation": 1}, "spec": {},
+                    "status": {"observedGeneration": 1, "conditions": s.conditions, "nodes": s.nodes}});
+                captured_statuses.push(captured.clone());
                 assert_eq!(argo::health(&captured).0, "Progressing");
             }
+        }
+        for v in kstatus::verdicts(&captured_statuses) {
+            assert_eq!(v.status, KStatus::InProgress, "a status while NewVersionPending: {v:?}");
         }
     }
 
@@ -253,7 +252,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     pinned_spec["digest"] = json!(v1);
     apply(&s.deployments, "ModelDeployment", "serve", pinned_spec).await;
     let d = wait_for(&s.deployments, "serve", "rolled back to v1", in_sync_on(&v1, 3)).await;
-    assert_eq!(kstatus_of(&d), KStatus::Current);
+    assert_eq!(kstatus::of(&d), KStatus::Current);
     for e in &d.status.as_ref().unwrap().nodes.as_ref().unwrap().entries {
         assert_eq!(e.bytes, Some(0), "{}: rollback fetched bytes", e.node);
         assert_serves(&e.node, &s.ns, "serve", &v1_files);
@@ -333,7 +332,7 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
         wait_for(&s.deployments, "serve", "PullFailed", |st| drift_reason(st).as_deref() == Some("PullFailed")).await;
     let status = d.status.clone().unwrap();
     assert_eq!(deployed(&status), Some(v1.as_str()));
-    assert_eq!(kstatus_of(&d), KStatus::Failed);
+    assert_eq!(kstatus::of(&d), KStatus::Failed);
     assert_eq!(argo::status_of(&d), "Degraded");
     let drifted = find(&status.conditions, DRIFTED).unwrap();
     assert_eq!((drifted.status, drifted.reason.as_str()), (ConditionStatus::True, "PullFailed"));
@@ -350,7 +349,7 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
         .await
         .unwrap();
     let d = wait_for(&s.deployments, "serve", "v2 after the fix", in_sync_on(&v2, 2)).await;
-    assert_eq!(kstatus_of(&d), KStatus::Current);
+    assert_eq!(kstatus::of(&d), KStatus::Current);
 }
 
 #[tokio::test]
@@ -389,7 +388,7 @@ async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_and_a_restarted_opera
         drift_reason(st).as_deref() == Some("VerificationFailed")
     })
     .await;
-    assert_eq!(kstatus_of(&d), KStatus::Failed);
+    assert_eq!(kstatus::of(&d), KStatus::Failed);
     assert_eq!(argo::status_of(&d), "Degraded");
     assert_eq!(model_kstatus(&s.models, "signed").await, KStatus::Failed);
     assert_eq!(argo::status_of(&s.models.get("signed").await.unwrap()), "Degraded");
@@ -406,7 +405,7 @@ async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_and_a_restarted_opera
     // Once signed, it rolls out.
     key.sign(&format!("{repository}@{unsigned}"));
     let d = wait_for(&s.deployments, "gated", "the newly signed version", in_sync_on(&unsigned, 3)).await;
-    assert_eq!(kstatus_of(&d), KStatus::Current);
+    assert_eq!(kstatus::of(&d), KStatus::Current);
 
     // A rollout one node at a time, with the operator killed after the first Job and restarted.
     apply(&s.models, "Model", "open", json!({"repository": repository, "ref": {"tag": "v1"}, "insecure": true})).await;
@@ -434,7 +433,7 @@ async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_and_a_restarted_opera
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _restarted = Operator::start(&s.ns);
     let d = wait_for(&s.deployments, "steady", "v1 on 3 nodes", in_sync_on(&digest, 3)).await;
-    assert_eq!(kstatus_of(&d), KStatus::Current);
+    assert_eq!(kstatus::of(&d), KStatus::Current);
     let uids = job_uids.lock().unwrap().clone();
     assert_eq!(uids.len(), 3, "one Job per node: {uids:?}");
     assert!(uids.values().all(|u| u.len() == 1), "a Job was created twice: {uids:?}");

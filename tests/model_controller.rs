@@ -9,9 +9,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use modelpack_operator::api::conditions::{ConditionStatus, KStatus, READY, STALLED, find, kstatus};
+use modelpack_operator::api::conditions::{ConditionStatus, READY, STALLED, find};
 use modelpack_operator::api::{Model, ModelStatus};
 use serde_json::{Value, json};
+use support::kstatus::{self, KStatus};
 use support::fixtures::{ModelFiles, cncf_config, modctl_push, oras_push_cncf};
 use support::{
     Bed, Operator, Registry, craft, docker_config_secret, eventually, install_crds, namespace, unique_suffix,
@@ -88,7 +89,7 @@ async fn resolves_tag_semver_and_digest_refs_and_reports_the_artifact() {
     assert_eq!(serde_json::to_value(artifact.family).unwrap(), json!("cnai"));
     assert_eq!(artifact.layers, 2);
     assert!(artifact.modelfile.is_some_and(|f| f.contains("ARCH transformer")), "modctl provenance");
-    assert_eq!(kstatus(m.metadata.generation, status.observed_generation, &status.conditions), KStatus::Current);
+    assert_eq!(kstatus::of(&m), KStatus::Current);
 
     let m = wait_status(&models, "by-semver", "ready", is_ready).await;
     let status = m.status.unwrap();
@@ -219,7 +220,7 @@ async fn each_failure_has_its_reason_and_recovery_keeps_the_last_good_digest() {
     let status = m.status.unwrap();
     let stalled = find(&status.conditions, STALLED).expect("Stalled=True");
     assert!(stalled.message.contains("application/vnd.oci.image.config.v1+json"), "{}", stalled.message);
-    assert_eq!(kstatus(m.metadata.generation, status.observed_generation, &status.conditions), KStatus::Failed);
+    assert_eq!(kstatus::of(&m), KStatus::Failed);
 
     apply_model(
         &models,

@@ -7,6 +7,7 @@ pub mod argo;
 pub mod craft;
 pub mod fixtures;
 pub mod hostile;
+pub mod kstatus;
 pub mod notary;
 pub mod proxy;
 
