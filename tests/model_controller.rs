@@ -80,7 +80,7 @@ async fn resolves_tag_semver_and_digest_refs_and_reports_the_artifact() {
         .await;
 
     let m = wait_status(&models, "by-tag", "ready", is_ready).await;
-    let status = m.status.unwrap();
+    let status = m.status.clone().unwrap();
     let resolved = status.resolved.unwrap();
     assert_eq!(resolved.digest, legacy);
     assert_eq!(resolved.revision, format!("1.0.0@{legacy}"));
@@ -217,7 +217,7 @@ async fn each_failure_has_its_reason_and_recovery_keeps_the_last_good_digest() {
     let spec = json!({"repository": repo_of(&bed.plain, &image_repo), "ref": {"tag": "v1"}, "insecure": true});
     apply_model(&models, "image", spec).await;
     let m = wait_status(&models, "image", "NotAModelPack", reason_is("NotAModelPack")).await;
-    let status = m.status.unwrap();
+    let status = m.status.clone().unwrap();
     let stalled = find(&status.conditions, STALLED).expect("Stalled=True");
     assert!(stalled.message.contains("application/vnd.oci.image.config.v1+json"), "{}", stalled.message);
     assert_eq!(kstatus::of(&m), KStatus::Failed);
