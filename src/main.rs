@@ -206,7 +206,7 @@ fn main() -> ExitCode {
             match command {
                 Ok(command) => run_async(command.run(&args.registry)),
                 Err(e) => {
-                    eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+                    eprintln!("error: {}", modelpack_operator::chain::one_line(e.as_ref()).replace('\n', " "));
                     ExitCode::from(2)
                 }
             }
@@ -328,10 +328,10 @@ fn run_async(command: impl std::future::Future<Output = anyhow::Result<()>>) -> 
 }
 
 /// One line whatever the error carries (registry or manifest text can hold newlines, escape
-/// sequences and megabytes): control characters become spaces and the line is cut.
+/// sequences and megabytes): each cause once, control characters become spaces and the line is cut.
 fn fail(e: &anyhow::Error) -> ExitCode {
     const MAX_CHARS: usize = 900;
-    let text = format!("{e:#}");
+    let text = modelpack_operator::chain::one_line(e.as_ref());
     let mut line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_CHARS).collect();
     if text.chars().nth(MAX_CHARS).is_some() {
         line.push('…');
