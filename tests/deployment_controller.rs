@@ -22,7 +22,7 @@ use serde_json::json;
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::kstatus::{self, KStatus};
 use support::{
-    Bed, Operator, TestNodes, argo, docker_config_secret, ensure_namespace, eventually, install_crds, namespace,
+    Bed, Operator, Recording, TestNodes, argo, docker_config_secret, ensure_namespace, eventually, install_crds, namespace,
     unique_suffix,
 };
 
@@ -90,19 +90,9 @@ fn assert_serves(node: &str, ns: &str, name: &str, model: &ModelFiles) {
 }
 
 /// Every status the deployment goes through, as a watch delivers them.
-fn record_statuses(api: &Api<ModelDeployment>, name: &str) -> Arc<Mutex<Vec<ModelDeploymentStatus>>> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = watcher(api.clone(), config).applied_objects();
-    let sink = seen.clone();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(d)) = stream.next().await {
-            if let Some(s) = d.status {
-                sink.lock().unwrap().push(s);
-            }
-        }
-    });
+fn record_statuses(api: &Api<ModelDeployment>, name: &str) -> Arc<Recording<ModelDeploymentStatus>> {
+    let seen = Recording::new();
+    seen.watch(api, name, |d: ModelDeployment| d.status);
     seen
 }
 
@@ -168,7 +158,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     assert_eq!(ready.status, ConditionStatus::True);
     assert_eq!(find(&status.conditions, DRIFTED).unwrap().status, ConditionStatus::False);
     {
-        let first = seen.lock().unwrap();
+        let first = seen.lock();
         assert!(first.iter().any(|s| drift_reason(s).as_deref() == Some("NodesNotReady")), "first rollout drift");
         assert!(first.iter().all(|s| s.nodes.as_ref().is_none_or(|n| n.pulling <= 2)), "maxParallel 2 was exceeded");
     }
@@ -180,7 +170,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     let spec_json = serde_json::to_value(job.spec.as_ref().unwrap()).unwrap();
     assert_eq!(spec_json["backoffLimit"], 3);
     assert_eq!(spec_json["activeDeadlineSeconds"], 3600);
-    assert!(spec_json["ttlSecondsAfterFinished"].as_i64().is_some());
+    assert_eq!(spec_json["ttlSecondsAfterFinished"], 3600, "finished Jobs go after one hour");
     let pod = &spec_json["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(container["image"], format!("modelpack-operator:{}", env!("CARGO_PKG_VERSION")));
@@ -189,14 +179,25 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     assert_eq!(container["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
     assert_eq!(pod["volumes"][0]["hostPath"]["path"], CACHE);
-    let pinned = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
-    let node = job.annotations()["modelpack.dev/node"].clone();
-    assert_eq!(pinned["nodeSelectorTerms"][0]["matchFields"][0]["values"], json!([node]));
+    // Each Job is pinned by `matchFields metadata.name` to one node of the pool: together, each node once.
+    let pinned: BTreeSet<String> = jobs
+        .iter()
+        .map(|j| {
+            let spec = serde_json::to_value(j.spec.as_ref().unwrap()).unwrap();
+            let terms = &spec["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+            let field = &terms["nodeSelectorTerms"][0]["matchFields"][0];
+            assert_eq!((&field["key"], &field["operator"]), (&json!("metadata.name"), &json!("In")), "{field}");
+            let values = field["values"].as_array().expect("values");
+            assert_eq!(values.len(), 1, "one node per Job: {field}");
+            values[0].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(pinned, nodes.names.iter().cloned().collect(), "the Jobs' nodes are the pool's, each once");
     assert!(job.name_any().len() <= 63);
 
     // Promotion: the tag moves to v2 (one changed file). Nodes fetch only that file; `deployed`
     // switches only once every node holds v2, and the deployment is Drifted in between.
-    seen.lock().unwrap().clear();
+    seen.lock().clear();
     let v2_files = model_v(7, 2);
     let v2 = modctl_push(bed, &bed.plain, &repo, "stable", &v2_files);
     let d = wait_for(&s.deployments, "serve", "v2 on 3 nodes", in_sync_on(&v2, 3)).await;
@@ -207,7 +208,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     }
     assert_eq!(d.status.as_ref().unwrap().history[0].digest, v1);
     {
-        let during = seen.lock().unwrap();
+        let during = seen.lock();
         assert!(during.iter().any(|s| drift_reason(s).as_deref() == Some("NewVersionPending")), "never Drifted");
         let mut captured_statuses = Vec::new();
         for s in during.iter() {
@@ -232,13 +233,13 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     }
 
     // A node joins the pool: it is pulled and reported; `deployed` stays v2 throughout.
-    seen.lock().unwrap().clear();
+    seen.lock().clear();
     let joined = nodes.add();
     let d = wait_for(&s.deployments, "serve", "v2 on 4 nodes", in_sync_on(&v2, 4)).await;
     assert_serves(&joined, &s.ns, "serve", &v2_files);
     assert!(d.status.unwrap().nodes.unwrap().entries.iter().any(|e| e.node == joined && e.phase == NodePhase::Ready));
     {
-        let during = seen.lock().unwrap();
+        let during = seen.lock();
         assert!(during.iter().any(|s| drift_reason(s).as_deref() == Some("NodeJoined")), "NodeJoined never reported");
         assert!(during.iter().all(|s| deployed(s) == Some(v2.as_str())));
     }
@@ -309,7 +310,10 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
     // While suspended, the tag moves to v2 and the Model resolves it; then the password is revoked.
     spec["suspend"] = json!(true);
     apply(&s.deployments, "ModelDeployment", "serve", spec.clone()).await;
-    let d = wait_for(&s.deployments, "serve", "suspended", |_| true).await;
+    let d = wait_for(&s.deployments, "serve", "suspended", |st| {
+        find(&st.conditions, READY).is_some_and(|c| c.reason == "Deployed" && c.message.ends_with("(suspended)"))
+    })
+    .await;
     assert_eq!(argo::status_of(&d), "Suspended");
     let v2 = modctl_push(bed, &bed.auth, &repo, "stable", &model_v(11, 2));
     eventually("model resolves v2", Duration::from_secs(30), || async {
@@ -317,8 +321,14 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
         (m.status?.resolved?.digest == v2).then_some(())
     })
     .await;
-    let d = s.deployments.get("serve").await.unwrap();
+    // v2 is desired and held back: Ready=False `Suspended`, nothing pulled.
+    let d = wait_for(&s.deployments, "serve", "v2 held back", |st| {
+        st.desired.as_ref().is_some_and(|d| d.digest == v2)
+            && find(&st.conditions, READY).is_some_and(|c| c.reason == "Suspended")
+    })
+    .await;
     assert_eq!(deployed(d.status.as_ref().unwrap()), Some(v1.as_str()), "suspended: nothing pulled");
+    assert_eq!(kstatus::of(&d), KStatus::InProgress, "Ready=False without Stalled: not a failure");
     assert!(jobs_of(&s.client, &s.ns, "serve").await.iter().all(|j| j.annotations()["modelpack.dev/digest"] == v1));
     secrets
         .replace("creds", &PostParams::default(), &docker_config_secret("creds", &bed.auth, "revoked"))

@@ -474,3 +474,51 @@ pub fn read_request_head(client: &mut std::net::TcpStream) -> String {
     }
     String::from_utf8_lossy(&head).into_owned()
 }
+
+/// What watches delivered, mapped, in order. A watch that fails or ends is remembered and fails
+/// every later read, so that no assertion passes on a recording that stopped early.
+pub struct Recording<T> {
+    items: std::sync::Mutex<Vec<T>>,
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl<T: Send + 'static> Recording<T> {
+    pub fn new() -> std::sync::Arc<Recording<T>> {
+        std::sync::Arc::new(Recording { items: Default::default(), failure: Default::default() })
+    }
+
+    /// The items so far; panics when a watch feeding this recording failed or ended.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        if let Some(failure) = self.failure.lock().unwrap().as_ref() {
+            panic!("a recorded watch stopped ({failure}): the recording is incomplete");
+        }
+        self.items.lock().unwrap()
+    }
+
+    /// Records `map` of every version of object `name` that a watch on `api` delivers.
+    pub fn watch<K>(self: &std::sync::Arc<Self>, api: &Api<K>, name: &str, map: impl Fn(K) -> Option<T> + Send + 'static)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream = watcher(api.clone(), config).applied_objects();
+        let sink = self.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let failure = loop {
+                match stream.next().await {
+                    Some(Ok(obj)) => {
+                        if let Some(item) = map(obj) {
+                            sink.items.lock().unwrap().push(item);
+                        }
+                    }
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "the stream ended".to_owned(),
+                }
+            };
+            *sink.failure.lock().unwrap() = Some(failure);
+        });
+    }
+}
