@@ -7,14 +7,13 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use modelpack_operator::api::conditions::{ConditionStatus, DRIFTED, READY, find};
 use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase};
@@ -363,13 +362,11 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
 }
 
 #[tokio::test]
-async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_and_a_restarted_operator_makes_no_duplicate_jobs() {
+async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_until_it_is_signed() {
     let bed = Bed::get();
-    let mut s = setup("deploy-gate").await;
+    let s = setup("deploy-gate").await;
     let nodes = TestNodes::create("gate", 3);
     let repo = format!("deploy/gate-{}", unique_suffix());
-    let files = ModelFiles::new(21, &[("model.safetensors", 6_000_000), ("config.json", 100)]);
-    let digest = modctl_push(bed, &bed.plain, &repo, "v1", &files);
     let repository = format!("{}/{repo}", bed.plain.host);
 
     // A Model that verifies with cosign: its signed version rolls out.
@@ -416,35 +413,40 @@ async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_and_a_restarted_opera
     key.sign(&format!("{repository}@{unsigned}"));
     let d = wait_for(&s.deployments, "gated", "the newly signed version", in_sync_on(&unsigned, 3)).await;
     assert_eq!(kstatus::of(&d), KStatus::Current);
+}
+
+#[tokio::test]
+async fn a_restarted_operator_makes_no_duplicate_jobs() {
+    let bed = Bed::get();
+    let mut s = setup("deploy-restart").await;
+    let nodes = TestNodes::create("restart", 3);
+    let repo = format!("deploy/restart-{}", unique_suffix());
+    let files = ModelFiles::new(21, &[("model.safetensors", 6_000_000), ("config.json", 100)]);
+    let digest = modctl_push(bed, &bed.plain, &repo, "v1", &files);
+    let repository = format!("{}/{repo}", bed.plain.host);
 
     // A rollout one node at a time, with the operator killed after the first Job and restarted.
     apply(&s.models, "Model", "open", json!({"repository": repository, "ref": {"tag": "v1"}, "insecure": true})).await;
-    let job_uids = Arc::new(Mutex::new(BTreeMap::<String, BTreeSet<String>>::new()));
     let jobs_api: Api<Job> = Api::namespaced(s.client.clone(), JOBS_NAMESPACE);
     let owner = format!("{}/steady", s.ns);
-    let sink = job_uids.clone();
-    tokio::spawn(async move {
-        let stream = watcher(jobs_api, watcher::Config::default()).applied_objects();
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(job)) = stream.next().await {
-            if job.annotations().get("modelpack.dev/deployment") == Some(&owner) {
-                let uid = job.metadata.uid.clone().unwrap_or_default();
-                sink.lock().unwrap().entry(job.name_any()).or_default().insert(uid);
-            }
-        }
+    let seen_jobs = Recording::new();
+    seen_jobs.watch_with(&jobs_api, watcher::Config::default(), move |job: Job| {
+        (job.annotations().get("modelpack.dev/deployment") == Some(&owner))
+            .then(|| (job.name_any(), job.metadata.uid.clone().unwrap_or_default()))
     });
     let spec = json!({"modelRef": {"name": "open"}, "nodeSelector": nodes.selector(), "pull": {"maxParallel": 1}});
     apply(&s.deployments, "ModelDeployment", "steady", spec).await;
-    eventually("the first pull Job", Duration::from_secs(30), || async {
-        (!job_uids.lock().unwrap().is_empty()).then_some(())
-    })
-    .await;
+    eventually("the first pull Job", Duration::from_secs(30), || async { (!seen_jobs.lock().is_empty()).then_some(()) })
+        .await;
     s.operator.take().unwrap().kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _restarted = Operator::start(&s.ns);
     let d = wait_for(&s.deployments, "steady", "v1 on 3 nodes", in_sync_on(&digest, 3)).await;
     assert_eq!(kstatus::of(&d), KStatus::Current);
-    let uids = job_uids.lock().unwrap().clone();
+    let mut uids = BTreeMap::<String, BTreeSet<String>>::new();
+    for (name, uid) in seen_jobs.lock().iter() {
+        uids.entry(name.clone()).or_default().insert(uid.clone());
+    }
     assert_eq!(uids.len(), 3, "one Job per node: {uids:?}");
     assert!(uids.values().all(|u| u.len() == 1), "a Job was created twice: {uids:?}");
     for node in &nodes.names {

@@ -500,9 +500,21 @@ impl<T: Send + 'static> Recording<T> {
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
+        let config = kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
+        self.watch_with(api, config, map);
+    }
+
+    /// Records `map` of every object version a watch on `api` with `config` delivers.
+    pub fn watch_with<K>(
+        self: &std::sync::Arc<Self>,
+        api: &Api<K>,
+        config: kube::runtime::watcher::Config,
+        map: impl Fn(K) -> Option<T> + Send + 'static,
+    ) where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
         use futures::StreamExt;
         use kube::runtime::{WatchStreamExt, watcher};
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let stream = watcher(api.clone(), config).applied_objects();
         let sink = self.clone();
         tokio::spawn(async move {
