@@ -95,6 +95,24 @@ fn record_statuses(api: &Api<ModelDeployment>, name: &str) -> Arc<Recording<Mode
     seen
 }
 
+/// The library's verdict and the Argo CD health of every recorded status whose drift is `reason`,
+/// as an object carrying it (at least one such status must have been recorded).
+fn assert_recorded(statuses: &[ModelDeploymentStatus], reason: &str, verdict: KStatus, health: &str) {
+    let objects: Vec<_> = statuses
+        .iter()
+        .filter(|s| drift_reason(s).as_deref() == Some(reason))
+        .map(|s| {
+            json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "ModelDeployment",
+                "metadata": {"name": "serve", "generation": s.observed_generation}, "spec": {}, "status": s})
+        })
+        .collect();
+    assert!(!objects.is_empty(), "no status with drift {reason} was recorded");
+    for (v, o) in kstatus::verdicts(&objects).iter().zip(&objects) {
+        let got = (v.status, argo::health(o).0);
+        assert_eq!(got, (verdict, health.to_owned()), "a status with drift {reason}: {}", v.message);
+    }
+}
+
 async fn jobs_of(client: &Client, ns: &str, name: &str) -> Vec<Job> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), JOBS_NAMESPACE);
     let all =
@@ -158,7 +176,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     assert_eq!(find(&status.conditions, DRIFTED).unwrap().status, ConditionStatus::False);
     {
         let first = seen.lock();
-        assert!(first.iter().any(|s| drift_reason(s).as_deref() == Some("NodesNotReady")), "first rollout drift");
+        assert_recorded(&first, "NodesNotReady", KStatus::InProgress, "Progressing");
         assert!(first.iter().all(|s| s.nodes.as_ref().is_none_or(|n| n.pulling <= 2)), "maxParallel 2 was exceeded");
     }
 
@@ -208,8 +226,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     assert_eq!(d.status.as_ref().unwrap().history[0].digest, v1);
     {
         let during = seen.lock();
-        assert!(during.iter().any(|s| drift_reason(s).as_deref() == Some("NewVersionPending")), "never Drifted");
-        let mut captured_statuses = Vec::new();
+        assert_recorded(&during, "NewVersionPending", KStatus::InProgress, "Progressing");
         for s in during.iter() {
             let n = s.nodes.clone().unwrap_or_default();
             if deployed(s) == Some(v2.as_str()) {
@@ -219,15 +236,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
                 assert_eq!(deployed(s), Some(v1.as_str()));
                 let c = find(&s.conditions, DRIFTED).unwrap();
                 assert_eq!((c.status, c.reason.as_str()), (ConditionStatus::True, "NewVersionPending"));
-                let captured = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "ModelDeployment",
-                    "metadata": {"name": "serve", "generation": 1}, "spec": {},
-                    "status": {"observedGeneration": 1, "conditions": s.conditions, "nodes": s.nodes}});
-                captured_statuses.push(captured.clone());
-                assert_eq!(argo::health(&captured).0, "Progressing");
             }
-        }
-        for v in kstatus::verdicts(&captured_statuses) {
-            assert_eq!(v.status, KStatus::InProgress, "a status while NewVersionPending: {v:?}");
         }
     }
 
@@ -239,7 +248,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     assert!(d.status.unwrap().nodes.unwrap().entries.iter().any(|e| e.node == joined && e.phase == NodePhase::Ready));
     {
         let during = seen.lock();
-        assert!(during.iter().any(|s| drift_reason(s).as_deref() == Some("NodeJoined")), "NodeJoined never reported");
+        assert_recorded(&during, "NodeJoined", KStatus::InProgress, "Progressing");
         assert!(during.iter().all(|s| deployed(s) == Some(v2.as_str())));
     }
 
