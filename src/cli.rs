@@ -254,7 +254,9 @@ impl PullCommand {
         let result = self.pull(args).await;
         let json = match &result {
             Ok(report) => serde_json::to_string(report)?,
-            Err(e) => json!({"digest": self.digest, "error": modelpack_operator::chain::one_line(e.as_ref())}).to_string(),
+            Err(e) => {
+                json!({"digest": self.digest, "error": modelpack_operator::chain::one_line(e.as_ref())}).to_string()
+            }
         };
         if let Some(path) = &self.termination_log {
             // A pod's termination message holds at most 4 KiB.

@@ -21,8 +21,8 @@ use serde_json::json;
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::kstatus::{self, KStatus};
 use support::{
-    Bed, Operator, Recording, TestNodes, argo, docker_config_secret, ensure_namespace, eventually, install_crds, namespace,
-    unique_suffix,
+    Bed, Operator, Recording, TestNodes, argo, docker_config_secret, ensure_namespace, eventually, install_crds,
+    namespace, unique_suffix,
 };
 
 const JOBS_NAMESPACE: &str = "modelpack-system";
@@ -201,7 +201,8 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
         .iter()
         .map(|j| {
             let spec = serde_json::to_value(j.spec.as_ref().unwrap()).unwrap();
-            let terms = &spec["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+            let terms =
+                &spec["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
             let field = &terms["nodeSelectorTerms"][0]["matchFields"][0];
             assert_eq!((&field["key"], &field["operator"]), (&json!("metadata.name"), &json!("In")), "{field}");
             let values = field["values"].as_array().expect("values");
@@ -445,8 +446,10 @@ async fn a_restarted_operator_makes_no_duplicate_jobs() {
     });
     let spec = json!({"modelRef": {"name": "open"}, "nodeSelector": nodes.selector(), "pull": {"maxParallel": 1}});
     apply(&s.deployments, "ModelDeployment", "steady", spec).await;
-    eventually("the first pull Job", Duration::from_secs(30), || async { (!seen_jobs.lock().is_empty()).then_some(()) })
-        .await;
+    eventually("the first pull Job", Duration::from_secs(30), || async {
+        (!seen_jobs.lock().is_empty()).then_some(())
+    })
+    .await;
     s.operator.take().unwrap().kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _restarted = Operator::start(&s.ns);

@@ -12,8 +12,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use modelpack_operator::api::conditions::{ConditionStatus, READY, STALLED, find};
 use modelpack_operator::api::{Model, ModelStatus};
 use serde_json::{Value, json};
-use support::kstatus::{self, KStatus};
 use support::fixtures::{ModelFiles, cncf_config, modctl_push, oras_push_cncf};
+use support::kstatus::{self, KStatus};
 use support::{
     Bed, Operator, Registry, craft, docker_config_secret, eventually, install_crds, namespace, unique_suffix,
 };

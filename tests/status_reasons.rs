@@ -22,7 +22,9 @@ use support::craft::{self, Artifact, Blob};
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::hostile::{Endless, Hostile, REPO, TAG};
 use support::kstatus::{self, KStatus};
-use support::{Bed, Operator, TestNodes, apply, argo, ensure_namespace, eventually, install_crds, namespace, unique_suffix};
+use support::{
+    Bed, Operator, TestNodes, apply, argo, ensure_namespace, eventually, install_crds, namespace, unique_suffix,
+};
 
 /// One row: an object's name, what makes it take the reason, and what the tables say.
 struct Row {
@@ -95,7 +97,8 @@ where
 /// A ModelPack whose only layer's path climbs out of the model directory.
 fn unsafe_path_model() -> Artifact {
     let weights = b"weights".to_vec();
-    let config = json!({"descriptor": {"name": "unsafe"}, "modelfs": {"type": "layers", "diffIds": [craft::sha256(&weights)]}});
+    let config =
+        json!({"descriptor": {"name": "unsafe"}, "modelfs": {"type": "layers", "diffIds": [craft::sha256(&weights)]}});
     Artifact {
         artifact_type: Some("application/vnd.cncf.model.manifest.v1+json".into()),
         config: Blob::new("application/vnd.cncf.model.config.v1+json", serde_json::to_vec(&config).unwrap()),
@@ -137,22 +140,76 @@ async fn every_model_reason_gets_the_verdicts_of_the_table() {
     let rows = [
         row("succeeded", at("v1"), "Succeeded", Current, "Healthy"),
         // Retried failures: Ready=False only.
-        row("unavailable", json!({"repository": "127.0.0.1:1/none", "insecure": true}), "RegistryUnavailable", InProgress, "Degraded"),
+        row(
+            "unavailable",
+            json!({"repository": "127.0.0.1:1/none", "insecure": true}),
+            "RegistryUnavailable",
+            InProgress,
+            "Degraded",
+        ),
         row("timeout", hostile(&slow), "RegistryTimeout", InProgress, "Degraded"),
-        row("auth", json!({"repository": format!("{}/{repo}", bed.auth.host), "insecure": true}), "AuthenticationFailed", InProgress, "Degraded"),
+        row(
+            "auth",
+            json!({"repository": format!("{}/{repo}", bed.auth.host), "insecure": true}),
+            "AuthenticationFailed",
+            InProgress,
+            "Degraded",
+        ),
         row("not-found", at("absent"), "ArtifactNotFound", InProgress, "Degraded"),
-        row("no-tag", json!({"repository": plain, "ref": {"semver": ">=99.0.0"}, "insecure": true}), "NoMatchingTag", InProgress, "Degraded"),
-        row("no-secret", with("v1", json!({"secretRef": {"name": "absent"}})), "SecretNotFound", InProgress, "Degraded"),
-        row("no-sa", with("v1", json!({"serviceAccountName": "absent"})), "ServiceAccountNotFound", InProgress, "Degraded"),
+        row(
+            "no-tag",
+            json!({"repository": plain, "ref": {"semver": ">=99.0.0"}, "insecure": true}),
+            "NoMatchingTag",
+            InProgress,
+            "Degraded",
+        ),
+        row(
+            "no-secret",
+            with("v1", json!({"secretRef": {"name": "absent"}})),
+            "SecretNotFound",
+            InProgress,
+            "Degraded",
+        ),
+        row(
+            "no-sa",
+            with("v1", json!({"serviceAccountName": "absent"})),
+            "ServiceAccountNotFound",
+            InProgress,
+            "Degraded",
+        ),
         // Failures that need a change: Stalled=True.
         row("image", at("image"), "NotAModelPack", Failed, "Degraded"),
         row("unsafe", at("unsafe"), "InvalidModelPack", Failed, "Degraded"),
-        row("bad-range", json!({"repository": plain, "ref": {"semver": "not a range"}, "insecure": true}), "InvalidReference", Failed, "Degraded"),
-        row("bad-secret", with("v1", json!({"secretRef": {"name": "not-docker"}})), "InvalidSecret", Failed, "Degraded"),
+        row(
+            "bad-range",
+            json!({"repository": plain, "ref": {"semver": "not a range"}, "insecure": true}),
+            "InvalidReference",
+            Failed,
+            "Degraded",
+        ),
+        row(
+            "bad-secret",
+            with("v1", json!({"secretRef": {"name": "not-docker"}})),
+            "InvalidSecret",
+            Failed,
+            "Degraded",
+        ),
         row("bad-ca", with("v1", json!({"caSecretRef": {"name": "bad-ca"}})), "InvalidCA", Failed, "Degraded"),
         row("huge", hostile(&huge), "ArtifactTooLarge", Failed, "Degraded"),
-        row("unsigned", with("v1", json!({"verify": {"provider": "cosign", "secretRef": {"name": "keys"}}})), "SignatureRejected", Failed, "Degraded"),
-        row("bad-key", with("v1", json!({"verify": {"provider": "cosign", "secretRef": {"name": "bad-key"}}})), "InvalidSecret", Failed, "Degraded"),
+        row(
+            "unsigned",
+            with("v1", json!({"verify": {"provider": "cosign", "secretRef": {"name": "keys"}}})),
+            "SignatureRejected",
+            Failed,
+            "Degraded",
+        ),
+        row(
+            "bad-key",
+            with("v1", json!({"verify": {"provider": "cosign", "secretRef": {"name": "bad-key"}}})),
+            "InvalidSecret",
+            Failed,
+            "Degraded",
+        ),
     ];
     let models: Api<Model> = Api::namespaced(client.clone(), &ns);
     hold(&models, "Model", &rows).await;
@@ -179,7 +236,10 @@ async fn every_deployment_reason_gets_the_verdicts_of_the_table() {
     modctl_push(bed, &bed.auth, &auth_repo, "v1", &ModelFiles::new(83, &[("model.gguf", 2_000)]));
     let (_, password) = bed.auth.basic_auth.clone().unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    secrets.create(&PostParams::default(), &support::docker_config_secret("creds", &bed.auth, &password)).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &support::docker_config_secret("creds", &bed.auth, &password))
+        .await
+        .unwrap();
     let key = CosignKey::generate();
     secret(&client, &ns, "keys", json!({"k.pub": key.public_pem()})).await;
 
@@ -190,7 +250,13 @@ async fn every_deployment_reason_gets_the_verdicts_of_the_table() {
     signed["verify"] = json!({"provider": "cosign", "secretRef": {"name": "keys"}});
     let authed = json!({"repository": format!("{}/{auth_repo}", bed.auth.host), "ref": {"tag": "v1"},
         "insecure": true, "secretRef": {"name": "creds"}});
-    for (name, spec) in [("ok", model("v1")), ("absent", model("absent")), ("image", model("image")), ("unsigned", signed), ("authed", authed)] {
+    for (name, spec) in [
+        ("ok", model("v1")),
+        ("absent", model("absent")),
+        ("image", model("image")),
+        ("unsigned", signed),
+        ("authed", authed),
+    ] {
         apply(&models, "Model", name, spec).await;
     }
     // The Model resolved with its Secret, then the Secret goes: the Model keeps its digest
@@ -212,7 +278,13 @@ async fn every_deployment_reason_gets_the_verdicts_of_the_table() {
         row("model-not-ready", on("absent"), "ModelNotReady", InProgress, "Progressing"),
         row("registry-access", on("authed"), "RegistryAccess", InProgress, "Progressing"),
         // No node is retried (a node may join): Ready=False, InProgress; Argo CD reads Ready=False as Degraded.
-        row("no-nodes", json!({"modelRef": {"name": "ok"}, "nodeSelector": {"e2e.modelpack.dev/pool": "none"}}), "NoNodesSelected", InProgress, "Degraded"),
+        row(
+            "no-nodes",
+            json!({"modelRef": {"name": "ok"}, "nodeSelector": {"e2e.modelpack.dev/pool": "none"}}),
+            "NoNodesSelected",
+            InProgress,
+            "Degraded",
+        ),
         row("model-stalled", on("image"), "ModelStalled", Failed, "Degraded"),
         row("unverified", on("unsigned"), "VerificationFailed", Failed, "Degraded"),
     ];

@@ -14,8 +14,8 @@ use kube::{Client, ResourceExt};
 use modelpack_operator::api::conditions::{READY, VERIFIED, find};
 use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus};
 use serde_json::{Value, json};
-use support::kstatus::{self, KStatus};
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
+use support::kstatus::{self, KStatus};
 use support::{Bed, Operator, TestNodes, argo, ensure_namespace, eventually, install_crds, namespace, unique_suffix};
 
 const JOBS_NAMESPACE: &str = "modelpack-system";

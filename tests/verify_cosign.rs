@@ -11,8 +11,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use modelpack_operator::api::Model;
 use modelpack_operator::api::conditions::{ConditionStatus, STALLED, VERIFIED, find};
 use serde_json::{Value, json};
-use support::kstatus::{self, KStatus};
 use support::fixtures::{CosignKey, ModelFiles, cosign_verifies, modctl_push};
+use support::kstatus::{self, KStatus};
 use support::{Bed, Operator, eventually, install_crds, namespace, operator, run_tool, unique_suffix};
 
 fn ours(reference: &str, keys: &[&CosignKey]) -> (i32, Value, String) {

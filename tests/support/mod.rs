@@ -496,8 +496,12 @@ impl<T: Send + 'static> Recording<T> {
     }
 
     /// Records `map` of every version of object `name` that a watch on `api` delivers.
-    pub fn watch<K>(self: &std::sync::Arc<Self>, api: &Api<K>, name: &str, map: impl Fn(K) -> Option<T> + Send + 'static)
-    where
+    pub fn watch<K>(
+        self: &std::sync::Arc<Self>,
+        api: &Api<K>,
+        name: &str,
+        map: impl Fn(K) -> Option<T> + Send + 'static,
+    ) where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
         let config = kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
