@@ -137,79 +137,29 @@ async fn every_model_reason_gets_the_verdicts_of_the_table() {
         spec
     };
     let hostile = |h: &Hostile| json!({"repository": format!("{}/{REPO}", h.host), "ref": {"tag": TAG}, "insecure": true, "timeout": "2s"});
+    // A retried failure is Ready=False alone; one that needs a change is also Stalled=True.
+    let retried = |name, spec, reason| row(name, spec, reason, InProgress, "Degraded");
+    let stalled = |name, spec, reason| row(name, spec, reason, Failed, "Degraded");
+    let semver = |range: &str| json!({"repository": plain, "ref": {"semver": range}, "insecure": true});
+    let verify = |secret: &str| json!({"verify": {"provider": "cosign", "secretRef": {"name": secret}}});
+    let auth = json!({"repository": format!("{}/{repo}", bed.auth.host), "insecure": true});
     let rows = [
         row("succeeded", at("v1"), "Succeeded", Current, "Healthy"),
-        // Retried failures: Ready=False only.
-        row(
-            "unavailable",
-            json!({"repository": "127.0.0.1:1/none", "insecure": true}),
-            "RegistryUnavailable",
-            InProgress,
-            "Degraded",
-        ),
-        row("timeout", hostile(&slow), "RegistryTimeout", InProgress, "Degraded"),
-        row(
-            "auth",
-            json!({"repository": format!("{}/{repo}", bed.auth.host), "insecure": true}),
-            "AuthenticationFailed",
-            InProgress,
-            "Degraded",
-        ),
-        row("not-found", at("absent"), "ArtifactNotFound", InProgress, "Degraded"),
-        row(
-            "no-tag",
-            json!({"repository": plain, "ref": {"semver": ">=99.0.0"}, "insecure": true}),
-            "NoMatchingTag",
-            InProgress,
-            "Degraded",
-        ),
-        row(
-            "no-secret",
-            with("v1", json!({"secretRef": {"name": "absent"}})),
-            "SecretNotFound",
-            InProgress,
-            "Degraded",
-        ),
-        row(
-            "no-sa",
-            with("v1", json!({"serviceAccountName": "absent"})),
-            "ServiceAccountNotFound",
-            InProgress,
-            "Degraded",
-        ),
-        // Failures that need a change: Stalled=True.
-        row("image", at("image"), "NotAModelPack", Failed, "Degraded"),
-        row("unsafe", at("unsafe"), "InvalidModelPack", Failed, "Degraded"),
-        row(
-            "bad-range",
-            json!({"repository": plain, "ref": {"semver": "not a range"}, "insecure": true}),
-            "InvalidReference",
-            Failed,
-            "Degraded",
-        ),
-        row(
-            "bad-secret",
-            with("v1", json!({"secretRef": {"name": "not-docker"}})),
-            "InvalidSecret",
-            Failed,
-            "Degraded",
-        ),
-        row("bad-ca", with("v1", json!({"caSecretRef": {"name": "bad-ca"}})), "InvalidCA", Failed, "Degraded"),
-        row("huge", hostile(&huge), "ArtifactTooLarge", Failed, "Degraded"),
-        row(
-            "unsigned",
-            with("v1", json!({"verify": {"provider": "cosign", "secretRef": {"name": "keys"}}})),
-            "SignatureRejected",
-            Failed,
-            "Degraded",
-        ),
-        row(
-            "bad-key",
-            with("v1", json!({"verify": {"provider": "cosign", "secretRef": {"name": "bad-key"}}})),
-            "InvalidSecret",
-            Failed,
-            "Degraded",
-        ),
+        retried("unavailable", json!({"repository": "127.0.0.1:1/none", "insecure": true}), "RegistryUnavailable"),
+        retried("timeout", hostile(&slow), "RegistryTimeout"),
+        retried("auth", auth, "AuthenticationFailed"),
+        retried("not-found", at("absent"), "ArtifactNotFound"),
+        retried("no-tag", semver(">=99.0.0"), "NoMatchingTag"),
+        retried("no-secret", with("v1", json!({"secretRef": {"name": "absent"}})), "SecretNotFound"),
+        retried("no-sa", with("v1", json!({"serviceAccountName": "absent"})), "ServiceAccountNotFound"),
+        stalled("image", at("image"), "NotAModelPack"),
+        stalled("unsafe", at("unsafe"), "InvalidModelPack"),
+        stalled("bad-range", semver("not a range"), "InvalidReference"),
+        stalled("bad-secret", with("v1", json!({"secretRef": {"name": "not-docker"}})), "InvalidSecret"),
+        stalled("bad-ca", with("v1", json!({"caSecretRef": {"name": "bad-ca"}})), "InvalidCA"),
+        stalled("huge", hostile(&huge), "ArtifactTooLarge"),
+        stalled("unsigned", with("v1", verify("keys")), "SignatureRejected"),
+        stalled("bad-key", with("v1", verify("bad-key")), "InvalidSecret"),
     ];
     let models: Api<Model> = Api::namespaced(client.clone(), &ns);
     hold(&models, "Model", &rows).await;
