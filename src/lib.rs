@@ -6,5 +6,6 @@ pub mod api;
 pub mod cache;
 pub mod controller;
 pub mod modelpack;
+pub mod policy;
 pub mod registry;
 pub mod verify;

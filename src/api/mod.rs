@@ -5,6 +5,7 @@ pub mod conditions;
 mod deployment;
 pub mod duration;
 mod model;
+mod policy;
 
 pub use deployment::{
     DeployedVersion, Drift, ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, ModelRefName, NodeEntry,
@@ -14,6 +15,7 @@ pub use model::{
     Artifact, HistoryEntry, LocalObjectReference, Model, ModelReference, ModelSpec, ModelStatus, Resolved, Revoked,
     Verified, VerifyProvider, VerifySpec,
 };
+pub use policy::{ModelPolicy, ModelPolicySpec, ModelPolicyStatus, PolicyAction, PolicyRule, Violation};
 
 use kube::CustomResourceExt;
 
@@ -26,7 +28,7 @@ pub enum Error {
 /// Both CRDs as one multi-document YAML stream: what `modelpack-operator crd` prints and crds/ holds.
 pub fn crds_yaml() -> Result<String, Error> {
     let mut out = String::new();
-    for crd in [Model::crd(), ModelDeployment::crd()] {
+    for crd in [Model::crd(), ModelDeployment::crd(), ModelPolicy::crd()] {
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&crd).map_err(|e| Error::Yaml(e.to_string()))?);
     }
