@@ -9,14 +9,16 @@
 //! `MAX_NODES × MAX_LIST_ENTRIES²` steps, and typically a few hundred.
 
 mod compile;
+mod documents;
 mod evaluate;
 mod variables;
 
 pub use compile::{
     CompiledPolicy, CompiledRule, MAX_BRACKET_DEPTH, MAX_COMPREHENSION_DEPTH, MAX_EXPRESSION_BYTES, MAX_NODES, compile,
 };
+pub use documents::{PolicyDocument, parse_documents};
 pub use evaluate::{RuleResult, evaluate, evaluate_json};
-pub use variables::{LayerVar, MAX_LIST_ENTRIES, NAMES, ReferrerVar, Source, Variables};
+pub use variables::{Collected, LayerVar, MAX_LIST_ENTRIES, NAMES, ReferrerVar, Source, Variables, collect};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -30,6 +32,10 @@ pub enum Error {
     DuplicateRule { rule: String },
     #[error("{what}: {count} entries, more than the {MAX_LIST_ENTRIES} a rule may iterate")]
     TooManyEntries { what: &'static str, count: usize },
+    #[error("{origin}: {detail}")]
+    InvalidDocument { origin: String, detail: String },
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
     #[error(transparent)]
     ModelPack(#[from] crate::modelpack::Error),
 }

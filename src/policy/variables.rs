@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::modelpack::{Descriptor, Manifest, layer};
-use crate::registry::Referrer;
+use crate::registry::{Inspection, Referrer, Registry, Repository};
 
 use super::Error;
 
@@ -91,7 +91,44 @@ pub struct Source<'a> {
     pub referrers: &'a [Referrer],
 }
 
+/// A digest's inspection, its referrers (first page), and the variables made of them.
+pub struct Collected {
+    pub inspection: Inspection,
+    pub referrers: Vec<Referrer>,
+    pub variables: Variables,
+}
+
+/// Reads what the rules need about `repo@digest` (found under `tag`, if any) from its registry.
+pub async fn collect(
+    registry: &Registry,
+    repo: &Repository,
+    digest: &str,
+    tag: Option<&str>,
+) -> Result<Collected, Error> {
+    let inspection = crate::registry::inspect(registry, repo, digest).await?;
+    let referrers = registry.referrers(repo, digest).await?;
+    let variables = Variables::of(repo, &inspection, tag, &referrers)?;
+    Ok(Collected { inspection, referrers, variables })
+}
+
 impl Variables {
+    /// The variables of an inspected digest.
+    pub fn of(
+        repo: &Repository,
+        inspection: &Inspection,
+        tag: Option<&str>,
+        referrers: &[Referrer],
+    ) -> Result<Variables, Error> {
+        Variables::new(&Source {
+            repository: repo.to_string(),
+            digest: &inspection.digest,
+            tag,
+            manifest: &inspection.manifest,
+            config_json: &inspection.config_json,
+            referrers,
+        })
+    }
+
     pub fn new(source: &Source<'_>) -> Result<Variables, Error> {
         if source.manifest.layers.len() > MAX_LIST_ENTRIES {
             return Err(Error::TooManyEntries { what: "layers", count: source.manifest.layers.len() });
