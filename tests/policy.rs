@@ -1,0 +1,404 @@
+//! ModelPolicy rules on the bed's registries: `check` sees every variable with the artifact's own
+//! values (both families, artifacts from modctl, oras and crafted ones, referrers attached by oras
+//! on a registry with the referrers API and one without), and its verdicts equal cel-go's
+//! (`celeval`, the CEL of the Kubernetes API server) on the same variables and rules.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+use support::craft::{self, Artifact, Blob};
+use support::fixtures::{ModelFiles, cncf_config, modctl_push, oras_push_cncf};
+use support::{Bed, Registry, operator, run_tool, unique_suffix};
+
+/// One artifact in a registry and the variables a rule should see for it, built here from the
+/// bytes the registry serves and what the test attached, independently of the operator's code.
+struct Case {
+    label: String,
+    reference: String,
+    variables: Value,
+}
+
+// The legacy (spec ≤ v0.0.6) config names and the ones of the current specification.
+const LEGACY: [(&str, &str); 10] = [
+    ("created_at", "createdAt"),
+    ("doc_url", "docURL"),
+    ("source_url", "sourceURL"),
+    ("datasets_url", "datasetsURL"),
+    ("param_size", "paramSize"),
+    ("input_types", "inputTypes"),
+    ("output_types", "outputTypes"),
+    ("knowledge_cutoff", "knowledgeCutoff"),
+    ("tool_usage", "toolUsage"),
+    ("diff_ids", "diffIds"),
+];
+
+fn current_names(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let name = LEGACY.iter().find(|(old, _)| old == k).map_or(k.as_str(), |(_, new)| new);
+                    (name.to_owned(), current_names(v))
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+async fn case(registry: &Registry, repo: &str, tag: &str, referrers: Vec<Value>, label: &str) -> Case {
+    let digest = craft::manifest_digest(registry, repo, tag).await;
+    let manifest: Value = serde_json::from_slice(&craft::manifest_bytes(registry, repo, &digest).await).unwrap();
+    let config_digest = manifest["config"]["digest"].as_str().unwrap();
+    let config: Value = serde_json::from_slice(&craft::blob(registry, repo, config_digest).await).unwrap();
+    let config = current_names(&config);
+    let layers: Vec<Value> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let a = &l["annotations"];
+            let path = ["org.cncf.model.filepath", "org.cnai.model.filepath", "org.opencontainers.image.title"]
+                .iter()
+                .find_map(|k| a[*k].as_str())
+                .unwrap();
+            json!({"mediaType": l["mediaType"], "digest": l["digest"], "size": l["size"], "path": path,
+                   "annotations": a.as_object().cloned().unwrap_or_default()})
+        })
+        .collect();
+    let object = |v: &Value| Value::Object(v.as_object().cloned().unwrap_or_default());
+    Case {
+        label: format!("{label} on {}", registry.host),
+        reference: format!("{}/{repo}:{tag}", registry.host),
+        variables: json!({
+            "repository": format!("{}/{repo}", registry.host), "digest": digest, "tag": tag,
+            "descriptor": object(&config["descriptor"]), "config": object(&config["config"]),
+            "modelfs": object(&config["modelfs"]), "annotations": object(&manifest["annotations"]),
+            "layers": layers, "referrers": referrers,
+        }),
+    }
+}
+
+/// `oras attach` of a small file to `repo:tag`; the referrer as a rule should see it, its
+/// annotations read back from its manifest (oras adds `org.opencontainers.image.created`).
+async fn attach(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    artifact_type: &str,
+    annotations: &[(&str, &str)],
+) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("doc.json"), br#"{"spdxVersion":"SPDX-2.3"}"#).unwrap();
+    let reference = format!("{}/{repo}:{tag}", registry.host);
+    let mut args = vec!["attach", "--plain-http", "--artifact-type", artifact_type, "--format", "json"];
+    let pairs: Vec<String> = annotations.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for p in &pairs {
+        args.extend(["--annotation", p.as_str()]);
+    }
+    args.extend([reference.as_str(), "doc.json:application/json"]);
+    let out = run_tool(&Bed::get().tool("oras"), &args, &[], Some(dir.path()));
+    let parsed: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("oras attach output ({e}):\n{out}"));
+    let digest = parsed["digest"].as_str().unwrap();
+    let manifest: Value = serde_json::from_slice(&craft::manifest_bytes(registry, repo, digest).await).unwrap();
+    for (k, v) in annotations {
+        assert_eq!(manifest["annotations"][k], *v, "oras attached {k}");
+    }
+    json!({"artifactType": artifact_type, "digest": digest, "annotations": manifest["annotations"]})
+}
+
+/// A `vnd.cncf` artifact with every descriptor and config field a rule may read, unknown ones
+/// included, manifest and layer annotations, and a path given by the OCI title only.
+fn rich_artifact() -> Artifact {
+    let weights = Blob::new("application/vnd.cncf.model.weight.v1.raw", vec![7u8; 1000])
+        .annotate("org.cncf.model.filepath", "models/w.gguf")
+        .annotate("org.example.extra", "yes");
+    let readme = Blob::new("application/vnd.cncf.model.doc.v1.raw", b"# model\n".to_vec())
+        .annotate("org.opencontainers.image.title", "README.md");
+    let config = json!({
+        "descriptor": {"name": "rich", "licenses": ["Apache-2.0", "MIT"], "authors": [], "vendor": "Example",
+            "createdAt": "2025-06-01T12:00:00Z", "docURL": "https://example.com/d", "future": {"x": 1.5}},
+        "config": {"format": "gguf", "paramSize": "8b", "precision": "bfloat16",
+            "capabilities": {"inputTypes": ["text", "image"], "outputTypes": ["text"], "reasoning": true,
+                "toolUsage": false, "languages": ["en", "fr"], "knowledgeCutoff": "2025-01-01T00:00:00Z"}},
+        "modelfs": {"type": "layers", "diffIds": [craft::sha256(&weights.data), craft::sha256(&readme.data)]}
+    });
+    Artifact {
+        artifact_type: Some("application/vnd.cncf.model.manifest.v1+json".into()),
+        config: Blob::new("application/vnd.cncf.model.config.v1+json", serde_json::to_vec(&config).unwrap()),
+        layers: vec![weights, readme],
+        annotations: [
+            ("org.opencontainers.image.source".to_owned(), "https://example.com/src".to_owned()),
+            ("org.cncf.model.custom".to_owned(), "x\"y\\z".to_owned()),
+        ]
+        .into(),
+    }
+}
+
+/// A legacy `vnd.cnai` artifact written with the snake_case names of spec ≤ v0.0.6.
+fn legacy_artifact() -> Artifact {
+    let weights = Blob::new("application/vnd.cnai.model.weight.v1.tar", vec![1u8; 2048])
+        .annotate("org.cnai.model.filepath", "weights");
+    let config = json!({
+        "descriptor": {"created_at": "2024-02-03T04:05:06Z", "licenses": ["GPL-3.0-only"], "doc_url": "https://e/d"},
+        "config": {"param_size": "1B", "capabilities": {"input_types": ["text"], "tool_usage": true}},
+        "modelfs": {"type": "layers", "diff_ids": [craft::sha256(&[1u8; 2048])]}
+    });
+    Artifact {
+        artifact_type: Some("application/vnd.cnai.model.manifest.v1+json".into()),
+        config: Blob::new("application/vnd.cnai.model.config.v1+json", serde_json::to_vec(&config).unwrap()),
+        layers: vec![weights],
+        annotations: BTreeMap::new(),
+    }
+}
+
+/// A config of `{}`: every descriptor and config field is absent.
+fn empty_artifact() -> Artifact {
+    let weights = Blob::new("application/vnd.cncf.model.weight.v1.raw", vec![3u8; 10])
+        .annotate("org.cncf.model.filepath", "m.bin");
+    Artifact {
+        artifact_type: None,
+        config: Blob::new("application/vnd.cncf.model.config.v1+json", b"{}".to_vec()),
+        layers: vec![weights],
+        annotations: BTreeMap::new(),
+    }
+}
+
+/// Every artifact kind on `registry`; SBOM and another referrer attached to the rich one.
+async fn cases(registry: &Registry) -> Vec<Case> {
+    let bed = Bed::get();
+    let base = format!("policy/{}", unique_suffix());
+    let mut out = Vec::new();
+    for (name, artifact) in [("rich", rich_artifact()), ("legacy", legacy_artifact()), ("empty", empty_artifact())] {
+        let repo = format!("{base}/{name}");
+        craft::push(registry, &repo, "v1", &artifact).await;
+        let referrers = if name == "rich" {
+            vec![
+                attach(registry, &repo, "v1", "application/spdx+json", &[("org.example.kind", "sbom")]).await,
+                attach(registry, &repo, "v1", "application/vnd.example.report", &[]).await,
+            ]
+        } else {
+            vec![]
+        };
+        out.push(case(registry, &repo, "v1", referrers, name).await);
+    }
+    let files = ModelFiles::new(16, &[("model.safetensors", 4096), ("config.json", 64), ("docs/README.md", 20)]);
+    let repo = format!("{base}/modctl");
+    modctl_push(bed, registry, &repo, "v2", &files);
+    out.push(case(registry, &repo, "v2", vec![], "modctl").await);
+    let repo = format!("{base}/oras");
+    oras_push_cncf(bed, registry, &repo, "v3", &files, &cncf_config("oras-model", &files));
+    out.push(case(registry, &repo, "v3", vec![], "oras").await);
+    out
+}
+
+/// A CEL literal for a JSON value (JSON string escapes are CEL escapes).
+fn literal(v: &Value) -> String {
+    match v {
+        Value::Array(items) => format!("[{}]", items.iter().map(literal).collect::<Vec<_>>().join(", ")),
+        Value::Object(map) => {
+            let entries: Vec<String> = map.iter().map(|(k, v)| format!("{}: {}", json!(k), literal(v))).collect();
+            format!("{{{}}}", entries.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `path == value` for the whole of every variable and each value inside it.
+fn value_rules(path: &str, v: &Value, out: &mut Vec<String>) {
+    out.push(format!("{path} == {}", literal(v)));
+    match v {
+        Value::Object(map) => {
+            for (k, inner) in map {
+                let is_ident = k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !k.starts_with(|c: char| c.is_ascii_digit());
+                let inner_path = if is_ident { format!("{path}.{k}") } else { format!("{path}[{}]", json!(k)) };
+                value_rules(&inner_path, inner, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, inner) in items.iter().enumerate() {
+                value_rules(&format!("{path}[{i}]"), inner, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Rules over every kind of value and every standard macro and function the issue lists, with
+/// missing fields, errors and non-bool results among them.
+const CORPUS: &[&str] = &[
+    r#"descriptor.licenses.all(l, l in ["Apache-2.0", "MIT"])"#,
+    r#"has(descriptor.licenses) && descriptor.licenses.all(l, l in ["Apache-2.0", "MIT"])"#,
+    r#"!has(descriptor.licenses) || descriptor.licenses.exists(l, l.startsWith("GPL"))"#,
+    r#"referrers.exists(r, r.artifactType == "application/spdx+json")"#,
+    r#"referrers.exists_one(r, r.annotations["org.example.kind"] == "sbom")"#,
+    r#"referrers.exists(r, "org.example.kind" in r.annotations && r.annotations["org.example.kind"] == "sbom")"#,
+    "size(referrers) == 0",
+    "referrers.all(r, r.digest.startsWith('sha256:'))",
+    "layers.all(l, l.size > 0 && l.size < 1073741824)",
+    "layers.map(l, l.size).exists(s, s >= 1000)",
+    r#"layers.filter(l, l.path.endsWith(".gguf")).size() == 1"#,
+    r#"layers.exists(l, l.path.contains("/"))"#,
+    r#"layers.all(l, l.mediaType.matches("^application/vnd\\.(cncf|cnai)\\.model\\."))"#,
+    r#"layers.exists(l, l.annotations.exists(k, k == "org.example.extra"))"#,
+    r#"config.capabilities.inputTypes.exists(t, t == "image")"#,
+    "has(config.capabilities) && has(config.capabilities.reasoning) && config.capabilities.reasoning",
+    "has(config.capabilities.toolUsage)",
+    "config.capabilities.toolUsage == false",
+    r#"timestamp(descriptor.createdAt) > timestamp("2025-01-01T00:00:00Z")"#,
+    r#"timestamp(descriptor.createdAt) + duration("8760h") > timestamp("2026-01-01T00:00:00Z")"#,
+    r#"duration("1h30m") < duration("2h") && duration("90m") == duration("1h30m")"#,
+    r#"annotations.exists(k, k.startsWith("org.opencontainers"))"#,
+    r#""org.cncf.model.custom" in annotations"#,
+    r#"tag == "" || tag.startsWith("v")"#,
+    r#"repository.endsWith("/rich")"#,
+    r#"digest.matches("^sha256:[0-9a-f]{64}$")"#,
+    "modelfs.diffIds.size() == size(layers)",
+    r#"config.paramSize in ["1M", "8b"]"#,
+    "descriptor.name",
+    "layers[5].size > 0",
+    "dyn(1) == 1.0",
+    "layers.exists(l, l.size == 1000.0)",
+    "dyn(layers[0].size) > 2.5",
+    "descriptor.authors.size() == 0",
+    "type(layers[0].size) == int && type(descriptor) == map",
+    r#""x" + tag != "" && [1, 2] + [3] == [1, 2, 3] && {"a": 1}.a == 1"#,
+    "1 / 0 == 1 || true",
+    "false && 1 / 0 == 1",
+    "1 / 0 == 1 && false",
+    "size(descriptor) >= 0 && size(annotations) >= 0",
+    "descriptor.future.x == 1.5",
+    "layers.exists_one(l, l.size > 0)",
+    "layers.all(a, layers.exists(b, a.digest == b.digest))",
+    r#"config.capabilities.languages.all(l, l.size() == 2) && "fr" in config.capabilities.languages"#,
+    r#"descriptor.docURL.startsWith("https://")"#,
+    "modelfs.type == 'layers' && !has(modelfs.diff_ids)",
+    "has(descriptor.created_at)",
+    "null == descriptor.vendor",
+];
+
+fn policy_file(rules: &[String]) -> tempfile::NamedTempFile {
+    let docs: Vec<String> = rules
+        .chunks(64)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let rules: Vec<Value> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, e)| json!({"name": format!("r{}", i * 64 + j), "expression": e}))
+                .collect();
+            json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "ModelPolicy", "metadata": {"name": format!("p{i}")},
+                   "spec": {"action": "Audit", "rules": rules}})
+            .to_string()
+        })
+        .collect();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(docs.join("\n---\n").as_bytes()).unwrap();
+    file
+}
+
+/// `check -o json`: each rule's verdict by name.
+fn check(reference: &str, rules: &[String]) -> (String, BTreeMap<String, (bool, String)>) {
+    let file = policy_file(rules);
+    let path = file.path().to_str().unwrap();
+    let (code, stdout, stderr) = operator(&["check", reference, "--policy", path, "--insecure", "-o", "json"]);
+    assert_eq!(code, 0, "check (Audit only) exits 0: {stderr}");
+    let out: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("check output ({e}):\n{stdout}"));
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), rules.len());
+    let verdicts = results
+        .iter()
+        .map(|r| {
+            let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(keys, ["message", "passed", "policy", "rule"]);
+            (r["rule"].as_str().unwrap().to_owned(), (r["passed"].as_bool().unwrap(), r["message"].to_string()))
+        })
+        .collect();
+    (out["digest"].as_str().unwrap().to_owned(), verdicts)
+}
+
+/// cel-go's verdicts on the same variables and rules.
+fn celeval(variables: &Value, rules: &[String]) -> BTreeMap<String, (bool, bool, String)> {
+    let input = json!({"variables": variables, "rules": rules.iter().enumerate()
+        .map(|(i, e)| json!({"name": format!("r{i}"), "expression": e})).collect::<Vec<_>>()});
+    let mut child = Command::new(Bed::get().tool("celeval"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running celeval (e2e/tools/build celeval)");
+    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "celeval failed");
+    let parsed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    parsed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let fields = (r["compiled"].as_bool().unwrap(), r["passed"].as_bool().unwrap(), r["error"].to_string());
+            (r["rule"].as_str().unwrap().to_owned(), fields)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn check_sees_every_variable_and_agrees_with_cel_go() {
+    let bed = Bed::get();
+    // distribution has no referrers API (oras falls back to the sha256-<hex> tag); olareg has it.
+    for registry in [&bed.plain, &bed.referrers] {
+        for case in cases(registry).await {
+            let vars = &case.variables;
+            let mut reaching = Vec::new();
+            for name in
+                ["repository", "digest", "tag", "descriptor", "config", "modelfs", "annotations", "layers", "referrers"]
+            {
+                value_rules(name, &vars[name], &mut reaching);
+            }
+            let (digest, got) = check(&case.reference, &reaching);
+            assert_eq!(digest, vars["digest"], "{}", case.label);
+            for (i, rule) in reaching.iter().enumerate() {
+                let (passed, message) = &got[&format!("r{i}")];
+                assert!(passed, "{}: `{rule}` is false: {message}", case.label);
+            }
+            let mut all: Vec<String> = reaching.iter().map(|r| format!("!({r})")).collect();
+            all.extend(CORPUS.iter().map(|r| (*r).to_owned()));
+            let (_, ours) = check(&case.reference, &all);
+            let theirs = celeval(vars, &all);
+            let mut passed = 0;
+            for (i, rule) in all.iter().enumerate() {
+                let name = format!("r{i}");
+                let (ok, message) = &ours[&name];
+                let (compiled, go_ok, go_error) = &theirs[&name];
+                assert!(compiled, "{}: cel-go does not compile `{rule}`: {go_error}", case.label);
+                assert_eq!(ok, go_ok, "{}: `{rule}`: check says {message}, cel-go {go_error}", case.label);
+                passed += usize::from(*ok);
+            }
+            // The negations all fail; the corpus has rules that pass on every artifact.
+            assert!(passed > 0 && passed < CORPUS.len(), "{}: {passed} passed", case.label);
+        }
+    }
+}
+
+#[test]
+fn a_policy_that_does_not_compile_exits_2_with_the_compilers_message() {
+    let file = policy_file(&["layers.all(l, ".to_owned()]);
+    let path = file.path().to_str().unwrap();
+    let (code, stdout, stderr) = operator(&["check", "127.0.0.1:1/none:v1", "--policy", path, "--insecure"]);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("p0") && stderr.contains("\"r0\" does not compile: ERROR: <input>:1:"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let input = json!({"variables": {}, "rules": [{"name": "r0", "expression": "layers.all(l, "}]});
+    let mut child =
+        Command::new(Bed::get().tool("celeval")).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+    let out: Value = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(out["results"][0]["compiled"], false, "cel-go does not compile it either");
+    let (missing, _, _) = operator(&["check", "127.0.0.1:1/none:v1"]);
+    assert_eq!(missing, 2, "--policy is required");
+}
