@@ -402,3 +402,24 @@ fn a_policy_that_does_not_compile_exits_2_with_the_compilers_message() {
     let (missing, _, _) = operator(&["check", "127.0.0.1:1/none:v1"]);
     assert_eq!(missing, 2, "--policy is required");
 }
+
+#[test]
+fn argocd_health_of_a_modelpolicy() {
+    let cm: Value = serde_saphyr::from_str(include_str!("../argocd/argocd-cm.yaml")).unwrap();
+    assert_eq!(
+        cm["data"]["resource.customizations.health.modelpack.dev_ModelPolicy"],
+        include_str!("../argocd/modelpolicy.lua")
+    );
+    let policy = |generation: i64, observed: i64, conditions: Value| {
+        json!({"kind": "ModelPolicy", "metadata": {"name": "p", "generation": generation},
+               "status": {"observedGeneration": observed, "conditions": conditions}})
+    };
+    let ready = json!([{"type": "Ready", "status": "True", "reason": "RulesCompiled", "message": "2 rules compiled"}]);
+    assert_eq!(support::argo::health(&policy(1, 1, ready.clone())), ("Healthy".into(), "2 rules compiled".into()));
+    assert_eq!(support::argo::health(&policy(2, 1, ready)).0, "Progressing");
+    let stalled = json!([{"type": "Ready", "status": "False", "reason": "InvalidPolicy", "message": "rule \"r\" does not compile"},
+                         {"type": "Stalled", "status": "True", "reason": "InvalidPolicy", "message": "rule \"r\" does not compile"}]);
+    let (status, message) = support::argo::health(&policy(1, 1, stalled));
+    assert_eq!((status.as_str(), message.as_str()), ("Degraded", "InvalidPolicy: rule \"r\" does not compile"));
+    assert_eq!(support::argo::health(&json!({"kind": "ModelPolicy", "metadata": {"name": "p"}})).0, "Progressing");
+}

@@ -11,6 +11,9 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 pub const VERIFIED: &str = "Verified";
 pub const DRIFTED: &str = "Drifted";
+/// Whether the resolved digest passes every ModelPolicy that selects the Model (absent when none
+/// does).
+pub const COMPLIANT: &str = "Compliant";
 /// Whether the workloads of `spec.workloads` carry the deployed version and rolled it out.
 pub const WORKLOADS_UPDATED: &str = "WorkloadsUpdated";
 
@@ -34,6 +37,15 @@ pub mod reasons {
     pub const WORKLOAD_NOT_FOUND: &str = "WorkloadNotFound";
     /// WorkloadsUpdated and event: `imageVolume` names no volume with an `image` source.
     pub const IMAGE_VOLUME_NOT_FOUND: &str = "ImageVolumeNotFound";
+    /// Compliant False, and Ready/Stalled of a Model (Enforce) and of its ModelDeployments: the
+    /// resolved digest fails a ModelPolicy rule; the message names the policy and the rule.
+    pub const POLICY_VIOLATION: &str = "PolicyViolation";
+    /// Compliant True: every selecting policy passed.
+    pub const POLICIES_PASSED: &str = "PoliciesPassed";
+    /// ModelPolicy Ready True: every rule compiled.
+    pub const RULES_COMPILED: &str = "RulesCompiled";
+    /// ModelPolicy Ready False and Stalled: a rule or a selector is invalid (the compiler's message).
+    pub const INVALID_POLICY: &str = "InvalidPolicy";
     /// Event: a workload was handed a version.
     pub const WORKLOAD_UPDATED: &str = "WorkloadUpdated";
 }
