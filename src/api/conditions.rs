@@ -17,37 +17,120 @@ pub const COMPLIANT: &str = "Compliant";
 /// Whether the workloads of `spec.workloads` carry the deployed version and rolled it out.
 pub const WORKLOADS_UPDATED: &str = "WorkloadsUpdated";
 
-/// Reasons several places write or read.
-pub mod reasons {
+/// Declares [`Reason`]: each variant's name is the reason written to conditions, drifts and
+/// events, so a reason is never spelled twice.
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Every reason a condition, a drift or an event of this operator carries.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Reason { $($(#[$doc])* $name,)* }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Reason::$name => stringify!($name),)* }
+            }
+
+            /// The reason named `name`, as read back from a stored status.
+            pub fn parse(name: &str) -> Option<Reason> {
+                Self::ALL.iter().copied().find(|r| r.as_str() == name)
+            }
+        }
+    };
+}
+
+reasons! {
+    // Model (Ready; Verified).
+    /// Resolved, inspected and, when asked, verified and compliant.
+    Succeeded,
+    AuthenticationFailed,
+    RegistryUnavailable,
+    RegistryTimeout,
+    RegistryError,
+    DigestMismatch,
+    ArtifactNotFound,
+    NoMatchingTag,
+    NotAModelPack,
+    InvalidModelPack,
+    ArtifactTooLarge,
+    InvalidSecret,
+    #[allow(clippy::upper_case_acronyms)]
+    InvalidCA,
+    InvalidTokenRealm,
+    InvalidReference,
+    SecretNotFound,
+    ServiceAccountNotFound,
+    /// An API call of the reconcile failed; retried.
+    ReconcileError,
+    SignatureRejected,
+    InvalidTrust,
     /// The digest a verifying Model accepted no longer verifies under the trust in force (Model,
     /// ModelDeployment).
-    pub const TRUST_REVOKED: &str = "TrustRevoked";
-    /// A verifying Model has no verified digest, or a pin is not the verified one (ModelDeployment).
-    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
-    /// A deployment tolerates a taint the operator's node bound does not allow (ModelDeployment).
-    pub const TOLERATION_NOT_ALLOWED: &str = "TolerationNotAllowed";
+    TrustRevoked,
+    /// Verified: the signature verified under an enforcing level (also the event).
+    Verified,
+    /// Verified: usable under the audit level, not verified.
+    AuditOnly,
+    /// Event: the reference resolves to a new digest.
+    NewDigest,
+    // ModelDeployment (Ready, Drifted, events).
+    Deployed,
+    InSync,
+    NodeJoined,
+    NewVersionPending,
+    NodesNotReady,
+    NoNodesSelected,
+    PullFailed,
+    Suspended,
+    /// A verifying Model has no verified digest, or a pin is not the verified one.
+    VerificationFailed,
+    /// A deployment tolerates a taint the operator's node bound does not allow.
+    TolerationNotAllowed,
+    ModelNotFound,
+    ModelNotReady,
+    ModelStalled,
+    /// The Model's registry access (Secret, ServiceAccount) cannot be read.
+    RegistryAccess,
+    /// Event: the desired version changed.
+    NewVersion,
+    /// Event: a cleanup Job failed.
+    CleanupFailed,
     /// WorkloadsUpdated: every workload runs the deployed version (True).
-    pub const ROLLED_OUT: &str = "RolledOut";
+    RolledOut,
     /// WorkloadsUpdated: a workload was handed the version and its pods are not all updated and
     /// ready yet (Argo CD: Progressing).
-    pub const ROLLING_OUT: &str = "RollingOut";
+    RollingOut,
     /// WorkloadsUpdated: nothing is handed over now (nodes pulling, version not accepted, suspended).
-    pub const HAND_OVER_WAITING: &str = "HandOverWaiting";
+    HandOverWaiting,
     /// WorkloadsUpdated and event: a listed workload does not exist.
-    pub const WORKLOAD_NOT_FOUND: &str = "WorkloadNotFound";
+    WorkloadNotFound,
     /// WorkloadsUpdated and event: `imageVolume` names no volume with an `image` source.
-    pub const IMAGE_VOLUME_NOT_FOUND: &str = "ImageVolumeNotFound";
+    ImageVolumeNotFound,
+    // ModelPolicy (Model Compliant; Ready/Stalled of a Model and its ModelDeployments; ModelPolicy Ready).
     /// Compliant False, and Ready/Stalled of a Model (Enforce) and of its ModelDeployments: the
     /// resolved digest fails a ModelPolicy rule; the message names the policy and the rule.
-    pub const POLICY_VIOLATION: &str = "PolicyViolation";
+    PolicyViolation,
     /// Compliant True: every selecting policy passed.
-    pub const POLICIES_PASSED: &str = "PoliciesPassed";
+    PoliciesPassed,
     /// ModelPolicy Ready True: every rule compiled.
-    pub const RULES_COMPILED: &str = "RulesCompiled";
+    RulesCompiled,
     /// ModelPolicy Ready False and Stalled: a rule or a selector is invalid (the compiler's message).
-    pub const INVALID_POLICY: &str = "InvalidPolicy";
+    InvalidPolicy,
     /// Event: a workload was handed a version.
-    pub const WORKLOAD_UPDATED: &str = "WorkloadUpdated";
+    WorkloadUpdated,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Reason> for String {
+    fn from(r: Reason) -> String {
+        r.as_str().to_owned()
+    }
 }
 
 /// Status of a condition.
@@ -83,7 +166,7 @@ pub struct Condition {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
     pub ready: ConditionStatus,
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
     /// Work still in progress (InProgress for kstatus).
     pub reconciling: bool,
@@ -92,24 +175,24 @@ pub struct Observation {
 }
 
 impl Observation {
-    pub fn ready(reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn ready(reason: Reason, message: impl Into<String>) -> Self {
         Self::new(ConditionStatus::True, reason, message)
     }
 
-    pub fn not_ready(reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn not_ready(reason: Reason, message: impl Into<String>) -> Self {
         Self::new(ConditionStatus::False, reason, message)
     }
 
-    pub fn progressing(reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn progressing(reason: Reason, message: impl Into<String>) -> Self {
         Self { reconciling: true, ..Self::new(ConditionStatus::Unknown, reason, message) }
     }
 
-    pub fn stalled(reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn stalled(reason: Reason, message: impl Into<String>) -> Self {
         Self { stalled: true, ..Self::new(ConditionStatus::False, reason, message) }
     }
 
-    fn new(ready: ConditionStatus, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { ready, reason: reason.into(), message: one_line(message.into()), reconciling: false, stalled: false }
+    fn new(ready: ConditionStatus, reason: Reason, message: impl Into<String>) -> Self {
+        Self { ready, reason, message: one_line(message.into()), reconciling: false, stalled: false }
     }
 }
 
@@ -159,7 +242,7 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 pub fn condition(
     type_: &str,
     status: ConditionStatus,
-    reason: &str,
+    reason: Reason,
     message: &str,
     generation: Option<i64>,
     now: &Time,
@@ -167,7 +250,7 @@ pub fn condition(
     Condition {
         type_: type_.to_owned(),
         status,
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
         message: message.to_owned(),
         observed_generation: generation,
         last_transition_time: now.clone(),
@@ -177,10 +260,10 @@ pub fn condition(
 /// Writes `Ready`, `Reconciling` and `Stalled` from one observation, keeping any other condition
 /// (Verified, Drifted) untouched.
 pub fn apply(conditions: &mut Vec<Condition>, obs: &Observation, generation: Option<i64>, now: &Time) {
-    set(conditions, condition(READY, obs.ready, &obs.reason, &obs.message, generation, now));
+    set(conditions, condition(READY, obs.ready, obs.reason, &obs.message, generation, now));
     for (type_, present) in [(RECONCILING, obs.reconciling), (STALLED, obs.stalled)] {
         if present {
-            set(conditions, condition(type_, ConditionStatus::True, &obs.reason, &obs.message, generation, now));
+            set(conditions, condition(type_, ConditionStatus::True, obs.reason, &obs.message, generation, now));
         } else {
             remove(conditions, type_);
         }
@@ -226,10 +309,10 @@ mod tests {
 
     #[test]
     fn messages_are_one_bounded_line() {
-        let o = Observation::stalled("R", format!("a\nb\x1b[0m{}", "x".repeat(100_000)));
+        let o = Observation::stalled(Reason::Succeeded, format!("a\nb\x1b[0m{}", "x".repeat(100_000)));
         assert_eq!(o.message.chars().count(), MAX_MESSAGE_CHARS + 1, "cut, with an ellipsis");
         assert!(o.message.starts_with("a b [0m"), "{}", &o.message[..20]);
-        assert_eq!(Observation::ready("R", "resolved tag v1").message, "resolved tag v1");
+        assert_eq!(Observation::ready(Reason::Succeeded, "resolved tag v1").message, "resolved tag v1");
     }
 
     fn t(secs: i64) -> Time {
@@ -239,11 +322,11 @@ mod tests {
     #[test]
     fn reconciling_and_stalled_exist_only_while_true() {
         let mut c = vec![];
-        apply(&mut c, &Observation::progressing("Resolving", "resolving tag"), Some(1), &t(1));
+        apply(&mut c, &Observation::progressing(Reason::NodesNotReady, "resolving tag"), Some(1), &t(1));
         assert_eq!(c.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), [READY, RECONCILING]);
-        apply(&mut c, &Observation::stalled("NotAModelPack", "found an image"), Some(1), &t(2));
+        apply(&mut c, &Observation::stalled(Reason::NotAModelPack, "found an image"), Some(1), &t(2));
         assert_eq!(c.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), [READY, STALLED]);
-        apply(&mut c, &Observation::ready("Succeeded", "resolved"), Some(2), &t(3));
+        apply(&mut c, &Observation::ready(Reason::Succeeded, "resolved"), Some(2), &t(3));
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].status, ConditionStatus::True);
         assert_eq!(c[0].observed_generation, Some(2));
@@ -252,21 +335,21 @@ mod tests {
     #[test]
     fn transition_time_moves_only_on_status_change() {
         let mut c = vec![];
-        apply(&mut c, &Observation::ready("Succeeded", "a"), Some(1), &t(10));
+        apply(&mut c, &Observation::ready(Reason::Succeeded, "a"), Some(1), &t(10));
         let before = c.clone();
-        apply(&mut c, &Observation::ready("Succeeded", "a"), Some(1), &t(20));
+        apply(&mut c, &Observation::ready(Reason::Succeeded, "a"), Some(1), &t(20));
         assert_eq!(c, before, "an identical observation must not change the list");
-        apply(&mut c, &Observation::ready("Succeeded", "b"), Some(1), &t(30));
+        apply(&mut c, &Observation::ready(Reason::Succeeded, "b"), Some(1), &t(30));
         assert_eq!(c[0].last_transition_time, t(10));
-        apply(&mut c, &Observation::not_ready("Failed", "b"), Some(1), &t(40));
+        apply(&mut c, &Observation::not_ready(Reason::PullFailed, "b"), Some(1), &t(40));
         assert_eq!(c[0].last_transition_time, t(40));
     }
 
     #[test]
     fn other_conditions_are_kept_and_ordered() {
-        let mut c = vec![condition(DRIFTED, ConditionStatus::True, "NodeJoined", "", Some(1), &t(1))];
-        set(&mut c, condition(VERIFIED, ConditionStatus::True, "Verified", "", Some(1), &t(1)));
-        apply(&mut c, &Observation::stalled("X", "y"), Some(1), &t(1));
+        let mut c = vec![condition(DRIFTED, ConditionStatus::True, Reason::NodeJoined, "", Some(1), &t(1))];
+        set(&mut c, condition(VERIFIED, ConditionStatus::True, Reason::Verified, "", Some(1), &t(1)));
+        apply(&mut c, &Observation::stalled(Reason::PullFailed, "y"), Some(1), &t(1));
         let types: Vec<_> = c.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, [READY, STALLED, VERIFIED, DRIFTED]);
     }
@@ -275,14 +358,14 @@ mod tests {
     fn kstatus_evaluation() {
         let mut c = vec![];
         assert_eq!(kstatus(Some(1), None, &c), KStatus::InProgress);
-        apply(&mut c, &Observation::ready("Succeeded", ""), Some(1), &t(1));
+        apply(&mut c, &Observation::ready(Reason::Succeeded, ""), Some(1), &t(1));
         assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::Current);
         assert_eq!(kstatus(Some(2), Some(1), &c), KStatus::InProgress, "stale generation");
-        apply(&mut c, &Observation::progressing("Pulling", ""), Some(1), &t(1));
+        apply(&mut c, &Observation::progressing(Reason::NodesNotReady, ""), Some(1), &t(1));
         assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::InProgress);
-        apply(&mut c, &Observation::stalled("SignatureRejected", ""), Some(1), &t(1));
+        apply(&mut c, &Observation::stalled(Reason::SignatureRejected, ""), Some(1), &t(1));
         assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::Failed);
-        apply(&mut c, &Observation::not_ready("RegistryUnavailable", ""), Some(1), &t(1));
+        apply(&mut c, &Observation::not_ready(Reason::RegistryUnavailable, ""), Some(1), &t(1));
         assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::Failed);
     }
 }

@@ -154,6 +154,16 @@ pub enum VerifyProvider {
     Cosign,
 }
 
+impl VerifyProvider {
+    /// The name used in metrics and messages (the serialised value).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VerifyProvider::Notation => "notation",
+            VerifyProvider::Cosign => "cosign",
+        }
+    }
+}
+
 /// Observed state of a Model.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -170,7 +180,11 @@ pub struct ModelStatus {
     /// The digest the ref currently resolves to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved: Option<Resolved>,
-    /// The newest digest whose signature passed verification (what deployments use).
+    /// The digest deployments use: the resolved one once it passed every gate (verification), or
+    /// the one accepted before while a newer digest does not pass; absent when none is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<Accepted>,
+    /// The newest digest whose signature passed verification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<Verified>,
     /// The digest that was verified and no longer verifies under the trust in force (a key removed,
@@ -203,6 +217,21 @@ pub struct Resolved {
     pub revision: String,
     /// When this digest was first resolved.
     pub resolved_at: Time,
+}
+
+/// The digest deployments use.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    /// Manifest digest, `sha256:…`.
+    pub digest: String,
+    /// First 12 hex characters of the digest, for display.
+    pub short_digest: String,
+    /// The tag it was resolved under (absent for digest refs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// When it was first accepted.
+    pub accepted_at: Time,
 }
 
 /// A digest that passed signature verification.

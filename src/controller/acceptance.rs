@@ -63,6 +63,38 @@ pub fn accept(resolved: Check, previous: Option<Previous>) -> Acceptance {
     }
 }
 
+/// One gate's verdicts in a pass: on the resolved digest and, when another digest was accepted (or
+/// revoked) before, on that one (`None`: there was none, or it is the resolved digest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gate {
+    pub resolved: Check,
+    pub before: Option<Check>,
+}
+
+impl Check {
+    /// The verdict of several gates on one digest: a refusal outweighs an undecided check, which
+    /// outweighs a pass.
+    fn worst(self, other: Check) -> Check {
+        match (self, other) {
+            (Check::Refused, _) | (_, Check::Refused) => Check::Refused,
+            (Check::Undecided, _) | (_, Check::Undecided) => Check::Undecided,
+            (Check::Passed, Check::Passed) => Check::Passed,
+        }
+    }
+}
+
+/// What the Model accepts after a pass judged by every gate in `gates` (none: everything passes).
+/// `before`: whether a digest was accepted before this pass (`Some(false)`) or revoked
+/// (`Some(true)`).
+pub fn decide(gates: &[Gate], before: Option<bool>) -> Acceptance {
+    let resolved = gates.iter().fold(Check::Passed, |all, g| all.worst(g.resolved));
+    let previous = before.map(|revoked| {
+        let check = gates.iter().fold(Check::Passed, |all, g| all.worst(g.before.unwrap_or(g.resolved)));
+        Previous { check, revoked }
+    });
+    accept(resolved, previous)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +132,25 @@ mod tests {
         for (resolved, previous, want) in table {
             assert_eq!(accept(resolved, previous), want, "resolved {resolved:?}, previous {previous:?}");
         }
+    }
+
+    #[test]
+    fn gates_are_combined_by_their_worst_verdict_on_each_digest() {
+        let gate = |resolved, before| Gate { resolved, before };
+        assert_eq!(decide(&[], None), Resolved, "no gate: the resolved digest is accepted");
+        assert_eq!(decide(&[], Some(false)), Resolved);
+        assert_eq!(decide(&[gate(Passed, Some(Refused)), gate(Passed, None)], Some(false)), Resolved);
+        // One gate refusing the resolved digest keeps the one accepted before, unless a gate refuses
+        // that one too.
+        assert_eq!(decide(&[gate(Passed, Some(Passed)), gate(Refused, Some(Passed))], Some(false)), Keep);
+        assert_eq!(decide(&[gate(Passed, Some(Refused)), gate(Refused, Some(Passed))], Some(false)), Revoked);
+        assert_eq!(decide(&[gate(Undecided, Some(Undecided)), gate(Passed, Some(Passed))], Some(false)), Keep);
+        assert_eq!(decide(&[gate(Undecided, Some(Undecided)), gate(Passed, Some(Passed))], Some(true)), Revoked);
+        // The same digest: the resolved verdict is the one accepted before.
+        assert_eq!(decide(&[gate(Refused, None)], Some(false)), Revoked);
+        assert_eq!(decide(&[gate(Undecided, None)], Some(false)), Keep);
+        assert_eq!(decide(&[gate(Refused, Some(Passed))], None), Nothing);
+        assert_eq!(decide(&[gate(Refused, Some(Passed)), gate(Passed, Some(Passed))], Some(true)), Keep);
     }
 
     #[test]

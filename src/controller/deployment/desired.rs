@@ -1,25 +1,25 @@
-//! The version a ModelDeployment should hold: the Model's accepted digest (verified when the Model
-//! asks for verification, resolved otherwise) or the deployment's pin. A digest whose trust was
-//! revoked is no version at all: nothing is pulled, and nodes that hold it keep it.
+//! The version a ModelDeployment should hold: the Model's accepted digest (`status.accepted`: the
+//! resolved digest once it passed the Model's gates) or the deployment's pin. A digest whose trust
+//! was revoked is no version at all: nothing is pulled, and nodes that hold it keep it.
 
-use crate::api::conditions::{self, READY, STALLED, reasons};
+use crate::api::conditions::{self, READY, Reason, STALLED};
 use crate::api::{Model, ModelDeployment, VersionRef, short_digest};
 
 use super::plan::Desired;
 
 pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
     let name = &deployment.spec.model_ref.name;
-    let blocked =
-        |reason: &str, message: String, stalled: bool| Desired::Blocked { reason: reason.to_owned(), message, stalled };
+    let blocked = |reason: Reason, message: String, stalled: bool| Desired::Blocked { reason, message, stalled };
     let Some(model) = model else {
-        return blocked("ModelNotFound", format!("model {name} not found"), false);
+        return blocked(Reason::ModelNotFound, format!("model {name} not found"), false);
     };
     let Some(status) = model.status.as_ref().filter(|s| s.observed_generation == model.metadata.generation) else {
-        return blocked("ModelNotReady", format!("waiting for model {name} to be reconciled"), false);
+        return blocked(Reason::ModelNotReady, format!("waiting for model {name} to be reconciled"), false);
     };
+    // A gated Model judges digests: a pin must be one it accepted.
     let verify = model.spec.verify.is_some();
     let resolved = status.resolved.as_ref().map(|r| r.digest.as_str());
-    let accepted = if verify { status.verified.as_ref().map(|v| v.digest.as_str()) } else { resolved };
+    let accepted = status.accepted.as_ref().map(|a| a.digest.as_str());
     let why = conditions::find(&status.conditions, READY).map(|c| c.message.clone()).unwrap_or_default();
     let model_stalled = conditions::is_true(&status.conditions, STALLED);
     if let (true, None, Some(revoked)) = (verify, accepted, &status.revoked) {
@@ -27,7 +27,7 @@ pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
             "model {name} accepts no version: {}; no node receives it, nodes that hold it keep it",
             revoked.message
         );
-        return blocked(reasons::TRUST_REVOKED, message, true);
+        return blocked(Reason::TrustRevoked, message, true);
     }
 
     let digest = match (&deployment.spec.digest, accepted) {
@@ -37,26 +37,27 @@ pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
             let message = format!(
                 "pinned digest {pin} is not the digest model {name} verified ({verified}); only verified digests are pulled"
             );
-            return blocked(reasons::VERIFICATION_FAILED, message, true);
+            return blocked(Reason::VerificationFailed, message, true);
         }
         (None, Some(d)) => d.to_owned(),
         (None, None) if verify && (model_stalled || resolved.is_some()) => {
-            return blocked(reasons::VERIFICATION_FAILED, format!("model {name} has no verified version: {why}"), true);
+            return blocked(Reason::VerificationFailed, format!("model {name} has no verified version: {why}"), true);
         }
         (None, None) if model_stalled => {
-            return blocked("ModelStalled", format!("model {name} has no usable version: {why}"), true);
+            return blocked(Reason::ModelStalled, format!("model {name} has no usable version: {why}"), true);
         }
         (None, None) => {
-            return blocked("ModelNotReady", format!("model {name} has no accepted version yet: {why}"), false);
+            return blocked(Reason::ModelNotReady, format!("model {name} has no accepted version yet: {why}"), false);
         }
     };
-    let tag = match &status.resolved {
-        Some(r) if r.digest == digest => r.tag.clone(),
+    let tag = match (&status.accepted, &status.resolved) {
+        (Some(a), _) if a.digest == digest => a.tag.clone(),
+        (_, Some(r)) if r.digest == digest => r.tag.clone(),
         _ => status.history.iter().find(|h| h.digest == digest).and_then(|h| h.tag.clone()),
     };
     let rejected = match resolved {
-        Some(r) if verify && deployment.spec.digest.is_none() && r != digest => {
-            Some(format!("model {name} resolved {} but its verification failed: {why}", short_digest(r)))
+        Some(r) if deployment.spec.digest.is_none() && r != digest => {
+            Some(format!("model {name} resolved {} but did not accept it: {why}", short_digest(r)))
         }
         _ => None,
     };
@@ -75,6 +76,7 @@ mod tests {
     fn revoked(mut m: Model, digest: String) -> Model {
         let status = m.status.as_mut().unwrap();
         status.verified = None;
+        status.accepted = None;
         status.revoked = Some(
             serde_json::from_value(json!({"digest": digest, "shortDigest": "x",
             "message": "signature rejected", "revokedAt": "2026-01-01T00:00:00Z"}))
@@ -83,6 +85,8 @@ mod tests {
         m
     }
 
+    /// A Model's status as its reconciler writes it: without verification the resolved digest is the
+    /// accepted one; with it, the verified one.
     fn model(verify: bool, resolved: Option<String>, verified: Option<String>, stalled: bool) -> Model {
         let mut conditions = vec![json!({"type": "Ready", "status": if stalled {"False"} else {"True"},
             "reason": "X", "message": "signature rejected", "lastTransitionTime": "2026-01-01T00:00:00Z"})];
@@ -91,13 +95,18 @@ mod tests {
                 "lastTransitionTime": "2026-01-01T00:00:00Z"}));
         }
         let mut status = json!({"observedGeneration": 1, "conditions": conditions});
-        if let Some(r) = resolved {
-            status["resolved"] = json!({"digest": r, "shortDigest": "x", "tag": "v2", "revision": "v2@x",
+        if let Some(r) = &resolved {
+            status["resolved"] = json!({"digest": r.clone(), "shortDigest": "x", "tag": "v2", "revision": "v2@x",
                 "resolvedAt": "2026-01-01T00:00:00Z"});
         }
-        if let Some(v) = verified {
+        if let Some(v) = &verified {
             status["verified"] = json!({"digest": v, "shortDigest": "x", "provider": "cosign",
                 "verifiedAt": "2026-01-01T00:00:00Z"});
+        }
+        if let Some(a) = if verify { verified } else { resolved.clone() } {
+            let tag = (Some(&a) == resolved.as_ref()).then_some("v2");
+            status["accepted"] =
+                json!({"digest": a, "shortDigest": "x", "tag": tag, "acceptedAt": "2026-01-01T00:00:00Z"});
         }
         let mut spec = json!({"repository": "r.example/m"});
         if verify {
@@ -141,13 +150,13 @@ mod tests {
         let never = model(true, Some(d('b')), None, true);
         assert!(matches!(desired(&deployment(None), Some(&never)), Desired::Blocked { stalled: true, .. }));
         let pin = desired(&deployment(Some(d('c'))), Some(&moved));
-        assert!(matches!(pin, Desired::Blocked { ref reason, .. } if reason == "VerificationFailed"));
+        assert!(matches!(pin, Desired::Blocked { ref reason, .. } if *reason == Reason::VerificationFailed));
         assert_eq!(digest_of(&desired(&deployment(Some(d('a'))), Some(&moved))), Some(d('a').as_str()));
     }
 
     #[test]
     fn a_revoked_digest_is_no_version_pinned_or_not() {
-        let is_revoked = |got: &Desired| matches!(got, Desired::Blocked { reason, stalled: true, .. } if reason == reasons::TRUST_REVOKED);
+        let is_revoked = |got: &Desired| matches!(got, Desired::Blocked { reason, stalled: true, .. } if *reason == Reason::TrustRevoked);
         // Revoked with the tag still on it, and revoked after the tag moved to a rejected digest.
         for m in [
             revoked(model(true, Some(d('a')), None, true), d('a')),
@@ -164,7 +173,9 @@ mod tests {
             revoked(model(true, None, None, false), d('a')).status.unwrap().revoked;
         assert_eq!(digest_of(&desired(&deployment(None), Some(&restored))), Some(d('a').as_str()));
         // Without verification, `revoked` means nothing.
-        let open = revoked(model(false, Some(d('a')), None, false), d('a'));
+        let mut open = model(false, Some(d('a')), None, false);
+        open.status.as_mut().unwrap().revoked =
+            revoked(model(false, None, None, false), d('a')).status.unwrap().revoked;
         assert_eq!(digest_of(&desired(&deployment(None), Some(&open))), Some(d('a').as_str()));
     }
 }

@@ -9,7 +9,7 @@ use kube::{Api, ResourceExt};
 
 use super::plan::{Desired, Note};
 use super::workloads::{self, Apply, Live, Observed};
-use crate::api::conditions::{self, WORKLOADS_UPDATED, reasons};
+use crate::api::conditions::{self, Reason, WORKLOADS_UPDATED};
 use crate::api::{ModelDeployment, ModelDeploymentStatus, WorkloadKind, WorkloadRef};
 use crate::controller::{Context, Error};
 
@@ -64,7 +64,7 @@ pub async fn sync(
             let mut related = reference(&namespace, kind, &name);
             // A hand-over names the workload version it made: two hand-overs are two events, not one
             // series (the recorder folds events whose objects and reason are equal).
-            if note.reason == reasons::WORKLOAD_UPDATED {
+            if note.reason == Reason::WorkloadUpdated {
                 let made = done.iter().find(|(a, _)| a.kind == kind && a.name == name);
                 related.resource_version = made.and_then(|(_, version)| version.clone());
             }

@@ -26,7 +26,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::access::access_for;
 use super::{Context, Error, status};
-use crate::api::conditions::reasons;
+use crate::api::conditions::Reason;
 use crate::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase, short_digest};
 use plan::{Desired, Inputs, JobState, ObservedJob};
 
@@ -74,7 +74,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
     let model = models.get_opt(&deployment.spec.model_ref.name).await?;
     let mut desired = desired::desired(deployment, model.as_ref());
     if let Some(message) = ctx.settings.bound.refusal(&deployment.spec.tolerations) {
-        desired = Desired::Blocked { reason: reasons::TOLERATION_NOT_ALLOWED.into(), message, stalled: true };
+        desired = Desired::Blocked { reason: Reason::TolerationNotAllowed, message, stalled: true };
     }
 
     let mut access = None;
@@ -83,7 +83,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
             Ok(a) => access = Some(a),
             Err(Error::Kube(e)) => return Err(Error::Kube(e)),
             Err(e) => {
-                desired = Desired::Blocked { reason: "RegistryAccess".into(), message: e.to_string(), stalled: false }
+                desired = Desired::Blocked { reason: Reason::RegistryAccess, message: e.to_string(), stalled: false }
             }
         }
     }
@@ -152,7 +152,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
 async fn publish(ctx: &Context, reference: &ObjectReference, note: plan::Note, secondary: Option<ObjectReference>) {
     let event = Event {
         type_: if note.warning { EventType::Warning } else { EventType::Normal },
-        reason: note.reason,
+        reason: note.reason.into(),
         note: Some(note.message),
         action: "Deploy".into(),
         secondary,

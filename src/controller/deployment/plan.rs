@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::conditions::{self, ConditionStatus, Observation, reasons};
+use crate::api::conditions::{self, ConditionStatus, Observation, Reason};
 use crate::api::{
     DeployedVersion, Drift, ModelDeploymentSpec, ModelDeploymentStatus, NodeEntry, NodePhase, NodesStatus, VersionRef,
     short_digest,
@@ -60,7 +60,7 @@ pub enum Desired {
         rejected: Option<String>,
     },
     Blocked {
-        reason: String,
+        reason: Reason,
         message: String,
         stalled: bool,
     },
@@ -71,7 +71,7 @@ impl Desired {
     /// trust, or the deployment asks for nodes beyond the operator's bound.
     pub fn halts_pulls(&self) -> bool {
         matches!(self, Desired::Blocked { reason, .. }
-            if reason == reasons::TRUST_REVOKED || reason == reasons::TOLERATION_NOT_ALLOWED)
+            if matches!(reason, Reason::TrustRevoked | Reason::TolerationNotAllowed))
     }
 }
 
@@ -92,7 +92,7 @@ pub struct Inputs<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
     pub warning: bool,
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -208,19 +208,27 @@ pub fn plan(inputs: &Inputs) -> Plan {
     });
 
     let (drift, observation) = drift(inputs, &status);
-    status.drift = Some(Drift {
-        since: match &previous.drift {
-            Some(p) if p.reason == drift.reason && p.in_sync == drift.in_sync => p.since.clone(),
-            _ => inputs.now.clone(),
-        },
-        ..drift
-    });
-    let d = status.drift.as_ref().map(|d| (d.in_sync, d.reason.clone(), d.message.clone())).unwrap_or_default();
-    let drifted = if d.0 { ConditionStatus::False } else { ConditionStatus::True };
+    let drifted = if drift.in_sync { ConditionStatus::False } else { ConditionStatus::True };
     conditions::set(
         &mut status.conditions,
-        conditions::condition(conditions::DRIFTED, drifted, &d.1, &d.2, inputs.generation, inputs.now),
+        conditions::condition(
+            conditions::DRIFTED,
+            drifted,
+            drift.reason,
+            &drift.message,
+            inputs.generation,
+            inputs.now,
+        ),
     );
+    status.drift = Some(Drift {
+        since: match &previous.drift {
+            Some(p) if p.reason == drift.reason.as_str() && p.in_sync == drift.in_sync => p.since.clone(),
+            _ => inputs.now.clone(),
+        },
+        in_sync: drift.in_sync,
+        reason: drift.reason.into(),
+        message: drift.message,
+    });
     conditions::apply(&mut status.conditions, &observation, inputs.generation, inputs.now);
 
     let events = events(previous, &status);
@@ -337,25 +345,28 @@ fn plan_node(
     out
 }
 
+/// Whether the nodes hold the desired version, and why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriftState {
+    pub in_sync: bool,
+    pub reason: Reason,
+    pub message: String,
+}
+
 /// Drift between desired and deployed, and the kstatus observation it amounts to.
-fn drift(inputs: &Inputs, status: &ModelDeploymentStatus) -> (Drift, Observation) {
+fn drift(inputs: &Inputs, status: &ModelDeploymentStatus) -> (DriftState, Observation) {
     let nodes = status.nodes.clone().unwrap_or_default();
     let deployed = status.deployed.as_ref();
     let counts = format!("{}/{} nodes ready", nodes.ready, nodes.selected);
-    let drift = |in_sync: bool, reason: &str, message: String| Drift {
-        in_sync,
-        reason: reason.to_owned(),
-        message,
-        since: inputs.now.clone(),
-    };
+    let drift = |in_sync: bool, reason: Reason, message: String| DriftState { in_sync, reason, message };
     let (version, rejected) = match inputs.desired {
         Desired::Blocked { reason, message, stalled } => {
             let obs = if *stalled {
-                Observation::stalled(reason.as_str(), message.as_str())
+                Observation::stalled(*reason, message.as_str())
             } else {
-                Observation::progressing(reason.as_str(), message.as_str())
+                Observation::progressing(*reason, message.as_str())
             };
-            return (drift(false, reason, message.clone()), obs);
+            return (drift(false, *reason, message.clone()), obs);
         }
         Desired::Version { version, rejected } => (version, rejected),
     };
@@ -363,13 +374,16 @@ fn drift(inputs: &Inputs, status: &ModelDeploymentStatus) -> (Drift, Observation
     if let Some(why) = rejected {
         let message = format!("{why}; nodes keep {desired}");
         return (
-            drift(false, reasons::VERIFICATION_FAILED, message.clone()),
-            Observation::stalled(reasons::VERIFICATION_FAILED, message),
+            drift(false, Reason::VerificationFailed, message.clone()),
+            Observation::stalled(Reason::VerificationFailed, message),
         );
     }
     if nodes.selected == 0 {
         let message = "no Ready, schedulable node matches the nodeSelector and tolerations".to_owned();
-        return (drift(false, "NodesNotReady", message.clone()), Observation::not_ready("NoNodesSelected", message));
+        return (
+            drift(false, Reason::NodesNotReady, message.clone()),
+            Observation::not_ready(Reason::NoNodesSelected, message),
+        );
     }
     let failed: Vec<&NodeEntry> = nodes.entries.iter().filter(|e| e.phase == NodePhase::Failed).collect();
     if let Some(first) = failed.first() {
@@ -380,27 +394,27 @@ fn drift(inputs: &Inputs, status: &ModelDeploymentStatus) -> (Drift, Observation
             first.node,
             first.message.as_deref().unwrap_or("failed")
         );
-        return (drift(false, "PullFailed", message.clone()), Observation::stalled("PullFailed", message));
+        return (drift(false, Reason::PullFailed, message.clone()), Observation::stalled(Reason::PullFailed, message));
     }
     let deployed_digest = deployed.map(|d| d.digest.as_str());
     let (reason, message) = match deployed_digest {
         Some(d) if d == version.digest && nodes.ready == nodes.selected => {
             let message = format!("{desired} is ready on all {} nodes", nodes.selected);
             let obs = if inputs.spec.suspend {
-                Observation::ready("Deployed", format!("{message} (suspended)"))
+                Observation::ready(Reason::Deployed, format!("{message} (suspended)"))
             } else {
-                Observation::ready("Deployed", message.as_str())
+                Observation::ready(Reason::Deployed, message.as_str())
             };
-            return (drift(true, "InSync", message), obs);
+            return (drift(true, Reason::InSync, message), obs);
         }
         Some(d) if d == version.digest => {
-            ("NodeJoined", format!("{desired} is deployed; {counts}: pulling onto joined nodes"))
+            (Reason::NodeJoined, format!("{desired} is deployed; {counts}: pulling onto joined nodes"))
         }
-        Some(d) => ("NewVersionPending", format!("deployed {}, desired {desired}: {counts}", short_digest(d))),
-        None => ("NodesNotReady", format!("{desired}: {counts}")),
+        Some(d) => (Reason::NewVersionPending, format!("deployed {}, desired {desired}: {counts}", short_digest(d))),
+        None => (Reason::NodesNotReady, format!("{desired}: {counts}")),
     };
     let obs = if inputs.spec.suspend {
-        Observation::not_ready("Suspended", format!("suspended: {message}"))
+        Observation::not_ready(Reason::Suspended, format!("suspended: {message}"))
     } else {
         Observation::progressing(reason, message.as_str())
     };
@@ -427,7 +441,7 @@ fn keep_list(spec: &ModelDeploymentSpec, status: &ModelDeploymentStatus) -> Vec<
 
 fn events(previous: &ModelDeploymentStatus, next: &ModelDeploymentStatus) -> Vec<Note> {
     let mut notes = Vec::new();
-    let note = |warning: bool, reason: &str, message: String| Note { warning, reason: reason.to_owned(), message };
+    let note = |warning: bool, reason: Reason, message: String| Note { warning, reason, message };
     let digest_of = |v: &Option<VersionRef>| v.as_ref().map(|v| v.digest.clone());
     if let Some(d) = &next.desired
         && digest_of(&previous.desired) != Some(d.digest.clone())
@@ -435,7 +449,7 @@ fn events(previous: &ModelDeploymentStatus, next: &ModelDeploymentStatus) -> Vec
         let was = previous.desired.as_ref().map_or_else(String::new, |p| format!(", was {}", p.digest));
         notes.push(note(
             false,
-            "NewVersion",
+            Reason::NewVersion,
             format!("desired version {}{was}", describe(&d.digest, d.tag.as_deref())),
         ));
     }
@@ -445,7 +459,7 @@ fn events(previous: &ModelDeploymentStatus, next: &ModelDeploymentStatus) -> Vec
         let nodes = next.nodes.as_ref().map_or(0, |n| n.selected);
         notes.push(note(
             false,
-            "Deployed",
+            Reason::Deployed,
             format!("{} is ready on all {nodes} nodes", describe(&d.digest, d.tag.as_deref())),
         ));
     }
@@ -459,17 +473,17 @@ fn events(previous: &ModelDeploymentStatus, next: &ModelDeploymentStatus) -> Vec
     for e in next.nodes.iter().flat_map(|n| &n.entries) {
         if e.phase == NodePhase::Failed && !was_failed.contains(&(e.node.as_str(), e.digest.as_str())) {
             let why = e.message.as_deref().unwrap_or("failed");
-            notes.push(note(true, "PullFailed", format!("node {}: pull of {} failed: {why}", e.node, e.digest)));
+            notes.push(note(true, Reason::PullFailed, format!("node {}: pull of {} failed: {why}", e.node, e.digest)));
         }
     }
     // Refusals are announced once, when they start.
-    let refusals = [reasons::VERIFICATION_FAILED, reasons::TRUST_REVOKED, reasons::TOLERATION_NOT_ALLOWED];
-    let reason = |s: &ModelDeploymentStatus| s.drift.as_ref().map(|d| d.reason.clone());
-    if let Some(r) = reason(next).filter(|r| refusals.contains(&r.as_str()))
-        && reason(previous).as_ref() != Some(&r)
+    let refusals = [Reason::VerificationFailed, Reason::TrustRevoked, Reason::TolerationNotAllowed];
+    let reason = |s: &ModelDeploymentStatus| s.drift.as_ref().and_then(|d| Reason::parse(&d.reason));
+    if let Some(r) = reason(next).filter(|r| refusals.contains(r))
+        && reason(previous) != Some(r)
     {
         let message = next.drift.as_ref().map(|d| d.message.clone()).unwrap_or_default();
-        notes.push(note(true, &r, message));
+        notes.push(note(true, r, message));
     }
     notes
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::conditions::{KStatus, kstatus, reasons};
+use crate::api::conditions::{KStatus, Reason, kstatus};
 
 fn t(secs: i64) -> Time {
     Time(jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap())
@@ -87,7 +87,7 @@ fn first_rollout_respects_max_parallel_then_becomes_deployed() {
     assert_eq!(plan.create, vec![("n1".into(), digest(1)), ("n2".into(), digest(1))]);
     assert_eq!(run.drift(), "NodesNotReady");
     assert_eq!(run.kstatus(), KStatus::InProgress);
-    assert!(plan.events.iter().any(|e| e.reason == "NewVersion"));
+    assert!(plan.events.iter().any(|e| e.reason == Reason::NewVersion));
 
     let running = jobs(vec![
         job("n1", &digest(1), JobState::Running { started: Some(t(1)) }),
@@ -111,7 +111,7 @@ fn first_rollout_respects_max_parallel_then_becomes_deployed() {
     assert_eq!(run.status.deployed.as_ref().unwrap().digest, digest(1));
     assert_eq!(run.drift(), "InSync");
     assert_eq!(run.kstatus(), KStatus::Current);
-    assert!(plan.events.iter().any(|e| e.reason == "Deployed"));
+    assert!(plan.events.iter().any(|e| e.reason == Reason::Deployed));
     let entries = &run.status.nodes.as_ref().unwrap().entries;
     assert!(entries.iter().all(|e| e.phase == NodePhase::Ready && e.bytes == Some(100)));
 
@@ -186,7 +186,7 @@ fn failed_pulls_stall_and_retry_on_access_change_or_after_a_while() {
     assert_eq!(run.drift(), "PullFailed");
     assert_eq!(run.kstatus(), KStatus::Failed);
     assert!(plan.delete.is_empty() && plan.create.is_empty());
-    assert!(plan.events.iter().any(|e| e.warning && e.reason == "PullFailed" && e.message.contains("401")));
+    assert!(plan.events.iter().any(|e| e.warning && e.reason == Reason::PullFailed && e.message.contains("401")));
     assert!(plan.requeue <= RETRY_AFTER);
 
     let (node, mut j) = job("n1", &digest(1), failed.clone());
@@ -218,7 +218,7 @@ fn a_running_pull_of_another_version_is_waited_for_not_raced() {
 fn blocked_and_rejected_versions_pull_nothing() {
     let mut run = Run::new(2, 5);
     let blocked =
-        Desired::Blocked { reason: "VerificationFailed".into(), message: "no signature".into(), stalled: true };
+        Desired::Blocked { reason: Reason::VerificationFailed, message: "no signature".into(), stalled: true };
     let plan = run.step(&blocked, &jobs(vec![]), 0);
     assert!(plan.create.is_empty());
     assert_eq!(run.kstatus(), KStatus::Failed);
@@ -233,7 +233,7 @@ fn blocked_and_rejected_versions_pull_nothing() {
     assert_eq!(run.drift(), "VerificationFailed");
     assert_eq!(run.kstatus(), KStatus::Failed);
     assert_eq!(run.status.deployed.as_ref().unwrap().digest, digest(1));
-    assert!(plan.events.iter().any(|e| e.reason == "VerificationFailed"));
+    assert!(plan.events.iter().any(|e| e.reason == Reason::VerificationFailed));
 }
 
 #[test]
@@ -262,7 +262,7 @@ fn revoked_trust_halts_pulls_and_leaves_what_nodes_hold() {
     // n3 joined and its pull started; then the trust in v1 was revoked.
     run.nodes = nodes(4);
     let revoked = Desired::Blocked {
-        reason: reasons::TRUST_REVOKED.into(),
+        reason: Reason::TrustRevoked,
         message: "sha256:11… no longer verifies".into(),
         stalled: true,
     };
@@ -273,9 +273,9 @@ fn revoked_trust_halts_pulls_and_leaves_what_nodes_hold() {
     let plan = run.step(&revoked, &under_way, 10);
     assert!(plan.create.is_empty(), "no node receives a revoked version");
     assert_eq!(plan.delete, vec![under_way["n3"][0].name.clone()], "the pull under way stops; finished Jobs stay");
-    assert_eq!(run.drift(), reasons::TRUST_REVOKED);
+    assert_eq!(run.drift(), "TrustRevoked");
     assert_eq!(run.kstatus(), KStatus::Failed);
-    assert_eq!(plan.events.iter().filter(|e| e.warning && e.reason == reasons::TRUST_REVOKED).count(), 1);
+    assert_eq!(plan.events.iter().filter(|e| e.warning && e.reason == Reason::TrustRevoked).count(), 1);
     assert_eq!(run.status.deployed.as_ref().unwrap().digest, digest(1), "nodes still hold it");
     let entries = &run.status.nodes.as_ref().unwrap().entries;
     for node in ["n1", "n2"] {
@@ -294,13 +294,13 @@ fn revoked_trust_halts_pulls_and_leaves_what_nodes_hold() {
 
 #[test]
 fn only_refusals_of_trust_or_bounds_halt_pulls_under_way() {
-    let blocked = |reason: &str| Desired::Blocked { reason: reason.into(), message: "m".into(), stalled: true };
+    let blocked = |reason: Reason| Desired::Blocked { reason, message: "m".into(), stalled: true };
     let table = [
-        (blocked(reasons::TRUST_REVOKED), true),
-        (blocked(reasons::TOLERATION_NOT_ALLOWED), true),
-        (blocked(reasons::VERIFICATION_FAILED), false),
-        (blocked("ModelStalled"), false),
-        (blocked("ModelNotFound"), false),
+        (blocked(Reason::TrustRevoked), true),
+        (blocked(Reason::TolerationNotAllowed), true),
+        (blocked(Reason::VerificationFailed), false),
+        (blocked(Reason::ModelStalled), false),
+        (blocked(Reason::ModelNotFound), false),
         (version(1), false),
     ];
     for (desired, halts) in table {

@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use crate::api::conditions::{ConditionStatus, reasons};
+use crate::api::conditions::{ConditionStatus, Reason};
 use crate::api::{ModelDeploymentSpec, WorkloadKind, WorkloadRef, WorkloadStatus, short_digest};
 
 use super::plan::{Desired, Note};
@@ -162,7 +162,7 @@ pub fn apply_body(a: &Apply) -> Value {
 #[derive(Debug, PartialEq)]
 pub struct Report {
     pub statuses: Vec<WorkloadStatus>,
-    pub condition: Option<(ConditionStatus, &'static str, String)>,
+    pub condition: Option<(ConditionStatus, Reason, String)>,
     /// Events about one workload each (it becomes their related object).
     pub events: Vec<(WorkloadKind, String, Note)>,
     pub rolling: bool,
@@ -178,17 +178,17 @@ pub fn report(
     previous: &[WorkloadStatus],
 ) -> Report {
     let mut out = Report { statuses: Vec::new(), condition: None, events: Vec::new(), rolling: false, problems: false };
-    let mut problems: Vec<(&'static str, String)> = Vec::new();
+    let mut problems: Vec<(Reason, String)> = Vec::new();
     let mut rolling = Vec::new();
     for (r, o) in refs.iter().zip(observed) {
         let (status, problem) = workload_status(r, o);
         let before = previous.iter().find(|p| p.kind == status.kind && p.name == status.name);
         if let Some((reason, message)) = &problem {
             if before.and_then(|b| b.message.as_ref()) != Some(message) {
-                let note = Note { warning: true, reason: (*reason).to_owned(), message: message.clone() };
+                let note = Note { warning: true, reason: *reason, message: message.clone() };
                 out.events.push((r.kind, r.name.clone(), note));
             }
-            problems.push((reason, message.clone()));
+            problems.push((*reason, message.clone()));
         }
         if let Observed::Found(live) = o
             && (!live.rolled_out() || target.as_ref().is_ok_and(|t| live.digest.as_deref() != Some(*t)))
@@ -207,13 +207,13 @@ pub fn report(
     out
 }
 
-fn workload_status(r: &WorkloadRef, o: &Observed) -> (WorkloadStatus, Option<(&'static str, String)>) {
+fn workload_status(r: &WorkloadRef, o: &Observed) -> (WorkloadStatus, Option<(Reason, String)>) {
     let mut status = WorkloadStatus { kind: r.kind.as_str().to_owned(), name: r.name.clone(), ..Default::default() };
     let live = match o {
         Observed::Missing => {
             let message = format!("{} {} not found", r.kind.as_str(), r.name);
             status.message = Some(message.clone());
-            return (status, Some((reasons::WORKLOAD_NOT_FOUND, message)));
+            return (status, Some((Reason::WorkloadNotFound, message)));
         }
         Observed::Found(live) => live,
     };
@@ -229,7 +229,7 @@ fn workload_status(r: &WorkloadRef, o: &Observed) -> (WorkloadStatus, Option<(&'
                 r.name
             );
             status.message = Some(message.clone());
-            Some((reasons::IMAGE_VOLUME_NOT_FOUND, message))
+            Some((Reason::ImageVolumeNotFound, message))
         }
         _ => None,
     };
@@ -239,9 +239,9 @@ fn workload_status(r: &WorkloadRef, o: &Observed) -> (WorkloadStatus, Option<(&'
 fn condition(
     refs: &[WorkloadRef],
     target: &Result<&str, String>,
-    problems: &[(&'static str, String)],
+    problems: &[(Reason, String)],
     rolling: &[String],
-) -> Option<(ConditionStatus, &'static str, String)> {
+) -> Option<(ConditionStatus, Reason, String)> {
     if refs.is_empty() {
         return None;
     }
@@ -250,12 +250,12 @@ fn condition(
         (Some((reason, _)), _) => {
             (ConditionStatus::False, *reason, joined(problems.iter().map(|(_, m)| m.as_str()).collect()))
         }
-        (None, Err(why)) => (ConditionStatus::False, reasons::HAND_OVER_WAITING, why.clone()),
+        (None, Err(why)) => (ConditionStatus::False, Reason::HandOverWaiting, why.clone()),
         (None, Ok(_)) if !rolling.is_empty() => {
-            (ConditionStatus::False, reasons::ROLLING_OUT, joined(rolling.iter().map(String::as_str).collect()))
+            (ConditionStatus::False, Reason::RollingOut, joined(rolling.iter().map(String::as_str).collect()))
         }
         (None, Ok(t)) => {
-            (ConditionStatus::True, reasons::ROLLED_OUT, format!("{} workload(s) run {}", refs.len(), short_digest(t)))
+            (ConditionStatus::True, Reason::RolledOut, format!("{} workload(s) run {}", refs.len(), short_digest(t)))
         }
     })
 }
@@ -265,7 +265,7 @@ fn handed_over(a: &Apply) -> Note {
         a.volume.as_ref().map_or_else(String::new, |(name, reference)| format!(", image volume {name} = {reference}"));
     Note {
         warning: false,
-        reason: reasons::WORKLOAD_UPDATED.to_owned(),
+        reason: Reason::WorkloadUpdated,
         message: format!("{} {}: handed {}{volume}", a.kind.as_str(), a.name, a.digest),
     }
 }

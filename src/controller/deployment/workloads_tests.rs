@@ -35,7 +35,7 @@ fn target_is_the_stored_deployed_version_only_when_it_is_the_accepted_one_and_no
     // Suspended.
     assert!(target(&spec(true), &version(1), Some(&one)).unwrap_err().contains("suspended"));
     // Not accepted: revoked trust, failed verification of a pin.
-    let blocked = Desired::Blocked { reason: "TrustRevoked".into(), message: "revoked".into(), stalled: true };
+    let blocked = Desired::Blocked { reason: Reason::TrustRevoked, message: "revoked".into(), stalled: true };
     assert!(target(&spec(false), &blocked, Some(&one)).unwrap_err().contains("revoked"));
     // A rejected newer digest leaves the accepted (deployed) one in force.
     let rejected = Desired::Version {
@@ -133,7 +133,7 @@ fn report_condition_follows_problems_then_waiting_then_rollout() {
     let ok: Result<&str, String> = Ok(&one);
     let rolled = Observed::Found(live(Some(one.clone()), Volume::Image(Some(format!("{REPO}@{one}")))));
     let r = report(&refs, std::slice::from_ref(&rolled), &ok, &[], &[]);
-    assert_eq!(r.condition.as_ref().map(|c| (c.0, c.1)), Some((ConditionStatus::True, reasons::ROLLED_OUT)));
+    assert_eq!(r.condition.as_ref().map(|c| (c.0, c.1)), Some((ConditionStatus::True, Reason::RolledOut)));
     assert!(!r.rolling && !r.problems && r.events.is_empty());
     assert_eq!(r.statuses[0].digest.as_deref(), Some(one.as_str()));
 
@@ -141,7 +141,7 @@ fn report_condition_follows_problems_then_waiting_then_rollout() {
     let mut l = live(Some(one.clone()), Volume::Image(None));
     l.ready = 0;
     let r = report(&refs, &[Observed::Found(l.clone())], &ok, &[], &[]);
-    assert_eq!(r.condition.as_ref().map(|c| (c.0, c.1)), Some((ConditionStatus::False, reasons::ROLLING_OUT)));
+    assert_eq!(r.condition.as_ref().map(|c| (c.0, c.1)), Some((ConditionStatus::False, Reason::RollingOut)));
     assert!(r.rolling);
     l.ready = 1;
     l.observed_generation = Some(1);
@@ -150,7 +150,7 @@ fn report_condition_follows_problems_then_waiting_then_rollout() {
     // Waiting: no hand-over and no rollout to refresh.
     let waiting: Result<&str, String> = Err("pulling".into());
     let r = report(&refs, std::slice::from_ref(&rolled), &waiting, &[], &[]);
-    assert_eq!(r.condition, Some((ConditionStatus::False, reasons::HAND_OVER_WAITING, "pulling".into())));
+    assert_eq!(r.condition, Some((ConditionStatus::False, Reason::HandOverWaiting, "pulling".into())));
     assert!(!r.rolling);
 
     // No workloads: no condition.
@@ -166,10 +166,10 @@ fn problems_are_reported_in_condition_status_and_one_event_each() {
     let ok: Result<&str, String> = Ok(&one);
     let r = report(&refs, &observed, &ok, &[], &[]);
     let (status, reason, message) = r.condition.clone().unwrap();
-    assert_eq!((status, reason), (ConditionStatus::False, reasons::WORKLOAD_NOT_FOUND));
+    assert_eq!((status, reason), (ConditionStatus::False, Reason::WorkloadNotFound));
     assert!(message.contains("Deployment gone not found") && message.contains("no volume model"), "{message}");
-    let reasons_seen: Vec<&str> = r.events.iter().map(|e| e.2.reason.as_str()).collect();
-    assert_eq!(reasons_seen, [reasons::WORKLOAD_NOT_FOUND, reasons::IMAGE_VOLUME_NOT_FOUND]);
+    let reasons_seen: Vec<Reason> = r.events.iter().map(|e| e.2.reason).collect();
+    assert_eq!(reasons_seen, [Reason::WorkloadNotFound, Reason::ImageVolumeNotFound]);
     assert!(r.events.iter().all(|e| e.2.warning));
     assert!(r.statuses.iter().all(|s| s.message.is_some()));
     assert!(r.problems, "looked at again soon: nothing watches for the workload to appear");
@@ -193,6 +193,6 @@ fn each_hand_over_is_one_event_naming_the_digest_and_the_reference() {
     assert_eq!(r.events.len(), 1);
     let (kind, name, e) = &r.events[0];
     assert_eq!((*kind, name.as_str()), (WorkloadKind::Deployment, "web"));
-    assert_eq!((e.warning, e.reason.as_str()), (false, reasons::WORKLOAD_UPDATED));
+    assert_eq!((e.warning, e.reason), (false, Reason::WorkloadUpdated));
     assert!(e.message.contains(&one) && e.message.contains(&format!("{REPO}@{one}")), "{}", e.message);
 }

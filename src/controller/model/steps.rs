@@ -1,0 +1,209 @@
+//! The steps of a Model pass, in the order [`super::run`] calls them. Each reads what the steps
+//! before it left in the [`Pass`], records what it found in the status being built, and returns an
+//! [`Outcome`]; none writes a condition.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::summary::{Failure, Outcome, Step, Tally, Verdict};
+use super::{Pass, failures, record, ref_spec};
+use crate::api::conditions::Reason;
+use crate::api::{ModelStatus, VerifyProvider, VerifySpec};
+use crate::controller::Error;
+use crate::controller::acceptance::{self, Acceptance, Check, Gate};
+use crate::controller::access::access_for;
+use crate::controller::trust::{self, Trust};
+use crate::registry::RefSpec;
+use crate::verify::Verification;
+
+/// Registry access for the Model, and its ref resolved to a digest.
+pub async fn resolve(p: &mut Pass<'_>) -> Result<Outcome, Error> {
+    let spec = ref_spec(&p.model.spec.reference);
+    p.next.reference = spec.as_ref().ok().map(RefSpec::describe);
+    let resolved = match spec {
+        Err(e) => Err(e),
+        Ok(spec) => match access_for(&p.ctx.client, p.model, &p.namespace).await {
+            Err(e) => Err(e),
+            Ok(access) => {
+                let resolved = p.ctx.caches.resolve(&access, &spec, p.every).await;
+                p.access = Some(access);
+                resolved
+            }
+        },
+    };
+    match resolved {
+        Ok(resolution) => {
+            let note = format!("resolved {} to {}", record::describe_tag(&resolution.tag), resolution.digest);
+            p.resolution = Some(resolution);
+            Ok(Outcome::passed(Step::Resolve, note))
+        }
+        Err(e) => counted_failure(p, Step::Resolve, e),
+    }
+}
+
+/// The resolved digest's manifest and ModelPack config, recorded with the resolution.
+pub async fn inspect(p: &mut Pass<'_>) -> Result<Outcome, Error> {
+    let (Some(access), Some(resolution)) = (&p.access, &p.resolution) else {
+        return Ok(Outcome::new(Step::Inspect, Verdict::Skipped));
+    };
+    let inspection = match p.ctx.caches.inspect(access, &resolution.digest).await {
+        Ok(inspection) => inspection,
+        Err(e) => return counted_failure(p, Step::Inspect, e),
+    };
+    let note = if inspection.warnings.is_empty() { "" } else { " (warning: the ModelPack config is empty)" };
+    let mut outcome = Outcome::passed(Step::Inspect, note);
+    outcome.events.extend(record::resolution(&mut p.next, resolution, &inspection, &p.now));
+    outcome.tally = Some(Tally::Resolution("success"));
+    p.inspection = Some(inspection);
+    Ok(outcome)
+}
+
+/// The gate of `spec.verify`: the resolved digest's signature under the trust in force, and what
+/// that trust says of the digest accepted (or revoked) before, which it may revoke (see
+/// [`acceptance`]).
+pub async fn verify(p: &mut Pass<'_>) -> Result<Outcome, Error> {
+    let Some(spec) = p.model.spec.verify.as_ref() else {
+        // Without verification nothing is revoked by trust.
+        p.next.revoked = None;
+        return Ok(Outcome::new(Step::Verify, Verdict::Skipped));
+    };
+    let (Some(resolution), Some(inspection)) = (&p.resolution, p.inspection.clone()) else {
+        return Ok(Outcome::new(Step::Verify, Verdict::Skipped));
+    };
+    let digest = resolution.digest.clone();
+    let (trust, verified) = match trust::trust_for(&p.ctx.client, spec, &p.namespace).await {
+        Ok(t) => {
+            let verified = p.ctx.caches.verify(access(p)?, p.model, &t, &inspection).await;
+            (Some(t), verified)
+        }
+        Err(e) => (None, Err(e)),
+    };
+    let tally = tally(spec.provider, &verified);
+    let verified = match verified {
+        Err(Error::Kube(e)) => return Err(Error::Kube(e)),
+        v => v.map(|(v, _)| v),
+    };
+    let resolved = check(&verified);
+    let again = match (&p.before, &trust) {
+        (Some((d, _)), Some(t)) if *d != digest => Some(again(p, t, d).await?),
+        _ => None,
+    };
+    let before = p.before.as_ref().map(|_| again.as_ref().map_or(resolved, check));
+    let gate = Gate { resolved, before };
+    let mut outcome = match verified {
+        Ok(v) => passed(&mut p.next, spec, &v, &p.now),
+        Err(error) => refused(p, spec, gate, &error, again),
+    };
+    outcome.gate = Some(gate);
+    outcome.tally = tally;
+    Ok(outcome)
+}
+
+fn check(verified: &Result<Verification, Error>) -> Check {
+    Check::of(&verified.as_ref().map(|_| ()))
+}
+
+/// `modelpack_verifications_total` counts verdicts reached this pass, not cached ones.
+fn tally(provider: VerifyProvider, verified: &Result<(Verification, bool), Error>) -> Option<Tally> {
+    let result = match verified {
+        Ok((_, true)) | Err(Error::Kube(_)) => return None,
+        Ok((v, false)) if v.enforced => "verified",
+        Ok((_, false)) => "audit",
+        Err(Error::Verify(crate::verify::Error::Rejected { .. })) => "rejected",
+        Err(_) => "error",
+    };
+    Some(Tally::Verification { provider: provider.as_str(), result })
+}
+
+fn passed(next: &mut ModelStatus, spec: &VerifySpec, v: &Verification, now: &Time) -> Outcome {
+    let (condition, event) = record::verification(next, spec, v, now);
+    let note = format!(", signed by {}", v.identity);
+    let mut outcome = Outcome::new(Step::Verify, Verdict::Passed { condition: Some(condition), note });
+    outcome.events.extend(event);
+    outcome
+}
+
+/// The resolved digest did not verify: the digest accepted before is kept, revoked, or (its trust
+/// restored) accepted again.
+fn refused(
+    p: &mut Pass<'_>,
+    spec: &VerifySpec,
+    gate: Gate,
+    error: &Error,
+    again: Option<Result<Verification, Error>>,
+) -> Outcome {
+    let was_revoked = p.before.as_ref().is_some_and(|(_, revoked)| *revoked);
+    let mut outcome = Outcome::new(Step::Verify, Verdict::Failed(failure(p, error)));
+    let before = p.before.clone();
+    match (acceptance::decide(&[gate], before.as_ref().map(|(_, r)| *r)), before, again) {
+        (Acceptance::Revoked, Some((digest, _)), again) => {
+            let why = match &again {
+                Some(Err(e)) => e.to_string(),
+                _ => error.to_string(),
+            };
+            let message = record::revocation(&mut p.next, &digest, &why, &p.now);
+            outcome.verdict =
+                Verdict::Failed(Failure { reason: Reason::TrustRevoked, message, stalled: true, requeue: p.every });
+        }
+        (Acceptance::Keep, _, Some(Ok(restored))) if was_revoked => {
+            // The trust was restored: the revoked digest verifies again and is accepted again.
+            outcome.events.extend(record::verification(&mut p.next, spec, &restored, &p.now).1);
+        }
+        _ => {}
+    }
+    outcome
+}
+
+/// Which digest deployments use, from every gate's verdicts (see [`acceptance::decide`]).
+pub fn accept(p: &mut Pass<'_>, outcomes: &[Outcome]) -> Outcome {
+    let gates: Vec<Gate> = outcomes.iter().filter_map(|o| o.gate).collect();
+    let decision = acceptance::decide(&gates, p.before.as_ref().map(|(_, revoked)| *revoked));
+    match (decision, &p.resolution, &p.before) {
+        (Acceptance::Resolved, Some(r), _) => {
+            record::acceptance(&mut p.next, Some((&r.digest, r.tag.as_ref())), &p.now)
+        }
+        (Acceptance::Keep, _, Some((digest, _))) => {
+            let tag = p.next.history.iter().find(|h| &h.digest == digest).and_then(|h| h.tag.clone());
+            let tag = p.next.accepted.as_ref().filter(|a| &a.digest == digest).map_or(tag, |a| a.tag.clone());
+            record::acceptance(&mut p.next, Some((digest, tag.as_ref())), &p.now);
+        }
+        _ => record::acceptance(&mut p.next, None, &p.now),
+    }
+    Outcome::passed(Step::Accept, "")
+}
+
+/// Verifies the digest accepted (or revoked) before under `trust` (a cached pass when nothing
+/// changed); an API failure ends the reconcile.
+async fn again(p: &Pass<'_>, trust: &Trust, digest: &str) -> Result<Result<Verification, Error>, Error> {
+    let access = access(p)?;
+    let verified = match p.ctx.caches.inspect(access, digest).await {
+        Ok(inspection) => p.ctx.caches.verify(access, p.model, trust, &inspection).await.map(|(v, _)| v),
+        Err(e) => Err(e),
+    };
+    match verified {
+        Err(Error::Kube(e)) => Err(Error::Kube(e)),
+        v => Ok(v),
+    }
+}
+
+fn access<'a>(p: &'a Pass<'_>) -> Result<&'a crate::controller::access::Access, Error> {
+    p.access.as_ref().ok_or_else(|| Error::InvalidSpec("no registry access".into()))
+}
+
+/// How `error` shows (see [`failures`]).
+fn failure(p: &Pass<'_>, error: &Error) -> Failure {
+    let source = p.access.as_ref().and_then(|a| a.credential_source.as_deref());
+    failures::failure(error, source, p.every)
+}
+
+/// A failure of resolving or inspecting, counted as a resolution result; an API failure ends the
+/// reconcile instead (retried by the error policy).
+fn counted_failure(p: &Pass<'_>, step: Step, error: Error) -> Result<Outcome, Error> {
+    if let Error::Kube(e) = error {
+        return Err(Error::Kube(e));
+    }
+    let failure = failure(p, &error);
+    let reason = failure.reason.as_str();
+    let mut outcome = Outcome::new(step, Verdict::Failed(failure));
+    outcome.tally = Some(Tally::Resolution(reason));
+    Ok(outcome)
+}
