@@ -3,9 +3,11 @@
 
 mod acceptance;
 mod access;
+mod compliance;
 mod deployment;
 mod metrics;
 mod model;
+mod policy;
 pub mod runtime;
 mod status;
 mod trust;
@@ -18,13 +20,13 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{Model, ModelDeployment};
+use crate::api::{Model, ModelDeployment, ModelPolicy};
 
 pub use access::Caches;
 pub use deployment::{AllowedToleration, FINALIZER, JobSettings, NodeBound, parse_label};
@@ -62,6 +64,12 @@ pub struct Context {
     pub settings: JobSettings,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// Every ModelPolicy, each generation compiled once, and the verdicts already reached.
+    pub policy_store: reflector::Store<ModelPolicy>,
+    pub policies: policy::Policies,
+    pub outcomes: compliance::Outcomes,
+    /// Every Namespace, for the policies' namespaceSelector.
+    pub namespaces: reflector::Store<Namespace>,
 }
 
 /// Whether each watch has delivered its first full list (what `/readyz` reports, and what the
@@ -75,11 +83,21 @@ pub struct Readiness {
     deployments: AtomicBool,
     nodes: AtomicBool,
     jobs: AtomicBool,
+    policies: AtomicBool,
+    namespaces: AtomicBool,
 }
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        [&self.models, &self.deployments, &self.nodes, &self.jobs].iter().all(|f| f.load(Ordering::Acquire))
+        [&self.models, &self.deployments, &self.nodes, &self.jobs, &self.policies, &self.namespaces]
+            .iter()
+            .all(|f| f.load(Ordering::Acquire))
+    }
+
+    /// Whether the ModelPolicy and Namespace lists arrived: before that, no digest is judged
+    /// compliant (a policy not yet seen would be skipped).
+    pub(crate) fn policies_synced(&self) -> bool {
+        self.policies.load(Ordering::Acquire) && self.namespaces.load(Ordering::Acquire)
     }
 
     pub(crate) fn stores_synced(&self) -> bool {
@@ -123,6 +141,8 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
     let reporter = Reporter { controller: "modelpack-operator".into(), instance: std::env::var("POD_NAME").ok() };
     let (nodes, nodes_writer) = reflector::store();
     let (jobs, jobs_writer) = reflector::store();
+    let (policy_store, policy_writer) = reflector::store();
+    let (namespaces, namespaces_writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
         caches: Caches::default(),
@@ -132,16 +152,31 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
         settings: config.jobs.clone(),
         metrics,
         readiness: readiness.clone(),
+        policy_store,
+        policies: policy::Policies::default(),
+        outcomes: compliance::Outcomes::default(),
+        namespaces,
     });
     let ns = config.namespace.as_deref();
+    let writers = (policy_writer, namespaces_writer);
     tokio::join!(
-        run_models(&client, ns, ctx.clone(), readiness.clone()),
+        run_models(&client, ns, ctx.clone(), readiness.clone(), writers),
+        policy::run(&client, ctx.clone()),
         run_deployments(&client, ns, ctx.clone(), nodes_writer, jobs_writer, readiness)
     );
 }
 
-async fn run_models(client: &Client, ns: Option<&str>, ctx: Arc<Context>, readiness: Arc<Readiness>) {
+async fn run_models(
+    client: &Client,
+    ns: Option<&str>,
+    ctx: Arc<Context>,
+    readiness: Arc<Readiness>,
+    (policy_writer, namespaces_writer): (reflector::store::Writer<ModelPolicy>, reflector::store::Writer<Namespace>),
+) {
     let (models_reader, models_writer) = reflector::store();
+    let policy_changes = policy::changes(client, policy_writer, readiness.clone(), ctx.clone());
+    let namespace_changes = policy::namespace_changes(client, namespaces_writer, readiness.clone());
+    let (policy_models, namespace_models, policy_ctx) = (models_reader.clone(), models_reader.clone(), ctx.clone());
     // Status writes bump resourceVersion but not generation: only spec changes (and requeues,
     // Secret and ServiceAccount changes) start a reconcile.
     let models = watcher(api::<Model>(client, ns), watcher::Config::default())
@@ -159,6 +194,10 @@ async fn run_models(client: &Client, ns: Option<&str>, ctx: Arc<Context>, readin
         })
         .watches(api::<ServiceAccount>(client, ns), watcher::Config::default(), move |sa: ServiceAccount| {
             models_using(&sa_models, sa.namespace(), |m| m.spec.service_account_name.as_deref() == Some(&sa.name_any()))
+        })
+        .watches_stream(policy_changes, move |p: ModelPolicy| policy::models_of(&policy_models, &policy_ctx, &p))
+        .watches_stream(namespace_changes, move |n: Namespace| {
+            models_using(&namespace_models, Some(n.name_any()), |_| true)
         })
         .shutdown_on_signal()
         .run(

@@ -56,8 +56,9 @@ pub struct ObservedJob {
 pub enum Desired {
     Version {
         version: VersionRef,
-        /// The Model resolved a newer digest whose verification failed: why.
-        rejected: Option<String>,
+        /// The Model resolved a newer digest a gate refused (a failed verification, a policy
+        /// violation): the gate's reason, and why.
+        rejected: Option<(Reason, String)>,
     },
     Blocked {
         reason: Reason,
@@ -371,12 +372,9 @@ fn drift(inputs: &Inputs, status: &ModelDeploymentStatus) -> (DriftState, Observ
         Desired::Version { version, rejected } => (version, rejected),
     };
     let desired = describe(&version.digest, version.tag.as_deref());
-    if let Some(why) = rejected {
+    if let Some((reason, why)) = rejected {
         let message = format!("{why}; nodes keep {desired}");
-        return (
-            drift(false, Reason::VerificationFailed, message.clone()),
-            Observation::stalled(Reason::VerificationFailed, message),
-        );
+        return (drift(false, *reason, message.clone()), Observation::stalled(*reason, message));
     }
     if nodes.selected == 0 {
         let message = "no Ready, schedulable node matches the nodeSelector and tolerations".to_owned();
