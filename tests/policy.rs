@@ -423,3 +423,200 @@ fn argocd_health_of_a_modelpolicy() {
     assert_eq!((status.as_str(), message.as_str()), ("Degraded", "InvalidPolicy: rule \"r\" does not compile"));
     assert_eq!(support::argo::health(&json!({"kind": "ModelPolicy", "metadata": {"name": "p"}})).0, "Progressing");
 }
+
+mod gate {
+    //! The comply gate in a cluster: Enforce blocks a rollout and the nodes keep the old version,
+    //! Audit lets it through, a policy for other namespaces and one that does not compile leave the
+    //! Model alone, and deleting the policy re-accepts.
+
+    use std::time::Duration;
+
+    use k8s_openapi::api::batch::v1::Job;
+    use kube::api::{Api, DeleteParams, ListParams};
+    use kube::{Client, ResourceExt};
+    use modelpack_operator::api::conditions::{COMPLIANT, ConditionStatus, KStatus, READY, find, kstatus};
+    use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus, ModelPolicy};
+    use serde_json::{Value, json};
+
+    use super::support::fixtures::{ModelFiles, cncf_config, oras_push_cncf};
+    use super::support::{
+        Bed, Operator, TestNodes, apply, argo, ensure_namespace, eventually, http_get, install_crds, namespace,
+        unique_suffix, wait_for_deployment,
+    };
+
+    const JOBS_NAMESPACE: &str = "modelpack-system";
+
+    fn licensed(files: &ModelFiles, license: &str) -> Value {
+        let mut config = cncf_config("gated", files);
+        config["descriptor"]["licenses"] = json!([license]);
+        config
+    }
+
+    fn in_sync_on(digest: &str) -> impl Fn(&ModelDeploymentStatus) -> bool + '_ {
+        move |s| {
+            s.deployed.as_ref().is_some_and(|d| d.digest == digest)
+                && s.drift.as_ref().is_some_and(|d| d.reason == "InSync")
+        }
+    }
+
+    async fn pulled(client: &Client, owner: &str) -> Vec<String> {
+        let jobs: Api<Job> = Api::namespaced(client.clone(), JOBS_NAMESPACE);
+        let all = jobs.list(&ListParams::default().labels("app.kubernetes.io/managed-by=modelpack-operator")).await;
+        let owned = all
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|j| j.annotations().get("modelpack.dev/deployment").map(String::as_str) == Some(owner));
+        owned.filter_map(|j| j.annotations().get("modelpack.dev/digest").cloned()).collect()
+    }
+
+    async fn model_where(models: &Api<Model>, what: &str, check: impl Fn(&Model) -> bool) -> Model {
+        eventually(&format!("model: {what}"), Duration::from_secs(60), || async {
+            let m = models.get("llm").await.ok()?;
+            let current = m.status.as_ref()?.observed_generation == m.metadata.generation;
+            (current && check(&m)).then_some(m)
+        })
+        .await
+    }
+
+    fn compliant(m: &Model) -> Option<(ConditionStatus, String)> {
+        find(&m.status.as_ref()?.conditions, COMPLIANT).map(|c| (c.status, c.reason.clone()))
+    }
+
+    fn policy_spec(action: &str, label: &str, rules: Value) -> Value {
+        json!({"action": action, "modelSelector": {"matchLabels": {"e2e.modelpack.dev/policy": label}}, "rules": rules})
+    }
+
+    #[tokio::test]
+    async fn enforce_blocks_audit_lets_through_other_namespaces_are_left_alone_and_deletion_re_accepts() {
+        let bed = Bed::get();
+        let client = bed.client().await;
+        install_crds(&client).await;
+        ensure_namespace(&client, JOBS_NAMESPACE).await;
+        let ns = namespace(&client, "policy-gate").await;
+        let operator = Operator::start(&ns);
+        let nodes = TestNodes::create("policy", 2);
+        let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+        let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<ModelPolicy> = Api::all(client.clone());
+        let label = unique_suffix();
+        let (enforce, elsewhere, broken) =
+            (format!("licenses-{label}"), format!("elsewhere-{label}"), format!("broken-{label}"));
+
+        let repo = format!("policy/gate-{label}");
+        let files = ModelFiles::new(41, &[("model.safetensors", 20_000), ("config.json", 40)]);
+        let v1 = oras_push_cncf(bed, &bed.plain, &repo, "prod", &files, &licensed(&files, "Apache-2.0"));
+        let model = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "Model",
+            "metadata": {"name": "llm", "labels": {"e2e.modelpack.dev/policy": label}},
+            "spec": {"repository": format!("{}/{repo}", bed.plain.host), "ref": {"tag": "prod"}, "insecure": true, "interval": "10s"}});
+        let params = kube::api::PatchParams::apply("e2e").force();
+        models.patch("llm", &params, &kube::api::Patch::Apply(&model)).await.unwrap();
+        apply(
+            &deployments,
+            "ModelDeployment",
+            "serve",
+            json!({"modelRef": {"name": "llm"}, "nodeSelector": nodes.selector()}),
+        )
+        .await;
+        wait_for_deployment(&deployments, "serve", "v1 in sync", in_sync_on(&v1)).await;
+
+        // A policy that selects only namespaces labelled otherwise, and one that does not compile:
+        // neither touches the Model. The licence policy passes v1.
+        let other = json!({"action": "Enforce", "namespaceSelector": {"matchLabels": {"e2e.modelpack.dev/env": format!("other-{label}")}},
+            "rules": [{"name": "nothing", "expression": "false"}]});
+        apply(&policies, "ModelPolicy", &elsewhere, other).await;
+        apply(
+            &policies,
+            "ModelPolicy",
+            &broken,
+            policy_spec("Enforce", &label, json!([{"name": "bad", "expression": "layers.all(l, "}])),
+        )
+        .await;
+        let license = json!([{"name": "license", "expression": r#"has(descriptor.licenses) && descriptor.licenses.all(l, l in ["Apache-2.0", "MIT"])"#,
+            "message": "only Apache-2.0 or MIT"}]);
+        apply(&policies, "ModelPolicy", &enforce, policy_spec("Enforce", &label, license.clone())).await;
+        let stalled = eventually("the broken policy is Stalled", Duration::from_secs(30), || async {
+            let p = policies.get(&broken).await.ok()?;
+            let s = p.status.clone()?;
+            (s.observed_generation == p.metadata.generation
+                && find(&s.conditions, READY)?.status == ConditionStatus::False)
+                .then_some(p)
+        })
+        .await;
+        let status = stalled.status.clone().unwrap();
+        assert_eq!(
+            kstatus(stalled.metadata.generation, status.observed_generation, &status.conditions),
+            KStatus::Failed
+        );
+        assert!(
+            find(&status.conditions, READY).unwrap().message.contains("rule \"bad\" does not compile"),
+            "{status:?}"
+        );
+        assert_eq!(argo::status_of(&stalled), "Degraded");
+        eventually("the licence policy is Ready", Duration::from_secs(30), || async {
+            let p = policies.get(&enforce).await.ok()?;
+            (p.status?.compiled_rules == Some(1)).then_some(())
+        })
+        .await;
+        let m = model_where(&models, "v1 compliant", |m| {
+            compliant(m) == Some((ConditionStatus::True, "PoliciesPassed".into()))
+        })
+        .await;
+        assert!(m.status.unwrap().violations.is_empty());
+
+        // v2 is GPL: not accepted, the nodes keep v1, the deployment is Stalled naming the policy.
+        let v2 = oras_push_cncf(bed, &bed.plain, &repo, "prod", &files, &licensed(&files, "GPL-3.0-only"));
+        let d = wait_for_deployment(&deployments, "serve", "PolicyViolation", |s| {
+            s.drift.as_ref().is_some_and(|d| d.reason == "PolicyViolation")
+        })
+        .await;
+        let status = d.status.clone().unwrap();
+        assert_eq!(status.deployed.as_ref().map(|v| v.digest.as_str()), Some(v1.as_str()));
+        let ready = find(&status.conditions, READY).unwrap();
+        assert_eq!(ready.reason, "PolicyViolation");
+        assert!(ready.message.contains(&enforce) && ready.message.contains("license"), "{}", ready.message);
+        assert_eq!(kstatus(d.metadata.generation, status.observed_generation, &status.conditions), KStatus::Failed);
+        let m =
+            model_where(&models, "v2 refused", |m| compliant(m).is_some_and(|c| c.0 == ConditionStatus::False)).await;
+        let ms = m.status.clone().unwrap();
+        assert_eq!(ms.accepted.as_ref().map(|a| a.digest.as_str()), Some(v1.as_str()));
+        assert_eq!(ms.violations.len(), 1, "{:?}", ms.violations);
+        assert_eq!((ms.violations[0].policy.as_str(), ms.violations[0].rule.as_str()), (enforce.as_str(), "license"));
+        assert!(ms.violations.iter().all(|v| v.policy != elsewhere && v.policy != broken));
+        assert_eq!(argo::status_of(&m), "Degraded");
+        let owner = format!("{ns}/serve");
+        assert!(!pulled(&client, &owner).await.contains(&v2), "a refused version was pulled");
+
+        // Audit: v2 goes through, the violation stays reported.
+        apply(&policies, "ModelPolicy", &enforce, policy_spec("Audit", &label, license.clone())).await;
+        wait_for_deployment(&deployments, "serve", "v2 in sync under Audit", in_sync_on(&v2)).await;
+        let m = model_where(&models, "v2 accepted", |m| {
+            m.status.as_ref().and_then(|s| s.accepted.as_ref()).is_some_and(|a| a.digest == v2)
+        })
+        .await;
+        assert_eq!(compliant(&m), Some((ConditionStatus::False, "PolicyViolation".into())));
+        assert_eq!(find(&m.status.as_ref().unwrap().conditions, READY).unwrap().status, ConditionStatus::True);
+        assert_eq!(argo::status_of(&m), "Healthy");
+
+        // Enforce again and a GPL v3: blocked, v2 kept; deleting the policy re-accepts.
+        apply(&policies, "ModelPolicy", &enforce, policy_spec("Enforce", &label, license)).await;
+        let v3_files = ModelFiles::new(42, &[("model.safetensors", 20_000)]);
+        let v3 = oras_push_cncf(bed, &bed.plain, &repo, "prod", &v3_files, &licensed(&v3_files, "GPL-3.0-only"));
+        let d = wait_for_deployment(&deployments, "serve", "v3 refused", |s| {
+            s.drift.as_ref().is_some_and(|d| d.reason == "PolicyViolation" && d.message.contains(&v3[7..19]))
+        })
+        .await;
+        assert_eq!(d.status.unwrap().deployed.map(|v| v.digest), Some(v2.clone()));
+        let (_, metrics) = http_get(&operator.address("metrics"), "/metrics");
+        let sample = format!("modelpack_policy_evaluations_total{{policy=\"{enforce}\",result=\"fail\"}}");
+        assert!(metrics.contains(&sample), "{sample} in\n{metrics}");
+        policies.delete(&enforce, &DeleteParams::default()).await.unwrap();
+        wait_for_deployment(&deployments, "serve", "v3 in sync once the policy is gone", in_sync_on(&v3)).await;
+        let m = model_where(&models, "no policy left", |m| compliant(m).is_none()).await;
+        assert!(m.status.unwrap().violations.is_empty());
+        for name in [&elsewhere, &broken] {
+            policies.delete(name, &DeleteParams::default()).await.unwrap();
+        }
+        drop(nodes);
+    }
+}
