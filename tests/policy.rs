@@ -563,6 +563,12 @@ mod gate {
         })
         .await;
         assert!(m.status.unwrap().violations.is_empty());
+        // Idle: the Model is reconciled again (interval 10s) and nothing is evaluated again.
+        let metrics = operator.address("metrics");
+        let passes = format!("modelpack_policy_evaluations_total{{policy=\"{enforce}\",result=\"pass\"}} 1");
+        assert!(http_get(&metrics, "/metrics").1.contains(&passes), "{passes}");
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert!(http_get(&metrics, "/metrics").1.contains(&passes), "evaluated again while idle");
 
         // v2 is GPL: not accepted, the nodes keep v1, the deployment is Stalled naming the policy.
         let v2 = oras_push_cncf(bed, &bed.plain, &repo, "prod", &files, &licensed(&files, "GPL-3.0-only"));
@@ -607,7 +613,7 @@ mod gate {
         })
         .await;
         assert_eq!(d.status.unwrap().deployed.map(|v| v.digest), Some(v2.clone()));
-        let (_, metrics) = http_get(&operator.address("metrics"), "/metrics");
+        let (_, metrics) = http_get(&metrics, "/metrics");
         let sample = format!("modelpack_policy_evaluations_total{{policy=\"{enforce}\",result=\"fail\"}}");
         assert!(metrics.contains(&sample), "{sample} in\n{metrics}");
         policies.delete(&enforce, &DeleteParams::default()).await.unwrap();
@@ -618,5 +624,100 @@ mod gate {
             policies.delete(name, &DeleteParams::default()).await.unwrap();
         }
         drop(nodes);
+    }
+}
+
+fn one_policy(action: &str, rules: Value) -> tempfile::NamedTempFile {
+    let doc = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "ModelPolicy", "metadata": {"name": "ci"},
+        "spec": {"action": action, "rules": rules}});
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(serde_saphyr::to_string(&doc).unwrap().as_bytes()).unwrap();
+    file
+}
+
+#[tokio::test]
+async fn check_in_text_mode_exits_by_the_enforce_verdicts() {
+    let registry = &Bed::get().referrers;
+    let repo = format!("policy/{}/text", unique_suffix());
+    let digest = craft::push(registry, &repo, "v1", &rich_artifact()).await;
+    let rules = json!([
+        {"name": "licenses", "expression": r#"descriptor.licenses.all(l, l in ["MIT"])"#, "message": "MIT only"},
+        {"name": "sbom", "expression": r#"referrers.exists(r, r.artifactType == "application/spdx+json")"#},
+        {"name": "format", "expression": "config.format == 'gguf'"},
+    ]);
+    let by_tag = format!("{}/{repo}:v1", registry.host);
+    let enforce = one_policy("Enforce", rules.clone());
+    let (code, stdout, stderr) =
+        operator(&["check", &by_tag, "--policy", enforce.path().to_str().unwrap(), "--insecure"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per failure and a summary: {stdout}");
+    assert!(lines[0].starts_with("FAIL ci/licenses: MIT only (evaluated to false)"), "{stdout}");
+    assert!(lines[1].starts_with("FAIL ci/sbom: referrers.exists("), "{stdout}");
+    assert_eq!(lines[2], format!("{}/{repo}@{digest}: 1 of 3 rules passed", registry.host));
+
+    let audit = one_policy("Audit", rules);
+    let (code, stdout, _) = operator(&["check", &by_tag, "--policy", audit.path().to_str().unwrap(), "--insecure"]);
+    assert_eq!(code, 0, "Audit failures do not fail the pipeline: {stdout}");
+    assert!(stdout.lines().next().unwrap().starts_with("AUDIT ci/licenses: "), "{stdout}");
+
+    // Both files at once, the Enforce one passing; by digest the tag is empty.
+    let by_digest = format!("{}/{repo}@{digest}", registry.host);
+    let passing = one_policy(
+        "Enforce",
+        json!([{"name": "no-tag", "expression": "tag == '' && digest == '" .to_owned() + &digest + "'"}]),
+    );
+    let (code, stdout, stderr) = operator(&[
+        "check",
+        &by_digest,
+        "--policy",
+        passing.path().to_str().unwrap(),
+        "--policy",
+        audit.path().to_str().unwrap(),
+        "--insecure",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(out["digest"], digest);
+    assert_eq!(out["results"].as_array().unwrap().len(), 4);
+    assert_eq!(out["results"][0], json!({"policy": "ci", "rule": "no-tag", "passed": true, "message": ""}));
+}
+
+#[tokio::test]
+async fn the_crd_refuses_invalid_policies_with_the_rules_message() {
+    use kube::api::{Api, DynamicObject, PostParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    let client = Bed::get().client().await;
+    support::install_crds(&client).await;
+    let gvk = GroupVersionKind::gvk("modelpack.dev", "v1alpha1", "ModelPolicy");
+    let api: Api<DynamicObject> = Api::all_with(client, &ApiResource::from_gvk(&gvk));
+    let create = |spec: Value| {
+        let api = api.clone();
+        async move {
+            let name = format!("crd-{}", unique_suffix());
+            let obj: DynamicObject = serde_json::from_value(json!({"apiVersion": "modelpack.dev/v1alpha1",
+                "kind": "ModelPolicy", "metadata": {"name": name}, "spec": spec}))
+            .unwrap();
+            let result = api.create(&PostParams::default(), &obj).await;
+            if result.is_ok() {
+                api.delete(&name, &Default::default()).await.unwrap();
+            }
+            result.map(|_| ()).map_err(|e| e.to_string())
+        }
+    };
+    let rule = |name: &str| json!({"name": name, "expression": "true"});
+    create(json!({"rules": [rule("a"), rule("b-2")], "modelSelector": {"matchLabels": {"x": "y"}}})).await.unwrap();
+    let invalid = [
+        (json!({"rules": [rule("a"), rule("a")]}), "rule names must be unique"),
+        (json!({"rules": [rule("Not_A_Label")]}), "rule name must be a lowercase DNS label"),
+        (json!({"rules": []}), "spec.rules"),
+        (json!({"action": "Block", "rules": [rule("a")]}), "spec.action"),
+        (json!({"rules": [{"name": "a", "expression": ""}]}), "spec.rules[0].expression"),
+    ];
+    for (spec, want) in invalid {
+        let err = create(spec.clone()).await.expect_err(&format!("{spec} was accepted"));
+        assert!(err.contains(want), "{spec}: {err}");
     }
 }
