@@ -393,12 +393,26 @@ fn a_policy_that_does_not_compile_exits_2_with_the_compilers_message() {
     assert!(stdout.is_empty());
     assert!(stderr.contains("p0") && stderr.contains("\"r0\" does not compile: ERROR: <input>:1:"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    let input = json!({"variables": {}, "rules": [{"name": "r0", "expression": "layers.all(l, "}]});
-    let mut child =
-        Command::new(Bed::get().tool("celeval")).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
-    let out: Value = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
-    assert_eq!(out["results"][0]["compiled"], false, "cel-go does not compile it either");
+    // Each kind of rule cel-go refuses to compile is refused by check too (exit 2, before any
+    // registry is asked).
+    let refused: Vec<String> = [
+        "layers.all(l, ",
+        "sizeof(layers) > 0",
+        "tag.lowerAscii() == 'v1'",
+        "descriptr.name == 'x'",
+        "layers.all(l, true) && l.size > 0",
+        "descriptor.?name",
+        "tag == 'unterminated",
+    ]
+    .map(String::from)
+    .to_vec();
+    let theirs = celeval(&json!({}), &refused);
+    for (i, rule) in refused.iter().enumerate() {
+        assert!(!theirs[&format!("r{i}")].0, "cel-go compiles `{rule}`");
+        let file = policy_file(std::slice::from_ref(rule));
+        let (code, _, stderr) = operator(&["check", "127.0.0.1:1/none:v1", "--policy", file.path().to_str().unwrap()]);
+        assert_eq!(code, 2, "`{rule}`: {stderr}");
+    }
     let (missing, _, _) = operator(&["check", "127.0.0.1:1/none:v1"]);
     assert_eq!(missing, 2, "--policy is required");
 }

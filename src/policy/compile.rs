@@ -19,6 +19,38 @@ pub const MAX_COMPREHENSION_DEPTH: usize = 2;
 /// Identifiers that name types (`type(x) == string`), not variables.
 const TYPE_NAMES: [&str; 10] = ["bool", "bytes", "double", "dyn", "int", "list", "map", "null_type", "string", "uint"];
 
+/// The functions of the CEL specification's standard definitions (operators aside): a call to any
+/// other name is refused when the rule is compiled, as cel-go refuses an undeclared function,
+/// rather than failing on every digest.
+const FUNCTIONS: [&str; 24] = [
+    "bool",
+    "bytes",
+    "contains",
+    "double",
+    "duration",
+    "dyn",
+    "endsWith",
+    "getDate",
+    "getDayOfMonth",
+    "getDayOfWeek",
+    "getDayOfYear",
+    "getFullYear",
+    "getHours",
+    "getMilliseconds",
+    "getMinutes",
+    "getMonth",
+    "getSeconds",
+    "int",
+    "matches",
+    "size",
+    "startsWith",
+    "string",
+    "timestamp",
+    "type",
+];
+// `uint` is both a type and a conversion.
+const CONVERSIONS: [&str; 1] = ["uint"];
+
 /// The standard definitions and macros of the CEL specification, without the optional-value
 /// syntax (`a.?b`), which Kubernetes and cel-go leave off by default.
 pub(super) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib().with_optional_support(false)));
@@ -97,8 +129,10 @@ fn compile_rule(rule: &PolicyRule) -> Result<CompiledRule, Error> {
             walk.deepest
         )));
     }
-    if let Some(name) = walk.undeclared {
-        return Err(Error::UndeclaredVariable { rule: rule.name.clone(), name });
+    match walk.undeclared {
+        Some(Undeclared::Variable(name)) => return Err(Error::UndeclaredVariable { rule: rule.name.clone(), name }),
+        Some(Undeclared::Function(name)) => return Err(Error::UndeclaredFunction { rule: rule.name.clone(), name }),
+        None => {}
     }
     let message = rule.message.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| rule.expression.clone());
     Ok(CompiledRule {
@@ -144,7 +178,12 @@ struct Walk {
     nodes: usize,
     deepest: usize,
     scope: Vec<String>,
-    undeclared: Option<String>,
+    undeclared: Option<Undeclared>,
+}
+
+enum Undeclared {
+    Variable(String),
+    Function(String),
 }
 
 impl Walk {
@@ -156,6 +195,12 @@ impl Walk {
         match &e.expr {
             Expr::Ident(name) => self.ident(name),
             Expr::Call(call) => {
+                let name = call.func_name.as_str();
+                let operator = name.starts_with(['_', '@', '!', '-']);
+                let known = operator || FUNCTIONS.contains(&name) || CONVERSIONS.contains(&name);
+                if !known && self.undeclared.is_none() {
+                    self.undeclared = Some(Undeclared::Function(name.to_owned()));
+                }
                 call.target.iter().for_each(|t| self.visit(t, depth));
                 call.args.iter().for_each(|a| self.visit(a, depth));
             }
@@ -193,7 +238,7 @@ impl Walk {
     fn ident(&mut self, name: &str) {
         let known = NAMES.contains(&name) || TYPE_NAMES.contains(&name) || self.scope.iter().any(|s| s == name);
         if !known && self.undeclared.is_none() {
-            self.undeclared = Some(name.to_owned());
+            self.undeclared = Some(Undeclared::Variable(name.to_owned()));
         }
     }
 }
@@ -240,6 +285,11 @@ mod tests {
         let err = compile_rule(&rule("descriptr.name == 'x'")).unwrap_err();
         assert!(matches!(&err, Error::UndeclaredVariable { name, .. } if name == "descriptr"), "{err}");
         compile_rule(&rule("layers.all(l, layers.exists(m, m.digest == l.digest))")).unwrap();
+        let function = compile_rule(&rule("layers.all(l, sizeof(l.path) > 0)")).unwrap_err();
+        assert!(matches!(&function, Error::UndeclaredFunction { name, .. } if name == "sizeof"), "{function}");
+        let member = compile_rule(&rule("tag.lowerAscii() == 'v1'")).unwrap_err();
+        assert!(matches!(&member, Error::UndeclaredFunction { name, .. } if name == "lowerAscii"), "{member}");
+        compile_rule(&rule("uint(1) == 1u && string(1) == '1' && int('2') == 2 && double(1) == 1.0")).unwrap();
         let outside = compile_rule(&rule("layers.all(l, true) && l.size > 0")).unwrap_err();
         assert!(matches!(&outside, Error::UndeclaredVariable { name, .. } if name == "l"), "{outside}");
     }

@@ -28,6 +28,8 @@ pub enum Error {
     TooComplex { rule: String, what: String },
     #[error("rule {rule:?} uses {name:?}, which is not a variable (variables: {})", NAMES.join(", "))]
     UndeclaredVariable { rule: String, name: String },
+    #[error("rule {rule:?} calls {name:?}, which is not a standard CEL function")]
+    UndeclaredFunction { rule: String, name: String },
     #[error("rule {rule:?} appears more than once")]
     DuplicateRule { rule: String },
     #[error("{what}: {count} entries, more than the {MAX_LIST_ENTRIES} a rule may iterate")]
