@@ -194,38 +194,65 @@ pub async fn verify(reference: &str, with: VerifyWith<'_>, args: &RegistryArgs, 
             ("notation", notation::verify(&registry, &repo, &target, &policies, &stores, now).await)
         }
     };
-    let (verified, out) = match &result {
-        Ok(v) => (
-            true,
-            json!({
-                "verified": true, "provider": v.provider, "digest": v.digest, "identity": v.identity,
-                "signatureDigest": v.signature_digest, "reason": null, "warnings": v.warnings,
-            }),
-        ),
-        Err(verify::Error::Rejected { reason, detail }) => (
-            false,
-            json!({
-                "verified": false, "provider": provider, "digest": digest, "identity": null,
-                "signatureDigest": null, "reason": reason.as_str(), "detail": detail, "warnings": [],
-            }),
-        ),
+    let report = match &result {
+        Ok(v) => VerifyReport {
+            verified: true,
+            provider: v.provider,
+            digest: &v.digest,
+            identity: Some(&v.identity),
+            signature_digest: Some(&v.signature_digest),
+            reason: None,
+            detail: None,
+            warnings: &v.warnings,
+        },
+        Err(verify::Error::Rejected { reason, detail }) => VerifyReport {
+            verified: false,
+            provider,
+            digest: &digest,
+            identity: None,
+            signature_digest: None,
+            reason: Some(reason.as_str()),
+            detail: Some(detail),
+            warnings: &[],
+        },
         Err(e) => anyhow::bail!("verifying {repo}@{digest}: {e}"),
     };
     if json_output {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else if verified {
-        println!("verified {repo}@{digest}: signed by {} ({provider})", out["identity"].as_str().unwrap_or_default());
-        for w in out["warnings"].as_array().into_iter().flatten() {
-            println!("warning: {}", w.as_str().unwrap_or_default());
-        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
-            "rejected {repo}@{digest}: {}: {}",
-            out["reason"].as_str().unwrap_or_default(),
-            out["detail"].as_str().unwrap_or_default()
-        );
+        print!("{}", report.text(&repo));
     }
-    Ok(verified)
+    Ok(report.verified)
+}
+
+/// What `verify` prints, as JSON (`-o json`) or as text.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyReport<'a> {
+    verified: bool,
+    provider: &'a str,
+    digest: &'a str,
+    identity: Option<&'a str>,
+    signature_digest: Option<&'a str>,
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    warnings: &'a [String],
+}
+
+impl VerifyReport<'_> {
+    fn text(&self, repo: &Repository) -> String {
+        let (provider, digest) = (self.provider, self.digest);
+        if !self.verified {
+            let (reason, detail) = (self.reason.unwrap_or_default(), self.detail.unwrap_or_default());
+            return format!("rejected {repo}@{digest}: {reason}: {detail}\n");
+        }
+        let mut s = format!("verified {repo}@{digest}: signed by {} ({provider})\n", self.identity.unwrap_or_default());
+        for w in self.warnings {
+            s.push_str(&format!("warning: {w}\n"));
+        }
+        s
+    }
 }
 
 /// `pull REF --cache-dir DIR …`: one model by digest into a node cache.

@@ -233,27 +233,12 @@ async fn run_deployments(
         .predicate_filter(spec_or_lifecycle, Default::default());
 
     // Only selection-relevant node changes (and removals) reach the deployments: not heartbeats.
-    let mut seen: HashMap<String, Option<u64>> = HashMap::new();
     let flags = readiness.clone();
-    let node_changes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+    let node_watch = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(nodes_writer)
-        .inspect(on_init_done(move || flags.nodes.store(true, Ordering::Release)))
-        .filter_map(move |event| {
-            let changed = match event {
-                Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
-                    let fingerprint = deployment::selection_fingerprint(&node);
-                    (seen.insert(node.name_any(), fingerprint) != Some(fingerprint)).then_some(Ok(node))
-                }
-                Ok(watcher::Event::Delete(node)) => {
-                    seen.remove(&node.name_any());
-                    Some(Ok(node))
-                }
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            };
-            futures::future::ready(changed)
-        });
+        .inspect(on_init_done(move || flags.nodes.store(true, Ordering::Release)));
+    let node_changes = changes(node_watch, deployment::selection_fingerprint, true, |_| true);
     let job_changes = watcher(
         Api::<Job>::namespaced(client.clone(), &ctx.settings.namespace),
         watcher::Config::default().labels(MANAGED_BY_SELECTOR),
@@ -301,6 +286,51 @@ async fn run_deployments(
             }
         })
         .await;
+}
+
+/// The objects of a watch whose `fingerprint` changed, and the deleted ones for which `on_delete`
+/// says so; an object of the initial list counts as a change when `initial`, else it is only
+/// remembered.
+fn changes<K, F>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    fingerprint: impl Fn(&K) -> F + Send + 'static,
+    initial: bool,
+    mut on_delete: impl FnMut(&K) -> bool + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource + Send + 'static,
+    F: PartialEq + Send + 'static,
+{
+    let mut seen: HashMap<String, F> = HashMap::new();
+    events.filter_map(move |event| {
+        let changed = match event {
+            Ok(watcher::Event::Apply(k)) => remember(&mut seen, &fingerprint, k),
+            Ok(watcher::Event::InitApply(k)) if initial => remember(&mut seen, &fingerprint, k),
+            Ok(watcher::Event::InitApply(k)) => {
+                seen.insert(k.name_any(), fingerprint(&k));
+                None
+            }
+            Ok(watcher::Event::Delete(k)) => {
+                seen.remove(&k.name_any());
+                on_delete(&k).then_some(Ok(k))
+            }
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(changed)
+    })
+}
+
+/// `k` when its fingerprint differs from the one remembered (which it replaces).
+fn remember<K: kube::Resource, F: PartialEq>(
+    seen: &mut HashMap<String, F>,
+    fingerprint: impl Fn(&K) -> F,
+    k: K,
+) -> Option<Result<K, watcher::Error>> {
+    let f = fingerprint(&k);
+    let changed = seen.get(&k.name_any()) != Some(&f);
+    seen.insert(k.name_any(), f);
+    changed.then_some(Ok(k))
 }
 
 /// Runs one reconcile and records its outcome and duration.

@@ -101,27 +101,19 @@ pub fn changes(
     readiness: Arc<Readiness>,
     ctx: Arc<Context>,
 ) -> impl Stream<Item = Result<ModelPolicy, watcher::Error>> + Send + 'static {
-    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
-    watcher(Api::<ModelPolicy>::all(client.clone()), watcher::Config::default())
+    let watch = watcher(Api::<ModelPolicy>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(writer)
-        .inspect(on_init_done(move || readiness.policies.store(true, Ordering::Release)))
-        .filter_map(move |event| {
-            let changed = match event {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                    let generation = p.metadata.generation;
-                    (seen.insert(p.name_any(), generation) != Some(generation)).then_some(Ok(p))
-                }
-                Ok(watcher::Event::Delete(p)) => {
-                    seen.remove(&p.name_any());
-                    ctx.policies.forget(&p);
-                    Some(Ok(p))
-                }
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            };
-            futures::future::ready(changed)
-        })
+        .inspect(on_init_done(move || readiness.policies.store(true, Ordering::Release)));
+    super::changes(
+        watch,
+        |p: &ModelPolicy| p.metadata.generation,
+        true,
+        move |p| {
+            ctx.policies.forget(p);
+            true
+        },
+    )
 }
 
 /// Namespace label changes (what a namespaceSelector reads), after the store has taken them in.
@@ -130,30 +122,12 @@ pub fn namespace_changes(
     writer: Writer<Namespace>,
     readiness: Arc<Readiness>,
 ) -> impl Stream<Item = Result<Namespace, watcher::Error>> + Send + 'static {
-    let mut seen: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-    watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
+    let watch = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(writer)
-        .inspect(on_init_done(move || readiness.namespaces.store(true, Ordering::Release)))
-        .filter_map(move |event| {
-            let changed = match event {
-                Ok(watcher::Event::Apply(n)) => {
-                    let labels = n.labels().clone();
-                    (seen.insert(n.name_any(), labels.clone()).as_ref() != Some(&labels)).then_some(Ok(n))
-                }
-                Ok(watcher::Event::InitApply(n)) => {
-                    seen.insert(n.name_any(), n.labels().clone());
-                    None
-                }
-                Ok(watcher::Event::Delete(n)) => {
-                    seen.remove(&n.name_any());
-                    None
-                }
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            };
-            futures::future::ready(changed)
-        })
+        .inspect(on_init_done(move || readiness.namespaces.store(true, Ordering::Release)));
+    // Models are reconciled at start anyway; a deleted namespace takes its Models with it.
+    super::changes(watch, |n: &Namespace| n.labels().clone(), false, |_| false)
 }
 
 /// The Models a policy change concerns: those it selects now, and those whose status names it (it
