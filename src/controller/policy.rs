@@ -26,8 +26,8 @@ use crate::policy::{self, CompiledPolicy};
 #[derive(Debug)]
 pub struct Ready {
     pub policy: CompiledPolicy,
-    namespaces: Selector,
-    models: Selector,
+    /// Namespace labels, Model labels.
+    selectors: (Selector, Selector),
 }
 
 /// What a policy's generation compiled to (the error is the compiler's one-line message).
@@ -60,19 +60,26 @@ impl Policies {
 }
 
 fn compile(p: &ModelPolicy) -> Result<Ready, String> {
+    let selectors = selectors(p)?;
+    let policy = policy::compile(&p.name_any(), &p.spec).map_err(|e| e.to_string())?;
+    Ok(Ready { policy, selectors })
+}
+
+/// The policy's namespace and Model selectors.
+fn selectors(p: &ModelPolicy) -> Result<(Selector, Selector), String> {
     let selector = |s: &Option<LabelSelector>, what: &str| {
         Selector::try_from(s.clone().unwrap_or_default()).map_err(|e| format!("{what}: {e}"))
     };
-    Ok(Ready {
-        policy: policy::compile(&p.name_any(), &p.spec).map_err(|e| e.to_string())?,
-        namespaces: selector(&p.spec.namespace_selector, "namespaceSelector")?,
-        models: selector(&p.spec.model_selector, "modelSelector")?,
-    })
+    Ok((selector(&p.spec.namespace_selector, "namespaceSelector")?, selector(&p.spec.model_selector, "modelSelector")?))
 }
 
 /// Whether `ready` applies to `model`, whose namespace carries `namespace_labels`.
 pub fn selects(ready: &Ready, model: &Model, namespace_labels: &BTreeMap<String, String>) -> bool {
-    ready.namespaces.matches(namespace_labels) && ready.models.matches(model.labels())
+    matches(&ready.selectors, model, namespace_labels)
+}
+
+fn matches(selectors: &(Selector, Selector), model: &Model, namespace_labels: &BTreeMap<String, String>) -> bool {
+    selectors.0.matches(namespace_labels) && selectors.1.matches(model.labels())
 }
 
 /// The labels of `namespace` (none while the Namespace store has not seen it).
@@ -134,7 +141,8 @@ pub fn namespace_changes(
 /// selected them before, or it was deleted).
 pub fn models_of(models: &Store<Model>, ctx: &Context, p: &ModelPolicy) -> Vec<ObjectRef<Model>> {
     let name = p.name_any();
-    let compiled = ctx.policies.get(p);
+    // Selectors only: the rules of a deleted policy are not compiled again.
+    let selectors = selectors(p).ok();
     models
         .state()
         .iter()
@@ -144,7 +152,7 @@ pub fn models_of(models: &Store<Model>, ctx: &Context, p: &ModelPolicy) -> Vec<O
                     || conditions::find(&s.conditions, conditions::COMPLIANT).is_some()
             });
             let labels = namespace_labels(&ctx.namespaces, &m.namespace().unwrap_or_default());
-            named || compiled.as_ref().as_ref().is_ok_and(|ready| selects(ready, m, &labels))
+            named || selectors.as_ref().is_some_and(|s| matches(s, m, &labels))
         })
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
