@@ -9,9 +9,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use modelpack_operator::cache::Endpoint;
 use modelpack_operator::modelpack::{Family, ModelDescriptor, ModelProperties};
 use modelpack_operator::policy::{self, LayerVar, ReferrerVar};
-use modelpack_operator::registry::{self, Keyring, Options, Registry, Repository};
+use modelpack_operator::registry::{self, Keyring, Mirror, Options, Registry, Repository};
 
 /// Transport and credential flags shared by every command that talks to a registry.
 #[derive(clap::Args, Debug)]
@@ -31,14 +32,30 @@ pub struct RegistryArgs {
 impl RegistryArgs {
     /// A client for `repo` with the matching credential from the docker config, if any.
     pub fn registry_for(&self, repo: &Repository) -> Result<Registry> {
+        self.registry_over(repo, self.insecure)
+    }
+
+    /// A client for `repo` (`insecure`: plain HTTP), with the docker config's credentials for its
+    /// host only.
+    fn registry_over(&self, repo: &Repository, insecure: bool) -> Result<Registry> {
         let ca_pem = match &self.ca_file {
             Some(path) => Some(std::fs::read(path).with_context(|| format!("reading CA file {}", path.display()))?),
             None => None,
         };
         let keyring = self.keyring()?;
         let credential = keyring.lookup(&repo.registry, &repo.repository);
-        let options = Options { insecure: self.insecure, ca_pem, timeout: None };
+        let options = Options { insecure, ca_pem, timeout: None };
         Ok(Registry::new(&options, credential)?)
+    }
+
+    /// The mirrors of `repo`'s registry as hosts to pull from, in order.
+    pub fn mirror_endpoints(&self, repo: &Repository, mirrors: &[Mirror]) -> Result<Vec<Endpoint>> {
+        Mirror::of(mirrors, &repo.registry)
+            .map(|m| {
+                let repo = Repository { registry: m.host.clone(), repository: repo.repository.clone() };
+                Ok(Endpoint { registry: self.registry_over(&repo, m.insecure)?, repo })
+            })
+            .collect()
     }
 
     fn keyring(&self) -> Result<Keyring> {
@@ -269,6 +286,9 @@ pub struct PullCommand {
 /// How a pull runs, as opposed to what it pulls.
 pub struct PullTuning {
     pub concurrency: usize,
+    pub chunk_size: u64,
+    /// Hosts tried before the registry (`--mirror REGISTRY=URL`).
+    pub mirrors: Vec<Mirror>,
     pub limits: modelpack_operator::cache::Limits,
     /// Flush to disk before publishing (off: `--no-sync`).
     pub durable: bool,
@@ -328,6 +348,8 @@ impl PullCommand {
         }
         let options = PullOptions {
             concurrency: self.tuning.concurrency,
+            chunk_size: self.tuning.chunk_size,
+            mirrors: args.mirror_endpoints(&self.repository, &self.tuning.mirrors)?,
             link: self.link.clone(),
             limits: self.tuning.limits,
             keep: self.keep.clone(),

@@ -92,6 +92,12 @@ struct RunArgs {
     /// every pull Job).
     #[arg(long, value_name = "N", default_value_t = modelpack_operator::cache::DEFAULT_MAX_ENTRIES)]
     max_entries: u64,
+    /// Pull Jobs fetch from URL before REGISTRY itself (repeatable, in order; passed to every pull
+    /// Job): a pull-through cache or a node-local P2P engine, so the registry sees one download
+    /// per cluster. Only what the pull Jobs fetch goes through mirrors, never the operator's own
+    /// resolution and verification.
+    #[arg(long, value_name = "REGISTRY=URL", value_parser = modelpack_operator::registry::Mirror::parse)]
+    mirror: Vec<modelpack_operator::registry::Mirror>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -119,9 +125,18 @@ struct PullArgs {
     /// Versions to keep for this link (others are garbage-collected).
     #[arg(long, value_name = "DIGEST")]
     keep: Vec<String>,
-    /// Parallel layer downloads.
+    /// Parallel connections to the registry, shared by layers and by the ranges of big blobs.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Blobs above this many bytes are fetched as concurrent ranges of this size, resumable per
+    /// range (0: every blob in one request).
+    #[arg(long, value_name = "BYTES", default_value_t = modelpack_operator::cache::DEFAULT_CHUNK_SIZE)]
+    chunk_size: u64,
+    /// Fetch from URL (`http://` or `https://`, a pull-through cache or a P2P peer proxy) before
+    /// REGISTRY itself; repeatable, tried in order. What a mirror sends is verified like the
+    /// registry's; credentials go to it only when the docker config names its host.
+    #[arg(long, value_name = "REGISTRY=URL", value_parser = modelpack_operator::registry::Mirror::parse)]
+    mirror: Vec<modelpack_operator::registry::Mirror>,
     /// Most bytes extracted from the model's archive layers all together, tar headers included
     /// (default: 20× their total size, at least 1 GiB).
     #[arg(long, value_name = "BYTES")]
@@ -211,6 +226,8 @@ fn main() -> ExitCode {
                 &args.keep,
                 cli::PullTuning {
                     concurrency: args.concurrency,
+                    chunk_size: args.chunk_size,
+                    mirrors: args.mirror,
                     limits: modelpack_operator::cache::Limits {
                         extract_bytes: args.extract_limit,
                         entries: args.max_entries,
@@ -314,6 +331,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .then_some(args.allowed_toleration),
         },
         max_entries: args.max_entries,
+        mirrors: args.mirror.clone(),
     };
     use modelpack_operator::controller::runtime::{self, LeaderElection, RuntimeConfig};
     // Operators watching different namespaces (one per tenant, or per test) elect separately.

@@ -13,6 +13,7 @@ mod gc;
 mod link;
 mod materialise;
 mod pull;
+mod ranged;
 mod store;
 mod tree;
 mod walk;
@@ -25,7 +26,8 @@ pub use link::{parse_link, set_current};
 pub use materialise::{
     COMPLETE, DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, remove_tree,
 };
-pub use pull::{Progress, PullOptions, PullReport, pull};
+pub use pull::{Endpoint, Progress, PullOptions, PullReport, pull};
+pub use ranged::DEFAULT_CHUNK_SIZE;
 pub use store::{Ingest, Store, digest_hex};
 
 #[derive(Debug, thiserror::Error)]

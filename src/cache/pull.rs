@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use super::gc::{self, Collected};
 use super::materialise::{COMPLETE, Limits, materialise};
 use super::store::{Ingest, Store, digest_hex};
-use super::{Error, link};
+use super::{Error, link, ranged};
 use crate::modelpack::{Manifest, ModelConfig, layer};
 use crate::registry::{Error as RegistryError, Registry, Repository};
 
@@ -22,8 +23,10 @@ const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub struct PullOptions {
-    /// Parallel layer downloads.
+    /// Parallel connections, shared by layers and by the ranges of big blobs.
     pub concurrency: usize,
+    /// Blobs above this size are fetched as concurrent ranges of this size (0: never).
+    pub chunk_size: u64,
     /// `(namespace, name)` of the deployment whose `current` link should point at the model.
     pub link: Option<(String, String)>,
     /// Bounds on extraction (bytes per archive layer, entries per model).
@@ -31,6 +34,22 @@ pub struct PullOptions {
     /// With `link`: other versions this deployment keeps; everything no deployment keeps is
     /// garbage-collected. `None` collects nothing.
     pub keep: Option<Vec<String>>,
+    /// Hosts to fetch the manifest, config and layers from before the registry itself, in order
+    /// (see [`crate::registry::Mirror`]). What they send is verified like the registry's.
+    pub mirrors: Vec<Endpoint>,
+}
+
+/// A host serving the repository's content: a mirror, or the registry itself.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub registry: Registry,
+    pub repo: Repository,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Endpoint({})", self.repo)
+    }
 }
 
 /// What a pull did: the JSON result printed and written to the termination log.
@@ -71,7 +90,11 @@ pub async fn pull(
     })
     .await?;
 
-    let manifest_bytes = registry.manifest(repo, digest).await?;
+    let manifest_bytes =
+        match from_mirrors(&options.mirrors, |m| async move { m.registry.manifest(&m.repo, digest).await }).await {
+            Some(bytes) => bytes,
+            None => registry.manifest(repo, digest).await?,
+        };
     let manifest = Manifest::parse(&manifest_bytes)?;
     let source = repo.to_string();
     // Kept as a blob so garbage collection knows which layers this model needs. (Under this
@@ -91,11 +114,18 @@ pub async fn pull(
     let model_dir = store.model_dir(digest)?;
     // Every layer must be this repository's: served to this cache by it before, or downloaded
     // now, even when the finished model is already on the node (see `Store::is_proven`).
-    let fetched = fetch_layers(registry, repo, store, &manifest, options.concurrency.max(1), &progress).await?;
+    let fetched = fetch_layers(registry, repo, store, &manifest, options, &progress).await?;
     let files = if model_dir.join(COMPLETE).exists() {
         count_files(&model_dir)
     } else {
-        let config = registry.small_blob(repo, &manifest.config.digest, MAX_CONFIG_BYTES).await?;
+        let config_digest = &manifest.config.digest;
+        let mirrored = from_mirrors(&options.mirrors, |m| async move {
+            m.registry.small_blob(&m.repo, config_digest, MAX_CONFIG_BYTES).await
+        });
+        let config = match mirrored.await {
+            Some(bytes) => bytes,
+            None => registry.small_blob(repo, config_digest, MAX_CONFIG_BYTES).await?,
+        };
         let (config, _) = ModelConfig::parse(&config)?;
         let (store, manifest, digest, diff_ids, limit) =
             (store.clone(), manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.limits);
@@ -120,6 +150,22 @@ pub async fn pull(
         path: model_dir,
         collected,
     })
+}
+
+/// The first mirror's answer; `None` when there is none or every mirror failed (the registry itself
+/// is asked next). Answers are digest-checked by the registry client, as the registry's are.
+async fn from_mirrors<'a, T, F, Fut>(mirrors: &'a [Endpoint], fetch: F) -> Option<T>
+where
+    F: Fn(&'a Endpoint) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RegistryError>>,
+{
+    for mirror in mirrors {
+        match fetch(mirror).await {
+            Ok(answer) => return Some(answer),
+            Err(e) => tracing::warn!(mirror = %mirror.repo, error = %e, "mirror failed; trying the next host"),
+        }
+    }
+    None
 }
 
 fn size_of(size: i64) -> u64 {
@@ -164,9 +210,11 @@ async fn fetch_layers(
     repo: &Repository,
     store: &Store,
     manifest: &Manifest,
-    concurrency: usize,
+    options: &PullOptions,
     progress: &Arc<Progress>,
 ) -> Result<u64, Error> {
+    let concurrency = options.concurrency.max(1);
+    let permits = Arc::new(Semaphore::new(concurrency));
     let mut missing = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for l in &manifest.layers {
@@ -189,7 +237,28 @@ async fn fetch_layers(
         while running.len() < concurrency {
             let Some((digest, size)) = pending.next() else { break };
             let (registry, repo, store, progress) = (registry.clone(), repo.clone(), store.clone(), progress.clone());
-            running.spawn(async move { fetch_blob(&registry, &repo, &store, &digest, size, &progress).await });
+            let (permits, chunk, mirrors) = (permits.clone(), options.chunk_size, options.mirrors.clone());
+            running.spawn(async move {
+                let origin = repo.to_string();
+                for mirror in &mirrors {
+                    let source = Source {
+                        registry: &mirror.registry,
+                        repo: &mirror.repo,
+                        origin: &origin,
+                        permits: &permits,
+                        concurrency,
+                    };
+                    match fetch_blob(&source, &store, &digest, size, chunk, &progress).await {
+                        Ok(fetched) => return Ok(fetched),
+                        Err(e) => {
+                            tracing::warn!(mirror = %mirror.repo, error = %e, "mirror failed; trying the next host")
+                        }
+                    }
+                }
+                let source =
+                    Source { registry: &registry, repo: &repo, origin: &origin, permits: &permits, concurrency };
+                fetch_blob(&source, &store, &digest, size, chunk, &progress).await
+            });
         }
         match running.join_next().await {
             None => return Ok(fetched),
@@ -198,18 +267,30 @@ async fn fetch_layers(
     }
 }
 
+/// Where blobs come from, and the connections a pull may open to it.
+struct Source<'a> {
+    registry: &'a Registry,
+    repo: &'a Repository,
+    /// The repository whose content this is (`registry/repository`): what the store records as
+    /// the blob's provenance, whichever host sends the bytes.
+    origin: &'a str,
+    permits: &'a Arc<Semaphore>,
+    concurrency: usize,
+}
+
 async fn fetch_blob(
-    registry: &Registry,
-    repo: &Repository,
+    source: &Source<'_>,
     store: &Store,
     digest: &str,
     size: u64,
+    chunk: u64,
     progress: &Progress,
 ) -> Result<u64, Error> {
+    let (registry, repo) = (source.registry, source.repo);
     let ingest = blocking({
         let (store, digest) = (store.clone(), digest.to_owned());
-        let source = repo.to_string();
-        move || store.ingest(&digest, size, &source)
+        let origin = source.origin.to_owned();
+        move || store.ingest(&digest, size, &origin)
     })
     .await?;
     let Some(mut ingest) = ingest else {
@@ -217,6 +298,25 @@ async fn fetch_blob(
         progress.done.fetch_add(size, Ordering::Relaxed);
         return Ok(0);
     };
+    if chunk > 0 && size > chunk {
+        let target = ranged::Target { registry, repo, digest, ingest: &ingest, progress, permits: source.permits };
+        match ranged::fetch(&target, ranged::plan(size, chunk), source.concurrency).await? {
+            ranged::Fetched::Complete(fetched) => {
+                blocking(move || {
+                    ingest.rehash()?;
+                    ingest.commit()
+                })
+                .await?;
+                return Ok(fetched);
+            }
+            // The registry (or the redirect target) ignores ranges: one request after all.
+            ranged::Fetched::Unsupported => ingest.restart()?,
+        }
+    } else if ingest.is_ranged() {
+        // Written in ranges by an earlier pull with a smaller chunk size: holes, not a prefix.
+        ingest.restart()?;
+    }
+    let _permit = source.permits.acquire().await.map_err(|e| Error::Internal(e.to_string()))?;
     let resumed_at = ingest.offset();
     progress.done.fetch_add(resumed_at, Ordering::Relaxed);
     if resumed_at == size {

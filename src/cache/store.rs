@@ -136,23 +136,15 @@ impl Store {
             let _ = fs::remove_file(&path);
             return Ok(None);
         }
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
+        let (mut hasher, mut written) = (Sha256::new(), 0u64);
         if let Ok(mut existing) = File::open(&path) {
             // Re-hash what an earlier attempt wrote, so the final digest covers every byte.
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = existing.read(&mut buf).map_err(|e| Error::io(&path, e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                written += n as u64;
-            }
+            (hasher, written) = hash_all(&mut existing).map_err(|e| Error::io(&path, e))?;
         }
         if written > size {
             // Longer than the blob can be: start over.
             fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            remove_if_present(&path.with_extension("ranges"))?;
             hasher = Sha256::new();
             written = 0;
         }
@@ -171,6 +163,26 @@ impl Store {
             store: self.clone(),
             source: source.to_owned(),
         }))
+    }
+}
+
+fn hash_all(file: &mut File) -> std::io::Result<(Sha256, u64)> {
+    let (mut hasher, mut written) = (Sha256::new(), 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hasher, written));
+        }
+        hasher.update(&buf[..n]);
+        written += n as u64;
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<(), Error> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
     }
 }
 
@@ -241,6 +253,7 @@ impl Ingest {
             fs::rename(&self.path, &self.target).map_err(|e| Error::io(&self.target, e))?;
         }
         self.store.add_source(&self.digest, &self.source)?;
+        remove_if_present(&self.ranges_path())?;
         Ok(self.target.clone())
     }
 
@@ -248,12 +261,62 @@ impl Ingest {
     pub fn restart(&mut self) -> Result<(), Error> {
         self.file.set_len(0).map_err(|e| Error::io(&self.path, e))?;
         (self.hasher, self.written, self.flushed) = (Sha256::new(), 0, 0);
-        Ok(())
+        remove_if_present(&self.ranges_path())
     }
 
     /// Removes the partial file: what it holds is wrong.
     pub fn abort(&mut self) {
         let _ = fs::remove_file(&self.path);
+        let _ = fs::remove_file(self.ranges_path());
+    }
+
+    /// The partial file, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A ranged download's record of the byte ranges already written, next to the ingest.
+    fn ranges_path(&self) -> PathBuf {
+        self.path.with_extension("ranges")
+    }
+
+    /// Whether the ingest was written in ranges (and so holds holes, not a prefix).
+    pub fn is_ranged(&self) -> bool {
+        self.ranges_path().exists()
+    }
+
+    /// A handle for writes at offsets: the ingest's own is opened for appending, where Linux
+    /// ignores the offset of a positional write.
+    pub fn positional(&self) -> Result<File, Error> {
+        OpenOptions::new().write(true).open(&self.path).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// The ranges `(first, last)` a ranged download recorded as fully written. A line cut short by
+    /// a kill reads as nothing.
+    pub fn written_ranges(&self) -> Vec<(u64, u64)> {
+        let text = fs::read_to_string(self.ranges_path()).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (first, last) = l.split_once('-')?;
+                Some((first.parse().ok()?, last.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Records that bytes `first..=last` are written (after they are).
+    pub fn record_range(&self, first: u64, last: u64) -> Result<(), Error> {
+        let path = self.ranges_path();
+        let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        file.write_all(format!("{first}-{last}\n").as_bytes()).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Hashes the whole file again, once a ranged download wrote every byte; [`Ingest::commit`]
+    /// then checks size and digest as for a streamed one.
+    pub fn rehash(&mut self) -> Result<(), Error> {
+        let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let (hasher, written) = hash_all(&mut file).map_err(|e| Error::io(&self.path, e))?;
+        (self.hasher, self.written, self.flushed) = (hasher, written, written);
+        Ok(())
     }
 }
 

@@ -145,6 +145,8 @@ mod tests {
         assert_eq!(decide(&[gate(Passed, Some(Passed)), gate(Refused, Some(Passed))], Some(false)), Keep);
         assert_eq!(decide(&[gate(Passed, Some(Refused)), gate(Refused, Some(Passed))], Some(false)), Revoked);
         assert_eq!(decide(&[gate(Undecided, Some(Undecided)), gate(Passed, Some(Passed))], Some(false)), Keep);
+        // A refusal outweighs an outage: one gate that cannot check does not save a refused digest.
+        assert_eq!(decide(&[gate(Refused, Some(Undecided)), gate(Passed, Some(Refused))], Some(false)), Revoked);
         assert_eq!(decide(&[gate(Undecided, Some(Undecided)), gate(Passed, Some(Passed))], Some(true)), Revoked);
         // The same digest: the resolved verdict is the one accepted before.
         assert_eq!(decide(&[gate(Refused, None)], Some(false)), Revoked);

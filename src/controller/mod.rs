@@ -205,11 +205,7 @@ async fn run_models(
             model::error_policy,
             ctx,
         )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "model reconcile failed");
-            }
-        })
+        .for_each(|result| logged("model", result))
         .await;
 }
 
@@ -232,21 +228,8 @@ async fn run_deployments(
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default());
 
-    // Only selection-relevant node changes (and removals) reach the deployments: not heartbeats.
-    let flags = readiness.clone();
-    let node_watch = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(nodes_writer)
-        .inspect(on_init_done(move || flags.nodes.store(true, Ordering::Release)));
-    let node_changes = changes(node_watch, deployment::selection_fingerprint, true, |_| true);
-    let job_changes = watcher(
-        Api::<Job>::namespaced(client.clone(), &ctx.settings.namespace),
-        watcher::Config::default().labels(MANAGED_BY_SELECTOR),
-    )
-    .default_backoff()
-    .reflect(jobs_writer)
-    .inspect(on_init_done(move || readiness.jobs.store(true, Ordering::Release)))
-    .touched_objects();
+    let node_changes = selection_changes(client.clone(), nodes_writer, readiness.clone());
+    let job_changes = job_changes(client.clone(), &ctx.settings.namespace, jobs_writer, readiness);
     let model_changes =
         watcher(api::<Model>(client, ns), watcher::Config::default()).default_backoff().touched_objects();
     let secret_changes =
@@ -257,7 +240,7 @@ async fn run_deployments(
     Controller::for_stream(deployments, deployments_reader)
         .watches_stream(node_changes, move |_: Node| deployments_where(&for_nodes, |_| true))
         .watches_stream(job_changes, |job: Job| {
-            let owner = job.annotations().get("modelpack.dev/deployment").and_then(|a| a.split_once('/'));
+            let owner = job.annotations().get(deployment::DEPLOYMENT_ANNOTATION).and_then(|a| a.split_once('/'));
             owner.map(|(ns, name)| ObjectRef::new(name).within(ns))
         })
         .watches_stream(model_changes, move |model: Model| {
@@ -267,7 +250,7 @@ async fn run_deployments(
         })
         .watches_stream(secret_changes, move |secret: Secret| {
             // Registry credentials of any Model in the namespace; not the Secrets of our own Jobs.
-            if secret.labels().contains_key("modelpack.dev/deployment") {
+            if secret.labels().contains_key(deployment::DEPLOYMENT_LABEL) {
                 return Vec::new();
             }
             deployments_where(&for_secrets, |d| d.namespace() == secret.namespace())
@@ -280,12 +263,43 @@ async fn run_deployments(
             deployment::error_policy,
             ctx,
         )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "deployment reconcile failed");
-            }
-        })
+        .for_each(|result| logged("deployment", result))
         .await;
+}
+
+/// Changes of the Jobs this operator created, reflected into the Job store.
+fn job_changes(
+    client: Client,
+    namespace: &str,
+    jobs_writer: reflector::store::Writer<Job>,
+    readiness: Arc<Readiness>,
+) -> impl futures::Stream<Item = Result<Job, watcher::Error>> + use<> {
+    watcher(Api::<Job>::namespaced(client, namespace), watcher::Config::default().labels(MANAGED_BY_SELECTOR))
+        .default_backoff()
+        .reflect(jobs_writer)
+        .inspect(on_init_done(move || readiness.jobs.store(true, Ordering::Release)))
+        .touched_objects()
+}
+
+/// Node events that can change a selection (and removals), reflected into the node store; not
+/// heartbeats.
+fn selection_changes(
+    client: Client,
+    nodes_writer: reflector::store::Writer<Node>,
+    readiness: Arc<Readiness>,
+) -> impl futures::Stream<Item = Result<Node, watcher::Error>> {
+    let watch = watcher(Api::<Node>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(nodes_writer)
+        .inspect(on_init_done(move || readiness.nodes.store(true, Ordering::Release)));
+    changes(watch, deployment::selection_fingerprint, true, |_| true)
+}
+
+/// The controller's own report of a failed reconcile (the error policy already logged why).
+async fn logged<T, E: std::fmt::Display>(controller: &'static str, result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::debug!(controller, error = %e, "reconcile failed");
+    }
 }
 
 /// The objects of a watch whose `fingerprint` changed, and the deleted ones for which `on_delete`

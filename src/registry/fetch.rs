@@ -167,14 +167,43 @@ impl Registry {
         let what = format!("blob {repo}@{digest}");
         let response = self
             .bounded(&repo.registry, async {
-                let response =
-                    self.transport.send(Method::GET, repo, &format!("blobs/{digest}"), &[], Some(offset)).await?;
+                let response = self
+                    .transport
+                    .send(Method::GET, repo, &format!("blobs/{digest}"), &[], Some((offset, None)))
+                    .await?;
                 expect_success(response, &repo.registry, &what).await
             })
             .await?;
         let from_offset = response.status() == StatusCode::PARTIAL_CONTENT || offset == 0;
         let chunks = response.bytes_stream().map_err(std::io::Error::other).boxed();
         Ok(BlobStream { from_offset, chunks })
+    }
+
+    /// Streams bytes `start..=end` of blob `digest`, or `None` when the registry does not answer
+    /// with exactly that range (it ignored `Range` and sent the whole blob, or another part): the
+    /// caller then fetches the blob in one request. The caller hashes every byte.
+    pub async fn blob_range(
+        &self,
+        repo: &Repository,
+        digest: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<BlobStream>, Error> {
+        let what = format!("blob {repo}@{digest} bytes {start}-{end}");
+        let response = self
+            .bounded(&repo.registry, async {
+                let path = format!("blobs/{digest}");
+                let response = self.transport.send(Method::GET, repo, &path, &[], Some((start, Some(end)))).await?;
+                expect_success(response, &repo.registry, &what).await
+            })
+            .await?;
+        let exact = response.status() == StatusCode::PARTIAL_CONTENT
+            && content_range(&response).is_some_and(|(from, to)| (from, to) == (start, end));
+        if !exact {
+            return Ok(None);
+        }
+        let chunks = response.bytes_stream().map_err(std::io::Error::other).boxed();
+        Ok(Some(BlobStream { from_offset: true, chunks }))
     }
 
     /// Confirms with one HEAD that `repo` holds blob `digest` for these credentials. Pulls ask this
@@ -195,6 +224,13 @@ impl Registry {
         })
         .await
     }
+}
+
+/// The `first-last` of a `Content-Range: bytes first-last/total` answer.
+fn content_range(response: &reqwest::Response) -> Option<(u64, u64)> {
+    let value = response.headers().get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    let (first, last) = value.strip_prefix("bytes ")?.split_once('/')?.0.split_once('-')?;
+    Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
 }
 
 /// The registry's stated digest, when it is a well-formed sha256 digest.

@@ -76,7 +76,7 @@ impl Transport {
         repo: &Repository,
         path: &str,
         accept: &[&str],
-        range_from: Option<u64>,
+        range: Option<(u64, Option<u64>)>,
     ) -> Result<Response, Error> {
         let scheme = if self.over_tls { "https" } else { "http" };
         let url = format!("{scheme}://{}/v2/{}/{path}", api_host(&repo.registry), repo.repository);
@@ -87,8 +87,10 @@ impl Transport {
             if !accept.is_empty() {
                 request = request.header(ACCEPT, accept.join(", "));
             }
-            if let Some(from) = range_from {
-                request = request.header(RANGE, format!("bytes={from}-"));
+            match range {
+                Some((from, Some(to))) => request = request.header(RANGE, format!("bytes={from}-{to}")),
+                Some((from, None)) => request = request.header(RANGE, format!("bytes={from}-")),
+                None => {}
             }
             if let Some(authorization) = self.authorization(&repo.registry, &scope).await? {
                 request = request.header(AUTHORIZATION, authorization);

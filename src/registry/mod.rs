@@ -8,6 +8,7 @@ mod credentials;
 mod fetch;
 mod http;
 mod inspect;
+mod mirror;
 mod reference;
 mod resolve;
 mod semver_range;
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 pub use credentials::{Credential, Keyring};
 pub use inspect::{Inspection, inspect};
+pub use mirror::Mirror;
 pub use resolve::{RefSpec, Resolution};
 pub use semver_range::SemverRange;
 
@@ -27,6 +29,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Error {
     #[error("invalid reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: String },
+    #[error("invalid mirror {spec:?}: {reason}")]
+    InvalidMirror { spec: String, reason: String },
     #[error("credentials from {origin}: {reason}")]
     Credentials { origin: String, reason: String },
     #[error("registry {registry} refused the credentials ({detail})")]

@@ -3,11 +3,15 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Misbehaviour {
+    /// Forward everything unchanged (the request log is what the test reads).
+    Pass,
+    /// Drop every `Range` header: every answer is the whole blob, as from a server without ranges.
+    IgnoreRanges,
     /// Flip one byte in the middle of every GET of the blob (whole or ranged).
     Corrupt,
     /// Send only the first half of the blob's body on its first GET, then close.
@@ -27,6 +31,17 @@ pub struct Proxy {
     /// `127.0.0.1:PORT`
     pub host: String,
     pub blob_gets: Arc<AtomicUsize>,
+    /// The `Range` header of every GET of the blob, in arrival order (empty: none).
+    pub ranges: Arc<Mutex<Vec<String>>>,
+    /// Requests (any path) that carried an `Authorization` header.
+    pub authorized: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    /// The `Range` headers seen so far, and forgets them.
+    pub fn take_ranges(&self) -> Vec<String> {
+        std::mem::take(&mut *self.ranges.lock().unwrap())
+    }
 }
 
 impl Proxy {
@@ -34,26 +49,30 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
         let blob_gets = Arc::new(AtomicUsize::new(0));
-        let (upstream, blob_hex, gets) = (upstream.to_owned(), blob_hex.to_owned(), blob_gets.clone());
+        let (ranges, authorized) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
+        let log = Log { gets: blob_gets.clone(), ranges: ranges.clone(), authorized: authorized.clone() };
+        let (upstream, blob_hex) = (upstream.to_owned(), blob_hex.to_owned());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (upstream, blob_hex, gets) = (upstream.clone(), blob_hex.clone(), gets.clone());
+                let (upstream, blob_hex, log) = (upstream.clone(), blob_hex.clone(), log.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(client, &upstream, &blob_hex, how, &gets);
+                    let _ = serve(client, &upstream, &blob_hex, how, &log);
                 });
             }
         });
-        Proxy { host, blob_gets }
+        Proxy { host, blob_gets, ranges, authorized }
     }
 }
 
-fn serve(
-    mut client: TcpStream,
-    upstream: &str,
-    blob_hex: &str,
-    how: Misbehaviour,
-    gets: &AtomicUsize,
-) -> std::io::Result<()> {
+/// What the proxy records, shared by its connection threads.
+#[derive(Clone)]
+struct Log {
+    gets: Arc<AtomicUsize>,
+    ranges: Arc<Mutex<Vec<String>>>,
+    authorized: Arc<AtomicUsize>,
+}
+
+fn serve(mut client: TcpStream, upstream: &str, blob_hex: &str, how: Misbehaviour, log: &Log) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -68,20 +87,29 @@ fn serve(
         .lines()
         .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
         .filter(|l| {
-            !(matches!(how, Misbehaviour::TruncateOnceWithoutRanges) && l.to_ascii_lowercase().starts_with("range:"))
+            let drops_ranges = matches!(how, Misbehaviour::TruncateOnceWithoutRanges | Misbehaviour::IgnoreRanges);
+            !(drops_ranges && l.to_ascii_lowercase().starts_with("range:"))
         })
         .map(|l| format!("{l}\r\n"))
         .collect();
     forwarded.push_str("Connection: close\r\n\r\n");
+    let is_blob_get = request_line.starts_with("GET ") && request_line.contains(&format!("/blobs/sha256:{blob_hex}"));
+    let header =
+        |name: &str| text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix(name).map(|r| r.trim().to_owned()));
+    if header("authorization:").is_some() {
+        log.authorized.fetch_add(1, Ordering::SeqCst);
+    }
+    if is_blob_get {
+        log.ranges.lock().unwrap().push(header("range:").unwrap_or_default());
+    }
     let mut server = TcpStream::connect(upstream)?;
     server.write_all(forwarded.as_bytes())?;
     let mut response = Vec::new();
     server.read_to_end(&mut response)?;
-    let is_blob_get = request_line.starts_with("GET ") && request_line.contains(&format!("/blobs/sha256:{blob_hex}"));
     // 206 too: the puller asks for ranges, from byte 0 on a first download.
     let is_body = response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.1 206");
     if is_blob_get && is_body {
-        let n = gets.fetch_add(1, Ordering::SeqCst);
+        let n = log.gets.fetch_add(1, Ordering::SeqCst);
         let body_at = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 4);
         match how {
             Misbehaviour::Corrupt => {
@@ -105,7 +133,11 @@ fn serve(
                 client.write_all(&response[half..])?;
                 return client.shutdown(std::net::Shutdown::Both);
             }
-            Misbehaviour::TruncateOnce | Misbehaviour::TruncateOnceWithoutRanges | Misbehaviour::StallOnce => {}
+            Misbehaviour::TruncateOnce
+            | Misbehaviour::TruncateOnceWithoutRanges
+            | Misbehaviour::StallOnce
+            | Misbehaviour::Pass
+            | Misbehaviour::IgnoreRanges => {}
         }
     }
     client.write_all(&response)?;

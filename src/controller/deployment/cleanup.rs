@@ -31,7 +31,7 @@ pub async fn run(deployment: &ModelDeployment, ctx: &Context) -> Result<Progress
     // From the API, not the store: a Job the last reconcile created may not have reached the store.
     let listed = jobs_api.list_metadata(&ListParams::default().labels(&selector)).await?;
     for job in listed.items.iter().filter(|j| j.metadata.deletion_timestamp.is_none()) {
-        if job.labels().get(jobs::ROLE_LABEL).map(String::as_str) == Some("pull") {
+        if job.labels().get(jobs::ROLE_LABEL).map(String::as_str) == Some(Role::Pull.as_str()) {
             delete_ignoring_missing(&jobs_api, &job.name_any()).await?;
         }
     }
@@ -49,27 +49,7 @@ pub async fn run(deployment: &ModelDeployment, ctx: &Context) -> Result<Progress
         if !existing.iter().any(|n| &n.name_any() == node && n.metadata.deletion_timestamp.is_none()) {
             continue;
         }
-        let job_name = jobs::job_name(Role::Cleanup, &namespace, &name, node, "");
-        let found = ctx.jobs.state().into_iter().find(|j| j.name_any() == job_name);
-        match found.map(|j| jobs::job_state(&j)) {
-            None => {
-                let job = jobs::cleanup_job(deployment, &ctx.settings, node)?;
-                match jobs_api.create(&PostParams::default(), &job).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
-                waiting = true;
-            }
-            Some(JobState::Succeeded { .. }) => {}
-            Some(JobState::Failed { message, .. }) => {
-                let note = format!(
-                    "cleanup on node {node} failed ({message}); its cache keeps deployments/{namespace}/{name} until removed by hand"
-                );
-                warn_once(ctx, deployment, &job_name, note).await;
-            }
-            Some(_) => waiting = true,
-        }
+        waiting |= clean_node(ctx, deployment, &jobs_api, node).await?;
     }
     if waiting {
         return Ok(Progress::Waiting);
@@ -82,6 +62,38 @@ pub async fn run(deployment: &ModelDeployment, ctx: &Context) -> Result<Progress
     ctx.metrics.drift(&format!("{namespace}/{name}"), None);
     tracing::info!(deployment = %format!("{namespace}/{name}"), nodes = to_clean.len(), "cleaned up deployment");
     Ok(Progress::Done)
+}
+
+/// Starts or follows the cleanup Job of one node; returns whether it still runs.
+async fn clean_node(
+    ctx: &Context,
+    deployment: &ModelDeployment,
+    jobs_api: &Api<Job>,
+    node: &str,
+) -> Result<bool, Error> {
+    let (namespace, name) = (deployment.namespace().unwrap_or_default(), deployment.name_any());
+    let job_name = jobs::job_name(Role::Cleanup, &namespace, &name, node, "");
+    let found = ctx.jobs.state().into_iter().find(|j| j.name_any() == job_name);
+    match found.map(|j| jobs::job_state(&j)) {
+        None => {
+            let job = jobs::cleanup_job(deployment, &ctx.settings, node)?;
+            match jobs_api.create(&PostParams::default(), &job).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(true)
+        }
+        Some(JobState::Succeeded { .. }) => Ok(false),
+        Some(JobState::Failed { message, .. }) => {
+            let note = format!(
+                "cleanup on node {node} failed ({message}); its cache keeps deployments/{namespace}/{name} until removed by hand"
+            );
+            warn_once(ctx, deployment, &job_name, note).await;
+            Ok(false)
+        }
+        Some(_) => Ok(true),
+    }
 }
 
 /// One Warning per failed cleanup Job: the Job's name is the event's dedup key.

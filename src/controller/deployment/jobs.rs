@@ -43,7 +43,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Pull => "pull",
             Role::Cleanup => "cleanup",
@@ -61,6 +61,8 @@ pub struct JobSettings {
     pub bound: super::bound::NodeBound,
     /// `pull --max-entries`: entries one model may create on a node.
     pub max_entries: u64,
+    /// `--mirror` of every pull Job.
+    pub mirrors: Vec<crate::registry::Mirror>,
 }
 
 /// The value of [`DEPLOYMENT_LABEL`] for `namespace/name`.
@@ -128,6 +130,26 @@ pub struct PullJob<'a> {
 
 /// The pull Job and, when the registry needs credentials or a CA, the Secret it mounts (named like
 /// the Job; the caller makes the Job its owner once both exist).
+/// The registry credential and CA a pull Job reads from its Secret, and the flags that point
+/// `pull` at them.
+fn registry_files(pull: &PullJob, args: &mut Vec<String>) -> BTreeMap<String, ByteString> {
+    let mut files = BTreeMap::new();
+    if let Some(c) = pull.credential {
+        let auth = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:{}", c.username, c.password),
+        );
+        let config = json!({"auths": {pull.repository.registry.clone(): {"auth": auth}}});
+        files.insert("config.json".to_owned(), ByteString(config.to_string().into_bytes()));
+        args.extend(["--docker-config".to_owned(), format!("{REGISTRY_MOUNT}/config.json")]);
+    }
+    if let Some(ca) = &pull.options.ca_pem {
+        files.insert("ca.crt".to_owned(), ByteString(ca.clone()));
+        args.extend(["--ca-file".to_owned(), format!("{REGISTRY_MOUNT}/ca.crt")]);
+    }
+    files
+}
+
 pub fn pull_job(
     deployment: &ModelDeployment,
     settings: &JobSettings,
@@ -155,20 +177,10 @@ pub fn pull_job(
     if settings.max_entries != crate::cache::DEFAULT_MAX_ENTRIES {
         args.extend(["--max-entries".to_owned(), settings.max_entries.to_string()]);
     }
-    let mut secret_data = BTreeMap::new();
-    if let Some(c) = pull.credential {
-        let auth = base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("{}:{}", c.username, c.password),
-        );
-        let config = json!({"auths": {pull.repository.registry.clone(): {"auth": auth}}});
-        secret_data.insert("config.json".to_owned(), ByteString(config.to_string().into_bytes()));
-        args.extend(["--docker-config".to_owned(), format!("{REGISTRY_MOUNT}/config.json")]);
+    for mirror in crate::registry::Mirror::of(&settings.mirrors, &pull.repository.registry) {
+        args.extend(["--mirror".to_owned(), mirror.to_string()]);
     }
-    if let Some(ca) = &pull.options.ca_pem {
-        secret_data.insert("ca.crt".to_owned(), ByteString(ca.clone()));
-        args.extend(["--ca-file".to_owned(), format!("{REGISTRY_MOUNT}/ca.crt")]);
-    }
+    let secret_data = registry_files(pull, &mut args);
     let mut mounts = vec![json!({"name": "cache", "mountPath": settings.cache_dir})];
     let mut volumes = vec![cache_volume(settings)];
     let mut secret = None;
@@ -368,6 +380,7 @@ mod tests {
             image: "i".into(),
             bound: Default::default(),
             max_entries: crate::cache::DEFAULT_MAX_ENTRIES,
+            mirrors: Vec::new(),
         };
         assert_eq!(selector_of(&pull_job(&deployment, &settings, &pull).unwrap().0), None, "no bound, no selector");
         let args_of = |job: &Job| {
@@ -381,6 +394,12 @@ mod tests {
         settings.max_entries = 250_000;
         let raised = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
         assert!(raised.windows(2).any(|w| w == ["--max-entries", "250000"]), "{raised:?}");
+        let mirror = |spec: &str| crate::registry::Mirror::parse(spec).unwrap();
+        settings.mirrors =
+            vec![mirror("other.example=http://m0"), mirror("r.example=http://m1:5000"), mirror("r.example=https://m2")];
+        let mirrored = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
+        let given: Vec<&str> = mirrored.windows(2).filter(|w| w[0] == "--mirror").map(|w| w[1].as_str()).collect();
+        assert_eq!(given, ["r.example=http://m1:5000", "r.example=https://m2"], "this registry's mirrors, in order");
         settings.bound.selector = [("pool".to_owned(), "models".to_owned())].into();
         let (job, _) = pull_job(&deployment, &settings, &pull).unwrap();
         assert_eq!(selector_of(&job), Some(settings.bound.selector.clone()));

@@ -118,42 +118,15 @@ struct NodePlan {
 }
 
 pub fn plan(inputs: &Inputs) -> Plan {
-    let previous = inputs.previous;
     let desired = match inputs.desired {
         Desired::Version { version, .. } => Some(version),
         Desired::Blocked { .. } => None,
     };
-    let deployed = previous.deployed.as_ref().map(|d| d.digest.as_str());
-    let prev_entries: BTreeMap<&str, &NodeEntry> =
-        previous.nodes.iter().flat_map(|n| &n.entries).map(|e| (e.node.as_str(), e)).collect();
-    let no_jobs = Vec::new();
-
-    let mut entries = Vec::new();
-    let mut wanted = Vec::new();
-    let mut delete = Vec::new();
-    let mut retry_at: Option<jiff::Timestamp> = None;
-    for node in inputs.nodes {
-        let jobs = inputs.jobs.get(node).unwrap_or(&no_jobs);
-        let p = plan_node(inputs, node, prev_entries.get(node.as_str()).copied(), jobs, desired, deployed);
-        entries.extend(p.entry);
-        wanted.extend(p.create.map(|d| (node.clone(), d)));
-        delete.extend(p.delete);
-        retry_at = match (retry_at, p.retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
-    // Nodes that left the selection keep nothing running for this deployment, nor does any node
-    // once pulls are halted (finished Jobs stay: they hold results, and `current` is untouched).
-    let halted = inputs.desired.halts_pulls();
-    for (node, jobs) in inputs.jobs {
-        let selected = inputs.nodes.contains(node);
-        let stop = jobs.iter().filter(|j| !j.deleting && (!selected || (halted && j.state.is_active())));
-        delete.extend(stop.map(|j| j.name.clone()));
-    }
+    let nodes = plan_nodes(inputs, desired);
+    let mut delete = nodes.delete;
+    delete.extend(jobs_to_stop(inputs));
     delete.sort();
     delete.dedup();
-
     let running = inputs
         .jobs
         .iter()
@@ -163,9 +136,67 @@ pub fn plan(inputs: &Inputs) -> Plan {
         .count();
     let max_parallel = inputs.spec.pull.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL).max(1) as usize;
     let may_start = !inputs.spec.suspend && desired.is_some();
-    let create: Vec<(String, String)> =
-        if may_start { wanted.into_iter().take(max_parallel.saturating_sub(running)).collect() } else { Vec::new() };
+    let create: Vec<(String, String)> = match may_start {
+        true => nodes.create.into_iter().take(max_parallel.saturating_sub(running)).collect(),
+        false => Vec::new(),
+    };
+    let status = next_status(inputs, desired, nodes.entries);
+    let events = events(inputs.previous, &status);
+    let requeue = match nodes.retry_at {
+        Some(at) => Duration::try_from(at.duration_since(inputs.now.0)).unwrap_or_default().max(Duration::from_secs(1)),
+        None if running + create.len() > 0 => Duration::from_secs(60),
+        None => RESYNC,
+    };
+    let keep = keep_list(inputs.spec, &status);
+    Plan { status, create, delete, keep, events, requeue: requeue.min(RESYNC) }
+}
 
+/// Every selected node's plan, merged.
+struct NodesPlan {
+    entries: Vec<NodeEntry>,
+    /// (node, digest) Jobs the nodes want, before the parallelism limit.
+    create: Vec<(String, String)>,
+    delete: Vec<String>,
+    retry_at: Option<jiff::Timestamp>,
+}
+
+fn plan_nodes(inputs: &Inputs, desired: Option<&VersionRef>) -> NodesPlan {
+    let previous = inputs.previous;
+    let deployed = previous.deployed.as_ref().map(|d| d.digest.as_str());
+    let prev_entries: BTreeMap<&str, &NodeEntry> =
+        previous.nodes.iter().flat_map(|n| &n.entries).map(|e| (e.node.as_str(), e)).collect();
+    let mut out = NodesPlan { entries: Vec::new(), create: Vec::new(), delete: Vec::new(), retry_at: None };
+    for node in inputs.nodes {
+        let jobs = inputs.jobs.get(node).map_or(&[][..], Vec::as_slice);
+        let p = plan_node(inputs, node, prev_entries.get(node.as_str()).copied(), jobs, desired, deployed);
+        out.entries.extend(p.entry);
+        out.create.extend(p.create.map(|d| (node.clone(), d)));
+        out.delete.extend(p.delete);
+        out.retry_at = match (out.retry_at, p.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    out
+}
+
+/// Nodes that left the selection keep nothing running for this deployment, nor does any node once
+/// pulls are halted (finished Jobs stay: they hold results, and `current` is untouched).
+fn jobs_to_stop(inputs: &Inputs) -> Vec<String> {
+    let halted = inputs.desired.halts_pulls();
+    let mut stop = Vec::new();
+    for (node, jobs) in inputs.jobs {
+        let selected = inputs.nodes.contains(node);
+        let stopped = jobs.iter().filter(|j| !j.deleting && (!selected || (halted && j.state.is_active())));
+        stop.extend(stopped.map(|j| j.name.clone()));
+    }
+    stop
+}
+
+/// The status the plan amounts to: the deployed version (moved once the desired one is on every
+/// node), its history, per-node entries, drift and the kstatus conditions.
+fn next_status(inputs: &Inputs, desired: Option<&VersionRef>, entries: Vec<NodeEntry>) -> ModelDeploymentStatus {
+    let previous = inputs.previous;
     let mut status = ModelDeploymentStatus {
         observed_generation: inputs.generation,
         conditions: previous.conditions.clone(),
@@ -178,24 +209,10 @@ pub fn plan(inputs: &Inputs) -> Plan {
         workloads: previous.workloads.clone(),
     };
     let on_desired = |e: &NodeEntry| desired.is_some_and(|d| e.current.as_deref() == Some(d.digest.as_str()));
-    if let Some(d) = desired {
-        let everywhere = !inputs.nodes.is_empty()
-            && inputs.nodes.iter().all(|n| entries.iter().any(|e: &NodeEntry| &e.node == n && on_desired(e)));
-        if everywhere && deployed != Some(d.digest.as_str()) {
-            if let Some(old) = previous.deployed.clone() {
-                status.history.retain(|h| h.digest != old.digest && h.digest != d.digest);
-                status
-                    .history
-                    .insert(0, VersionRef { digest: old.digest, short_digest: old.short_digest, tag: old.tag });
-                status.history.truncate(HISTORY_LIMIT);
-            }
-            status.deployed = Some(DeployedVersion {
-                digest: d.digest.clone(),
-                short_digest: d.short_digest.clone(),
-                tag: d.tag.clone(),
-                since: inputs.now.clone(),
-            });
-        }
+    let everywhere = !inputs.nodes.is_empty()
+        && inputs.nodes.iter().all(|n| entries.iter().any(|e: &NodeEntry| &e.node == n && on_desired(e)));
+    if let Some(d) = desired.filter(|_| everywhere) {
+        advance_deployed(&mut status, d, inputs.now);
     }
     let count = |phase: NodePhase| entries.iter().filter(|e| e.phase == phase).count() as i32;
     let ready = entries.iter().filter(|e| on_desired(e)).count() as i32;
@@ -207,40 +224,52 @@ pub fn plan(inputs: &Inputs) -> Plan {
         summary: format!("{ready}/{}", inputs.nodes.len()),
         entries,
     });
-
     let (drift, observation) = drift(inputs, &status);
-    let drifted = if drift.in_sync { ConditionStatus::False } else { ConditionStatus::True };
-    conditions::set(
-        &mut status.conditions,
-        conditions::condition(
-            conditions::DRIFTED,
-            drifted,
-            drift.reason,
-            &drift.message,
-            inputs.generation,
-            inputs.now,
-        ),
-    );
-    status.drift = Some(Drift {
-        since: match &previous.drift {
-            Some(p) if p.reason == drift.reason.as_str() && p.in_sync == drift.in_sync => p.since.clone(),
-            _ => inputs.now.clone(),
-        },
-        in_sync: drift.in_sync,
-        reason: drift.reason.into(),
-        message: drift.message,
-    });
+    record_drift(&mut status, previous, drift, inputs);
     conditions::apply(&mut status.conditions, &observation, inputs.generation, inputs.now);
+    status
+}
 
-    let events = events(previous, &status);
-    let active = running + create.len() > 0;
-    let requeue = match retry_at {
-        Some(at) => Duration::try_from(at.duration_since(inputs.now.0)).unwrap_or_default().max(Duration::from_secs(1)),
-        None if active => Duration::from_secs(60),
-        None => RESYNC,
+/// `d` is on every node: it becomes the deployed version, and the one before goes to history.
+fn advance_deployed(status: &mut ModelDeploymentStatus, d: &VersionRef, now: &Time) {
+    if status.deployed.as_ref().is_some_and(|dep| dep.digest == d.digest) {
+        return;
+    }
+    if let Some(old) = status.deployed.take() {
+        status.history.retain(|h| h.digest != old.digest && h.digest != d.digest);
+        status.history.insert(0, VersionRef { digest: old.digest, short_digest: old.short_digest, tag: old.tag });
+        status.history.truncate(HISTORY_LIMIT);
+    }
+    status.deployed = Some(DeployedVersion {
+        digest: d.digest.clone(),
+        short_digest: d.short_digest.clone(),
+        tag: d.tag.clone(),
+        since: now.clone(),
+    });
+}
+
+/// The Drifted condition and `status.drift` (whose `since` moves only when the drift changes).
+fn record_drift(
+    status: &mut ModelDeploymentStatus,
+    previous: &ModelDeploymentStatus,
+    drift: DriftState,
+    inputs: &Inputs,
+) {
+    let drifted = if drift.in_sync { ConditionStatus::False } else { ConditionStatus::True };
+    let condition = conditions::condition(
+        conditions::DRIFTED,
+        drifted,
+        drift.reason,
+        &drift.message,
+        inputs.generation,
+        inputs.now,
+    );
+    conditions::set(&mut status.conditions, condition);
+    let since = match &previous.drift {
+        Some(p) if p.reason == drift.reason.as_str() && p.in_sync == drift.in_sync => p.since.clone(),
+        _ => inputs.now.clone(),
     };
-    let keep = keep_list(inputs.spec, &status);
-    Plan { status, create, delete, keep, events, requeue: requeue.min(RESYNC) }
+    status.drift = Some(Drift { since, in_sync: drift.in_sync, reason: drift.reason.into(), message: drift.message });
 }
 
 fn plan_node(
@@ -251,99 +280,174 @@ fn plan_node(
     desired: Option<&VersionRef>,
     deployed: Option<&str>,
 ) -> NodePlan {
-    let mut out = NodePlan { entry: None, create: None, delete: Vec::new(), retry_at: None };
-    let live: Vec<&ObservedJob> = jobs.iter().filter(|j| !j.deleting).collect();
-    // A node runs one Job of this deployment at a time and a new one starts only after the others
-    // are gone, so a live Job that succeeded is the last pull on the node: its digest is `current`.
-    let mut current = prev.and_then(|p| p.current.clone());
-    let finished = live
-        .iter()
-        .filter_map(|j| match &j.state {
-            JobState::Succeeded { completed, .. } => Some((completed.clone(), *j)),
-            _ => None,
-        })
-        .max_by_key(|(completed, _)| completed.clone())
-        .map(|(_, j)| j);
-    if let Some(job) = finished {
-        current = Some(job.digest.clone());
-    }
-    // A node that holds nothing gets the deployed version first (it can serve that at once), then
-    // the desired one.
-    let target = match (desired, deployed) {
-        (Some(d), Some(dep)) if current.is_none() && dep != d.digest => dep.to_owned(),
-        (Some(d), _) => d.digest.clone(),
-        (None, _) => match prev {
-            Some(p) => p.digest.clone(),
-            None => return out,
-        },
+    let Some(view) = NodeView::of(node, prev, jobs, desired, deployed) else {
+        return NodePlan { entry: None, create: None, delete: Vec::new(), retry_at: None };
     };
-    let other_active = live.iter().any(|j| j.digest != target && j.state.is_active());
-    out.delete = live.iter().filter(|j| j.digest != target && !j.state.is_active()).map(|j| j.name.clone()).collect();
-    let blocked_by_others = other_active || !out.delete.is_empty() || jobs.iter().any(|j| j.deleting);
-    let target_job = live.iter().find(|j| j.digest == target).copied();
-    let prev_same = prev.filter(|p| p.digest == target);
-    let mut entry = NodeEntry {
-        node: node.to_owned(),
-        digest: target.clone(),
-        current: current.clone(),
-        phase: NodePhase::Pending,
-        bytes: None,
-        started_at: None,
-        completed_at: None,
-        message: None,
-    };
+    let decision = decide(inputs, &view);
+    view.into_plan(decision)
+}
 
-    if current.as_deref() == Some(target.as_str()) {
-        entry.phase = NodePhase::Ready;
-        match finished.filter(|j| j.digest == target).map(|j| &j.state) {
-            Some(JobState::Succeeded { started, completed, bytes }) => {
-                (entry.started_at, entry.completed_at, entry.bytes) = (started.clone(), completed.clone(), *bytes);
-            }
-            _ => {
-                if let Some(p) = prev_same.filter(|p| p.phase == NodePhase::Ready) {
-                    (entry.started_at, entry.completed_at, entry.bytes) =
-                        (p.started_at.clone(), p.completed_at.clone(), p.bytes);
+/// One node as the plan sees it: the version it should hold next and the Jobs around it.
+struct NodeView<'a> {
+    node: &'a str,
+    /// The version the node's `current` link holds (as far as status and finished Jobs tell).
+    current: Option<String>,
+    /// The version this node pulls next.
+    target: String,
+    /// The live Job of the target, if any.
+    target_job: Option<&'a ObservedJob>,
+    /// The latest live succeeded Job (the one that set `current`).
+    finished: Option<&'a ObservedJob>,
+    /// The previous entry when it was about the target.
+    prev_same: Option<&'a NodeEntry>,
+    /// Finished Jobs of other versions, deleted before anything new starts.
+    stale: Vec<String>,
+    /// Another Job of this deployment is active or still being deleted.
+    others_busy: bool,
+}
+
+impl<'a> NodeView<'a> {
+    fn of(
+        node: &'a str,
+        prev: Option<&'a NodeEntry>,
+        jobs: &'a [ObservedJob],
+        desired: Option<&VersionRef>,
+        deployed: Option<&str>,
+    ) -> Option<Self> {
+        let live: Vec<&ObservedJob> = jobs.iter().filter(|j| !j.deleting).collect();
+        // A node runs one Job of this deployment at a time and a new one starts only after the
+        // others are gone, so a live Job that succeeded is the last pull on the node: its digest is
+        // `current`.
+        let finished = live
+            .iter()
+            .filter_map(|j| match &j.state {
+                JobState::Succeeded { completed, .. } => Some((completed.clone(), *j)),
+                _ => None,
+            })
+            .max_by_key(|(completed, _)| completed.clone())
+            .map(|(_, j)| j);
+        let current = finished.map(|j| j.digest.clone()).or_else(|| prev.and_then(|p| p.current.clone()));
+        // A node that holds nothing gets the deployed version first (it can serve that at once),
+        // then the desired one.
+        let target = match (desired, deployed) {
+            (Some(d), Some(dep)) if current.is_none() && dep != d.digest => dep.to_owned(),
+            (Some(d), _) => d.digest.clone(),
+            (None, _) => prev?.digest.clone(),
+        };
+        let other = |j: &&&ObservedJob| j.digest != target;
+        let stale: Vec<String> =
+            live.iter().filter(other).filter(|j| !j.state.is_active()).map(|j| j.name.clone()).collect();
+        let others_busy = live.iter().filter(other).any(|j| j.state.is_active()) || jobs.iter().any(|j| j.deleting);
+        Some(NodeView {
+            node,
+            target_job: live.iter().find(|j| j.digest == target).copied(),
+            prev_same: prev.filter(|p| p.digest == target),
+            current,
+            finished,
+            stale,
+            others_busy,
+            target,
+        })
+    }
+}
+
+/// What one node needs this pass.
+enum Decision<'a> {
+    /// `current` already holds the target.
+    Ready,
+    /// The target's Job exists and has not started pulling (Pending) or is pulling.
+    InFlight(&'a ObservedJob),
+    /// The target's Job failed and may run again (its retry is due, or the registry access
+    /// changed): it is deleted so that the next pass starts a new one.
+    Retry(&'a ObservedJob, &'a str),
+    /// The target's Job failed and its retry is not due.
+    Failed(&'a ObservedJob),
+    /// Other Jobs of this deployment on the node go first.
+    WaitForOthers,
+    /// The last pull of the target failed (its Job is gone) and its retry is not due.
+    StillFailed(&'a NodeEntry),
+    /// Nothing pulls the target: start a Job.
+    Start,
+}
+
+fn decide<'a>(inputs: &Inputs, view: &NodeView<'a>) -> Decision<'a> {
+    let retry_due = |completed: &Option<Time>| completed.as_ref().is_none_or(|c| c.0 + RETRY_AFTER <= inputs.now.0);
+    if view.current.as_deref() == Some(view.target.as_str()) {
+        return Decision::Ready;
+    }
+    match view.target_job.map(|j| (j, &j.state)) {
+        Some((job, JobState::Failed { completed, message, .. })) => {
+            let access_changed = job.access.as_deref().is_some_and(|a| a != inputs.access);
+            if access_changed || retry_due(completed) { Decision::Retry(job, message) } else { Decision::Failed(job) }
+        }
+        // A succeeded Job of the target made it `current`.
+        Some((job, _)) => Decision::InFlight(job),
+        None if view.others_busy || !view.stale.is_empty() => Decision::WaitForOthers,
+        None => match view.prev_same.filter(|p| p.phase == NodePhase::Failed) {
+            Some(p) if !retry_due(&p.completed_at) => Decision::StillFailed(p),
+            _ => Decision::Start,
+        },
+    }
+}
+
+impl NodeView<'_> {
+    fn into_plan(self, decision: Decision) -> NodePlan {
+        let mut entry = NodeEntry {
+            node: self.node.to_owned(),
+            digest: self.target.clone(),
+            current: self.current.clone(),
+            phase: NodePhase::Pending,
+            bytes: None,
+            started_at: None,
+            completed_at: None,
+            message: None,
+        };
+        let mut plan = NodePlan { entry: None, create: None, delete: self.stale, retry_at: None };
+        match decision {
+            Decision::Ready => {
+                entry.phase = NodePhase::Ready;
+                let from_job = self.finished.filter(|j| j.digest == self.target).map(|j| &j.state);
+                match (from_job, self.prev_same.filter(|p| p.phase == NodePhase::Ready)) {
+                    (Some(JobState::Succeeded { started, completed, bytes }), _) => {
+                        (entry.started_at, entry.completed_at, entry.bytes) =
+                            (started.clone(), completed.clone(), *bytes);
+                    }
+                    (_, Some(p)) => {
+                        (entry.started_at, entry.completed_at, entry.bytes) =
+                            (p.started_at.clone(), p.completed_at.clone(), p.bytes)
+                    }
+                    _ => {}
                 }
             }
-        }
-        out.entry = Some(entry);
-        return out;
-    }
-
-    let retry_due = |completed: &Option<Time>| completed.as_ref().is_none_or(|c| c.0 + RETRY_AFTER <= inputs.now.0);
-    match target_job.map(|j| (j, &j.state)) {
-        Some((_, JobState::Pending)) => {}
-        Some((_, JobState::Running { started })) => {
-            entry.phase = NodePhase::Pulling;
-            entry.started_at = started.clone();
-        }
-        // A succeeded Job of the target made it `current` above.
-        Some((_, JobState::Succeeded { .. })) => {}
-        Some((job, JobState::Failed { started, completed, message })) => {
-            let access_changed = job.access.as_deref().is_some_and(|a| a != inputs.access);
-            if access_changed || retry_due(completed) {
-                out.delete.push(job.name.clone());
+            Decision::InFlight(job) => {
+                if let JobState::Running { started } = &job.state {
+                    (entry.phase, entry.started_at) = (NodePhase::Pulling, started.clone());
+                }
+            }
+            Decision::Retry(job, message) => {
+                plan.delete.push(job.name.clone());
                 entry.message = Some(format!("retrying after: {message}"));
-            } else {
-                entry.phase = NodePhase::Failed;
-                (entry.started_at, entry.completed_at) = (started.clone(), completed.clone());
-                entry.message = Some(message.clone());
-                out.retry_at = completed.as_ref().map(|c| c.0 + RETRY_AFTER);
             }
-        }
-        None if blocked_by_others => {
-            entry.message = Some("waiting for this node's previous pull Job to finish".into());
-        }
-        None => match prev_same.filter(|p| p.phase == NodePhase::Failed) {
-            Some(p) if !retry_due(&p.completed_at) => {
-                entry = NodeEntry { current, ..p.clone() };
-                out.retry_at = p.completed_at.as_ref().map(|c| c.0 + RETRY_AFTER);
+            Decision::Failed(job) => {
+                if let JobState::Failed { started, completed, message } = &job.state {
+                    (entry.started_at, entry.completed_at) = (started.clone(), completed.clone());
+                    entry.phase = NodePhase::Failed;
+                    entry.message = Some(message.clone());
+                    plan.retry_at = completed.as_ref().map(|c| c.0 + RETRY_AFTER);
+                }
             }
-            _ => out.create = Some(target.clone()),
-        },
+            Decision::WaitForOthers => {
+                entry.message = Some("waiting for this node's previous pull Job to finish".into());
+            }
+            Decision::StillFailed(p) => {
+                entry = NodeEntry { current: self.current, ..p.clone() };
+                plan.retry_at = p.completed_at.as_ref().map(|c| c.0 + RETRY_AFTER);
+            }
+            Decision::Start => plan.create = Some(self.target),
+        }
+        plan.entry = Some(entry);
+        plan
     }
-    out.entry = Some(entry);
-    out
 }
 
 /// Whether the nodes hold the desired version, and why not.
@@ -356,9 +460,6 @@ pub struct DriftState {
 
 /// Drift between desired and deployed, and the kstatus observation it amounts to.
 fn drift(inputs: &Inputs, status: &ModelDeploymentStatus) -> (DriftState, Observation) {
-    let nodes = status.nodes.clone().unwrap_or_default();
-    let deployed = status.deployed.as_ref();
-    let counts = format!("{}/{} nodes ready", nodes.ready, nodes.selected);
     let drift = |in_sync: bool, reason: Reason, message: String| DriftState { in_sync, reason, message };
     let (version, rejected) = match inputs.desired {
         Desired::Blocked { reason, message, stalled } => {
@@ -376,6 +477,19 @@ fn drift(inputs: &Inputs, status: &ModelDeploymentStatus) -> (DriftState, Observ
         let message = format!("{why}; nodes keep {desired}");
         return (drift(false, *reason, message.clone()), Observation::stalled(*reason, message));
     }
+    rollout(inputs, status, version, &desired)
+}
+
+/// Drift while a version is desired: from the nodes' progress.
+fn rollout(
+    inputs: &Inputs,
+    status: &ModelDeploymentStatus,
+    version: &VersionRef,
+    desired: &str,
+) -> (DriftState, Observation) {
+    let nodes = status.nodes.clone().unwrap_or_default();
+    let counts = format!("{}/{} nodes ready", nodes.ready, nodes.selected);
+    let drift = |in_sync: bool, reason: Reason, message: String| DriftState { in_sync, reason, message };
     if nodes.selected == 0 {
         let message = "no Ready, schedulable node matches the nodeSelector and tolerations".to_owned();
         return (
@@ -394,7 +508,7 @@ fn drift(inputs: &Inputs, status: &ModelDeploymentStatus) -> (DriftState, Observ
         );
         return (drift(false, Reason::PullFailed, message.clone()), Observation::stalled(Reason::PullFailed, message));
     }
-    let deployed_digest = deployed.map(|d| d.digest.as_str());
+    let deployed_digest = status.deployed.as_ref().map(|d| d.digest.as_str());
     let (reason, message) = match deployed_digest {
         Some(d) if d == version.digest && nodes.ready == nodes.selected => {
             let message = format!("{desired} is ready on all {} nodes", nodes.selected);

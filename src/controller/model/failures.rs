@@ -60,7 +60,7 @@ fn registry_failure(
         R::Credentials { .. } => shown(Reason::InvalidSecret, true, every),
         R::InvalidCa(_) => shown(Reason::InvalidCA, true, every),
         R::TokenRealm { .. } => shown(Reason::InvalidTokenRealm, true, every),
-        R::InvalidReference { .. } | R::InvalidSemver { .. } | R::InvalidFilter { .. } => {
+        R::InvalidReference { .. } | R::InvalidSemver { .. } | R::InvalidFilter { .. } | R::InvalidMirror { .. } => {
             shown(Reason::InvalidReference, true, every)
         }
     }

@@ -1,0 +1,124 @@
+//! What one reconcile of a ModelDeployment reads, gathered before anything is decided (linkerd's
+//! index): the Model and the version it offers, the registry access new Jobs get, the selected
+//! nodes (from the node store), and this deployment's Jobs with the results of finished ones.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use super::plan::{Desired, JobState, ObservedJob};
+use super::{desired, jobs, nodes};
+use crate::api::conditions::Reason;
+use crate::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase};
+use crate::controller::access::{Access, access_for};
+use crate::controller::{Context, Error};
+
+pub struct Index {
+    pub model: Option<Model>,
+    pub desired: Desired,
+    /// The Model's registry access, when there is a version to pull.
+    pub access: Option<Access>,
+    /// Fingerprint of `access`, stamped on the Jobs it creates (empty without access).
+    pub fingerprint: String,
+    /// Selected node names.
+    pub nodes: Vec<String>,
+    /// Every Job of this deployment, by node.
+    pub jobs: BTreeMap<String, Vec<ObservedJob>>,
+}
+
+pub async fn gather(
+    deployment: &ModelDeployment,
+    ctx: &Context,
+    previous: &ModelDeploymentStatus,
+) -> Result<Index, Error> {
+    let namespace = deployment.namespace().unwrap_or_default();
+    let models: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
+    let model = models.get_opt(&deployment.spec.model_ref.name).await?;
+    let mut desired = desired::desired(deployment, model.as_ref());
+    if let Some(message) = ctx.settings.bound.refusal(&deployment.spec.tolerations) {
+        desired = Desired::Blocked { reason: Reason::TolerationNotAllowed, message, stalled: true };
+    }
+    let mut access = None;
+    if let (Some(model), Desired::Version { .. }) = (&model, &desired) {
+        match access_for(&ctx.client, model, &namespace).await {
+            Ok(a) => access = Some(a),
+            Err(Error::Kube(e)) => return Err(Error::Kube(e)),
+            Err(e) => {
+                desired = Desired::Blocked { reason: Reason::RegistryAccess, message: e.to_string(), stalled: false }
+            }
+        }
+    }
+    let fingerprint = access.as_ref().map(|a| format!("{:016x}", a.fingerprint())).unwrap_or_default();
+    let nodes = nodes::selected(deployment, &ctx.settings.bound, ctx.nodes.state().iter().map(|n| n.as_ref()));
+    let jobs = observe_jobs(ctx, &namespace, &deployment.name_any(), previous).await?;
+    Ok(Index { model, desired, access, fingerprint, nodes, jobs })
+}
+
+/// This deployment's pull Jobs by node, with the results of finished ones whose outcome status does
+/// not hold yet (read from their pods' termination messages).
+async fn observe_jobs(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    previous: &ModelDeploymentStatus,
+) -> Result<BTreeMap<String, Vec<ObservedJob>>, Error> {
+    let key = jobs::deployment_key(namespace, name);
+    let recorded: BTreeMap<(&str, &str), &crate::api::NodeEntry> = previous
+        .nodes
+        .iter()
+        .flat_map(|n| &n.entries)
+        .filter(|e| matches!(e.phase, NodePhase::Ready | NodePhase::Failed) && e.completed_at.is_some())
+        .map(|e| ((e.node.as_str(), e.digest.as_str()), e))
+        .collect();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let mut by_node: BTreeMap<String, Vec<ObservedJob>> = BTreeMap::new();
+    for job in ctx.jobs.state() {
+        let labels = job.labels();
+        if labels.get(jobs::DEPLOYMENT_LABEL) != Some(&key)
+            || labels.get(jobs::ROLE_LABEL).map(String::as_str) != Some(jobs::Role::Pull.as_str())
+        {
+            continue;
+        }
+        let annotations = job.annotations();
+        let (Some(node), Some(digest)) =
+            (annotations.get(jobs::NODE_ANNOTATION), annotations.get(jobs::DIGEST_ANNOTATION))
+        else {
+            continue;
+        };
+        let mut state = jobs::job_state(&job);
+        let finished = matches!(state, JobState::Succeeded { .. } | JobState::Failed { .. });
+        if finished {
+            state = match recorded.get(&(node.as_str(), digest.as_str())) {
+                // Status already holds this result: no need to read pods again.
+                Some(entry) => recorded_state(state, entry),
+                None => {
+                    let selector = format!("batch.kubernetes.io/job-name={}", job.name_any());
+                    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+                    jobs::with_result(state, &list.items)
+                }
+            };
+        }
+        by_node.entry(node.clone()).or_default().push(ObservedJob {
+            name: job.name_any(),
+            digest: digest.clone(),
+            state,
+            access: annotations.get(jobs::ACCESS_ANNOTATION).cloned(),
+            deleting: job.metadata.deletion_timestamp.is_some(),
+        });
+    }
+    Ok(by_node)
+}
+
+fn recorded_state(state: JobState, entry: &crate::api::NodeEntry) -> JobState {
+    match state {
+        JobState::Succeeded { started, completed, .. } => {
+            JobState::Succeeded { started, completed, bytes: entry.bytes }
+        }
+        JobState::Failed { started, completed, message } => {
+            JobState::Failed { started, completed, message: entry.message.clone().unwrap_or(message) }
+        }
+        other => other,
+    }
+}
