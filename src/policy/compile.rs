@@ -80,6 +80,10 @@ pub struct CompiledRule {
     /// What a failure reports (the rule's message, else its expression).
     pub message: String,
     pub(super) program: Arc<Program>,
+    /// Syntax nodes and macro nesting: with the largest list of the variables, what bounds one
+    /// evaluation's cost (see [`super::MAX_COST`]).
+    pub(super) nodes: usize,
+    pub(super) depth: usize,
 }
 
 impl std::fmt::Debug for CompiledRule {
@@ -140,6 +144,8 @@ fn compile_rule(rule: &PolicyRule) -> Result<CompiledRule, Error> {
         expression: rule.expression.clone(),
         message,
         program: Arc::new(program),
+        nodes: walk.nodes,
+        depth: walk.deepest,
     })
 }
 

@@ -8,6 +8,7 @@ use cel::objects::{Key, Map, Value};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use super::MAX_COST;
 use super::compile::{CompiledPolicy, ENV, on_big_stack};
 use super::variables::{NAMES, Variables};
 
@@ -51,11 +52,18 @@ fn evaluate_here(policy: &CompiledPolicy, variables: &Json) -> Vec<RuleResult> {
             context.add_variable_from_value(name, to_cel(value));
         }
     }
+    let largest = largest(variables) as u64;
     policy
         .rules
         .iter()
         .map(|rule| {
+            let cost = (rule.nodes as u64).saturating_mul(largest.max(1).saturating_pow(rule.depth as u32));
             let failure = match rule.program.execute(&context) {
+                _ if cost > MAX_COST => Some(format!(
+                    "error: up to {cost} steps on this artifact ({} nested macros over up to {largest} entries), \
+                     more than {MAX_COST}",
+                    rule.depth
+                )),
                 Ok(Value::Bool(true)) => None,
                 Ok(Value::Bool(false)) => Some("evaluated to false".to_owned()),
                 Ok(other) => Some(format!("evaluated to {}, not a bool", other.type_of())),
@@ -69,6 +77,15 @@ fn evaluate_here(policy: &CompiledPolicy, variables: &Json) -> Vec<RuleResult> {
             }
         })
         .collect()
+}
+
+/// The largest list or map anywhere in `v`: what one macro may iterate over.
+fn largest(v: &Json) -> usize {
+    match v {
+        Json::Array(items) => items.iter().map(largest).fold(items.len(), usize::max),
+        Json::Object(map) => map.values().map(largest).fold(map.len(), usize::max),
+        _ => 0,
+    }
 }
 
 /// JSON to CEL as Kubernetes does for CRD values: integers that fit are `int`, other numbers
@@ -158,6 +175,18 @@ mod tests {
         assert!(!results[0].passed);
         assert!(results[0].message.starts_with("vendor x (error: "), "{}", results[0].message);
         assert!(results[0].message.contains("vendor"), "{}", results[0].message);
+    }
+
+    #[test]
+    fn a_rule_too_costly_for_the_artifact_fails_without_running() {
+        let layers: Vec<Json> = (0..1024).map(|i| json!({"digest": format!("d{i}"), "size": i})).collect();
+        let vars = json!({"layers": layers});
+        let got =
+            verdicts(&["layers.all(a, layers.exists(b, a.digest == b.digest))", "layers.all(l, l.size >= 0)"], &vars);
+        assert_eq!(got, [false, true]);
+        let small = json!({"layers": (0..100).map(|i| json!({"digest": format!("d{i}")})).collect::<Vec<_>>()});
+        assert_eq!(verdicts(&["layers.all(a, layers.exists(b, a.digest == b.digest))"], &small), [true]);
+        assert_eq!(largest(&json!({"a": [1, [1, 2, 3, 4]], "b": {"c": 1}})), 4);
     }
 
     #[test]
