@@ -446,6 +446,7 @@ mod gate {
     use std::time::Duration;
 
     use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::events::v1::Event;
     use kube::api::{Api, DeleteParams, ListParams};
     use kube::{Client, ResourceExt};
     use modelpack_operator::api::conditions::{COMPLIANT, ConditionStatus, KStatus, READY, find, kstatus};
@@ -577,6 +578,13 @@ mod gate {
         })
         .await;
         assert!(m.status.unwrap().violations.is_empty());
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let passed = eventually("a PoliciesPassed event", Duration::from_secs(30), || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| e.reason.as_deref() == Some("PoliciesPassed"))
+        })
+        .await;
+        assert_eq!(passed.regarding.and_then(|r| r.name).as_deref(), Some("llm"));
         // Idle: the Model is reconciled again (interval 10s) and nothing is evaluated again.
         let metrics = operator.address("metrics");
         let passes = format!("modelpack_policy_evaluations_total{{policy=\"{enforce}\",result=\"pass\"}} 1");
