@@ -194,8 +194,9 @@ struct VerifyArgs {
 struct CheckArgs {
     /// `registry/repository[:tag|@sha256:…]`.
     reference: String,
-    /// ModelPolicy YAML file (repeatable; a file may hold several documents).
-    #[arg(long, value_name = "FILE", required = true)]
+    /// ModelPolicy YAML files (`--policy A B` or `--policy A --policy B`; a file may hold several
+    /// documents).
+    #[arg(long, value_name = "FILE", required = true, num_args = 1..)]
     policy: Vec<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,

@@ -705,6 +705,10 @@ async fn check_in_text_mode_exits_by_the_enforce_verdicts() {
     assert_eq!(out["digest"], digest);
     assert_eq!(out["results"].as_array().unwrap().len(), 4);
     assert_eq!(out["results"][0], json!({"policy": "ci", "rule": "no-tag", "passed": true, "message": ""}));
+    let (passing, audit) = (passing.path().to_str().unwrap(), audit.path().to_str().unwrap());
+    let (code, stdout, _) = operator(&["check", &by_digest, "--policy", passing, audit, "--insecure", "-o", "json"]);
+    assert_eq!(code, 0, "--policy takes several files: {stdout}");
+    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["results"].as_array().unwrap().len(), 4);
 }
 
 #[tokio::test]
