@@ -83,8 +83,17 @@ pub async fn inspect(reference: &str, args: &RegistryArgs, json_output: bool) ->
     let (repo, spec) = Repository::parse_reference(reference)?;
     let registry = args.registry_for(&repo)?;
     let resolution = registry.resolve(&repo, &spec).await?;
-    let collected = policy::collect(&registry, &repo, &resolution.digest, resolution.tag.as_deref()).await?;
-    let report = InspectReport::new(reference, resolution.tag, &collected);
+    let inspection = registry::inspect(&registry, &repo, &resolution.digest).await?;
+    // What is attached is described, not required (`check` requires it): a registry that answers the
+    // referrers request with an error still gets its artifact inspected, with a warning.
+    let (referrers, unread) = match registry.referrers(&repo, &resolution.digest).await {
+        Ok(referrers) => (referrers, None),
+        Err(e) => (Vec::new(), Some(format!("referrers not read: {e}"))),
+    };
+    let variables = policy::Variables::of(&repo, &inspection, resolution.tag.as_deref(), &referrers)?;
+    let collected = policy::Collected { inspection, referrers, variables };
+    let mut report = InspectReport::new(reference, resolution.tag, &collected);
+    report.warnings.extend(unread);
     if json_output {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
