@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use modelpack_operator::cache::Endpoint;
 use modelpack_operator::modelpack::{Family, ModelDescriptor, ModelProperties};
@@ -301,6 +301,8 @@ pub struct PullTuning {
     pub limits: modelpack_operator::cache::Limits,
     /// Flush to disk before publishing (off: `--no-sync`).
     pub durable: bool,
+    /// `--cache-limit` (none: the filesystem's free space only).
+    pub cache_limit: Option<modelpack_operator::cache::CacheLimit>,
 }
 
 impl PullCommand {
@@ -330,24 +332,34 @@ impl PullCommand {
         Ok(PullCommand { repository, digest, cache_dir, link, keep, tuning, termination_log })
     }
 
-    pub async fn run(self, args: &RegistryArgs) -> Result<()> {
+    /// Runs the pull; exit code 0, 1 (failed) or 3 (`InsufficientStorage`: does not fit even after
+    /// eviction, so retrying on this node is useless until something else leaves it).
+    pub async fn run(self, args: &RegistryArgs) -> Result<std::process::ExitCode> {
+        use modelpack_operator::cache::{self, Error, PullOutcome};
         let result = self.pull(args).await;
-        let json = match &result {
-            Ok(report) => serde_json::to_string(report)?,
-            Err(e) => json!({"digest": self.digest, "error": format!("{e:#}")}).to_string(),
+        let store = cache::Store::open(&self.cache_dir).ok();
+        let inventory = store.as_ref().and_then(|s| cache::report(s, self.tuning.cache_limit).ok());
+        let (outcome, code) = match result {
+            Ok(outcome) => (PullOutcome { cache: inventory, ..outcome }, 0),
+            Err(e) => {
+                let line = one_line(&e);
+                eprintln!("error: {line}");
+                let error = e.downcast_ref::<Error>();
+                let code = if matches!(error, Some(Error::InsufficientStorage { .. })) { 3 } else { 1 };
+                (PullOutcome { cache: inventory, ..PullOutcome::failed(&self.digest, line, error) }, code)
+            }
         };
+        let message = outcome.to_message();
         if let Some(path) = &self.termination_log {
-            // A pod's termination message holds at most 4 KiB.
-            let capped: String = json.chars().take(4000).collect();
-            std::fs::write(path, capped).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(path, &message).with_context(|| format!("writing {}", path.display()))?;
         }
-        if result.is_ok() {
-            println!("{json}");
+        if code == 0 {
+            println!("{message}");
         }
-        result.map(|_| ())
+        Ok(std::process::ExitCode::from(code))
     }
 
-    async fn pull(&self, args: &RegistryArgs) -> Result<modelpack_operator::cache::PullReport> {
+    async fn pull(&self, args: &RegistryArgs) -> Result<modelpack_operator::cache::PullOutcome> {
         use modelpack_operator::cache::{Progress, PullOptions, Store};
         use std::sync::Arc;
         let registry = args.registry_for(&self.repository)?;
@@ -362,6 +374,7 @@ impl PullCommand {
             link: self.link.clone(),
             limits: self.tuning.limits,
             keep: self.keep.clone(),
+            cache_limit: self.tuning.cache_limit,
         };
         let progress = Arc::new(Progress::default());
         let reporter = tokio::spawn(report_progress(progress.clone()));
@@ -371,6 +384,37 @@ impl PullCommand {
         reporter.abort();
         Ok(result?)
     }
+}
+
+/// One line whatever the error carries (registry or manifest text can hold newlines, escape
+/// sequences and megabytes): control characters become spaces and the line is cut.
+pub fn one_line(e: &anyhow::Error) -> String {
+    const MAX_CHARS: usize = 900;
+    let text = format!("{e:#}");
+    let mut line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_CHARS).collect();
+    if text.chars().nth(MAX_CHARS).is_some() {
+        line.push('…');
+    }
+    line
+}
+
+/// `scrub --cache-dir DIR`: exit 0 when everything matched, 1 when something was removed.
+pub fn scrub(
+    cache_dir: &Path,
+    rate: Option<u64>,
+    cache_limit: Option<modelpack_operator::cache::CacheLimit>,
+    termination_log: Option<&Path>,
+) -> Result<bool> {
+    use modelpack_operator::cache;
+    let store = cache::Store::open(cache_dir)?;
+    let report = cache::scrub(&store, rate)?;
+    let outcome = cache::ScrubOutcome { scrub: report, cache: cache::report(&store, cache_limit).ok() };
+    let message = outcome.to_message();
+    if let Some(path) = termination_log {
+        std::fs::write(path, &message).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{message}");
+    Ok(outcome.scrub.clean())
 }
 
 /// Progress on stderr while a pull runs: a bar with bytes, rate and ETA on a terminal; otherwise

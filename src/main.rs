@@ -34,6 +34,9 @@ enum Command {
     /// Collect cache entries no deployment keeps; with --unlink, forget one deployment first (what
     /// a deleted ModelDeployment's cleanup Jobs run).
     Gc(GcArgs),
+    /// Re-hash every blob and model file of a node cache; remove what no longer matches, with every
+    /// model built from it. Exit 0: clean; 1: something was removed; 2: the scrub failed.
+    Scrub(ScrubArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -43,6 +46,27 @@ struct GcArgs {
     /// Remove `deployments/<NS>/<NAME>` before collecting.
     #[arg(long, value_name = "deployments/NS/NAME")]
     unlink: Option<String>,
+    /// The cache's budget, for the capacity reported.
+    #[arg(long, value_name = "SIZE|PERCENT%")]
+    cache_limit: Option<modelpack_operator::cache::CacheLimit>,
+    /// Also write the JSON result here (a pod's termination message).
+    #[arg(long, value_name = "FILE")]
+    termination_log: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ScrubArgs {
+    #[arg(long, value_name = "DIR")]
+    cache_dir: PathBuf,
+    /// Most bytes read a second (a quantity: 50Mi). Default: no bound.
+    #[arg(long, value_name = "BYTES", value_parser = parse_rate)]
+    rate: Option<u64>,
+    /// The cache's budget, for the capacity reported.
+    #[arg(long, value_name = "SIZE|PERCENT%")]
+    cache_limit: Option<modelpack_operator::cache::CacheLimit>,
+    /// Also write the JSON result here (a pod's termination message).
+    #[arg(long, value_name = "FILE")]
+    termination_log: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -92,12 +116,36 @@ struct RunArgs {
     /// every pull Job).
     #[arg(long, value_name = "N", default_value_t = modelpack_operator::cache::DEFAULT_MAX_ENTRIES)]
     max_entries: u64,
+    /// How much of each node's cache filesystem the cache may use: a quantity (500Gi) or a
+    /// percentage (80%); passed to every pull Job, which evicts or fails fast beyond it.
+    #[arg(long, value_name = "SIZE|PERCENT%", default_value = "80%")]
+    cache_limit: modelpack_operator::cache::CacheLimit,
+    /// How often every node holding models is scrubbed (re-hashed); 0 disables.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_interval)]
+    scrub_interval: std::time::Duration,
+    /// Most bytes a second a scrub reads from a node's disk (a quantity: 64Mi).
+    #[arg(long, value_name = "BYTES", default_value = "64Mi", value_parser = parse_rate)]
+    scrub_rate: u64,
     /// Pull Jobs fetch from URL before REGISTRY itself (repeatable, in order; passed to every pull
     /// Job): a pull-through cache or a node-local P2P engine, so the registry sees one download
     /// per cluster. Only what the pull Jobs fetch goes through mirrors, never the operator's own
     /// resolution and verification.
     #[arg(long, value_name = "REGISTRY=URL", value_parser = modelpack_operator::registry::Mirror::parse)]
     mirror: Vec<modelpack_operator::registry::Mirror>,
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    match modelpack_operator::cache::CacheLimit::parse(text).map_err(|e| e.to_string())? {
+        modelpack_operator::cache::CacheLimit::Bytes(bytes) => Ok(bytes),
+        _ => Err(format!("{text:?}: expected bytes a second (64Mi), not a percentage")),
+    }
+}
+
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    if text == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    modelpack_operator::api::duration::parse(text).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -148,6 +196,12 @@ struct PullArgs {
     /// under a verified name. Only for caches that do not survive a reboot (tmpfs, emptyDir).
     #[arg(long)]
     no_sync: bool,
+    /// The cache's budget: a quantity (500Gi) or a percentage of its filesystem (80%). A model that
+    /// does not fit evicts models no deployment holds, then kept previous versions (least recently
+    /// used first); when it still does not fit, the pull fails with exit code 3, having fetched
+    /// nothing. Default: the filesystem's free space only.
+    #[arg(long, value_name = "SIZE|PERCENT%")]
+    cache_limit: Option<modelpack_operator::cache::CacheLimit>,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Also write the JSON result here (a pod's termination message).
@@ -234,11 +288,18 @@ fn main() -> ExitCode {
                         entries: args.max_entries,
                     },
                     durable: !args.no_sync,
+                    cache_limit: args.cache_limit,
                 },
                 args.termination_log,
             );
             match command {
-                Ok(command) => run_async(command.run(&args.registry)),
+                Ok(command) => match tokio_runtime() {
+                    Ok(runtime) => match runtime.block_on(command.run(&args.registry)) {
+                        Ok(code) => code,
+                        Err(e) => fail(&e),
+                    },
+                    Err(e) => fail(&e),
+                },
                 Err(e) => {
                     eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
                     ExitCode::from(2)
@@ -255,7 +316,22 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+        Command::Scrub(args) => {
+            let result = cli::scrub(&args.cache_dir, args.rate, args.cache_limit, args.termination_log.as_deref());
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    fail(&e);
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn verify(args: VerifyArgs) -> ExitCode {
@@ -307,9 +383,14 @@ fn gc(args: &GcArgs) -> anyhow::Result<()> {
             let (namespace, name) = cache::parse_link(link)?;
             cache::unlink(&store, &namespace, &name)?
         }
-        None => cache::collect(&store, "")?,
+        None => cache::collect(&store, None)?,
     };
-    println!("{}", serde_json::to_string(&collected)?);
+    let outcome = cache::GcOutcome { collected, cache: cache::report(&store, args.cache_limit).ok() };
+    let message = outcome.to_message();
+    if let Some(path) = &args.termination_log {
+        std::fs::write(path, &message).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{message}");
     Ok(())
 }
 
@@ -332,6 +413,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .then_some(args.allowed_toleration),
         },
         max_entries: args.max_entries,
+        cache_limit: args.cache_limit,
+        scrub_interval: args.scrub_interval,
+        scrub_rate: args.scrub_rate,
         mirrors: args.mirror.clone(),
     };
     use modelpack_operator::controller::runtime::{self, LeaderElection, RuntimeConfig};
@@ -386,13 +470,7 @@ fn run_async(command: impl std::future::Future<Output = anyhow::Result<()>>) -> 
 /// One line whatever the error carries (registry or manifest text can hold newlines, escape
 /// sequences and megabytes): control characters become spaces and the line is cut.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    const MAX_CHARS: usize = 900;
-    let text = format!("{e:#}");
-    let mut line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_CHARS).collect();
-    if text.chars().nth(MAX_CHARS).is_some() {
-        line.push('…');
-    }
-    eprintln!("error: {line}");
+    eprintln!("error: {}", cli::one_line(e));
     ExitCode::FAILURE
 }
 

@@ -79,15 +79,7 @@ struct Model {
 
 async fn model(registry: &support::Registry, name: &str, seed: u64) -> Model {
     let data = support::fixtures::pseudo_random(seed, 3_000_000);
-    let layer = craft::Blob::new("application/vnd.cncf.model.weight.v1.raw", data.clone())
-        .annotate("org.cncf.model.filepath", "w.bin");
-    let config = serde_json::json!({"descriptor": {"name": name}, "modelfs": {"type": "layers", "diffIds": []}});
-    let artifact = craft::Artifact {
-        artifact_type: Some("application/vnd.cncf.model.manifest.v1+json".into()),
-        config: craft::Blob::new("application/vnd.cncf.model.config.v1+json", serde_json::to_vec(&config).unwrap()),
-        layers: vec![layer],
-        annotations: Default::default(),
-    };
+    let artifact = craft::raw_model(name, "w.bin", data.clone());
     let repo = format!("mirrors/{name}-{}", unique_suffix());
     let digest = craft::push(registry, &repo, "v1", &artifact).await;
     let hex = craft::sha256(&data).strip_prefix("sha256:").unwrap().to_owned();

@@ -198,7 +198,9 @@ fn protected(v: &Victim) -> BTreeMap<PathBuf, (String, u64, u64, String)> {
     all.retain(|p, _| {
         !(p.starts_with(v.cache.join("tmp"))
             || p.starts_with(v.cache.join("locks"))
-            || (p.starts_with(v.cache.join("blobs")) || p.starts_with(v.cache.join("sources")))
+            || (p.starts_with(v.cache.join("blobs"))
+                || p.starts_with(v.cache.join("sources"))
+                || p.starts_with(v.cache.join("stamps")))
                 && !p.ends_with(&v.layer_hex))
     });
     all

@@ -1,12 +1,14 @@
 //! The custom resources (`Model`, `ModelDeployment`, group `modelpack.dev/v1alpha1`), their status
 //! types and the condition helpers.
 
+mod cache;
 pub mod conditions;
 mod deployment;
 pub mod duration;
 mod model;
 mod policy;
 
+pub use cache::{CachedModel, ModelCache, ModelCacheSpec, ModelCacheStatus, ScrubSummary};
 pub use deployment::{
     DeployedVersion, Drift, ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, ModelRefName, NodeEntry,
     NodePhase, NodesStatus, PullSpec, VersionRef, WorkloadKind, WorkloadRef, WorkloadStatus,
@@ -25,10 +27,10 @@ pub enum Error {
     Yaml(String),
 }
 
-/// Both CRDs as one multi-document YAML stream: what `modelpack-operator crd` prints and crds/ holds.
+/// Every CRD as one multi-document YAML stream: what `modelpack-operator crd` prints and crds/ holds.
 pub fn crds_yaml() -> Result<String, Error> {
     let mut out = String::new();
-    for crd in [Model::crd(), ModelDeployment::crd(), ModelPolicy::crd()] {
+    for crd in [Model::crd(), ModelDeployment::crd(), ModelCache::crd(), ModelPolicy::crd()] {
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&crd).map_err(|e| Error::Yaml(e.to_string()))?);
     }

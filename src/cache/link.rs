@@ -28,14 +28,16 @@ pub fn set_current(store: &Store, namespace: &str, name: &str, digest: &str) -> 
     if !valid_name(namespace) || !valid_name(name) {
         return Err(Error::InvalidLink(format!("deployments/{namespace}/{name}")));
     }
-    let dir = store.root().join("deployments").join(namespace).join(name);
+    let dir = store.deployment_dir(namespace, name);
     fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let target = format!("../../../models/sha256/{}", digest_hex(digest)?);
+    let hex = digest_hex(digest)?;
+    let target = Store::current_target(hex);
     let tmp = dir.join(format!(".current-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(&target, &tmp).map_err(|e| Error::io(&tmp, e))?;
     let current = dir.join("current");
     fs::rename(&tmp, &current).map_err(|e| Error::io(&current, e))?;
+    store.touch_model(hex)?;
     store.sync_dir(&dir)
 }
 

@@ -2,7 +2,7 @@
 //! store, archives are extracted with every entry checked. Work happens in a staging directory under
 //! `tmp/` that is renamed into `models/sha256/<hex>` only when complete.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::ffi::{CStr, OsStr};
 use std::fs::{self, File};
@@ -16,6 +16,7 @@ use rustix::fs::{AtFlags, FileType, Mode};
 use sha2::{Digest, Sha256};
 
 use super::Error;
+use super::index::{self, FileHash};
 use super::store::{Store, digest_hex};
 use super::tree::{PathKey, Refusal, Tree, path_key};
 use super::walk::{Visitor, dir_flags, walk};
@@ -66,17 +67,20 @@ pub fn materialise(
     limits: Limits,
 ) -> Result<(PathBuf, usize), Error> {
     let target = store.model_dir(manifest_digest)?;
-    let staging = store.tmp_dir().join(format!("model-{}-{}", digest_hex(manifest_digest)?, std::process::id()));
+    let staging = store.tmp_path(super::layout::Tmp::Model(digest_hex(manifest_digest)?));
     remove_tree(&staging)?;
     fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-    let files = match build(store, &staging, manifest_digest, manifest, diff_ids, limits) {
+    let hashes = RefCell::new(index::Writer::create(store, digest_hex(manifest_digest)?)?);
+    let files = match build(store, &staging, manifest_digest, manifest, diff_ids, limits, &hashes) {
         Ok(files) => files,
         Err(e) => {
             let _ = remove_tree(&staging);
+            hashes.into_inner().abort();
             return Err(e);
         }
     };
     seal(&staging)?;
+    hashes.into_inner().commit(store, digest_hex(manifest_digest)?)?;
     store.sync_filesystem()?;
     if target.join(COMPLETE).exists() {
         // Another pull finished first; its copy is identical.
@@ -98,6 +102,7 @@ fn build(
     manifest: &Manifest,
     diff_ids: &[String],
     limits: Limits,
+    hashes: &RefCell<index::Writer>,
 ) -> Result<usize, Error> {
     let mut tree = Tree::open(staging, limits.entries).map_err(|e| Error::io(staging, e))?;
     let mut claimed = HashSet::new();
@@ -123,6 +128,9 @@ fn build(
         if l.format().is_single_file() {
             claim(&mut claimed, &l.path)?;
             tree.link_blob(&blob, &l.path).map_err(|r| refuse(l.path.as_str(), r))?;
+            let hex = digest_hex(&descriptor.digest)?.to_owned();
+            let hash = FileHash { path: l.path.as_str().to_owned(), sha256: hex, size: size_of(descriptor.size) };
+            hashes.borrow_mut().add(&hash).map_err(|e| Error::io(&staging.join(l.path.as_str()), e))?;
             continue;
         }
         let file = File::open(&blob).map_err(|e| Error::io(&blob, e))?;
@@ -134,7 +142,7 @@ fn build(
         };
         let mut metered =
             Metered { inner: HashingReader { inner: reader, hasher: Sha256::new() }, meter: meter.clone() };
-        let layer = Layer { digest: &descriptor.digest, meter: &meter, max_entries: limits.entries };
+        let layer = Layer::new(&descriptor.digest, &meter, limits.entries, Some(hashes));
         layer.extract(&mut metered, &mut tree, &mut claimed)?;
         // Read what tar left unread (padding, trailing bytes), so the diffId covers the whole
         // stream; the meter bounds this too.
@@ -164,7 +172,7 @@ pub fn extract_tar(reader: &mut dyn Read, dir: &Path, limits: Limits) -> Result<
     let limit = limits.extract_bytes.unwrap_or_else(|| default_extract_limit(0));
     let meter = Rc::new(Meter::new(limit));
     let mut metered = Metered { inner: reader, meter: meter.clone() };
-    let layer = Layer { digest: "(archive)", meter: &meter, max_entries: limits.entries };
+    let layer = Layer::new("(archive)", &meter, limits.entries, None);
     layer.extract(&mut metered, &mut tree, &mut claimed)?;
     check_symlinks(&mut tree)?;
     Ok(claimed.len())
@@ -183,6 +191,30 @@ fn claim(claimed: &mut HashSet<PathKey>, path: &ModelPath) -> Result<(), Error> 
         return Err(Error::DuplicatePath(path.as_str().to_owned()));
     }
     Ok(())
+}
+
+/// Hashes what is written through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn size_of(size: i64) -> u64 {
+    u64::try_from(size).unwrap_or(0)
 }
 
 struct HashingReader<R> {
@@ -251,9 +283,19 @@ struct Layer<'a> {
     digest: &'a str,
     meter: &'a Meter,
     max_entries: u64,
+    /// Where the regular files it writes are recorded, hashed while written (for `scrub`).
+    index: Option<&'a RefCell<index::Writer>>,
 }
 
-impl Layer<'_> {
+impl<'a> Layer<'a> {
+    fn new(
+        digest: &'a str,
+        meter: &'a Meter,
+        max_entries: u64,
+        index: Option<&'a RefCell<index::Writer>>,
+    ) -> Layer<'a> {
+        Layer { digest, meter, max_entries, index }
+    }
     fn unsafe_entry(&self, entry: &str, reason: impl Into<String>) -> Error {
         Error::UnsafeEntry { layer: self.digest.to_owned(), entry: entry.to_owned(), reason: reason.into() }
     }
@@ -335,12 +377,19 @@ impl Layer<'_> {
         match kind {
             tar::EntryType::Directory => tree.mkdir(&path).map_err(refuse),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut out = tree.create_file(&path).map_err(refuse)?;
+                let out = tree.create_file(&path).map_err(refuse)?;
+                let mut out = HashingWriter { inner: out, hasher: Sha256::new(), size: 0 };
                 io::copy(entry, &mut out).map_err(|e| match self.meter.exceeded.get() {
                     Some(_) => self.read_error(e),
                     None => Error::Io { path: raw.clone(), error: e },
                 })?;
-                out.set_permissions(fs::Permissions::from_mode(0o444 | (mode & 0o111)))
+                if let Some(index) = self.index {
+                    let sha256 = hex::encode(out.hasher.finalize_reset());
+                    let hash = FileHash { path: path.as_str().to_owned(), sha256, size: out.size };
+                    index.borrow_mut().add(&hash).map_err(|e| Error::Io { path: raw.clone(), error: e })?;
+                }
+                out.inner
+                    .set_permissions(fs::Permissions::from_mode(0o444 | (mode & 0o111)))
                     .map_err(|e| Error::Io { path: raw.clone(), error: e })
             }
             tar::EntryType::Symlink => {

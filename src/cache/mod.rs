@@ -6,29 +6,46 @@
 //! deployments/<ns>/<name>/current -> ../../../models/sha256/<hex>
 //! tmp/                               partial downloads and staging, never read by consumers
 //! locks/                             one lock file per digest being pulled
+//! stamps/sha256/<hex>                a blob's size, inode and mtime at commit
+//! used/sha256/<manifest-hex>         its mtime: when the model was last linked, pulled or kept
+//! index/sha256/<manifest-hex>        the hash of every file of the model (for `scrub`)
 //! ```
 
+mod budget;
 mod durable;
+mod evict;
 mod gc;
+mod index;
+mod layout;
 mod link;
 mod materialise;
+mod outcome;
 mod pull;
 mod ranged;
+mod records;
+mod scrub;
 mod store;
 mod tree;
+mod usage;
 mod walk;
 
 use std::path::Path;
 use std::time::Duration;
 
-pub use gc::{Collected, collect, keep_versions, unlink};
+pub use budget::{CacheLimit, LimitError, Space, human};
+pub use evict::Evicted;
+pub use gc::{Collected, Hold, Holder, collect, holders, keep_versions, unlink};
+pub use layout::Lock;
 pub use link::{parse_link, set_current};
 pub use materialise::{
     COMPLETE, DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, remove_tree,
 };
-pub use pull::{Endpoint, Progress, PullOptions, PullReport, pull};
+pub use outcome::{FailureReason, GcOutcome, PullOutcome, ScrubOutcome, TERMINATION_MESSAGE_LIMIT};
+pub use pull::{Endpoint, Progress, PullOptions, pull};
 pub use ranged::DEFAULT_CHUNK_SIZE;
+pub use scrub::{RemovedModel, ScrubReport, scrub};
 pub use store::{Ingest, Store, digest_hex};
+pub use usage::{CacheReport, ModelUsage, report};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,6 +88,11 @@ pub enum Error {
     Registry(#[from] crate::registry::Error),
     #[error(transparent)]
     ModelPack(#[from] crate::modelpack::Error),
+    #[error(
+        "InsufficientStorage: needs {}, {} free after evicting {}",
+        human(*needs), human(*free), human(evicted.iter().map(|e| e.bytes).sum())
+    )]
+    InsufficientStorage { needs: u64, free: u64, evicted: Vec<Evicted> },
     #[error("internal: {0}")]
     Internal(String),
 }

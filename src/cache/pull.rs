@@ -2,17 +2,20 @@
 //! fetched again; missing ones are streamed in parallel (bounded), hashed while written, resumed
 //! from a partial ingest with HTTP Range, and published only when verified.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
-use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use super::gc::{self, Collected};
-use super::materialise::{COMPLETE, Limits, materialise};
+use super::budget::{self, CacheLimit, LayerNeed};
+use super::evict::{Evicted, make_room};
+use super::gc;
+use super::layout::Lock;
+use super::materialise::{COMPLETE, Limits, default_extract_limit, materialise};
+use super::outcome::PullOutcome;
+use super::scrub::{RemovedModel, check_before_reuse};
 use super::store::{Ingest, Store, digest_hex};
 use super::{Error, link, ranged};
 use crate::modelpack::{Manifest, ModelConfig, layer};
@@ -34,6 +37,8 @@ pub struct PullOptions {
     /// With `link`: other versions this deployment keeps; everything no deployment keeps is
     /// garbage-collected. `None` collects nothing.
     pub keep: Option<Vec<String>>,
+    /// The cache's budget (`None`: the filesystem's free space only).
+    pub cache_limit: Option<CacheLimit>,
     /// Hosts to fetch the manifest, config and layers from before the registry itself, in order
     /// (see [`crate::registry::Mirror`]). What they send is verified like the registry's.
     pub mirrors: Vec<Endpoint>,
@@ -52,20 +57,6 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-/// What a pull did: the JSON result printed and written to the termination log.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PullReport {
-    pub digest: String,
-    pub bytes_fetched: u64,
-    pub bytes_reused: u64,
-    pub seconds: f64,
-    pub files: usize,
-    pub path: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub collected: Option<Collected>,
-}
-
 /// Live counters for progress output.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -80,13 +71,13 @@ pub async fn pull(
     store: &Store,
     options: &PullOptions,
     progress: Arc<Progress>,
-) -> Result<PullReport, Error> {
+) -> Result<PullOutcome, Error> {
     let started = Instant::now();
     let hex = digest_hex(digest)?.to_owned();
     // One pull of a digest at a time per cache; a second one waits, then finds it complete.
     let _lock = blocking({
         let store = store.clone();
-        move || store.lock(&hex)
+        move || store.lock(&Lock::Model(hex))
     })
     .await?;
 
@@ -107,6 +98,13 @@ pub async fn pull(
     for descriptor in &manifest.layers {
         layer(descriptor)?;
     }
+    // Before a single blob is requested: a model that cannot fit fails here, having fetched nothing.
+    let (evicted, removed) = blocking({
+        let (store, manifest, digest, source, options) =
+            (store.clone(), manifest.clone(), digest.to_owned(), source.clone(), options.clone());
+        move || preflight(&store, &source, &digest, &manifest, &options)
+    })
+    .await?;
     confirm_layers(registry, repo, &manifest, options.concurrency.max(1)).await?;
     let total = manifest.layers.iter().fold(0u64, |sum, l| sum.saturating_add(size_of(l.size)));
     progress.total.store(total, Ordering::Relaxed);
@@ -132,24 +130,67 @@ pub async fn pull(
         let (_, files) = blocking(move || materialise(&store, &digest, &manifest, &diff_ids, limit)).await?;
         files
     };
+    store.touch_model(digest_hex(digest)?)?;
     let mut collected = None;
     if let Some((namespace, name)) = &options.link {
         link::set_current(store, namespace, name, digest)?;
         if let Some(keep) = &options.keep {
             gc::keep_versions(store, namespace, name, digest, keep)?;
-            let (store, own) = (store.clone(), digest_hex(digest)?.to_owned());
-            collected = Some(blocking(move || gc::collect(&store, &own)).await?);
+            let (store, own) = (store.clone(), Lock::model(digest_hex(digest)?));
+            collected = Some(blocking(move || gc::collect(&store, Some(&own))).await?);
         }
     }
-    Ok(PullReport {
-        digest: digest.to_owned(),
+    Ok(PullOutcome {
         bytes_fetched: fetched,
         bytes_reused: total.saturating_sub(fetched),
         seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         files,
-        path: model_dir,
+        path: Some(model_dir),
         collected,
+        evicted,
+        removed,
+        ..PullOutcome::new(digest)
     })
+}
+
+/// What the pull will write (blobs it lacks, checked ones it reuses, archives to extract), and
+/// room for it: evicts, or fails with [`Error::InsufficientStorage`]. Returns what it evicted and
+/// the models it removed because a blob they were built from changed since its commit.
+fn preflight(
+    store: &Store,
+    source: &str,
+    digest: &str,
+    manifest: &Manifest,
+    options: &PullOptions,
+) -> Result<(Vec<Evicted>, Vec<RemovedModel>), Error> {
+    let (mut layers, mut pinned, mut removed) = (Vec::new(), vec![digest_hex(digest)?.to_owned()], Vec::new());
+    let mut archive_bytes = 0u64;
+    for l in &manifest.layers {
+        let hex = digest_hex(&l.digest)?.to_owned();
+        if pinned.contains(&hex) {
+            continue;
+        }
+        let mut present = store.has_blob(&l.digest)? && store.is_proven(&l.digest, source)?;
+        if present {
+            let (ok, healed) = check_before_reuse(store, &hex)?;
+            present = ok;
+            removed.extend(healed);
+        }
+        let extract = budget::extract_of(l);
+        if extract != budget::Extract::Linked {
+            archive_bytes = archive_bytes.saturating_add(size_of(l.size));
+        }
+        layers.push(LayerNeed { size: size_of(l.size), present, extract });
+        pinned.push(hex);
+    }
+    let built = store.model_dir(digest)?.join(COMPLETE).exists();
+    let limit = options.limits.extract_bytes.unwrap_or_else(|| default_extract_limit(archive_bytes));
+    let needs = budget::need(&layers, built, limit);
+    let room = make_room(store, options.cache_limit, needs, &Lock::model(digest_hex(digest)?), &pinned)?;
+    if room.space.shortfall(needs) > 0 {
+        return Err(Error::InsufficientStorage { needs, free: room.space.free(), evicted: room.evicted });
+    }
+    Ok((room.evicted, removed))
 }
 
 /// The first mirror's answer; `None` when there is none or every mirror failed (the registry itself
@@ -230,6 +271,7 @@ async fn fetch_layers(
     // Each download is a task of its own, so that hashing and writing spread over the runtime's
     // workers instead of all running where this function is polled. Dropping the set (on the
     // first error) aborts the others; their partial ingests stay resumable.
+    let chunk_size = split_blobs(&missing, options.chunk_size, concurrency);
     let mut pending = missing.into_iter();
     let mut running = tokio::task::JoinSet::new();
     let mut fetched = 0;
@@ -237,7 +279,7 @@ async fn fetch_layers(
         while running.len() < concurrency {
             let Some((digest, size)) = pending.next() else { break };
             let (registry, repo, store, progress) = (registry.clone(), repo.clone(), store.clone(), progress.clone());
-            let (permits, chunk, mirrors) = (permits.clone(), options.chunk_size, options.mirrors.clone());
+            let (permits, chunk, mirrors) = (permits.clone(), chunk_size, options.mirrors.clone());
             running.spawn(async move {
                 let origin = repo.to_string();
                 for mirror in &mirrors {
@@ -265,6 +307,14 @@ async fn fetch_layers(
             Some(done) => fetched += done.map_err(|e| Error::Internal(e.to_string()))??,
         }
     }
+}
+
+/// The range size big blobs are split into (0: none is). Splitting pays only when connections
+/// would otherwise sit idle: with as many big blobs as connections, each blob already has one, and
+/// ranges would only add the final re-read for hashing (measured in `e2e/bench/pull`).
+fn split_blobs(missing: &[(String, u64)], chunk: u64, concurrency: usize) -> u64 {
+    let big = missing.iter().filter(|(_, size)| chunk > 0 && *size > chunk).count();
+    if big >= concurrency { 0 } else { chunk }
 }
 
 /// Where blobs come from, and the connections a pull may open to it.
@@ -371,4 +421,19 @@ async fn receive(
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
     tokio::task::spawn_blocking(work).await.map_err(|e| Error::Internal(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_blobs;
+
+    #[test]
+    fn blobs_are_split_only_while_connections_would_sit_idle() {
+        let blobs = |sizes: &[u64]| sizes.iter().map(|s| ("d".to_owned(), *s)).collect::<Vec<_>>();
+        assert_eq!(split_blobs(&blobs(&[100]), 10, 4), 10, "one big blob: split");
+        assert_eq!(split_blobs(&blobs(&[100, 1, 2, 3, 4, 5]), 10, 4), 10, "one big, many small: split");
+        assert_eq!(split_blobs(&blobs(&[100, 100, 100]), 10, 4), 10);
+        assert_eq!(split_blobs(&blobs(&[100, 100, 100, 100]), 10, 4), 0, "a connection each already");
+        assert_eq!(split_blobs(&blobs(&[100]), 0, 4), 0, "off");
+    }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::layout::{self, BLOBS, Lock, MODELS, SOURCES, TMP};
 use super::{Error, durable};
 
 /// The cache directory layout (ARCHITECTURE.md "Node cache").
@@ -28,7 +29,7 @@ pub fn digest_hex(digest: &str) -> Result<&str, Error> {
 impl Store {
     /// Opens (creating when needed) the cache at `root`.
     pub fn open(root: &Path) -> Result<Store, Error> {
-        for dir in ["blobs/sha256", "sources/sha256", "models/sha256", "deployments", "tmp", "locks"] {
+        for dir in layout::DIRS {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
@@ -57,7 +58,7 @@ impl Store {
     }
 
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf, Error> {
-        Ok(self.root.join("blobs/sha256").join(digest_hex(digest)?))
+        Ok(self.root.join(BLOBS).join(digest_hex(digest)?))
     }
 
     pub fn has_blob(&self, digest: &str) -> Result<bool, Error> {
@@ -65,20 +66,11 @@ impl Store {
     }
 
     pub fn model_dir(&self, manifest_digest: &str) -> Result<PathBuf, Error> {
-        Ok(self.root.join("models/sha256").join(digest_hex(manifest_digest)?))
+        Ok(self.root.join(MODELS).join(digest_hex(manifest_digest)?))
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
-    }
-
-    /// Takes the cache-wide lock for `name` (blocking until a concurrent holder releases it).
-    pub fn lock(&self, name: &str) -> Result<File, Error> {
-        let path = self.root.join("locks").join(format!("{name}.lock"));
-        let file =
-            OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        file.lock().map_err(|e| Error::io(&path, e))?;
-        Ok(file)
+        self.root.join(TMP)
     }
 
     /// Whether `source` (`registry/repository`) has served this blob's bytes to this cache: the
@@ -95,7 +87,7 @@ impl Store {
     }
 
     fn sources_path(&self, digest: &str) -> Result<PathBuf, Error> {
-        Ok(self.root.join("sources/sha256").join(digest_hex(digest)?))
+        Ok(self.root.join(SOURCES).join(digest_hex(digest)?))
     }
 
     /// Records that `source` served the blob (under the blob's commit lock).
@@ -109,10 +101,10 @@ impl Store {
         file.write_all(format!("{source}\n").as_bytes()).map_err(|e| Error::io(&path, e))
     }
 
-    /// Removes a blob and its provenance (garbage collection).
+    /// Removes a blob, its provenance and its commit stamp (garbage collection).
     pub fn remove_blob(&self, digest_hex: &str) -> Result<(), Error> {
-        for path in [self.root.join("blobs/sha256").join(digest_hex), self.root.join("sources/sha256").join(digest_hex)]
-        {
+        for dir in [BLOBS, SOURCES, layout::STAMPS] {
+            let path = self.root.join(dir).join(digest_hex);
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
                 _ => {}
@@ -128,9 +120,9 @@ impl Store {
     /// only pulls from itself. Blocks while another pull from the same source writes the blob.
     pub fn ingest(&self, digest: &str, size: u64, source: &str) -> Result<Option<Ingest>, Error> {
         let hex = digest_hex(digest)?;
-        let key = &hex::encode(Sha256::digest(source.as_bytes()))[..16];
-        let lock = self.lock(&format!("blob-{hex}-{key}"))?;
-        let path = self.tmp_dir().join(format!("ingest-{hex}-{key}"));
+        let key = layout::source_key(source);
+        let lock = self.lock(&Lock::Ingest { blob: hex.to_owned(), source: key.clone() })?;
+        let path = self.tmp_path(layout::Tmp::Ingest { blob: hex, source_key: &key });
         if self.has_blob(digest)? && self.is_proven(digest, source)? {
             // Whatever an interrupted writer left behind is of no use any more.
             let _ = fs::remove_file(&path);
@@ -245,12 +237,13 @@ impl Ingest {
         }
         fs::set_permissions(&self.path, fs::Permissions::from_mode(0o444)).map_err(|e| Error::io(&self.path, e))?;
         // Writers from other sources may finish the same blob: publish once, record every source.
-        let _commit = self.store.lock(&format!("blob-{}", digest_hex(&self.digest)?))?;
+        let _commit = self.store.lock(&Lock::Commit(digest_hex(&self.digest)?.to_owned()))?;
         if self.target.is_file() {
             // Already there (the same bytes, verified): keep the published inode that models link.
             fs::remove_file(&self.path).map_err(|e| Error::io(&self.path, e))?;
         } else {
             fs::rename(&self.path, &self.target).map_err(|e| Error::io(&self.target, e))?;
+            self.store.record_stamp(digest_hex(&self.digest)?)?;
         }
         self.store.add_source(&self.digest, &self.source)?;
         remove_if_present(&self.ranges_path())?;

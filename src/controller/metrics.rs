@@ -28,6 +28,12 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    node: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerificationLabels {
     provider: String,
     result: String,
@@ -50,6 +56,9 @@ pub struct Metrics {
     pulled_bytes: Counter,
     drifted: Gauge,
     drifted_by_deployment: Mutex<HashMap<String, bool>>,
+    cache_bytes: Family<CacheLabels, Gauge>,
+    evictions: Counter,
+    scrub_corrupt_blobs: Counter,
 }
 
 impl Default for Metrics {
@@ -89,8 +98,21 @@ impl Default for Metrics {
             "ModelDeployments whose deployed version is not the desired one",
             drifted.clone(),
         );
+        let cache_bytes = Family::<CacheLabels, Gauge>::default();
+        registry.register("cache_bytes", "Node cache bytes by node and kind (used, capacity)", cache_bytes.clone());
+        let evictions = Counter::default();
+        registry.register("evictions", "Models and blobs evicted from node caches to make room", evictions.clone());
+        let scrub_corrupt_blobs = Counter::default();
+        registry.register(
+            "scrub_corrupt_blobs",
+            "Blobs (and model files) node cache scrubs found changed and removed",
+            scrub_corrupt_blobs.clone(),
+        );
         Metrics {
             registry,
+            cache_bytes,
+            evictions,
+            scrub_corrupt_blobs,
             reconciles,
             durations,
             resolutions,
@@ -146,10 +168,74 @@ impl Metrics {
         self.drifted.set(map.values().filter(|d| **d).count() as i64);
     }
 
+    /// A Job's result on `node` was recorded as `status`.
+    pub(crate) fn cache_observed(
+        &self,
+        node: &str,
+        status: &crate::api::ModelCacheStatus,
+        result: &super::caches::JobResult,
+    ) {
+        for (kind, bytes) in [("used", status.used), ("capacity", status.capacity)] {
+            self.cache_bytes.get_or_create(&CacheLabels { node: node.to_owned(), kind }).set(bytes);
+        }
+        self.evictions.inc_by(result.evicted().len() as u64);
+        if let super::caches::JobResult::Scrub(o) = result {
+            let files = o.scrub.removed.iter().filter(|r| !o.scrub.corrupt_blobs.contains(&r.cause)).count();
+            self.scrub_corrupt_blobs.inc_by((o.scrub.corrupt_blobs.len() + files) as u64);
+        }
+    }
+
+    /// `node` is gone: its cache series go too.
+    pub(crate) fn cache_gone(&self, node: &str) {
+        for kind in ["used", "capacity"] {
+            self.cache_bytes.remove(&CacheLabels { node: node.to_owned(), kind });
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ModelCacheStatus;
+    use crate::cache::{Evicted, PullOutcome, RemovedModel, ScrubOutcome, ScrubReport};
+    use crate::controller::caches::JobResult;
+
+    #[test]
+    fn cache_bytes_evictions_and_corrupt_blobs_are_exported() {
+        let metrics = Metrics::default();
+        let status = ModelCacheStatus { used: 600, capacity: 1000, ..Default::default() };
+        let evicted = |d: &str| Evicted { digest: d.into(), bytes: 1, deployments: vec![] };
+        let pull = JobResult::Pull(PullOutcome { evicted: vec![evicted("a"), evicted("b")], ..PullOutcome::new("x") });
+        metrics.cache_observed("n1", &status, &pull);
+        let removed =
+            |cause: &str| RemovedModel { digest: "m".into(), cause: cause.into(), current: vec![], kept: vec![] };
+        let scrub = JobResult::Scrub(ScrubOutcome {
+            scrub: ScrubReport {
+                corrupt_blobs: vec!["sha256:b".into()],
+                // One model removed for the blob, one for a changed extracted file.
+                removed: vec![removed("sha256:b"), removed("sha256:m file x")],
+                ..Default::default()
+            },
+            cache: None,
+        });
+        metrics.cache_observed("n1", &status, &scrub);
+        let text = metrics.encode();
+        for line in [
+            r#"modelpack_cache_bytes{node="n1",kind="used"} 600"#,
+            r#"modelpack_cache_bytes{node="n1",kind="capacity"} 1000"#,
+            "modelpack_evictions_total 2",
+            "modelpack_scrub_corrupt_blobs_total 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+        metrics.cache_gone("n1");
+        assert!(!metrics.encode().contains(r#"node="n1""#));
     }
 }

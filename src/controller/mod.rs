@@ -3,6 +3,7 @@
 
 mod acceptance;
 mod access;
+mod caches;
 mod compliance;
 mod deployment;
 mod metrics;
@@ -26,7 +27,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{Model, ModelDeployment, ModelPolicy};
+use crate::api::{Model, ModelCache, ModelDeployment, ModelPolicy};
 
 pub use access::Caches;
 pub use deployment::{AllowedToleration, FINALIZER, JobSettings, NodeBound, parse_label};
@@ -61,6 +62,8 @@ pub struct Context {
     pub nodes: reflector::Store<Node>,
     /// The Jobs this operator created (any deployment's), in the Jobs namespace.
     pub jobs: reflector::Store<Job>,
+    /// Every node's ModelCache.
+    pub model_caches: reflector::Store<ModelCache>,
     pub settings: JobSettings,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
@@ -143,12 +146,14 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
     let (jobs, jobs_writer) = reflector::store();
     let (policy_store, policy_writer) = reflector::store();
     let (namespaces, namespaces_writer) = reflector::store();
+    let (model_caches, caches_writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
         caches: Caches::default(),
         recorder: Recorder::new(client.clone(), reporter),
         nodes,
         jobs,
+        model_caches,
         settings: config.jobs.clone(),
         metrics,
         readiness: readiness.clone(),
@@ -159,11 +164,18 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
     });
     let ns = config.namespace.as_deref();
     let writers = (policy_writer, namespaces_writer);
-    tokio::join!(
-        run_models(&client, ns, ctx.clone(), readiness.clone(), writers),
-        policy::run(&client, ctx.clone()),
-        run_deployments(&client, ns, ctx.clone(), nodes_writer, jobs_writer, readiness)
-    );
+    let controllers = async {
+        tokio::join!(
+            run_models(&client, ns, ctx.clone(), readiness.clone(), writers),
+            policy::run(&client, ctx.clone()),
+            run_deployments(&client, ns, ctx.clone(), (nodes_writer, jobs_writer, caches_writer), readiness)
+        )
+    };
+    // The node caches' loop has no end of its own: it stops with the controllers.
+    tokio::select! {
+        _ = controllers => {}
+        _ = caches::run(ctx.clone()) => {}
+    }
 }
 
 async fn run_models(
@@ -209,14 +221,17 @@ async fn run_models(
         .await;
 }
 
+/// The stores the deployment controller's watches fill: nodes, Jobs, ModelCaches.
+type Writers =
+    (reflector::store::Writer<Node>, reflector::store::Writer<Job>, reflector::store::Writer<crate::api::ModelCache>);
+
 const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=modelpack-operator";
 
 async fn run_deployments(
     client: &Client,
     ns: Option<&str>,
     ctx: Arc<Context>,
-    nodes_writer: reflector::store::Writer<Node>,
-    jobs_writer: reflector::store::Writer<Job>,
+    (nodes_writer, jobs_writer, caches_writer): Writers,
     readiness: Arc<Readiness>,
 ) {
     let (deployments_reader, deployments_writer) = reflector::store();
@@ -235,14 +250,20 @@ async fn run_deployments(
     let secret_changes =
         watcher(api::<Secret>(client, ns), watcher::Config::default()).default_backoff().touched_objects();
 
-    let (for_nodes, for_models, for_secrets) =
-        (deployments_reader.clone(), deployments_reader.clone(), deployments_reader.clone());
+    let cache_changes = watcher(Api::<ModelCache>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(caches_writer)
+        .touched_objects();
+    let readers = || deployments_reader.clone();
+    let (for_nodes, for_models, for_secrets, for_caches) = (readers(), readers(), readers(), readers());
     Controller::for_stream(deployments, deployments_reader)
         .watches_stream(node_changes, move |_: Node| deployments_where(&for_nodes, |_| true))
         .watches_stream(job_changes, |job: Job| {
             let owner = job.annotations().get(deployment::DEPLOYMENT_ANNOTATION).and_then(|a| a.split_once('/'));
             owner.map(|(ns, name)| ObjectRef::new(name).within(ns))
         })
+        // A node's cache lost a version (a scrub) or made room: the deployments with an entry there.
+        .watches_stream(cache_changes, move |cache: ModelCache| deployments_on(&for_caches, &cache.name_any()))
         .watches_stream(model_changes, move |model: Model| {
             deployments_where(&for_models, |d| {
                 d.namespace() == model.namespace() && d.spec.model_ref.name == model.name_any()
@@ -366,6 +387,12 @@ fn spec_or_lifecycle(d: &ModelDeployment) -> Option<u64> {
     d.metadata.deletion_timestamp.is_some().hash(&mut h);
     d.finalizers().hash(&mut h);
     Some(h.finish())
+}
+
+fn deployments_on(store: &reflector::Store<ModelDeployment>, node: &str) -> Vec<ObjectRef<ModelDeployment>> {
+    deployments_where(store, |d| {
+        d.status.as_ref().and_then(|s| s.nodes.as_ref()).is_some_and(|n| n.entries.iter().any(|e| e.node == node))
+    })
 }
 
 fn deployments_where(

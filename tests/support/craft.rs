@@ -70,6 +70,19 @@ impl Artifact {
     }
 }
 
+/// A ModelPack (cncf family) of one raw weight layer holding `data` at `path`.
+pub fn raw_model(name: &str, path: &str, data: Vec<u8>) -> Artifact {
+    let config = json!({"descriptor": {"name": name}, "modelfs": {"type": "layers", "diffIds": []}});
+    Artifact {
+        artifact_type: Some("application/vnd.cncf.model.manifest.v1+json".into()),
+        config: Blob::new("application/vnd.cncf.model.config.v1+json", serde_json::to_vec(&config).unwrap()),
+        layers: vec![
+            Blob::new("application/vnd.cncf.model.weight.v1.raw", data).annotate("org.cncf.model.filepath", path),
+        ],
+        annotations: BTreeMap::new(),
+    }
+}
+
 /// An ordinary container image (not a ModelPack).
 pub fn container_image() -> Artifact {
     Artifact {

@@ -35,6 +35,8 @@ pub struct Proxy {
     pub ranges: Arc<Mutex<Vec<String>>>,
     /// Requests (any path) that carried an `Authorization` header.
     pub authorized: Arc<AtomicUsize>,
+    /// Every request line received (`GET /v2/…/blobs/sha256:… HTTP/1.1`), in order.
+    pub requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proxy {
@@ -45,12 +47,24 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// The blob GETs received so far (any blob).
+    pub fn blob_requests(&self) -> Vec<String> {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().filter(|r| r.starts_with("GET ") && r.contains("/blobs/")).cloned().collect()
+    }
+
     pub fn start(upstream: &str, blob_hex: &str, how: Misbehaviour) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
         let blob_gets = Arc::new(AtomicUsize::new(0));
         let (ranges, authorized) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
-        let log = Log { gets: blob_gets.clone(), ranges: ranges.clone(), authorized: authorized.clone() };
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = Log {
+            gets: blob_gets.clone(),
+            ranges: ranges.clone(),
+            authorized: authorized.clone(),
+            requests: requests.clone(),
+        };
         let (upstream, blob_hex) = (upstream.to_owned(), blob_hex.to_owned());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
@@ -60,7 +74,7 @@ impl Proxy {
                 });
             }
         });
-        Proxy { host, blob_gets, ranges, authorized }
+        Proxy { host, blob_gets, ranges, authorized, requests }
     }
 }
 
@@ -70,6 +84,7 @@ struct Log {
     gets: Arc<AtomicUsize>,
     ranges: Arc<Mutex<Vec<String>>>,
     authorized: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
 }
 
 fn serve(mut client: TcpStream, upstream: &str, blob_hex: &str, how: Misbehaviour, log: &Log) -> std::io::Result<()> {
@@ -83,6 +98,7 @@ fn serve(mut client: TcpStream, upstream: &str, blob_hex: &str, how: Misbehaviou
     }
     let text = String::from_utf8_lossy(&head).into_owned();
     let request_line = text.lines().next().unwrap_or_default().to_owned();
+    log.requests.lock().unwrap().push(request_line.clone());
     let mut forwarded: String = text
         .lines()
         .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
-use super::plan::{Desired, JobState, ObservedJob};
+use super::plan::{Desired, JobState, NodeCache, ObservedJob};
 use super::{desired, jobs, nodes};
 use crate::api::conditions::Reason;
 use crate::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase};
@@ -26,6 +26,8 @@ pub struct Index {
     pub nodes: Vec<String>,
     /// Every Job of this deployment, by node.
     pub jobs: BTreeMap<String, Vec<ObservedJob>>,
+    /// The selected nodes' ModelCaches.
+    pub caches: BTreeMap<String, NodeCache>,
 }
 
 pub async fn gather(
@@ -53,7 +55,30 @@ pub async fn gather(
     let fingerprint = access.as_ref().map(|a| format!("{:016x}", a.fingerprint())).unwrap_or_default();
     let nodes = nodes::selected(deployment, &ctx.settings.bound, ctx.nodes.state().iter().map(|n| n.as_ref()));
     let jobs = observe_jobs(ctx, &namespace, &deployment.name_any(), previous).await?;
-    Ok(Index { model, desired, access, fingerprint, nodes, jobs })
+    let caches = node_caches(ctx, &format!("{namespace}/{}", deployment.name_any()), &nodes);
+    Ok(Index { model, desired, access, fingerprint, nodes, jobs, caches })
+}
+
+/// What the selected nodes' ModelCaches say about `deployment` (`namespace/name`). One that left
+/// models out (a result too long for a termination message) says nothing.
+fn node_caches(ctx: &Context, deployment: &str, nodes: &[String]) -> BTreeMap<String, NodeCache> {
+    let mut out = BTreeMap::new();
+    for cache in ctx.model_caches.state() {
+        let Some(status) = cache.status.as_ref().filter(|s| s.models.len() == s.model_count as usize) else { continue };
+        if !nodes.contains(&cache.name_any()) {
+            continue;
+        }
+        let current = status.models.iter().filter(|m| m.current.iter().any(|d| d == deployment));
+        out.insert(
+            cache.name_any(),
+            NodeCache {
+                observed_at: status.observed_at.clone(),
+                current: current.map(|m| m.digest.clone()).collect(),
+                free: u64::try_from(status.free).unwrap_or(0),
+            },
+        );
+    }
+    out
 }
 
 /// This deployment's pull Jobs by node, with the results of finished ones whose outcome status does
@@ -69,7 +94,8 @@ async fn observe_jobs(
         .nodes
         .iter()
         .flat_map(|n| &n.entries)
-        .filter(|e| matches!(e.phase, NodePhase::Ready | NodePhase::Failed) && e.completed_at.is_some())
+        // Failed results are read again: the room an InsufficientStorage pull needed is not in status.
+        .filter(|e| e.phase == NodePhase::Ready && e.completed_at.is_some())
         .map(|e| ((e.node.as_str(), e.digest.as_str()), e))
         .collect();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
@@ -88,6 +114,7 @@ async fn observe_jobs(
             continue;
         };
         let mut state = jobs::job_state(&job);
+        let mut needs = None;
         let finished = matches!(state, JobState::Succeeded { .. } | JobState::Failed { .. });
         if finished {
             state = match recorded.get(&(node.as_str(), digest.as_str())) {
@@ -96,7 +123,9 @@ async fn observe_jobs(
                 None => {
                     let selector = format!("batch.kubernetes.io/job-name={}", job.name_any());
                     let list = pods.list(&ListParams::default().labels(&selector)).await?;
-                    jobs::with_result(state, &list.items)
+                    let outcome = jobs::outcome(&list.items);
+                    needs = outcome.as_ref().and_then(|o| o.needs);
+                    jobs::with_result(state, outcome, &list.items)
                 }
             };
         }
@@ -106,6 +135,7 @@ async fn observe_jobs(
             state,
             access: annotations.get(jobs::ACCESS_ANNOTATION).cloned(),
             deleting: job.metadata.deletion_timestamp.is_some(),
+            needs,
         });
     }
     Ok(by_node)

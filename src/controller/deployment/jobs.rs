@@ -15,6 +15,7 @@ use serde_json::json;
 use super::nodes::short_hash;
 use super::plan::JobState;
 use crate::api::ModelDeployment;
+use crate::cache::PullOutcome;
 use crate::registry::{Credential, Options, Repository};
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "modelpack-operator");
@@ -40,6 +41,8 @@ const CLEANUP_DEADLINE: i64 = 300;
 pub enum Role {
     Pull,
     Cleanup,
+    /// A node cache's integrity scrub (no deployment's).
+    Scrub,
 }
 
 impl Role {
@@ -47,7 +50,12 @@ impl Role {
         match self {
             Role::Pull => "pull",
             Role::Cleanup => "cleanup",
+            Role::Scrub => "scrub",
         }
+    }
+
+    pub fn parse(label: &str) -> Option<Role> {
+        [Role::Pull, Role::Cleanup, Role::Scrub].into_iter().find(|r| r.as_str() == label)
     }
 }
 
@@ -61,6 +69,12 @@ pub struct JobSettings {
     pub bound: super::bound::NodeBound,
     /// `pull --max-entries`: entries one model may create on a node.
     pub max_entries: u64,
+    /// `pull --cache-limit`: each node cache's budget.
+    pub cache_limit: crate::cache::CacheLimit,
+    /// How often nodes holding models are scrubbed (zero: never).
+    pub scrub_interval: Duration,
+    /// `scrub --rate`: bytes a second a scrub reads.
+    pub scrub_rate: u64,
     /// `--mirror` of every pull Job.
     pub mirrors: Vec<crate::registry::Mirror>,
 }
@@ -130,6 +144,34 @@ pub struct PullJob<'a> {
 
 /// The pull Job and, when the registry needs credentials or a CA, the Secret it mounts (named like
 /// the Job; the caller makes the Job its owner once both exist).
+/// What a pull Job runs, but for the flags of its Secret's files.
+fn pull_args(settings: &JobSettings, pull: &PullJob, link: &str) -> Vec<String> {
+    let mut args = vec![
+        "pull".to_owned(),
+        format!("{}@{}", pull.repository, pull.digest),
+        "--cache-dir".to_owned(),
+        settings.cache_dir.clone(),
+        "--link".to_owned(),
+        link.to_owned(),
+        "--termination-log".to_owned(),
+        "/dev/termination-log".to_owned(),
+    ];
+    for keep in pull.keep {
+        args.extend(["--keep".to_owned(), keep.clone()]);
+    }
+    if pull.options.insecure {
+        args.push("--insecure".to_owned());
+    }
+    if settings.max_entries != crate::cache::DEFAULT_MAX_ENTRIES {
+        args.extend(["--max-entries".to_owned(), settings.max_entries.to_string()]);
+    }
+    args.extend(["--cache-limit".to_owned(), settings.cache_limit.to_string()]);
+    for mirror in crate::registry::Mirror::of(&settings.mirrors, &pull.repository.registry) {
+        args.extend(["--mirror".to_owned(), mirror.to_string()]);
+    }
+    args
+}
+
 /// The registry credential and CA a pull Job reads from its Secret, and the flags that point
 /// `pull` at them.
 fn registry_files(pull: &PullJob, args: &mut Vec<String>) -> BTreeMap<String, ByteString> {
@@ -158,28 +200,7 @@ pub fn pull_job(
     let ns = deployment.metadata.namespace.as_deref().unwrap_or_default();
     let dep = deployment.metadata.name.as_deref().unwrap_or_default();
     let name = job_name(Role::Pull, ns, dep, pull.node, pull.digest);
-    let mut args = vec![
-        "pull".to_owned(),
-        format!("{}@{}", pull.repository, pull.digest),
-        "--cache-dir".to_owned(),
-        settings.cache_dir.clone(),
-        "--link".to_owned(),
-        format!("deployments/{ns}/{dep}"),
-        "--termination-log".to_owned(),
-        "/dev/termination-log".to_owned(),
-    ];
-    for keep in pull.keep {
-        args.extend(["--keep".to_owned(), keep.clone()]);
-    }
-    if pull.options.insecure {
-        args.push("--insecure".to_owned());
-    }
-    if settings.max_entries != crate::cache::DEFAULT_MAX_ENTRIES {
-        args.extend(["--max-entries".to_owned(), settings.max_entries.to_string()]);
-    }
-    for mirror in crate::registry::Mirror::of(&settings.mirrors, &pull.repository.registry) {
-        args.extend(["--mirror".to_owned(), mirror.to_string()]);
-    }
+    let mut args = pull_args(settings, pull, &format!("deployments/{ns}/{dep}"));
     let secret_data = registry_files(pull, &mut args);
     let mut mounts = vec![json!({"name": "cache", "mountPath": settings.cache_dir})];
     let mut volumes = vec![cache_volume(settings)];
@@ -203,11 +224,12 @@ pub fn pull_job(
             "backoffLimit": spec.backoff_limit.unwrap_or(3),
             "activeDeadlineSeconds": deadline.as_secs().max(1),
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
-            // Exit 2 is a usage error: retrying cannot help.
+            // Exit 2 is a usage error, 3 a model the node cannot fit even after eviction: retrying
+            // the pod cannot help (the plan retries when the node has room, or after its backoff).
             "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [2]}}
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [2, 3]}}
             ]},
-            "template": pod_template(deployment, settings, Role::Pull, pull.node, args, mounts, volumes, spec.resources.as_ref()),
+            "template": pod_template(&PodParts::of(deployment, settings, Role::Pull, pull.node), args, mounts, volumes, spec.resources.as_ref()),
         }
     });
     Ok((serde_json::from_value(job)?, secret))
@@ -224,6 +246,10 @@ pub fn cleanup_job(deployment: &ModelDeployment, settings: &JobSettings, node: &
         settings.cache_dir.clone(),
         "--unlink".to_owned(),
         format!("deployments/{ns}/{dep}"),
+        "--cache-limit".to_owned(),
+        settings.cache_limit.to_string(),
+        "--termination-log".to_owned(),
+        "/dev/termination-log".to_owned(),
     ];
     let mounts = vec![json!({"name": "cache", "mountPath": settings.cache_dir})];
     let job = json!({
@@ -232,7 +258,7 @@ pub fn cleanup_job(deployment: &ModelDeployment, settings: &JobSettings, node: &
             "backoffLimit": 2,
             "activeDeadlineSeconds": CLEANUP_DEADLINE,
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
-            "template": pod_template(deployment, settings, Role::Cleanup, node, args, mounts, vec![cache_volume(settings)], None),
+            "template": pod_template(&PodParts::of(deployment, settings, Role::Cleanup, node), args, mounts, vec![cache_volume(settings)], None),
         }
     });
     serde_json::from_value(job)
@@ -242,21 +268,41 @@ fn cache_volume(settings: &JobSettings) -> serde_json::Value {
     json!({"name": "cache", "hostPath": {"path": settings.cache_dir, "type": "DirectoryOrCreate"}})
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where and as what a Job's pod runs.
+struct PodParts<'a> {
+    labels: BTreeMap<String, String>,
+    node: &'a str,
+    tolerations: serde_json::Value,
+    image: &'a str,
+    /// The operator's node bound, for pull Jobs (cleanup and scrub Jobs go where pulls went).
+    node_selector: Option<&'a BTreeMap<String, String>>,
+}
+
+impl<'a> PodParts<'a> {
+    fn of(deployment: &ModelDeployment, settings: &'a JobSettings, role: Role, node: &'a str) -> PodParts<'a> {
+        let ns = deployment.metadata.namespace.as_deref().unwrap_or_default();
+        let dep = deployment.metadata.name.as_deref().unwrap_or_default();
+        PodParts {
+            labels: labels(role, ns, dep),
+            node,
+            tolerations: json!(deployment.spec.tolerations),
+            image: &settings.image,
+            node_selector: (role == Role::Pull && !settings.bound.selector.is_empty())
+                .then_some(&settings.bound.selector),
+        }
+    }
+}
+
 fn pod_template(
-    deployment: &ModelDeployment,
-    settings: &JobSettings,
-    role: Role,
-    node: &str,
+    pod: &PodParts,
     args: Vec<String>,
     mounts: Vec<serde_json::Value>,
     volumes: Vec<serde_json::Value>,
     resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
 ) -> serde_json::Value {
-    let ns = deployment.metadata.namespace.as_deref().unwrap_or_default();
-    let dep = deployment.metadata.name.as_deref().unwrap_or_default();
+    let node = pod.node;
     json!({
-        "metadata": {"labels": labels(role, ns, dep)},
+        "metadata": {"labels": pod.labels},
         "spec": {
             "restartPolicy": "Never",
             // The node's name, not its hostname label: they differ on several clouds. This is how
@@ -264,16 +310,16 @@ fn pod_template(
             "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                 {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
             ]}}},
-            "tolerations": deployment.spec.tolerations,
+            "tolerations": pod.tolerations,
             // The operator's bound again, so that a pull Job cannot land outside it even if the node
             // changed since it was selected. Cleanup Jobs go where pulls went, bound or not.
-            "nodeSelector": (role == Role::Pull && !settings.bound.selector.is_empty()).then_some(&settings.bound.selector),
+            "nodeSelector": pod.node_selector,
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
             "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": CONTAINER,
-                "image": settings.image,
+                "image": pod.image,
                 "args": args,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "securityContext": {
@@ -287,6 +333,55 @@ fn pod_template(
             "volumes": volumes,
         }
     })
+}
+
+/// The scrub Job of `node`: one per node at a time (its name is the node's), the same pod security
+/// as pull Jobs, tolerating every taint (it goes where pulls went; it is the cache's maintenance).
+pub fn scrub_job(settings: &JobSettings, node: &str) -> Result<Job, serde_json::Error> {
+    let name = format!("scrub-{}", short_hash(&[node], 24));
+    let args = vec![
+        "scrub".to_owned(),
+        "--cache-dir".to_owned(),
+        settings.cache_dir.clone(),
+        "--rate".to_owned(),
+        settings.scrub_rate.to_string(),
+        "--cache-limit".to_owned(),
+        settings.cache_limit.to_string(),
+        "--termination-log".to_owned(),
+        "/dev/termination-log".to_owned(),
+    ];
+    let labels = BTreeMap::from([
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+        (ROLE_LABEL.to_owned(), Role::Scrub.as_str().to_owned()),
+    ]);
+    let pod = PodParts {
+        labels: labels.clone(),
+        node,
+        tolerations: json!([{"operator": "Exists"}]),
+        image: &settings.image,
+        node_selector: None,
+    };
+    let mounts = vec![json!({"name": "cache", "mountPath": settings.cache_dir})];
+    let job = json!({
+        "metadata": {
+            "name": name,
+            "namespace": settings.namespace,
+            "labels": labels,
+            "annotations": {NODE_ANNOTATION: node},
+        },
+        "spec": {
+            // Exit 1 is a finding (something was removed), not a failure to retry.
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
+            "template": pod_template(&pod, args, mounts, vec![cache_volume(settings)], None),
+        }
+    });
+    serde_json::from_value(job)
+}
+
+/// The termination message of a Job's last finished pod: its JSON result.
+pub fn termination_message(pods: &[Pod]) -> Option<String> {
+    pods.iter().filter_map(terminated).max_by_key(|(at, _)| at.clone()).map(|(_, message)| message)
 }
 
 /// A Job's progress, without its result (which is in its pod's termination message).
@@ -316,20 +411,24 @@ pub fn job_state(job: &Job) -> JobState {
     JobState::Pending
 }
 
-/// Fills in a finished Job's result from the termination message of its last pod: bytes fetched on
-/// success, the pull's own error on failure (clearer than the Job's BackoffLimitExceeded).
-pub fn with_result(state: JobState, pods: &[Pod]) -> JobState {
-    let last = pods.iter().filter_map(terminated).max_by_key(|(at, _)| at.clone()).map(|(_, message)| message);
-    let Some(message) = last else { return state };
-    let parsed: Option<serde_json::Value> = serde_json::from_str(&message).ok();
+/// A pull Job's result: the termination message of its last pod, when it is one.
+pub fn outcome(pods: &[Pod]) -> Option<PullOutcome> {
+    serde_json::from_str(&termination_message(pods)?).ok()
+}
+
+/// Fills in a finished Job's result from the termination message of its last pod (`outcome`, when
+/// it parsed): bytes fetched on success, the pull's own error on failure (clearer than the Job's
+/// BackoffLimitExceeded), or the message's last line when it is no result (logs).
+pub fn with_result(state: JobState, outcome: Option<PullOutcome>, pods: &[Pod]) -> JobState {
+    let Some(message) = termination_message(pods) else { return state };
     match state {
         JobState::Succeeded { started, completed, .. } => {
-            let bytes = parsed.as_ref().and_then(|v| v["bytesFetched"].as_i64());
+            let bytes = outcome.as_ref().and_then(|o| i64::try_from(o.bytes_fetched).ok());
             JobState::Succeeded { started, completed, bytes }
         }
         JobState::Failed { started, completed, message: job_message } => {
-            let error = match parsed.as_ref().and_then(|v| v["error"].as_str()) {
-                Some(e) => e.to_owned(),
+            let error = match outcome.and_then(|o| o.error) {
+                Some(e) => e,
                 None if !message.trim().is_empty() => last_line(&message),
                 None => job_message,
             };
@@ -380,6 +479,9 @@ mod tests {
             image: "i".into(),
             bound: Default::default(),
             max_entries: crate::cache::DEFAULT_MAX_ENTRIES,
+            cache_limit: crate::cache::CacheLimit::Bytes(5 << 30),
+            scrub_interval: Duration::from_secs(3600),
+            scrub_rate: 1 << 26,
             mirrors: Vec::new(),
         };
         assert_eq!(selector_of(&pull_job(&deployment, &settings, &pull).unwrap().0), None, "no bound, no selector");
@@ -391,6 +493,7 @@ mod tests {
         };
         let default_args = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
         assert!(!default_args.contains(&"--max-entries".to_owned()), "{default_args:?}");
+        assert!(default_args.windows(2).any(|w| w == ["--cache-limit", "5368709120"]), "{default_args:?}");
         settings.max_entries = 250_000;
         let raised = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
         assert!(raised.windows(2).any(|w| w == ["--max-entries", "250000"]), "{raised:?}");
@@ -404,6 +507,61 @@ mod tests {
         let (job, _) = pull_job(&deployment, &settings, &pull).unwrap();
         assert_eq!(selector_of(&job), Some(settings.bound.selector.clone()));
         assert_eq!(selector_of(&cleanup_job(&deployment, &settings, "n1").unwrap()), None);
+    }
+
+    #[test]
+    fn scrub_jobs_run_like_pull_jobs_on_their_node_once() {
+        let settings = JobSettings {
+            namespace: "sys".into(),
+            cache_dir: "/c".into(),
+            image: "i".into(),
+            bound: crate::controller::NodeBound {
+                selector: [("pool".to_owned(), "m".to_owned())].into(),
+                tolerations: None,
+            },
+            max_entries: crate::cache::DEFAULT_MAX_ENTRIES,
+            cache_limit: crate::cache::CacheLimit::Percent(8000),
+            scrub_interval: Duration::from_secs(3600),
+            scrub_rate: 1 << 20,
+            mirrors: Vec::new(),
+        };
+        let job = serde_json::to_value(scrub_job(&settings, "n1").unwrap()).unwrap();
+        let deployment: ModelDeployment = serde_json::from_value(
+            json!({"metadata": {"name": "d", "namespace": "ns"}, "spec": {"modelRef": {"name": "m"}}}),
+        )
+        .unwrap();
+        let cleanup = serde_json::to_value(cleanup_job(&deployment, &settings, "n1").unwrap()).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["securityContext"],
+            cleanup["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        );
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+        assert_eq!(pod["nodeSelector"], serde_json::Value::Null, "it goes where pulls went");
+        let pinned = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+        assert_eq!(pinned["nodeSelectorTerms"][0]["matchFields"][0]["values"], json!(["n1"]));
+        let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
+        assert_eq!(args[0], "scrub");
+        assert!(
+            args.windows(2).any(|w| w == ["--rate", "1048576"])
+                && args.windows(2).any(|w| w == ["--cache-limit", "80%"])
+        );
+        assert_eq!(job["spec"]["backoffLimit"], 0, "a finding is not retried");
+        assert_eq!(job["metadata"]["labels"][ROLE_LABEL], "scrub");
+        assert_eq!(job["metadata"]["annotations"][NODE_ANNOTATION], "n1");
+        assert_eq!(
+            job["metadata"]["name"],
+            serde_json::to_value(scrub_job(&settings, "n1").unwrap()).unwrap()["metadata"]["name"]
+        );
+        assert_ne!(
+            job["metadata"]["name"],
+            serde_json::to_value(scrub_job(&settings, "n2").unwrap()).unwrap()["metadata"]["name"]
+        );
+        assert_eq!(Role::parse("scrub"), Some(Role::Scrub));
+        assert_eq!(Role::parse("other"), None);
     }
 
     #[test]
@@ -428,12 +586,13 @@ mod tests {
             }]}}))
             .unwrap()
         };
-        let ok = with_result(
+        let result = |state: JobState, pods: &[Pod]| with_result(state, outcome(pods), pods);
+        let ok = result(
             JobState::Succeeded { started: None, completed: None, bytes: None },
             &[pod(r#"{"digest":"sha256:x","bytesFetched":1234}"#, 5)],
         );
         assert_eq!(ok, JobState::Succeeded { started: None, completed: None, bytes: Some(1234) });
-        let failed = with_result(
+        let failed = result(
             JobState::Failed { started: None, completed: None, message: "BackoffLimitExceeded: x".into() },
             &[
                 pod(r#"{"digest":"sha256:x","error":"first"}"#, 1),
@@ -441,7 +600,12 @@ mod tests {
             ],
         );
         assert_eq!(failed, JobState::Failed { started: None, completed: None, message: "401 unauthorized".into() });
-        let logs = with_result(
+        let full = [pod(
+            r#"{"digest":"sha256:x","error":"InsufficientStorage: needs 1.0 KiB, 0 B free after evicting 0 B","reason":"InsufficientStorage","needs":1024}"#,
+            3,
+        )];
+        assert_eq!(outcome(&full).and_then(|o| o.needs), Some(1024));
+        let logs = result(
             JobState::Failed { started: None, completed: None, message: "m".into() },
             &[pod("starting\nerror: cannot open cache\n", 1)],
         );

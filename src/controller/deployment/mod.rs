@@ -28,6 +28,7 @@ use plan::Inputs;
 
 pub use bound::{AllowedToleration, NodeBound, parse_label};
 pub use jobs::{DEPLOYMENT_ANNOTATION, DEPLOYMENT_LABEL, JobSettings};
+pub(crate) use jobs::{MANAGED_BY, NODE_ANNOTATION, ROLE_LABEL, Role as JobRole, scrub_job, termination_message};
 pub use nodes::selection_fingerprint;
 use writer::{delete_ignoring_missing, set_node_labels};
 
@@ -75,6 +76,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
         desired: &index.desired,
         nodes: &index.nodes,
         jobs: &index.jobs,
+        caches: &index.caches,
         access: &index.fingerprint,
         generation: deployment.metadata.generation,
         now: &Time(jiff::Timestamp::now()),

@@ -49,6 +49,26 @@ pub struct ObservedJob {
     pub access: Option<String>,
     /// Deletion requested; it no longer counts, but blocks a new Job of the same name.
     pub deleting: bool,
+    /// A pull that failed for want of room (`InsufficientStorage`): the bytes it needed.
+    pub needs: Option<u64>,
+}
+
+/// A node's ModelCache as this deployment's plan needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeCache {
+    /// When the Job whose measurement it shows finished.
+    pub observed_at: Option<Time>,
+    /// Digests the cache links as this deployment's `current`.
+    pub current: BTreeSet<String>,
+    /// Bytes a pull may still write there.
+    pub free: u64,
+}
+
+impl NodeCache {
+    /// Whether it was measured after `at`.
+    fn after(&self, at: Option<&Time>) -> bool {
+        matches!((&self.observed_at, at), (Some(seen), Some(at)) if seen.0 > at.0)
+    }
 }
 
 /// What the deployment should hold, or why there is nothing to hold.
@@ -84,6 +104,8 @@ pub struct Inputs<'a> {
     pub nodes: &'a [String],
     /// Every Job of this deployment, by node (selected or not).
     pub jobs: &'a BTreeMap<String, Vec<ObservedJob>>,
+    /// The nodes' ModelCaches, by node (a node without one is absent).
+    pub caches: &'a BTreeMap<String, NodeCache>,
     /// Fingerprint of the registry access new Jobs get.
     pub access: &'a str,
     pub generation: Option<i64>,
@@ -280,7 +302,7 @@ fn plan_node(
     desired: Option<&VersionRef>,
     deployed: Option<&str>,
 ) -> NodePlan {
-    let Some(view) = NodeView::of(node, prev, jobs, desired, deployed) else {
+    let Some(view) = NodeView::of(node, prev, jobs, desired, deployed, inputs.caches.get(node)) else {
         return NodePlan { entry: None, create: None, delete: Vec::new(), retry_at: None };
     };
     let decision = decide(inputs, &view);
@@ -304,6 +326,10 @@ struct NodeView<'a> {
     stale: Vec<String>,
     /// Another Job of this deployment is active or still being deleted.
     others_busy: bool,
+    cache: Option<&'a NodeCache>,
+    /// The node's cache, measured after the pull that linked `current`, no longer links it (a scrub
+    /// removed it): the node holds nothing and pulls the target again.
+    lost: Option<String>,
 }
 
 impl<'a> NodeView<'a> {
@@ -313,8 +339,9 @@ impl<'a> NodeView<'a> {
         jobs: &'a [ObservedJob],
         desired: Option<&VersionRef>,
         deployed: Option<&str>,
+        cache: Option<&'a NodeCache>,
     ) -> Option<Self> {
-        let live: Vec<&ObservedJob> = jobs.iter().filter(|j| !j.deleting).collect();
+        let mut live: Vec<&ObservedJob> = jobs.iter().filter(|j| !j.deleting).collect();
         // A node runs one Job of this deployment at a time and a new one starts only after the
         // others are gone, so a live Job that succeeded is the last pull on the node: its digest is
         // `current`.
@@ -326,7 +353,15 @@ impl<'a> NodeView<'a> {
             })
             .max_by_key(|(completed, _)| completed.clone())
             .map(|(_, j)| j);
-        let current = finished.map(|j| j.digest.clone()).or_else(|| prev.and_then(|p| p.current.clone()));
+        let mut current = finished.map(|j| j.digest.clone()).or_else(|| prev.and_then(|p| p.current.clone()));
+        let lost = lost(current.as_deref(), finished, prev, cache);
+        let mut stale_lost = None;
+        if lost.is_some() {
+            // The Job that linked it says nothing true any more: it goes before the pull again.
+            current = None;
+            stale_lost = finished.map(|j| j.name.clone());
+            live.retain(|j| Some(&j.name) != stale_lost.as_ref());
+        }
         // A node that holds nothing gets the deployed version first (it can serve that at once),
         // then the desired one.
         let target = match (desired, deployed) {
@@ -335,8 +370,9 @@ impl<'a> NodeView<'a> {
             (None, _) => prev?.digest.clone(),
         };
         let other = |j: &&&ObservedJob| j.digest != target;
-        let stale: Vec<String> =
+        let mut stale: Vec<String> =
             live.iter().filter(other).filter(|j| !j.state.is_active()).map(|j| j.name.clone()).collect();
+        stale.extend(stale_lost);
         let others_busy = live.iter().filter(other).any(|j| j.state.is_active()) || jobs.iter().any(|j| j.deleting);
         Some(NodeView {
             node,
@@ -347,8 +383,26 @@ impl<'a> NodeView<'a> {
             stale,
             others_busy,
             target,
+            cache,
+            lost,
         })
     }
+}
+
+/// The version `current` names, when the node's cache was measured after the pull that linked it
+/// (its Job's completion, or the one status recorded) and no longer links it.
+fn lost(
+    current: Option<&str>,
+    finished: Option<&ObservedJob>,
+    prev: Option<&NodeEntry>,
+    cache: Option<&NodeCache>,
+) -> Option<String> {
+    let (current, cache) = (current?, cache?);
+    let linked_at = match finished.filter(|j| j.digest == current).map(|j| &j.state) {
+        Some(JobState::Succeeded { completed, .. }) => completed.as_ref(),
+        _ => prev.filter(|p| p.current.as_deref() == Some(current)).and_then(|p| p.completed_at.as_ref()),
+    };
+    (cache.after(linked_at) && !cache.current.contains(current)).then(|| current.to_owned())
 }
 
 /// What one node needs this pass.
@@ -378,7 +432,14 @@ fn decide<'a>(inputs: &Inputs, view: &NodeView<'a>) -> Decision<'a> {
     match view.target_job.map(|j| (j, &j.state)) {
         Some((job, JobState::Failed { completed, message, .. })) => {
             let access_changed = job.access.as_deref().is_some_and(|a| a != inputs.access);
-            if access_changed || retry_due(completed) { Decision::Retry(job, message) } else { Decision::Failed(job) }
+            // Too big for the node: retried once its cache, measured since, has the room.
+            let room_now =
+                job.needs.zip(view.cache).is_some_and(|(needs, c)| c.after(completed.as_ref()) && c.free >= needs);
+            if access_changed || room_now || retry_due(completed) {
+                Decision::Retry(job, message)
+            } else {
+                Decision::Failed(job)
+            }
         }
         // A succeeded Job of the target made it `current`.
         Some((job, _)) => Decision::InFlight(job),
@@ -391,7 +452,21 @@ fn decide<'a>(inputs: &Inputs, view: &NodeView<'a>) -> Decision<'a> {
 }
 
 impl NodeView<'_> {
+    /// When the pull that made the target `current` ran, and what it fetched: from its Job, or as
+    /// status recorded it.
+    fn ready_timing(&self) -> (Option<Time>, Option<Time>, Option<i64>) {
+        let from_job = self.finished.filter(|j| j.digest == self.target).map(|j| &j.state);
+        match (from_job, self.prev_same.filter(|p| p.phase == NodePhase::Ready)) {
+            (Some(JobState::Succeeded { started, completed, bytes }), _) => {
+                (started.clone(), completed.clone(), *bytes)
+            }
+            (_, Some(p)) => (p.started_at.clone(), p.completed_at.clone(), p.bytes),
+            _ => (None, None, None),
+        }
+    }
+
     fn into_plan(self, decision: Decision) -> NodePlan {
+        let timing = self.ready_timing();
         let mut entry = NodeEntry {
             node: self.node.to_owned(),
             digest: self.target.clone(),
@@ -406,18 +481,7 @@ impl NodeView<'_> {
         match decision {
             Decision::Ready => {
                 entry.phase = NodePhase::Ready;
-                let from_job = self.finished.filter(|j| j.digest == self.target).map(|j| &j.state);
-                match (from_job, self.prev_same.filter(|p| p.phase == NodePhase::Ready)) {
-                    (Some(JobState::Succeeded { started, completed, bytes }), _) => {
-                        (entry.started_at, entry.completed_at, entry.bytes) =
-                            (started.clone(), completed.clone(), *bytes);
-                    }
-                    (_, Some(p)) => {
-                        (entry.started_at, entry.completed_at, entry.bytes) =
-                            (p.started_at.clone(), p.completed_at.clone(), p.bytes)
-                    }
-                    _ => {}
-                }
+                (entry.started_at, entry.completed_at, entry.bytes) = timing;
             }
             Decision::InFlight(job) => {
                 if let JobState::Running { started } = &job.state {
@@ -444,6 +508,10 @@ impl NodeView<'_> {
                 plan.retry_at = p.completed_at.as_ref().map(|c| c.0 + RETRY_AFTER);
             }
             Decision::Start => plan.create = Some(self.target),
+        }
+        if let Some(digest) = self.lost.filter(|_| entry.phase == NodePhase::Pending) {
+            entry.message =
+                Some(format!("the node's cache no longer holds {}: pulling it again", short_digest(&digest)));
         }
         plan.entry = Some(entry);
         plan

@@ -28,7 +28,10 @@ fn nodes(n: usize) -> Vec<String> {
 
 fn job(node: &str, d: &str, state: JobState) -> (String, ObservedJob) {
     let name = format!("pull-{node}-{}", &d[7..11]);
-    (node.to_owned(), ObservedJob { name, digest: d.to_owned(), state, access: Some("a1".into()), deleting: false })
+    (
+        node.to_owned(),
+        ObservedJob { name, digest: d.to_owned(), state, access: Some("a1".into()), deleting: false, needs: None },
+    )
 }
 
 fn jobs(list: Vec<(String, ObservedJob)>) -> BTreeMap<String, Vec<ObservedJob>> {
@@ -47,11 +50,17 @@ struct Run {
     spec: ModelDeploymentSpec,
     status: ModelDeploymentStatus,
     nodes: Vec<String>,
+    caches: BTreeMap<String, NodeCache>,
 }
 
 impl Run {
     fn new(n: usize, max_parallel: i32) -> Run {
-        Run { spec: spec(max_parallel), status: ModelDeploymentStatus::default(), nodes: nodes(n) }
+        Run {
+            spec: spec(max_parallel),
+            status: ModelDeploymentStatus::default(),
+            nodes: nodes(n),
+            caches: BTreeMap::new(),
+        }
     }
 
     fn step(&mut self, desired: &Desired, jobs: &BTreeMap<String, Vec<ObservedJob>>, now: i64) -> Plan {
@@ -61,6 +70,7 @@ impl Run {
             desired,
             nodes: &self.nodes,
             jobs,
+            caches: &self.caches,
             access: "a1",
             generation: Some(1),
             now: &t(now),
@@ -308,5 +318,85 @@ fn only_refusals_of_trust_or_bounds_halt_pulls_under_way() {
     ];
     for (desired, halts) in table {
         assert_eq!(desired.halts_pulls(), halts, "{desired:?}");
+    }
+}
+
+fn cache(observed: i64, current: &[String], free: u64) -> NodeCache {
+    NodeCache { observed_at: Some(t(observed)), current: current.iter().cloned().collect(), free }
+}
+
+#[test]
+fn a_version_the_nodes_cache_lost_is_pulled_again() {
+    let mut run = Run::new(1, 5);
+    let v1 = version(1);
+    run.step(&v1, &jobs(vec![]), 0);
+    let done = jobs(vec![job("n1", &digest(1), succeeded(10))]); // completed at t(2)
+    run.step(&v1, &done, 3);
+    assert_eq!(run.status.nodes.as_ref().unwrap().ready, 1);
+    let d1 = [digest(1)];
+    // (cache, lost?): measured before the pull, at the same second, after it holding it, after it
+    // without it, and no ModelCache at all.
+    let cases = [
+        (Some(cache(1, &[], 0)), false),
+        (Some(cache(2, &[], 0)), false),
+        (Some(cache(5, &d1, 0)), false),
+        (Some(cache(5, &[], 0)), true),
+        (None, false),
+    ];
+    for (node_cache, lost) in cases {
+        let mut r = Run { status: run.status.clone(), ..Run::new(1, 5) };
+        r.caches = node_cache.clone().map(|c| BTreeMap::from([("n1".to_owned(), c)])).unwrap_or_default();
+        let plan = r.step(&v1, &done, 6);
+        let entry = &r.status.nodes.as_ref().unwrap().entries[0];
+        assert_eq!(entry.phase == NodePhase::Pending, lost, "{node_cache:?}");
+        assert_eq!(plan.delete.len(), usize::from(lost), "the Job that linked it goes: {node_cache:?}");
+        if lost {
+            assert_eq!(entry.current, None);
+            assert!(entry.message.as_deref().is_some_and(|m| m.contains("no longer holds")), "{entry:?}");
+            // Once the Job is gone, the node pulls again (the cache still lacks it).
+            let plan = r.step(&v1, &jobs(vec![]), 7);
+            assert_eq!(plan.create, vec![("n1".into(), digest(1))]);
+        }
+    }
+    // The same lost version once the status only remembers it (its Job is past its TTL).
+    let mut r = Run { status: run.status.clone(), ..Run::new(1, 5) };
+    r.caches = BTreeMap::from([("n1".to_owned(), cache(9, &[], 0))]);
+    let plan = r.step(&v1, &jobs(vec![]), 10);
+    assert_eq!(plan.create, vec![("n1".into(), digest(1))], "recorded completion t(2) < cache t(9)");
+}
+
+#[test]
+fn a_pull_too_big_for_the_node_waits_for_room_or_the_backoff() {
+    let v1 = version(1);
+    let failed = JobState::Failed {
+        started: Some(t(1)),
+        completed: Some(t(2)),
+        message: "InsufficientStorage: needs 1.0 KiB, 10 B free after evicting 0 B".into(),
+    };
+    let too_big = |needs| {
+        let (node, mut j) = job("n1", &digest(1), failed.clone());
+        j.needs = needs;
+        jobs(vec![(node, j)])
+    };
+    // (needs, cache, retried at t(3)?)
+    let cases = [
+        (Some(1024), None, false),
+        (Some(1024), Some(cache(3, &[], 10)), false),
+        (Some(1024), Some(cache(1, &[], 5000)), false),
+        (Some(1024), Some(cache(3, &[], 1024)), true),
+        (None, Some(cache(3, &[], 5000)), false),
+    ];
+    for (needs, node_cache, retried) in cases {
+        let mut run = Run::new(1, 5);
+        run.step(&v1, &jobs(vec![]), 0);
+        run.caches = node_cache.clone().map(|c| BTreeMap::from([("n1".to_owned(), c)])).unwrap_or_default();
+        let plan = run.step(&v1, &too_big(needs), 3);
+        let entry = &run.status.nodes.as_ref().unwrap().entries[0];
+        assert_eq!(plan.delete.len(), usize::from(retried), "{needs:?} {node_cache:?}");
+        if !retried {
+            assert_eq!(entry.phase, NodePhase::Failed);
+            assert!(entry.message.as_deref().is_some_and(|m| m.starts_with("InsufficientStorage: needs")));
+            assert!(plan.requeue <= RETRY_AFTER && plan.create.is_empty(), "not retried in a loop");
+        }
     }
 }
