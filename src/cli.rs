@@ -387,10 +387,10 @@ impl PullCommand {
 }
 
 /// One line whatever the error carries (registry or manifest text can hold newlines, escape
-/// sequences and megabytes): control characters become spaces and the line is cut.
+/// sequences and megabytes): each cause once, control characters become spaces, and the line is cut.
 pub fn one_line(e: &anyhow::Error) -> String {
     const MAX_CHARS: usize = 900;
-    let text = format!("{e:#}");
+    let text = modelpack_operator::chain::one_line(e.as_ref());
     let mut line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_CHARS).collect();
     if text.chars().nth(MAX_CHARS).is_some() {
         line.push('…');

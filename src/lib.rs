@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod chain;
 pub mod controller;
 pub mod modelpack;
 pub mod policy;

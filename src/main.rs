@@ -301,7 +301,7 @@ fn main() -> ExitCode {
                     Err(e) => fail(&e),
                 },
                 Err(e) => {
-                    eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+                    eprintln!("error: {}", modelpack_operator::chain::one_line(e.as_ref()).replace('\n', " "));
                     ExitCode::from(2)
                 }
             }
@@ -468,7 +468,7 @@ fn run_async(command: impl std::future::Future<Output = anyhow::Result<()>>) -> 
 }
 
 /// One line whatever the error carries (registry or manifest text can hold newlines, escape
-/// sequences and megabytes): control characters become spaces and the line is cut.
+/// sequences and megabytes): each cause once, control characters become spaces and the line is cut.
 fn fail(e: &anyhow::Error) -> ExitCode {
     eprintln!("error: {}", cli::one_line(e));
     ExitCode::FAILURE

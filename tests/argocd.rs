@@ -9,12 +9,12 @@ use support::argo::health;
 
 #[test]
 fn the_argocd_cm_snippet_embeds_the_scripts_verbatim() {
-    let cm: serde_json::Value = serde_saphyr::from_str(include_str!("../argocd/argocd-cm.yaml")).unwrap();
+    let cm: serde_json::Value = serde_saphyr::from_str(include_str!("../deploy/argocd/argocd-cm.yaml")).unwrap();
     let data = &cm["data"];
-    assert_eq!(data["resource.customizations.health.modelpack.dev_Model"], include_str!("../argocd/model.lua"));
+    assert_eq!(data["resource.customizations.health.modelpack.dev_Model"], include_str!("../deploy/argocd/model.lua"));
     assert_eq!(
         data["resource.customizations.health.modelpack.dev_ModelDeployment"],
-        include_str!("../argocd/modeldeployment.lua")
+        include_str!("../deploy/argocd/modeldeployment.lua")
     );
 }
 

@@ -7,22 +7,22 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use modelpack_operator::api::conditions::{ConditionStatus, DRIFTED, KStatus, READY, find, kstatus};
+use modelpack_operator::api::conditions::{ConditionStatus, DRIFTED, READY, find};
 use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase};
 use serde_json::json;
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
+use support::kstatus::{self, KStatus};
 use support::{
-    Bed, Operator, TestNodes, argo, docker_config_secret, ensure_namespace, eventually, install_crds, namespace,
-    unique_suffix,
+    Bed, Operator, Recording, TestNodes, argo, docker_config_secret, ensure_namespace, eventually, install_crds,
+    namespace, unique_suffix,
 };
 
 const JOBS_NAMESPACE: &str = "modelpack-system";
@@ -71,15 +71,8 @@ fn in_sync_on(digest: &str, nodes: usize) -> impl Fn(&ModelDeploymentStatus) -> 
     }
 }
 
-fn kstatus_of(d: &ModelDeployment) -> KStatus {
-    let s = d.status.clone().unwrap_or_default();
-    kstatus(d.metadata.generation, s.observed_generation, &s.conditions)
-}
-
 async fn model_kstatus(models: &Api<Model>, name: &str) -> KStatus {
-    let m = models.get(name).await.unwrap();
-    let s = m.status.unwrap_or_default();
-    kstatus(m.metadata.generation, s.observed_generation, &s.conditions)
+    kstatus::of(&models.get(name).await.unwrap())
 }
 
 fn link(node: &str, ns: &str, name: &str) -> PathBuf {
@@ -96,20 +89,28 @@ fn assert_serves(node: &str, ns: &str, name: &str, model: &ModelFiles) {
 }
 
 /// Every status the deployment goes through, as a watch delivers them.
-fn record_statuses(api: &Api<ModelDeployment>, name: &str) -> Arc<Mutex<Vec<ModelDeploymentStatus>>> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = watcher(api.clone(), config).applied_objects();
-    let sink = seen.clone();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(d)) = stream.next().await {
-            if let Some(s) = d.status {
-                sink.lock().unwrap().push(s);
-            }
-        }
-    });
+fn record_statuses(api: &Api<ModelDeployment>, name: &str) -> Arc<Recording<ModelDeploymentStatus>> {
+    let seen = Recording::new();
+    seen.watch(api, name, |d: ModelDeployment| d.status);
     seen
+}
+
+/// The library's verdict and the Argo CD health of every recorded status whose drift is `reason`,
+/// as an object carrying it (at least one such status must have been recorded).
+fn assert_recorded(statuses: &[ModelDeploymentStatus], reason: &str, verdict: KStatus, health: &str) {
+    let objects: Vec<_> = statuses
+        .iter()
+        .filter(|s| drift_reason(s).as_deref() == Some(reason))
+        .map(|s| {
+            json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "ModelDeployment",
+                "metadata": {"name": "serve", "generation": s.observed_generation}, "spec": {}, "status": s})
+        })
+        .collect();
+    assert!(!objects.is_empty(), "no status with drift {reason} was recorded");
+    for (v, o) in kstatus::verdicts(&objects).iter().zip(&objects) {
+        let got = (v.status, argo::health(o).0);
+        assert_eq!(got, (verdict, health.to_owned()), "a status with drift {reason}: {}", v.message);
+    }
 }
 
 async fn jobs_of(client: &Client, ns: &str, name: &str) -> Vec<Job> {
@@ -159,7 +160,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
 
     // Rollout: every node serves v1, byte for byte, and carries the ready label.
     let d = wait_for(&s.deployments, "serve", "v1 on 3 nodes", in_sync_on(&v1, 3)).await;
-    assert_eq!(kstatus_of(&d), KStatus::Current);
+    assert_eq!(kstatus::of(&d), KStatus::Current);
     assert_eq!(argo::status_of(&d), "Healthy");
     assert_eq!(model_kstatus(&s.models, "llm").await, KStatus::Current);
     assert_eq!(argo::status_of(&s.models.get("llm").await.unwrap()), "Healthy");
@@ -174,8 +175,8 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     assert_eq!(ready.status, ConditionStatus::True);
     assert_eq!(find(&status.conditions, DRIFTED).unwrap().status, ConditionStatus::False);
     {
-        let first = seen.lock().unwrap();
-        assert!(first.iter().any(|s| drift_reason(s).as_deref() == Some("NodesNotReady")), "first rollout drift");
+        let first = seen.lock();
+        assert_recorded(&first, "NodesNotReady", KStatus::InProgress, "Progressing");
         assert!(first.iter().all(|s| s.nodes.as_ref().is_none_or(|n| n.pulling <= 2)), "maxParallel 2 was exceeded");
     }
 
@@ -186,7 +187,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     let spec_json = serde_json::to_value(job.spec.as_ref().unwrap()).unwrap();
     assert_eq!(spec_json["backoffLimit"], 3);
     assert_eq!(spec_json["activeDeadlineSeconds"], 3600);
-    assert!(spec_json["ttlSecondsAfterFinished"].as_i64().is_some());
+    assert_eq!(spec_json["ttlSecondsAfterFinished"], 3600, "finished Jobs go after one hour");
     let pod = &spec_json["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(container["image"], format!("modelpack-operator:{}", env!("CARGO_PKG_VERSION")));
@@ -195,14 +196,26 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     assert_eq!(container["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
     assert_eq!(pod["volumes"][0]["hostPath"]["path"], CACHE);
-    let pinned = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
-    let node = job.annotations()["modelpack.dev/node"].clone();
-    assert_eq!(pinned["nodeSelectorTerms"][0]["matchFields"][0]["values"], json!([node]));
+    // Each Job is pinned by `matchFields metadata.name` to one node of the pool: together, each node once.
+    let pinned: BTreeSet<String> = jobs
+        .iter()
+        .map(|j| {
+            let spec = serde_json::to_value(j.spec.as_ref().unwrap()).unwrap();
+            let terms =
+                &spec["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+            let field = &terms["nodeSelectorTerms"][0]["matchFields"][0];
+            assert_eq!((&field["key"], &field["operator"]), (&json!("metadata.name"), &json!("In")), "{field}");
+            let values = field["values"].as_array().expect("values");
+            assert_eq!(values.len(), 1, "one node per Job: {field}");
+            values[0].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(pinned, nodes.names.iter().cloned().collect(), "the Jobs' nodes are the pool's, each once");
     assert!(job.name_any().len() <= 63);
 
     // Promotion: the tag moves to v2 (one changed file). Nodes fetch only that file; `deployed`
     // switches only once every node holds v2, and the deployment is Drifted in between.
-    seen.lock().unwrap().clear();
+    seen.lock().clear();
     let v2_files = model_v(7, 2);
     let v2 = modctl_push(bed, &bed.plain, &repo, "stable", &v2_files);
     let d = wait_for(&s.deployments, "serve", "v2 on 3 nodes", in_sync_on(&v2, 3)).await;
@@ -213,8 +226,8 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     }
     assert_eq!(d.status.as_ref().unwrap().history[0].digest, v1);
     {
-        let during = seen.lock().unwrap();
-        assert!(during.iter().any(|s| drift_reason(s).as_deref() == Some("NewVersionPending")), "never Drifted");
+        let during = seen.lock();
+        assert_recorded(&during, "NewVersionPending", KStatus::InProgress, "Progressing");
         for s in during.iter() {
             let n = s.nodes.clone().unwrap_or_default();
             if deployed(s) == Some(v2.as_str()) {
@@ -224,23 +237,19 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
                 assert_eq!(deployed(s), Some(v1.as_str()));
                 let c = find(&s.conditions, DRIFTED).unwrap();
                 assert_eq!((c.status, c.reason.as_str()), (ConditionStatus::True, "NewVersionPending"));
-                assert_eq!(kstatus(Some(1), Some(1), &s.conditions), KStatus::InProgress);
-                let captured = json!({"kind": "ModelDeployment", "metadata": {"name": "serve", "generation": 1},
-                    "spec": {}, "status": {"observedGeneration": 1, "conditions": s.conditions, "nodes": s.nodes}});
-                assert_eq!(argo::health(&captured).0, "Progressing");
             }
         }
     }
 
     // A node joins the pool: it is pulled and reported; `deployed` stays v2 throughout.
-    seen.lock().unwrap().clear();
+    seen.lock().clear();
     let joined = nodes.add();
     let d = wait_for(&s.deployments, "serve", "v2 on 4 nodes", in_sync_on(&v2, 4)).await;
     assert_serves(&joined, &s.ns, "serve", &v2_files);
     assert!(d.status.unwrap().nodes.unwrap().entries.iter().any(|e| e.node == joined && e.phase == NodePhase::Ready));
     {
-        let during = seen.lock().unwrap();
-        assert!(during.iter().any(|s| drift_reason(s).as_deref() == Some("NodeJoined")), "NodeJoined never reported");
+        let during = seen.lock();
+        assert_recorded(&during, "NodeJoined", KStatus::InProgress, "Progressing");
         assert!(during.iter().all(|s| deployed(s) == Some(v2.as_str())));
     }
 
@@ -253,7 +262,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     pinned_spec["digest"] = json!(v1);
     apply(&s.deployments, "ModelDeployment", "serve", pinned_spec).await;
     let d = wait_for(&s.deployments, "serve", "rolled back to v1", in_sync_on(&v1, 3)).await;
-    assert_eq!(kstatus_of(&d), KStatus::Current);
+    assert_eq!(kstatus::of(&d), KStatus::Current);
     for e in &d.status.as_ref().unwrap().nodes.as_ref().unwrap().entries {
         assert_eq!(e.bytes, Some(0), "{}: rollback fetched bytes", e.node);
         assert_serves(&e.node, &s.ns, "serve", &v1_files);
@@ -310,7 +319,10 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
     // While suspended, the tag moves to v2 and the Model resolves it; then the password is revoked.
     spec["suspend"] = json!(true);
     apply(&s.deployments, "ModelDeployment", "serve", spec.clone()).await;
-    let d = wait_for(&s.deployments, "serve", "suspended", |_| true).await;
+    let d = wait_for(&s.deployments, "serve", "suspended", |st| {
+        find(&st.conditions, READY).is_some_and(|c| c.reason == "Deployed" && c.message.ends_with("(suspended)"))
+    })
+    .await;
     assert_eq!(argo::status_of(&d), "Suspended");
     let v2 = modctl_push(bed, &bed.auth, &repo, "stable", &model_v(11, 2));
     eventually("model resolves v2", Duration::from_secs(30), || async {
@@ -318,8 +330,14 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
         (m.status?.resolved?.digest == v2).then_some(())
     })
     .await;
-    let d = s.deployments.get("serve").await.unwrap();
+    // v2 is desired and held back: Ready=False `Suspended`, nothing pulled.
+    let d = wait_for(&s.deployments, "serve", "v2 held back", |st| {
+        st.desired.as_ref().is_some_and(|d| d.digest == v2)
+            && find(&st.conditions, READY).is_some_and(|c| c.reason == "Suspended")
+    })
+    .await;
     assert_eq!(deployed(d.status.as_ref().unwrap()), Some(v1.as_str()), "suspended: nothing pulled");
+    assert_eq!(kstatus::of(&d), KStatus::InProgress, "Ready=False without Stalled: not a failure");
     assert!(jobs_of(&s.client, &s.ns, "serve").await.iter().all(|j| j.annotations()["modelpack.dev/digest"] == v1));
     secrets
         .replace("creds", &PostParams::default(), &docker_config_secret("creds", &bed.auth, "revoked"))
@@ -333,7 +351,7 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
         wait_for(&s.deployments, "serve", "PullFailed", |st| drift_reason(st).as_deref() == Some("PullFailed")).await;
     let status = d.status.clone().unwrap();
     assert_eq!(deployed(&status), Some(v1.as_str()));
-    assert_eq!(kstatus_of(&d), KStatus::Failed);
+    assert_eq!(kstatus::of(&d), KStatus::Failed);
     assert_eq!(argo::status_of(&d), "Degraded");
     let drifted = find(&status.conditions, DRIFTED).unwrap();
     assert_eq!((drifted.status, drifted.reason.as_str()), (ConditionStatus::True, "PullFailed"));
@@ -350,17 +368,15 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
         .await
         .unwrap();
     let d = wait_for(&s.deployments, "serve", "v2 after the fix", in_sync_on(&v2, 2)).await;
-    assert_eq!(kstatus_of(&d), KStatus::Current);
+    assert_eq!(kstatus::of(&d), KStatus::Current);
 }
 
 #[tokio::test]
-async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_and_a_restarted_operator_makes_no_duplicate_jobs() {
+async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_until_it_is_signed() {
     let bed = Bed::get();
-    let mut s = setup("deploy-gate").await;
+    let s = setup("deploy-gate").await;
     let nodes = TestNodes::create("gate", 3);
     let repo = format!("deploy/gate-{}", unique_suffix());
-    let files = ModelFiles::new(21, &[("model.safetensors", 6_000_000), ("config.json", 100)]);
-    let digest = modctl_push(bed, &bed.plain, &repo, "v1", &files);
     let repository = format!("{}/{repo}", bed.plain.host);
 
     // A Model that verifies with cosign: its signed version rolls out.
@@ -389,7 +405,7 @@ async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_and_a_restarted_opera
         drift_reason(st).as_deref() == Some("VerificationFailed")
     })
     .await;
-    assert_eq!(kstatus_of(&d), KStatus::Failed);
+    assert_eq!(kstatus::of(&d), KStatus::Failed);
     assert_eq!(argo::status_of(&d), "Degraded");
     assert_eq!(model_kstatus(&s.models, "signed").await, KStatus::Failed);
     assert_eq!(argo::status_of(&s.models.get("signed").await.unwrap()), "Degraded");
@@ -406,36 +422,43 @@ async fn a_tag_moved_to_an_unsigned_artifact_pulls_nothing_and_a_restarted_opera
     // Once signed, it rolls out.
     key.sign(&format!("{repository}@{unsigned}"));
     let d = wait_for(&s.deployments, "gated", "the newly signed version", in_sync_on(&unsigned, 3)).await;
-    assert_eq!(kstatus_of(&d), KStatus::Current);
+    assert_eq!(kstatus::of(&d), KStatus::Current);
+}
+
+#[tokio::test]
+async fn a_restarted_operator_makes_no_duplicate_jobs() {
+    let bed = Bed::get();
+    let mut s = setup("deploy-restart").await;
+    let nodes = TestNodes::create("restart", 3);
+    let repo = format!("deploy/restart-{}", unique_suffix());
+    let files = ModelFiles::new(21, &[("model.safetensors", 6_000_000), ("config.json", 100)]);
+    let digest = modctl_push(bed, &bed.plain, &repo, "v1", &files);
+    let repository = format!("{}/{repo}", bed.plain.host);
 
     // A rollout one node at a time, with the operator killed after the first Job and restarted.
     apply(&s.models, "Model", "open", json!({"repository": repository, "ref": {"tag": "v1"}, "insecure": true})).await;
-    let job_uids = Arc::new(Mutex::new(BTreeMap::<String, BTreeSet<String>>::new()));
     let jobs_api: Api<Job> = Api::namespaced(s.client.clone(), JOBS_NAMESPACE);
     let owner = format!("{}/steady", s.ns);
-    let sink = job_uids.clone();
-    tokio::spawn(async move {
-        let stream = watcher(jobs_api, watcher::Config::default()).applied_objects();
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(job)) = stream.next().await {
-            if job.annotations().get("modelpack.dev/deployment") == Some(&owner) {
-                let uid = job.metadata.uid.clone().unwrap_or_default();
-                sink.lock().unwrap().entry(job.name_any()).or_default().insert(uid);
-            }
-        }
+    let seen_jobs = Recording::new();
+    seen_jobs.watch_with(&jobs_api, watcher::Config::default(), move |job: Job| {
+        (job.annotations().get("modelpack.dev/deployment") == Some(&owner))
+            .then(|| (job.name_any(), job.metadata.uid.clone().unwrap_or_default()))
     });
     let spec = json!({"modelRef": {"name": "open"}, "nodeSelector": nodes.selector(), "pull": {"maxParallel": 1}});
     apply(&s.deployments, "ModelDeployment", "steady", spec).await;
     eventually("the first pull Job", Duration::from_secs(30), || async {
-        (!job_uids.lock().unwrap().is_empty()).then_some(())
+        (!seen_jobs.lock().is_empty()).then_some(())
     })
     .await;
     s.operator.take().unwrap().kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _restarted = Operator::start(&s.ns);
     let d = wait_for(&s.deployments, "steady", "v1 on 3 nodes", in_sync_on(&digest, 3)).await;
-    assert_eq!(kstatus_of(&d), KStatus::Current);
-    let uids = job_uids.lock().unwrap().clone();
+    assert_eq!(kstatus::of(&d), KStatus::Current);
+    let mut uids = BTreeMap::<String, BTreeSet<String>>::new();
+    for (name, uid) in seen_jobs.lock().iter() {
+        uids.entry(name.clone()).or_default().insert(uid.clone());
+    }
     assert_eq!(uids.len(), 3, "one Job per node: {uids:?}");
     assert!(uids.values().all(|u| u.len() == 1), "a Job was created twice: {uids:?}");
     for node in &nodes.names {

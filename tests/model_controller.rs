@@ -9,10 +9,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use modelpack_operator::api::conditions::{ConditionStatus, KStatus, READY, STALLED, find, kstatus};
+use modelpack_operator::api::conditions::{ConditionStatus, READY, STALLED, find};
 use modelpack_operator::api::{Model, ModelStatus};
 use serde_json::{Value, json};
 use support::fixtures::{ModelFiles, cncf_config, modctl_push, oras_push_cncf};
+use support::kstatus::{self, KStatus};
 use support::{
     Bed, Operator, Registry, craft, docker_config_secret, eventually, install_crds, namespace, unique_suffix,
 };
@@ -79,7 +80,7 @@ async fn resolves_tag_semver_and_digest_refs_and_reports_the_artifact() {
         .await;
 
     let m = wait_status(&models, "by-tag", "ready", is_ready).await;
-    let status = m.status.unwrap();
+    let status = m.status.clone().unwrap();
     let resolved = status.resolved.unwrap();
     assert_eq!(resolved.digest, legacy);
     assert_eq!(resolved.revision, format!("1.0.0@{legacy}"));
@@ -88,7 +89,7 @@ async fn resolves_tag_semver_and_digest_refs_and_reports_the_artifact() {
     assert_eq!(serde_json::to_value(artifact.family).unwrap(), json!("cnai"));
     assert_eq!(artifact.layers, 2);
     assert!(artifact.modelfile.is_some_and(|f| f.contains("ARCH transformer")), "modctl provenance");
-    assert_eq!(kstatus(m.metadata.generation, status.observed_generation, &status.conditions), KStatus::Current);
+    assert_eq!(kstatus::of(&m), KStatus::Current);
 
     let m = wait_status(&models, "by-semver", "ready", is_ready).await;
     let status = m.status.unwrap();
@@ -216,10 +217,10 @@ async fn each_failure_has_its_reason_and_recovery_keeps_the_last_good_digest() {
     let spec = json!({"repository": repo_of(&bed.plain, &image_repo), "ref": {"tag": "v1"}, "insecure": true});
     apply_model(&models, "image", spec).await;
     let m = wait_status(&models, "image", "NotAModelPack", reason_is("NotAModelPack")).await;
-    let status = m.status.unwrap();
+    let status = m.status.clone().unwrap();
     let stalled = find(&status.conditions, STALLED).expect("Stalled=True");
     assert!(stalled.message.contains("application/vnd.oci.image.config.v1+json"), "{}", stalled.message);
-    assert_eq!(kstatus(m.metadata.generation, status.observed_generation, &status.conditions), KStatus::Failed);
+    assert_eq!(kstatus::of(&m), KStatus::Failed);
 
     apply_model(
         &models,
@@ -258,6 +259,9 @@ async fn no_status_write_while_nothing_changes() {
     tokio::time::sleep(Duration::from_secs(25)).await;
     let after = models.get("quiet").await.unwrap();
     assert_eq!(after.metadata.resource_version, version, "status was rewritten without a change");
-    let reconciles = std::fs::read_to_string(&op.log).unwrap().matches("reconciled model").count();
-    assert!(reconciles >= 3, "the operator kept reconciling during the wait ({reconciles} reconciles logged)");
+    let reconciles = op.metric("modelpack_reconciles_total{controller=\"model\",result=\"success\"}");
+    assert!(
+        reconciles >= Some(3.0),
+        "the operator kept reconciling during the wait ({reconciles:?} reconciles counted)"
+    );
 }

@@ -419,10 +419,10 @@ fn a_policy_that_does_not_compile_exits_2_with_the_compilers_message() {
 
 #[test]
 fn argocd_health_of_a_modelpolicy() {
-    let cm: Value = serde_saphyr::from_str(include_str!("../argocd/argocd-cm.yaml")).unwrap();
+    let cm: Value = serde_saphyr::from_str(include_str!("../deploy/argocd/argocd-cm.yaml")).unwrap();
     assert_eq!(
         cm["data"]["resource.customizations.health.modelpack.dev_ModelPolicy"],
-        include_str!("../argocd/modelpolicy.lua")
+        include_str!("../deploy/argocd/modelpolicy.lua")
     );
     let policy = |generation: i64, observed: i64, conditions: Value| {
         json!({"kind": "ModelPolicy", "metadata": {"name": "p", "generation": generation},
@@ -449,11 +449,12 @@ mod gate {
     use k8s_openapi::api::events::v1::Event;
     use kube::api::{Api, DeleteParams, ListParams};
     use kube::{Client, ResourceExt};
-    use modelpack_operator::api::conditions::{COMPLIANT, ConditionStatus, KStatus, READY, find, kstatus};
+    use modelpack_operator::api::conditions::{COMPLIANT, ConditionStatus, READY, find};
     use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus, ModelPolicy};
     use serde_json::{Value, json};
 
     use super::support::fixtures::{ModelFiles, cncf_config, oras_push_cncf};
+    use super::support::kstatus::{self, KStatus};
     use super::support::{
         Bed, Operator, TestNodes, apply, argo, ensure_namespace, eventually, http_get, install_crds, namespace,
         unique_suffix, wait_for_deployment,
@@ -559,10 +560,7 @@ mod gate {
         })
         .await;
         let status = stalled.status.clone().unwrap();
-        assert_eq!(
-            kstatus(stalled.metadata.generation, status.observed_generation, &status.conditions),
-            KStatus::Failed
-        );
+        assert_eq!(kstatus::of(&stalled), KStatus::Failed);
         assert!(
             find(&status.conditions, READY).unwrap().message.contains("rule \"bad\" does not compile"),
             "{status:?}"
@@ -603,7 +601,7 @@ mod gate {
         let ready = find(&status.conditions, READY).unwrap();
         assert_eq!(ready.reason, "PolicyViolation");
         assert!(ready.message.contains(&enforce) && ready.message.contains("license"), "{}", ready.message);
-        assert_eq!(kstatus(d.metadata.generation, status.observed_generation, &status.conditions), KStatus::Failed);
+        assert_eq!(kstatus::of(&d), KStatus::Failed);
         let m =
             model_where(&models, "v2 refused", |m| compliant(m).is_some_and(|c| c.0 == ConditionStatus::False)).await;
         let ms = m.status.clone().unwrap();

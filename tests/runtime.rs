@@ -12,7 +12,7 @@ use modelpack_operator::api::{Model, ModelDeployment};
 use serde_json::json;
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::{
-    Bed, Operator, TestNodes, ensure_namespace, eventually, http_get, install_crds, namespace, unique_suffix,
+    Bed, Operator, TestNodes, ensure_namespace, eventually, http_get, install_crds, namespace, sample, unique_suffix,
 };
 
 use support::apply;
@@ -24,6 +24,8 @@ async fn resolved(models: &Api<Model>, name: &str, digest: &str) {
     })
     .await;
 }
+
+const MODEL_RECONCILES: &str = "modelpack_reconciles_total{controller=\"model\",result=\"success\"}";
 
 async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
     leases.get_opt(name).await.ok().flatten()?.spec?.holder_identity
@@ -37,7 +39,7 @@ async fn one_replica_reconciles_and_sigterm_hands_the_lease_over_at_once() {
     let ns = namespace(&client, "leader").await;
     let a = Operator::start_with(&ns, "replica-a", &[]);
     eventually("replica-a leads", Duration::from_secs(30), || async {
-        a.log_text().contains("became the leader").then_some(())
+        (a.readiness() == (200, "ok".to_owned())).then_some(())
     })
     .await;
     let b = Operator::start_with(&ns, "replica-b", &[]);
@@ -53,15 +55,13 @@ async fn one_replica_reconciles_and_sigterm_hands_the_lease_over_at_once() {
         |tag: &str| json!({"repository": format!("{}/{repo}", bed.plain.host), "ref": {"tag": tag}, "insecure": true});
     apply(&models, "Model", "m", spec("v1")).await;
     resolved(&models, "m", &v1).await;
-    // The log line follows the status write.
-    eventually("replica-a logs its reconcile", Duration::from_secs(5), || async {
-        a.log_text().contains("reconciled model").then_some(())
+    // The reconcile is counted once its status write is done.
+    eventually("replica-a counts its reconcile", Duration::from_secs(5), || async {
+        a.metric(MODEL_RECONCILES).is_some_and(|n| n >= 1.0).then_some(())
     })
     .await;
-    assert!(!b.log_text().contains("reconciled model"), "the standby reconciled");
-    assert!(!b.log_text().contains("became the leader"));
-    let standby = http_get(&b.address("health probes"), "/readyz");
-    assert_eq!(standby, (200, "standby".to_owned()), "a standby replica is ready");
+    assert_eq!(b.metric(MODEL_RECONCILES), None, "the standby reconciled");
+    assert_eq!(b.readiness(), (200, "standby".to_owned()), "a standby replica is ready, as a standby");
 
     // SIGTERM: a clean exit that releases the lease, so the standby leads long before the 15 s
     // lease would have expired.
@@ -75,20 +75,9 @@ async fn one_replica_reconciles_and_sigterm_hands_the_lease_over_at_once() {
     apply(&models, "Model", "m", spec("v2")).await;
     resolved(&models, "m", &v2).await;
     eventually("the new leader reconciles", Duration::from_secs(5), || async {
-        b.log_text().contains("reconciled model").then_some(())
+        b.metric(MODEL_RECONCILES).is_some_and(|n| n >= 1.0).then_some(())
     })
     .await;
-}
-
-/// The value of the sample `name{labels}` in an OpenMetrics text.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[tokio::test]
@@ -145,4 +134,28 @@ async fn probes_and_metrics_report_what_the_controllers_did() {
     at_least("modelpack_verifications_total{provider=\"cosign\",result=\"verified\"}", 1.0);
     at_least("modelpack_pulled_bytes_total", 2.0 * 30_000.0);
     assert_eq!(sample(&text, "modelpack_drifted_deployments"), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_missing_leader_election_namespace_is_one_line_naming_it_and_the_flag() {
+    let bed = Bed::get();
+    let absent = format!("absent-{}", unique_suffix());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelpack-operator"))
+        .args(["run", "--watch-namespace", &absent, "--leader-election-namespace", &absent])
+        .args(["--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
+        .env("KUBECONFIG", &bed.kubeconfig)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("running the operator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line:\n{stderr}");
+    let line = lines[0];
+    assert!(line.contains(&format!("{absent:?}")) && line.contains("--leader-election-namespace"), "{line}");
+    // No cause is said twice: no clause of the line (split at ": ") appears again after itself.
+    let clauses: Vec<&str> = line.split(": ").collect();
+    for (i, c) in clauses.iter().enumerate() {
+        assert!(!clauses[i + 1..].join(": ").contains(c), "{c:?} repeats in {line}");
+    }
 }

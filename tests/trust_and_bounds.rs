@@ -11,10 +11,11 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use modelpack_operator::api::conditions::{KStatus, READY, VERIFIED, find, kstatus};
+use modelpack_operator::api::conditions::{READY, VERIFIED, find};
 use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus};
 use serde_json::{Value, json};
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
+use support::kstatus::{self, KStatus};
 use support::{Bed, Operator, TestNodes, argo, ensure_namespace, eventually, install_crds, namespace, unique_suffix};
 
 const JOBS_NAMESPACE: &str = "modelpack-system";
@@ -34,11 +35,6 @@ fn in_sync_on(digest: &str, nodes: usize) -> impl Fn(&ModelDeploymentStatus) -> 
             && drift_reason(s) == Some("InSync")
             && s.nodes.as_ref().is_some_and(|n| n.selected == nodes as i32 && n.ready == nodes as i32)
     }
-}
-
-fn kstatus_of(d: &ModelDeployment) -> KStatus {
-    let s = d.status.clone().unwrap_or_default();
-    kstatus(d.metadata.generation, s.observed_generation, &s.conditions)
 }
 
 /// The nodes this deployment's pull Jobs were made for.
@@ -143,10 +139,10 @@ async fn a_key_rotated_away_while_a_node_joins_revokes_the_digest_until_the_key_
     assert!(status.verified.is_none(), "a revoked digest is still named verified: {:?}", status.verified);
     assert_eq!(find(&status.conditions, VERIFIED).unwrap().reason, "TrustRevoked");
     assert_eq!(find(&status.conditions, READY).unwrap().reason, "TrustRevoked");
-    assert_eq!(kstatus(model.metadata.generation, status.observed_generation, &status.conditions), KStatus::Failed);
+    assert_eq!(kstatus::of(&model), KStatus::Failed);
     assert_eq!(argo::status_of(&model), "Degraded");
     let d = wait_for(&deployments, "gated", "TrustRevoked", |s| drift_reason(s) == Some("TrustRevoked")).await;
-    assert_eq!(kstatus_of(&d), KStatus::Failed);
+    assert_eq!(kstatus::of(&d), KStatus::Failed);
     assert_eq!(argo::status_of(&d), "Degraded");
     assert!(
         d.status.as_ref().unwrap().drift.as_ref().unwrap().message.contains(&digest),
@@ -177,7 +173,7 @@ async fn a_key_rotated_away_while_a_node_joins_revokes_the_digest_until_the_key_
     // Key A is added back beside B: the digest is accepted again and the joined node receives it.
     set_keys(&secrets, &[("release.pub", &b), ("old.pub", &a)]).await;
     let d = wait_for(&deployments, "gated", "the version on all 3 nodes", in_sync_on(&digest, 3)).await;
-    assert_eq!(kstatus_of(&d), KStatus::Current);
+    assert_eq!(kstatus::of(&d), KStatus::Current);
     assert_serves(&joined, &ns, "gated", &files);
     let status = models.get("signed").await.unwrap().status.unwrap();
     assert_eq!(status.verified.map(|v| v.digest), Some(digest.clone()));
@@ -211,7 +207,7 @@ async fn the_operators_node_bound_refuses_broad_tolerations_and_narrows_selectio
     let d =
         wait_for(&deployments, "broad", "TolerationNotAllowed", |s| drift_reason(s) == Some("TolerationNotAllowed"))
             .await;
-    assert_eq!(kstatus_of(&d), KStatus::Failed);
+    assert_eq!(kstatus::of(&d), KStatus::Failed);
     assert_eq!(argo::status_of(&d), "Degraded");
     let message = d.status.as_ref().unwrap().drift.as_ref().unwrap().message.clone();
     assert!(message.contains("{operator: Exists} (tolerates every taint)"), "{message}");

@@ -9,9 +9,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use modelpack_operator::api::Model;
-use modelpack_operator::api::conditions::{ConditionStatus, KStatus, STALLED, VERIFIED, find, kstatus};
+use modelpack_operator::api::conditions::{ConditionStatus, STALLED, VERIFIED, find};
 use serde_json::{Value, json};
 use support::fixtures::{CosignKey, ModelFiles, cosign_verifies, modctl_push};
+use support::kstatus::{self, KStatus};
 use support::{Bed, Operator, eventually, install_crds, namespace, operator, run_tool, unique_suffix};
 
 fn ours(reference: &str, keys: &[&CosignKey]) -> (i32, Value, String) {
@@ -110,7 +111,7 @@ async fn a_model_accepts_only_signed_digests_and_keeps_the_last_verified_one() {
     let verified = status.verified.clone().unwrap();
     assert_eq!(verified.identity.as_deref(), Some("release.pub"));
     assert_eq!(find(&status.conditions, VERIFIED).unwrap().status, ConditionStatus::True);
-    assert_eq!(kstatus(m.metadata.generation, status.observed_generation, &status.conditions), KStatus::Current);
+    assert_eq!(kstatus::of(&m), KStatus::Current);
 
     // The tag moves to an unsigned artifact: rejected with the cause; the verified digest stays.
     let v2 = modctl_push(bed, &bed.plain, &repo, "prod", &ModelFiles::new(42, &[("model.gguf", 10_000)]));
@@ -129,7 +130,7 @@ async fn a_model_accepts_only_signed_digests_and_keeps_the_last_verified_one() {
     assert!(stalled.message.contains("no signature found"), "{}", stalled.message);
     assert_eq!(find(&status.conditions, VERIFIED).unwrap().status, ConditionStatus::False);
     assert_eq!(verified_digest(&m).as_deref(), Some(v1.as_str()), "the last verified digest stays");
-    assert_eq!(kstatus(m.metadata.generation, status.observed_generation, &status.conditions), KStatus::Failed);
+    assert_eq!(kstatus::of(&m), KStatus::Failed);
 
     // Signed after the push: accepted at the next interval.
     key.sign(&at(&v2));

@@ -9,21 +9,21 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use modelpack_operator::api::conditions::{ConditionStatus, find};
 use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus};
 use serde_json::{Value, json};
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
-use support::{Bed, Operator, TestNodes, argo, ensure_namespace, eventually, install_crds, namespace, unique_suffix};
+use support::{
+    Bed, Operator, Recording, TestNodes, argo, ensure_namespace, eventually, install_crds, namespace, unique_suffix,
+};
 
 const JOBS_NAMESPACE: &str = "modelpack-system";
 const MANAGER: &str = "modelpack-operator-workloads";
@@ -123,35 +123,22 @@ enum Seen {
     Workload { name: String, generation: i64, digest: Option<String> },
 }
 
-fn record(s: &Setup, md: &str, workloads: &[(&str, &str)]) -> Arc<Mutex<Vec<Seen>>> {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let config = watcher::Config::default().fields(&format!("metadata.name={md}"));
-    let stream = watcher(s.deployments.clone(), config).applied_objects();
-    let sink = log.clone();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(d)) = stream.next().await {
-            let st: ModelDeploymentStatus = d.status.unwrap_or_default();
-            let deployed = st.deployed.map(|d| d.digest);
-            let pulling = st.nodes.map_or(0, |n| n.pulling);
-            sink.lock().unwrap().push(Seen::Status { deployed, pulling });
-        }
+fn record(s: &Setup, md: &str, workloads: &[(&str, &str)]) -> Arc<Recording<Seen>> {
+    let log = Recording::new();
+    log.watch(&s.deployments, md, |d: ModelDeployment| {
+        let st: ModelDeploymentStatus = d.status.unwrap_or_default();
+        let deployed = st.deployed.map(|d| d.digest);
+        let pulling = st.nodes.map_or(0, |n| n.pulling);
+        Some(Seen::Status { deployed, pulling })
     });
     for (kind, name) in workloads {
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let stream = watcher(dynamic(&s.client, &s.ns, kind), config).applied_objects();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(Ok(obj)) = stream.next().await {
-                let value = serde_json::to_value(&obj).unwrap();
-                let seen = Seen::Workload {
-                    name: obj.name_any(),
-                    generation: obj.metadata.generation.unwrap_or_default(),
-                    digest: template_digest(&value),
-                };
-                sink.lock().unwrap().push(seen);
-            }
+        log.watch(&dynamic(&s.client, &s.ns, kind), name, |obj: DynamicObject| {
+            let value = serde_json::to_value(&obj).unwrap();
+            Some(Seen::Workload {
+                name: obj.name_any(),
+                generation: obj.metadata.generation.unwrap_or_default(),
+                digest: template_digest(&value),
+            })
         });
     }
     log
@@ -324,7 +311,7 @@ async fn workloads_follow_each_verified_promotion_once_after_every_node_holds_it
     let web = wait_for_template(&s.client, &s.ns, "Deployment", "web", &v1).await;
     assert_eq!(volume_reference(&web), Some(format!("{repository}@{v1}")), "the image volume is pinned to v1");
     wait_for_template(&s.client, &s.ns, "StatefulSet", "db", &v1).await;
-    assert_handed_over_after_deployed(&log.lock().unwrap(), &v1);
+    assert_handed_over_after_deployed(&log.lock(), &v1);
     // The operator owns exactly the annotation and the image reference.
     assert_eq!(
         owned_leaves(&web, MANAGER),
@@ -369,7 +356,7 @@ async fn workloads_follow_each_verified_promotion_once_after_every_node_holds_it
     assert!(handed.iter().any(|n| n.contains("Deployment web") && n.contains(&format!("{repository}@{v1}"))));
 
     // Promotion to a signed v2: handed over once, after every node holds it.
-    log.lock().unwrap().clear();
+    log.lock().clear();
     let v2 = modctl_push(bed, &bed.plain, &repo, "prod", &ModelFiles::new(32, &[("model.safetensors", 300_000)]));
     key.sign(&format!("{repository}@{v2}"));
     wait_for_md(&s.deployments, "serve", "v2 deployed", deployed_is(&v2)).await;
@@ -392,7 +379,7 @@ async fn workloads_follow_each_verified_promotion_once_after_every_node_holds_it
     assert_eq!(web_events.len(), 2, "{web_events:?}");
     assert!(web_events.iter().any(|n| n.contains(&format!("handed {v2}"))), "{web_events:?}");
     {
-        let seen = log.lock().unwrap();
+        let seen = log.lock();
         assert_handed_over_after_deployed(&seen, &v2);
         for name in ["web", "db"] {
             let changes = template_changes(&seen, name);
@@ -422,14 +409,14 @@ async fn workloads_follow_each_verified_promotion_once_after_every_node_holds_it
     assert_eq!(template_digest(&web), Some(v2.clone()));
 
     // Rollback: the tag moves back to v1 (signed, and kept in every node's cache).
-    log.lock().unwrap().clear();
+    log.lock().clear();
     retag(&bed.plain, &repo, "prod", &v1).await;
     wait_for_md(&s.deployments, "serve", "back on v1", deployed_is(&v1)).await;
     let web = wait_for_template(&s.client, &s.ns, "Deployment", "web", &v1).await;
     assert_eq!(volume_reference(&web), Some(format!("{repository}@{v1}")));
     wait_for_template(&s.client, &s.ns, "StatefulSet", "db", &v1).await;
-    assert!(!log.lock().unwrap().iter().any(|s| matches!(s, Seen::Workload { digest: Some(d), .. } if *d == v3)));
-    let versions: Vec<_> = template_changes(&log.lock().unwrap(), "web").into_iter().map(|(_, d)| d).collect();
+    assert!(!log.lock().iter().any(|s| matches!(s, Seen::Workload { digest: Some(d), .. } if *d == v3)));
+    let versions: Vec<_> = template_changes(&log.lock(), "web").into_iter().map(|(_, d)| d).collect();
     assert_eq!(versions.last(), Some(&Some(v1.clone())));
 }
 

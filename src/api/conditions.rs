@@ -1,6 +1,8 @@
 //! kstatus-compatible conditions: what `kubectl wait`, Argo CD and Flux read. `Ready` is always
 //! present; `Reconciling` and `Stalled` are present only while True (kstatus "abnormal-true"
-//! polarity); every condition carries the generation it describes.
+//! polarity); every condition carries the generation it describes. The verdict itself is the real
+//! library's: the end-to-end tests judge every status with sigs.k8s.io/cli-utils' kstatus
+//! (e2e/tools/kstatus), never with a re-implementation.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::JsonSchema;
@@ -277,32 +279,6 @@ fn order(type_: &str) -> (usize, String) {
     (rank.unwrap_or(usize::MAX), type_.to_owned())
 }
 
-/// kstatus's verdict on an object: the answer `kstatus`, Argo CD and Flux's health checks give.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KStatus {
-    Current,
-    InProgress,
-    Failed,
-}
-
-/// Evaluates conditions the way kstatus does for custom resources.
-pub fn kstatus(generation: Option<i64>, observed_generation: Option<i64>, conditions: &[Condition]) -> KStatus {
-    if generation.is_some() && observed_generation != generation {
-        return KStatus::InProgress;
-    }
-    if is_true(conditions, STALLED) {
-        return KStatus::Failed;
-    }
-    if is_true(conditions, RECONCILING) {
-        return KStatus::InProgress;
-    }
-    match find(conditions, READY) {
-        Some(c) if c.status == ConditionStatus::True => KStatus::Current,
-        Some(c) if c.status == ConditionStatus::False => KStatus::Failed,
-        _ => KStatus::InProgress,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,20 +328,5 @@ mod tests {
         apply(&mut c, &Observation::stalled(Reason::PullFailed, "y"), Some(1), &t(1));
         let types: Vec<_> = c.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, [READY, STALLED, VERIFIED, DRIFTED]);
-    }
-
-    #[test]
-    fn kstatus_evaluation() {
-        let mut c = vec![];
-        assert_eq!(kstatus(Some(1), None, &c), KStatus::InProgress);
-        apply(&mut c, &Observation::ready(Reason::Succeeded, ""), Some(1), &t(1));
-        assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::Current);
-        assert_eq!(kstatus(Some(2), Some(1), &c), KStatus::InProgress, "stale generation");
-        apply(&mut c, &Observation::progressing(Reason::NodesNotReady, ""), Some(1), &t(1));
-        assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::InProgress);
-        apply(&mut c, &Observation::stalled(Reason::SignatureRejected, ""), Some(1), &t(1));
-        assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::Failed);
-        apply(&mut c, &Observation::not_ready(Reason::RegistryUnavailable, ""), Some(1), &t(1));
-        assert_eq!(kstatus(Some(1), Some(1), &c), KStatus::Failed);
     }
 }

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::conditions::Condition;
+use super::duration;
 
 /// Puts a Model's verified version into the node-local cache of every selected node (one pull Job
 /// per node) and reports per-node progress and drift between desired and deployed versions.
@@ -134,7 +135,7 @@ pub struct PullSpec {
     /// Deadline of one pull Job (Go duration; default 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1s')").message("pull.timeout must be a duration of at least 1s, such as 30m or 2h"))]
+    #[x_kube(validation = Rule::new(duration::cel_rule(">= duration('1s')")).message("pull.timeout must be a duration of at least 1s, such as 30m or 2h"))]
     pub timeout: Option<String>,
 
     /// CPU and memory for the pull container.

@@ -3,8 +3,14 @@
 
 use std::time::Duration;
 
-/// The grammar as a regular expression, shared with the CRD's CEL rules.
+/// The grammar as a regular expression; the CRD's CEL rules are generated from it ([`cel_rule`]).
 pub const PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// The CEL rule that `self` is a duration of this grammar and `comparison` (e.g. `>= duration('10s')`)
+/// holds: [`PATTERN`] as a CEL string literal, where a backslash is written twice.
+pub fn cel_rule(comparison: &str) -> String {
+    format!("self.matches('{}') && duration(self) {comparison}", PATTERN.replace('\\', "\\\\"))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid duration {0:?}: expected a Go duration such as 30s, 5m or 1h30m")]

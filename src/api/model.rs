@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::conditions::Condition;
+use super::duration;
 use crate::modelpack::{Family, ModelDescriptor, ModelProperties};
 
 /// A ModelPack model stored in an OCI registry, resolved to a digest, inspected and (optionally)
@@ -49,13 +50,13 @@ pub struct ModelSpec {
     /// How often to check the registry for a new version (Go duration, at least 10s; default 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new(INTERVAL_RULE).message("interval must be a duration of at least 10s, such as 30s, 5m or 1h"))]
+    #[x_kube(validation = Rule::new(duration::cel_rule(">= duration('10s')")).message("interval must be a duration of at least 10s, such as 30s, 5m or 1h"))]
     pub interval: Option<String>,
 
     /// Timeout for each registry operation (Go duration; default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new(TIMEOUT_RULE).message("timeout must be a positive duration such as 30s or 2m"))]
+    #[x_kube(validation = Rule::new(duration::cel_rule("> duration('0s')")).message("timeout must be a positive duration such as 30s or 2m"))]
     pub timeout: Option<String>,
 
     /// Secret of type kubernetes.io/dockerconfigjson with credentials for the registry.
@@ -85,10 +86,6 @@ pub struct ModelSpec {
 
 // An OCI reference name: optional registry host[:port], then lowercase path components.
 const REPOSITORY_RULE: &str = "self.matches('^((([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(\\\\.([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*|\\\\[[0-9a-fA-F:]+\\\\])(:[0-9]+)?/)?[a-z0-9]+((\\\\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\\\\.|_|__|-+)[a-z0-9]+)*)*$')";
-const INTERVAL_RULE: &str =
-    "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('10s')";
-const TIMEOUT_RULE: &str =
-    "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) > duration('0s')";
 const DIGEST_RULE: &str = "self.matches('^sha256:[a-f0-9]{64}$')";
 
 fn default_ref() -> ModelReference {

@@ -19,10 +19,7 @@ use super::scrub::{RemovedModel, check_before_reuse};
 use super::store::{Ingest, Store, digest_hex};
 use super::{Error, link, ranged};
 use crate::modelpack::{Manifest, ModelConfig, layer};
-use crate::registry::{Error as RegistryError, Registry, Repository};
-
-/// Config blobs are small JSON documents; anything bigger is refused.
-const MAX_CONFIG_BYTES: usize = 1 << 20;
+use crate::registry::{Error as RegistryError, MAX_CONFIG_BYTES, Registry, Repository};
 
 #[derive(Clone, Debug, Default)]
 pub struct PullOptions {

@@ -377,12 +377,34 @@ mod tests {
         let (d, len) = (digest(&data), data.len() as u64);
         let mut first = store.ingest(&d, len, SRC).unwrap().unwrap();
         let (other, d2) = (store.clone(), d.clone());
-        let second = std::thread::spawn(move || other.ingest(&d2, len, SRC).unwrap().is_none());
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        assert!(!second.is_finished(), "the second writer waits for the first");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let second = std::thread::spawn(move || {
+            tx.send(fs::read_link("/proc/thread-self").unwrap()).unwrap();
+            other.ingest(&d2, len, SRC).unwrap().is_none()
+        });
+        let thread = rx.recv().unwrap();
+        wait_until_blocked_in_flock(&thread, || second.is_finished());
         first.write(&data).unwrap();
         first.commit().unwrap();
         assert!(second.join().unwrap(), "then finds the blob published and writes nothing");
+    }
+
+    /// Waits until `thread` (`<pid>/task/<tid>` under /proc) is blocked in flock(2), the call
+    /// `File::lock` makes: the kernel's word that it waits, no guess from a sleep. Panics when
+    /// `finished()` first (it never waited) or after 10 s.
+    fn wait_until_blocked_in_flock(thread: &std::path::Path, finished: impl Fn() -> bool) {
+        const FLOCK: &str = if cfg!(target_arch = "aarch64") { "32" } else { "73" };
+        let syscall = std::path::Path::new("/proc").join(thread).join("syscall");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            assert!(!finished(), "the second writer returned while the first held the blob");
+            let now = fs::read_to_string(&syscall).unwrap_or_default();
+            if now.split_whitespace().next() == Some(FLOCK) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the second writer never blocked: {now}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -35,10 +35,15 @@ const STANDBY_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("binding {address}: {source}")]
+    #[error("binding {address}")]
     Bind { address: SocketAddr, source: std::io::Error },
-    #[error("leader election: {0}")]
+    #[error("leader election")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error(
+        "the leader-election namespace {namespace:?} does not exist: create it, or name another with \
+         --leader-election-namespace (default: the --jobs-namespace)"
+    )]
+    NoLeaseNamespace { namespace: String },
     #[error("lost the leadership of lease {0}; exiting so that another replica takes over cleanly")]
     LostLeadership(String),
 }
@@ -67,10 +72,11 @@ pub async fn run(client: Client, config: RuntimeConfig) -> Result<(), Error> {
             .with_duration(15)
             .with_grace(5)
             .build()
-            .await?;
+            .await
+            .map_err(|e| lease_error(e, &election.namespace))?;
         tokio::select! {
             acquired = manager.changed() => {
-                if acquired? {
+                if acquired.map_err(|e| lease_error(e, &election.namespace))? {
                     break manager;
                 }
             }
@@ -102,6 +108,20 @@ pub async fn run(client: Client, config: RuntimeConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// A Lease in a namespace that does not exist is a 404 naming the namespace: one line with the fix,
+/// not the API server's Status twice over.
+fn lease_error(e: kube_lease_manager::LeaseManagerError, namespace: &str) -> Error {
+    use kube_lease_manager::LeaseManagerError::KubeError;
+    match &e {
+        KubeError(kube::Error::Api(status))
+            if status.code == 404 && status.details.as_ref().is_some_and(|d| d.kind == "namespaces") =>
+        {
+            Error::NoLeaseNamespace { namespace: namespace.to_owned() }
+        }
+        _ => Error::Lease(e),
+    }
+}
+
 async fn terminated() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -116,7 +136,7 @@ async fn terminated() {
 async fn serve(address: SocketAddr, what: &'static str, router: Router) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|source| Error::Bind { address, source })?;
     let bound = listener.local_addr().map_err(|source| Error::Bind { address, source })?;
-    tracing::info!(address = %bound, "serving {what}");
+    tracing::info!(endpoint = what, address = %bound, "serving {what}");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "{what} server stopped");

@@ -3,8 +3,9 @@
 use super::{Error, Registry, Repository};
 use crate::modelpack::{ConfigWarning, Family, Manifest, ModelConfig, layer};
 
-/// Config blobs are small JSON documents; anything bigger is refused before it is read.
-const MAX_CONFIG_BYTES: usize = 1 << 20;
+/// Config blobs are small JSON documents; anything bigger is refused before it is read (by
+/// `inspect` and by `pull`).
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// A ModelPack manifest and its config.
 #[derive(Clone, Debug)]

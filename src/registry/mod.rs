@@ -18,7 +18,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 pub use credentials::{Credential, Keyring};
-pub use inspect::{Inspection, inspect};
+pub use inspect::{Inspection, MAX_CONFIG_BYTES, inspect};
 pub use mirror::Mirror;
 pub use resolve::{RefSpec, Resolution};
 pub use semver_range::SemverRange;
@@ -59,20 +59,6 @@ pub enum Error {
     Protocol { registry: String, detail: String },
     #[error(transparent)]
     ModelPack(#[from] crate::modelpack::Error),
-}
-
-impl Error {
-    /// Failures that retrying cannot fix without a spec change.
-    pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            Error::InvalidReference { .. }
-                | Error::InvalidSemver { .. }
-                | Error::InvalidFilter { .. }
-                | Error::DigestMismatch { .. }
-                | Error::ModelPack(_)
-        )
-    }
 }
 
 /// A repository in a registry, e.g. `registry.example.com:5000` + `team/model`.

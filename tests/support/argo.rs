@@ -1,11 +1,11 @@
-//! Runs the Argo CD health scripts (argocd/*.lua) the way Argo CD does: `obj` is the object as a
+//! Runs the Argo CD health scripts (deploy/argocd/*.lua) the way Argo CD does: `obj` is the object as a
 //! Lua table (JSON nulls and absent fields are nil), the script returns `{status, message}`.
 
 use mlua::{LuaSerdeExt, SerializeOptions};
 
-const MODEL: &str = include_str!("../../argocd/model.lua");
-const MODEL_DEPLOYMENT: &str = include_str!("../../argocd/modeldeployment.lua");
-const MODEL_POLICY: &str = include_str!("../../argocd/modelpolicy.lua");
+const MODEL: &str = include_str!("../../deploy/argocd/model.lua");
+const MODEL_DEPLOYMENT: &str = include_str!("../../deploy/argocd/modeldeployment.lua");
+const MODEL_POLICY: &str = include_str!("../../deploy/argocd/modelpolicy.lua");
 
 /// (status, message) for a Model or ModelDeployment (by its `kind`).
 pub fn health(obj: &serde_json::Value) -> (String, String) {

@@ -7,6 +7,7 @@ pub mod argo;
 pub mod craft;
 pub mod fixtures;
 pub mod hostile;
+pub mod kstatus;
 pub mod notary;
 pub mod proxy;
 
@@ -313,7 +314,7 @@ impl Operator {
         let log = dir.join(format!("{namespace}-{}.log", unique_suffix()));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_modelpack-operator"))
-            .args(["run", "--watch-namespace", namespace, "--log-format", "text"])
+            .args(["run", "--watch-namespace", namespace, "--log-format", "json"])
             .args(["--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
             .args(["--leader-election-namespace", namespace])
             .args(extra)
@@ -358,25 +359,53 @@ impl Operator {
         }
     }
 
-    /// The address the operator logged for `what` ("metrics" or "health probes").
+    /// The address of endpoint `what` ("metrics" or "health probes"): the `address` field of the
+    /// JSON log event whose `endpoint` field is `what`.
     pub fn address(&self, what: &str) -> String {
-        let needle = format!("serving {what}");
         for _ in 0..100 {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(line) = log.lines().find(|l| l.contains(&needle)) {
-                let address = line.split("address=").nth(1).and_then(|r| r.split_whitespace().next());
-                if let Some(a) = address {
-                    return a.to_owned();
-                }
+            let found = self.log_events().into_iter().find_map(|e| {
+                let fields = &e["fields"];
+                (fields["endpoint"] == what).then(|| fields["address"].as_str().map(str::to_owned)).flatten()
+            });
+            if let Some(a) = found {
+                return a;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("the operator never logged its {what} address");
     }
 
+    /// The operator's JSON log events so far (lines that are not JSON, e.g. a panic, are skipped).
+    pub fn log_events(&self) -> Vec<serde_json::Value> {
+        self.log_text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The value of one sample (`name{labels}` exactly as exposed) on the operator's `/metrics`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (status, text) = http_get(&self.address("metrics"), "/metrics");
+        assert_eq!(status, 200, "/metrics: {text}");
+        sample(&text, series)
+    }
+
+    /// `/readyz`: (status, body); "ok" on the leader once its controllers run, "standby" otherwise.
+    pub fn readiness(&self) -> (u16, String) {
+        http_get(&self.address("health probes"), "/readyz")
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The value of the sample `name{labels}` in an OpenMetrics text.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A plain HTTP/1.0 GET: (status code, body).
@@ -444,4 +473,68 @@ pub fn read_request_head(client: &mut std::net::TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&head).into_owned()
+}
+
+/// What watches delivered, mapped, in order. A watch that fails or ends is remembered and fails
+/// every later read, so that no assertion passes on a recording that stopped early.
+pub struct Recording<T> {
+    items: std::sync::Mutex<Vec<T>>,
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl<T: Send + 'static> Recording<T> {
+    pub fn new() -> std::sync::Arc<Recording<T>> {
+        std::sync::Arc::new(Recording { items: Default::default(), failure: Default::default() })
+    }
+
+    /// The items so far; panics when a watch feeding this recording failed or ended.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        if let Some(failure) = self.failure.lock().unwrap().as_ref() {
+            panic!("a recorded watch stopped ({failure}): the recording is incomplete");
+        }
+        self.items.lock().unwrap()
+    }
+
+    /// Records `map` of every version of object `name` that a watch on `api` delivers.
+    pub fn watch<K>(
+        self: &std::sync::Arc<Self>,
+        api: &Api<K>,
+        name: &str,
+        map: impl Fn(K) -> Option<T> + Send + 'static,
+    ) where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let config = kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
+        self.watch_with(api, config, map);
+    }
+
+    /// Records `map` of every object version a watch on `api` with `config` delivers.
+    pub fn watch_with<K>(
+        self: &std::sync::Arc<Self>,
+        api: &Api<K>,
+        config: kube::runtime::watcher::Config,
+        map: impl Fn(K) -> Option<T> + Send + 'static,
+    ) where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let stream = watcher(api.clone(), config).applied_objects();
+        let sink = self.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let failure = loop {
+                match stream.next().await {
+                    Some(Ok(obj)) => {
+                        if let Some(item) = map(obj) {
+                            sink.items.lock().unwrap().push(item);
+                        }
+                    }
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "the stream ended".to_owned(),
+                }
+            };
+            *sink.failure.lock().unwrap() = Some(failure);
+        });
+    }
 }
