@@ -1,13 +1,17 @@
 //! The person-facing subcommands (`inspect`, …): argument plumbing and output formats over the
 //! library's modules.
 
+pub mod check;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use modelpack_operator::cache::Endpoint;
-use modelpack_operator::modelpack::layer;
+use modelpack_operator::modelpack::{Family, ModelDescriptor, ModelProperties};
+use modelpack_operator::policy::{self, LayerVar, ReferrerVar};
 use modelpack_operator::registry::{self, Keyring, Mirror, Options, Registry, Repository};
 
 /// Transport and credential flags shared by every command that talks to a registry.
@@ -80,73 +84,102 @@ pub async fn inspect(reference: &str, args: &RegistryArgs, json_output: bool) ->
     let registry = args.registry_for(&repo)?;
     let resolution = registry.resolve(&repo, &spec).await?;
     let inspection = registry::inspect(&registry, &repo, &resolution.digest).await?;
-    let manifest = &inspection.manifest;
-    let mut layers = Vec::new();
-    for descriptor in &manifest.layers {
-        let l = layer(descriptor)?;
-        layers.push(json!({
-            "mediaType": descriptor.media_type,
-            "digest": descriptor.digest,
-            "size": descriptor.size,
-            "path": l.path.as_str(),
-        }));
-    }
-    let out = json!({
-        "reference": reference,
-        "digest": resolution.digest,
-        "tag": resolution.tag,
-        "family": inspection.family,
-        "artifactType": manifest.artifact_type,
-        "configDigest": manifest.config.digest,
-        "size": manifest.total_size(),
-        "descriptor": inspection.config.descriptor,
-        "config": inspection.config.config,
-        "layers": layers,
-        "warnings": inspection.warnings.iter().map(|w| format!("{w:?}")).collect::<Vec<_>>(),
-    });
+    // What is attached is described, not required (`check` requires it): a registry that answers the
+    // referrers request with an error still gets its artifact inspected, with a warning.
+    let (referrers, unread) = match registry.referrers(&repo, &resolution.digest).await {
+        Ok(referrers) => (referrers, None),
+        Err(e) => (Vec::new(), Some(format!("referrers not read: {e}"))),
+    };
+    let variables = policy::Variables::of(&repo, &inspection, resolution.tag.as_deref(), &referrers)?;
+    let collected = policy::Collected { inspection, referrers, variables };
+    let mut report = InspectReport::new(reference, resolution.tag, &collected);
+    report.warnings.extend(unread);
     if json_output {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", inspect_text(&out));
+        print!("{}", report.text());
     }
     Ok(())
 }
 
-fn inspect_text(v: &Value) -> String {
-    let mut s = String::new();
-    let field = |s: &mut String, label: &str, value: &Value| {
-        let text = match value {
-            Value::Null => return,
-            Value::String(t) => t.clone(),
-            Value::Array(items) if items.is_empty() => return,
-            other => other.to_string(),
-        };
-        s.push_str(&format!("{label:<14} {text}\n"));
-    };
-    field(&mut s, "Digest:", &v["digest"]);
-    field(&mut s, "Tag:", &v["tag"]);
-    field(&mut s, "Family:", &v["family"]);
-    field(&mut s, "ArtifactType:", &v["artifactType"]);
-    field(&mut s, "Config:", &v["configDigest"]);
-    field(&mut s, "Size:", &v["size"]);
-    for section in ["descriptor", "config"] {
-        if let Some(map) = v[section].as_object() {
-            for (k, value) in map {
-                field(&mut s, &format!("{k}:"), value);
-            }
+/// What `inspect` prints, as JSON (`-o json`) or as text.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InspectReport<'a> {
+    reference: &'a str,
+    digest: &'a str,
+    tag: Option<String>,
+    family: Family,
+    artifact_type: Option<&'a str>,
+    config_digest: &'a str,
+    size: i64,
+    descriptor: &'a ModelDescriptor,
+    config: &'a ModelProperties,
+    layers: &'a [LayerVar],
+    /// What is attached to the digest (referrers API or `sha256-<hex>` tag, first page).
+    referrers: &'a [ReferrerVar],
+    warnings: Vec<String>,
+}
+
+impl<'a> InspectReport<'a> {
+    fn new(reference: &'a str, tag: Option<String>, collected: &'a policy::Collected) -> InspectReport<'a> {
+        let inspection = &collected.inspection;
+        let manifest = &inspection.manifest;
+        InspectReport {
+            reference,
+            digest: &inspection.digest,
+            tag,
+            family: inspection.family,
+            artifact_type: manifest.artifact_type.as_deref(),
+            config_digest: &manifest.config.digest,
+            size: manifest.total_size(),
+            descriptor: &inspection.config.descriptor,
+            config: &inspection.config.config,
+            layers: &collected.variables.layers,
+            referrers: &collected.variables.referrers,
+            warnings: inspection.warnings.iter().map(|w| format!("{w:?}")).collect(),
         }
     }
-    s.push_str("Files:\n");
-    for l in v["layers"].as_array().into_iter().flatten() {
-        s.push_str(&format!(
-            "  {:<40} {:>12}  {}  {}\n",
-            l["path"].as_str().unwrap_or(""),
-            l["size"],
-            l["digest"].as_str().unwrap_or(""),
-            l["mediaType"].as_str().unwrap_or("")
-        ));
+
+    fn text(&self) -> String {
+        let mut s = String::new();
+        let mut field = |label: &str, text: &str| {
+            if !text.is_empty() {
+                s.push_str(&format!("{label:<14} {text}\n"));
+            }
+        };
+        field("Digest:", self.digest);
+        field("Tag:", self.tag.as_deref().unwrap_or_default());
+        field("Family:", &self.family.to_string());
+        field("ArtifactType:", self.artifact_type.unwrap_or_default());
+        field("Config:", self.config_digest);
+        field("Size:", &self.size.to_string());
+        // The config's objects print field by field, as their JSON names and values.
+        for section in [serde_json::to_value(self.descriptor), serde_json::to_value(self.config)] {
+            let Ok(serde_json::Value::Object(map)) = section else { continue };
+            for (k, value) in map {
+                let text = match value {
+                    serde_json::Value::String(t) => t,
+                    other => other.to_string(),
+                };
+                field(&format!("{k}:"), &text);
+            }
+        }
+        for w in &self.warnings {
+            field("Warning:", w);
+        }
+        s.push_str("Files:\n");
+        for l in self.layers {
+            s.push_str(&format!("  {:<40} {:>12}  {}  {}\n", l.path, l.size, l.digest, l.media_type));
+        }
+        if !self.referrers.is_empty() {
+            s.push_str("Referrers:\n");
+            for r in self.referrers {
+                s.push_str(&format!("  {:<40} {}\n", r.artifact_type, r.digest));
+            }
+        }
+        s
     }
-    s
 }
 
 /// What `verify` checks with.
@@ -187,38 +220,65 @@ pub async fn verify(reference: &str, with: VerifyWith<'_>, args: &RegistryArgs, 
             ("notation", notation::verify(&registry, &repo, &target, &policies, &stores, now).await)
         }
     };
-    let (verified, out) = match &result {
-        Ok(v) => (
-            true,
-            json!({
-                "verified": true, "provider": v.provider, "digest": v.digest, "identity": v.identity,
-                "signatureDigest": v.signature_digest, "reason": null, "warnings": v.warnings,
-            }),
-        ),
-        Err(verify::Error::Rejected { reason, detail }) => (
-            false,
-            json!({
-                "verified": false, "provider": provider, "digest": digest, "identity": null,
-                "signatureDigest": null, "reason": reason.as_str(), "detail": detail, "warnings": [],
-            }),
-        ),
+    let report = match &result {
+        Ok(v) => VerifyReport {
+            verified: true,
+            provider: v.provider,
+            digest: &v.digest,
+            identity: Some(&v.identity),
+            signature_digest: Some(&v.signature_digest),
+            reason: None,
+            detail: None,
+            warnings: &v.warnings,
+        },
+        Err(verify::Error::Rejected { reason, detail }) => VerifyReport {
+            verified: false,
+            provider,
+            digest: &digest,
+            identity: None,
+            signature_digest: None,
+            reason: Some(reason.as_str()),
+            detail: Some(detail),
+            warnings: &[],
+        },
         Err(e) => anyhow::bail!("verifying {repo}@{digest}: {e}"),
     };
     if json_output {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else if verified {
-        println!("verified {repo}@{digest}: signed by {} ({provider})", out["identity"].as_str().unwrap_or_default());
-        for w in out["warnings"].as_array().into_iter().flatten() {
-            println!("warning: {}", w.as_str().unwrap_or_default());
-        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
-            "rejected {repo}@{digest}: {}: {}",
-            out["reason"].as_str().unwrap_or_default(),
-            out["detail"].as_str().unwrap_or_default()
-        );
+        print!("{}", report.text(&repo));
     }
-    Ok(verified)
+    Ok(report.verified)
+}
+
+/// What `verify` prints, as JSON (`-o json`) or as text.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyReport<'a> {
+    verified: bool,
+    provider: &'a str,
+    digest: &'a str,
+    identity: Option<&'a str>,
+    signature_digest: Option<&'a str>,
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    warnings: &'a [String],
+}
+
+impl VerifyReport<'_> {
+    fn text(&self, repo: &Repository) -> String {
+        let (provider, digest) = (self.provider, self.digest);
+        if !self.verified {
+            let (reason, detail) = (self.reason.unwrap_or_default(), self.detail.unwrap_or_default());
+            return format!("rejected {repo}@{digest}: {reason}: {detail}\n");
+        }
+        let mut s = format!("verified {repo}@{digest}: signed by {} ({provider})\n", self.identity.unwrap_or_default());
+        for w in self.warnings {
+            s.push_str(&format!("warning: {w}\n"));
+        }
+        s
+    }
 }
 
 /// `pull REF --cache-dir DIR …`: one model by digest into a node cache.

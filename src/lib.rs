@@ -7,5 +7,6 @@ pub mod cache;
 pub mod chain;
 pub mod controller;
 pub mod modelpack;
+pub mod policy;
 pub mod registry;
 pub mod verify;

@@ -20,7 +20,7 @@ struct Cli {
 enum Command {
     /// Run the controllers against the cluster of the current kubeconfig or in-cluster config.
     Run(RunArgs),
-    /// Print the CustomResourceDefinitions (YAML) for Model and ModelDeployment.
+    /// Print the CustomResourceDefinitions (YAML) for Model, ModelDeployment and ModelPolicy.
     Crd(CrdArgs),
     /// Pull a ModelPack by digest into a node cache (what the per-node Jobs run).
     Pull(PullArgs),
@@ -28,6 +28,9 @@ enum Command {
     Inspect(InspectArgs),
     /// Verify the signature of a ModelPack (notation or cosign).
     Verify(VerifyArgs),
+    /// Evaluate ModelPolicy rules on a ModelPack (exit 0: every Enforce rule passes, 1: one fails,
+    /// 2: usage error or a policy that does not compile).
+    Check(CheckArgs),
     /// Collect cache entries no deployment keeps; with --unlink, forget one deployment first (what
     /// a deleted ModelDeployment's cleanup Jobs run).
     Gc(GcArgs),
@@ -241,6 +244,20 @@ struct VerifyArgs {
     output: Output,
 }
 
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// `registry/repository[:tag|@sha256:…]`.
+    reference: String,
+    /// ModelPolicy YAML files (`--policy A B` or `--policy A --policy B`; a file may hold several
+    /// documents).
+    #[arg(long, value_name = "FILE", required = true, num_args = 1..)]
+    policy: Vec<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -294,6 +311,7 @@ fn main() -> ExitCode {
             run_async(cli::inspect(&args.reference, &args.registry, json))
         }
         Command::Verify(args) => verify(args),
+        Command::Check(args) => check(args),
         Command::Gc(args) => match gc(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
@@ -333,6 +351,26 @@ fn verify(args: VerifyArgs) -> ExitCode {
     match runtime.block_on(cli::verify(&args.reference, with, &args.registry, json)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        Err(e) => fail(&e),
+    }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let policies = match cli::check::load(&args.policy) {
+        Ok(policies) => policies,
+        Err(e) => {
+            fail(&e);
+            return ExitCode::from(2);
+        }
+    };
+    let json = matches!(args.output, Output::Json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::from(e)),
+    };
+    match runtime.block_on(cli::check::run(&args.reference, &policies, &args.registry, json)) {
+        Ok(cli::check::Verdict::Passed) => ExitCode::SUCCESS,
+        Ok(cli::check::Verdict::Failed) => ExitCode::FAILURE,
         Err(e) => fail(&e),
     }
 }

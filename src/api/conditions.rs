@@ -13,6 +13,9 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 pub const VERIFIED: &str = "Verified";
 pub const DRIFTED: &str = "Drifted";
+/// Whether the resolved digest passes every ModelPolicy that selects the Model (absent when none
+/// does).
+pub const COMPLIANT: &str = "Compliant";
 /// Whether the workloads of `spec.workloads` carry the deployed version and rolled it out.
 pub const WORKLOADS_UPDATED: &str = "WorkloadsUpdated";
 
@@ -106,6 +109,16 @@ reasons! {
     WorkloadNotFound,
     /// WorkloadsUpdated and event: `imageVolume` names no volume with an `image` source.
     ImageVolumeNotFound,
+    // ModelPolicy (Model Compliant; Ready/Stalled of a Model and its ModelDeployments; ModelPolicy Ready).
+    /// Compliant False, and Ready/Stalled of a Model (Enforce) and of its ModelDeployments: the
+    /// resolved digest fails a ModelPolicy rule; the message names the policy and the rule.
+    PolicyViolation,
+    /// Compliant True: every selecting policy passed.
+    PoliciesPassed,
+    /// ModelPolicy Ready True: every rule compiled.
+    RulesCompiled,
+    /// ModelPolicy Ready False and Stalled: a rule or a selector is invalid (the compiler's message).
+    InvalidPolicy,
     /// Event: a workload was handed a version.
     WorkloadUpdated,
 }

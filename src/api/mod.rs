@@ -6,6 +6,7 @@ pub mod conditions;
 mod deployment;
 pub mod duration;
 mod model;
+mod policy;
 
 pub use cache::{CachedModel, ModelCache, ModelCacheSpec, ModelCacheStatus, ScrubSummary};
 pub use deployment::{
@@ -16,6 +17,7 @@ pub use model::{
     Accepted, Artifact, HistoryEntry, LocalObjectReference, Model, ModelReference, ModelSpec, ModelStatus, Resolved,
     Revoked, Verified, VerifyProvider, VerifySpec,
 };
+pub use policy::{ModelPolicy, ModelPolicySpec, ModelPolicyStatus, PolicyAction, PolicyRule, Violation};
 
 use kube::CustomResourceExt;
 
@@ -28,7 +30,7 @@ pub enum Error {
 /// Every CRD as one multi-document YAML stream: what `modelpack-operator crd` prints and crds/ holds.
 pub fn crds_yaml() -> Result<String, Error> {
     let mut out = String::new();
-    for crd in [Model::crd(), ModelDeployment::crd(), ModelCache::crd()] {
+    for crd in [Model::crd(), ModelDeployment::crd(), ModelCache::crd(), ModelPolicy::crd()] {
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&crd).map_err(|e| Error::Yaml(e.to_string()))?);
     }

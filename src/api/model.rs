@@ -194,6 +194,9 @@ pub struct ModelStatus {
     /// Previously resolved digests, newest first (bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+    /// The rules of ModelPolicies the resolved digest fails (Enforce and Audit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<super::Violation>,
 }
 
 /// A resolution of the ref to a digest.

@@ -199,6 +199,12 @@ impl Caches {
         self.verifications.verify(&registry, access, model, trust, inspection).await
     }
 
+    /// What refers to `digest` (first page), read on every call: a referrer attached later counts.
+    pub async fn referrers(&self, access: &Access, digest: &str) -> Result<Vec<crate::registry::Referrer>, Error> {
+        let (registry, _) = self.registry(access)?;
+        Ok(registry.referrers(&access.repository, digest).await?)
+    }
+
     pub async fn inspect(&self, access: &Access, digest: &str) -> Result<Arc<Inspection>, Error> {
         let key = (access.repository.clone(), digest.to_owned());
         let cached = || self.inspections.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();

@@ -39,6 +39,12 @@ struct VerificationLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+    result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<ReconcileLabels, Counter>,
@@ -46,6 +52,7 @@ pub struct Metrics {
     resolutions: Family<ResultLabel, Counter>,
     verifications: Family<VerificationLabels, Counter>,
     pulls: Family<ResultLabel, Counter>,
+    policy_evaluations: Family<PolicyLabels, Counter>,
     pulled_bytes: Counter,
     drifted: Gauge,
     drifted_by_deployment: Mutex<HashMap<String, bool>>,
@@ -77,6 +84,12 @@ impl Default for Metrics {
         );
         let pulls = Family::<ResultLabel, Counter>::default();
         registry.register("pulls", "Finished node pulls by result (succeeded, failed)", pulls.clone());
+        let policy_evaluations = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "policy_evaluations",
+            "ModelPolicy evaluations of a digest by policy and result (pass, fail); cached verdicts are not counted",
+            policy_evaluations.clone(),
+        );
         let pulled_bytes = Counter::default();
         registry.register("pulled_bytes", "Bytes fetched from registries by finished node pulls", pulled_bytes.clone());
         let drifted = Gauge::default();
@@ -105,6 +118,7 @@ impl Default for Metrics {
             resolutions,
             verifications,
             pulls,
+            policy_evaluations,
             pulled_bytes,
             drifted,
             drifted_by_deployment: Mutex::new(HashMap::new()),
@@ -126,6 +140,10 @@ impl Metrics {
     pub fn verification(&self, provider: &str, result: &str) {
         let labels = VerificationLabels { provider: provider.to_owned(), result: result.to_owned() };
         self.verifications.get_or_create(&labels).inc();
+    }
+
+    pub fn policy_evaluation(&self, policy: &str, result: &'static str) {
+        self.policy_evaluations.get_or_create(&PolicyLabels { policy: policy.to_owned(), result }).inc();
     }
 
     pub fn pull_finished(&self, succeeded: bool, bytes: Option<i64>) {

@@ -4,9 +4,11 @@
 mod acceptance;
 mod access;
 mod caches;
+mod compliance;
 mod deployment;
 mod metrics;
 mod model;
+mod policy;
 pub mod runtime;
 mod status;
 mod trust;
@@ -19,13 +21,13 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{Model, ModelCache, ModelDeployment};
+use crate::api::{Model, ModelCache, ModelDeployment, ModelPolicy};
 
 pub use access::Caches;
 pub use deployment::{AllowedToleration, FINALIZER, JobSettings, NodeBound, parse_label};
@@ -65,6 +67,12 @@ pub struct Context {
     pub settings: JobSettings,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// Every ModelPolicy, each generation compiled once, and the verdicts already reached.
+    pub policy_store: reflector::Store<ModelPolicy>,
+    pub policies: policy::Policies,
+    pub outcomes: compliance::Outcomes,
+    /// Every Namespace, for the policies' namespaceSelector.
+    pub namespaces: reflector::Store<Namespace>,
 }
 
 /// Whether each watch has delivered its first full list (what `/readyz` reports, and what the
@@ -78,11 +86,21 @@ pub struct Readiness {
     deployments: AtomicBool,
     nodes: AtomicBool,
     jobs: AtomicBool,
+    policies: AtomicBool,
+    namespaces: AtomicBool,
 }
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        [&self.models, &self.deployments, &self.nodes, &self.jobs].iter().all(|f| f.load(Ordering::Acquire))
+        [&self.models, &self.deployments, &self.nodes, &self.jobs, &self.policies, &self.namespaces]
+            .iter()
+            .all(|f| f.load(Ordering::Acquire))
+    }
+
+    /// Whether the ModelPolicy and Namespace lists arrived: before that, no digest is judged
+    /// compliant (a policy not yet seen would be skipped).
+    pub(crate) fn policies_synced(&self) -> bool {
+        self.policies.load(Ordering::Acquire) && self.namespaces.load(Ordering::Acquire)
     }
 
     pub(crate) fn stores_synced(&self) -> bool {
@@ -126,6 +144,8 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
     let reporter = Reporter { controller: "modelpack-operator".into(), instance: std::env::var("POD_NAME").ok() };
     let (nodes, nodes_writer) = reflector::store();
     let (jobs, jobs_writer) = reflector::store();
+    let (policy_store, policy_writer) = reflector::store();
+    let (namespaces, namespaces_writer) = reflector::store();
     let (model_caches, caches_writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -137,11 +157,17 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
         settings: config.jobs.clone(),
         metrics,
         readiness: readiness.clone(),
+        policy_store,
+        policies: policy::Policies::default(),
+        outcomes: compliance::Outcomes::default(),
+        namespaces,
     });
     let ns = config.namespace.as_deref();
+    let writers = (policy_writer, namespaces_writer);
     let controllers = async {
         tokio::join!(
-            run_models(&client, ns, ctx.clone(), readiness.clone()),
+            run_models(&client, ns, ctx.clone(), readiness.clone(), writers),
+            policy::run(&client, ctx.clone()),
             run_deployments(&client, ns, ctx.clone(), (nodes_writer, jobs_writer, caches_writer), readiness)
         )
     };
@@ -152,8 +178,17 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
     }
 }
 
-async fn run_models(client: &Client, ns: Option<&str>, ctx: Arc<Context>, readiness: Arc<Readiness>) {
+async fn run_models(
+    client: &Client,
+    ns: Option<&str>,
+    ctx: Arc<Context>,
+    readiness: Arc<Readiness>,
+    (policy_writer, namespaces_writer): (reflector::store::Writer<ModelPolicy>, reflector::store::Writer<Namespace>),
+) {
     let (models_reader, models_writer) = reflector::store();
+    let policy_changes = policy::changes(client, policy_writer, readiness.clone(), ctx.clone());
+    let namespace_changes = policy::namespace_changes(client, namespaces_writer, readiness.clone());
+    let (policy_models, namespace_models, policy_ctx) = (models_reader.clone(), models_reader.clone(), ctx.clone());
     // Status writes bump resourceVersion but not generation: only spec changes (and requeues,
     // Secret and ServiceAccount changes) start a reconcile.
     let models = watcher(api::<Model>(client, ns), watcher::Config::default())
@@ -171,6 +206,10 @@ async fn run_models(client: &Client, ns: Option<&str>, ctx: Arc<Context>, readin
         })
         .watches(api::<ServiceAccount>(client, ns), watcher::Config::default(), move |sa: ServiceAccount| {
             models_using(&sa_models, sa.namespace(), |m| m.spec.service_account_name.as_deref() == Some(&sa.name_any()))
+        })
+        .watches_stream(policy_changes, move |p: ModelPolicy| policy::models_of(&policy_models, &policy_ctx, &p))
+        .watches_stream(namespace_changes, move |n: Namespace| {
+            models_using(&namespace_models, Some(n.name_any()), |_| true)
         })
         .shutdown_on_signal()
         .run(
@@ -270,26 +309,11 @@ fn selection_changes(
     nodes_writer: reflector::store::Writer<Node>,
     readiness: Arc<Readiness>,
 ) -> impl futures::Stream<Item = Result<Node, watcher::Error>> {
-    let mut seen: HashMap<String, Option<u64>> = HashMap::new();
-    watcher(Api::<Node>::all(client), watcher::Config::default())
+    let watch = watcher(Api::<Node>::all(client), watcher::Config::default())
         .default_backoff()
         .reflect(nodes_writer)
-        .inspect(on_init_done(move || readiness.nodes.store(true, Ordering::Release)))
-        .filter_map(move |event| {
-            let changed = match event {
-                Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
-                    let fingerprint = deployment::selection_fingerprint(&node);
-                    (seen.insert(node.name_any(), fingerprint) != Some(fingerprint)).then_some(Ok(node))
-                }
-                Ok(watcher::Event::Delete(node)) => {
-                    seen.remove(&node.name_any());
-                    Some(Ok(node))
-                }
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            };
-            futures::future::ready(changed)
-        })
+        .inspect(on_init_done(move || readiness.nodes.store(true, Ordering::Release)));
+    changes(watch, deployment::selection_fingerprint, true, |_| true)
 }
 
 /// The controller's own report of a failed reconcile (the error policy already logged why).
@@ -297,6 +321,51 @@ async fn logged<T, E: std::fmt::Display>(controller: &'static str, result: Resul
     if let Err(e) = result {
         tracing::debug!(controller, error = %e, "reconcile failed");
     }
+}
+
+/// The objects of a watch whose `fingerprint` changed, and the deleted ones for which `on_delete`
+/// says so; an object of the initial list counts as a change when `initial`, else it is only
+/// remembered.
+fn changes<K, F>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    fingerprint: impl Fn(&K) -> F + Send + 'static,
+    initial: bool,
+    mut on_delete: impl FnMut(&K) -> bool + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource + Send + 'static,
+    F: PartialEq + Send + 'static,
+{
+    let mut seen: HashMap<String, F> = HashMap::new();
+    events.filter_map(move |event| {
+        let changed = match event {
+            Ok(watcher::Event::Apply(k)) => remember(&mut seen, &fingerprint, k),
+            Ok(watcher::Event::InitApply(k)) if initial => remember(&mut seen, &fingerprint, k),
+            Ok(watcher::Event::InitApply(k)) => {
+                seen.insert(k.name_any(), fingerprint(&k));
+                None
+            }
+            Ok(watcher::Event::Delete(k)) => {
+                seen.remove(&k.name_any());
+                on_delete(&k).then_some(Ok(k))
+            }
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(changed)
+    })
+}
+
+/// `k` when its fingerprint differs from the one remembered (which it replaces).
+fn remember<K: kube::Resource, F: PartialEq>(
+    seen: &mut HashMap<String, F>,
+    fingerprint: impl Fn(&K) -> F,
+    k: K,
+) -> Option<Result<K, watcher::Error>> {
+    let f = fingerprint(&k);
+    let changed = seen.get(&k.name_any()) != Some(&f);
+    seen.insert(k.name_any(), f);
+    changed.then_some(Ok(k))
 }
 
 /// Runs one reconcile and records its outcome and duration.

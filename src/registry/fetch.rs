@@ -111,7 +111,12 @@ impl Registry {
         Ok(index
             .manifests
             .into_iter()
-            .map(|m| Referrer { digest: m.digest, media_type: m.media_type, artifact_type: m.artifact_type })
+            .map(|m| Referrer {
+                digest: m.digest,
+                media_type: m.media_type,
+                artifact_type: m.artifact_type,
+                annotations: m.annotations,
+            })
             .collect())
     }
 
@@ -260,6 +265,8 @@ struct IndexEntry {
     media_type: String,
     #[serde(rename = "artifactType")]
     artifact_type: Option<String>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[cfg(test)]

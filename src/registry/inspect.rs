@@ -16,6 +16,8 @@ pub struct Inspection {
     pub manifest_size: usize,
     pub family: Family,
     pub config: ModelConfig,
+    /// The config blob as JSON, as written (what a policy's variables are taken from).
+    pub config_json: serde_json::Value,
     pub warnings: Vec<ConfigWarning>,
 }
 
@@ -30,6 +32,8 @@ pub async fn inspect(registry: &Registry, repo: &Repository, digest: &str) -> Re
     }
     let config_bytes = registry.small_blob(repo, &manifest.config.digest, MAX_CONFIG_BYTES).await?;
     let (config, warnings) = ModelConfig::parse(&config_bytes)?;
+    // It parsed as a config just above, so it is JSON.
+    let config_json = serde_json::from_slice(&config_bytes).unwrap_or_default();
     let manifest_size = bytes.len();
-    Ok(Inspection { digest: digest.to_owned(), manifest, manifest_size, family, config, warnings })
+    Ok(Inspection { digest: digest.to_owned(), manifest, manifest_size, family, config, config_json, warnings })
 }

@@ -154,6 +154,8 @@ pub struct Referrer {
     pub digest: String,
     pub media_type: String,
     pub artifact_type: Option<String>,
+    /// The index entry's annotations (what a policy's `referrers` variable shows).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// A blob's bytes as they arrive.

@@ -5,12 +5,14 @@ use mlua::{LuaSerdeExt, SerializeOptions};
 
 const MODEL: &str = include_str!("../../deploy/argocd/model.lua");
 const MODEL_DEPLOYMENT: &str = include_str!("../../deploy/argocd/modeldeployment.lua");
+const MODEL_POLICY: &str = include_str!("../../deploy/argocd/modelpolicy.lua");
 
 /// (status, message) for a Model or ModelDeployment (by its `kind`).
 pub fn health(obj: &serde_json::Value) -> (String, String) {
     let script = match obj["kind"].as_str() {
         Some("Model") => MODEL,
         Some("ModelDeployment") => MODEL_DEPLOYMENT,
+        Some("ModelPolicy") => MODEL_POLICY,
         other => panic!("no health script for kind {other:?}"),
     };
     let lua = mlua::Lua::new();

@@ -106,14 +106,14 @@ impl Bed {
     }
 }
 
-/// Applies both CRDs (server-side) and waits until the apiserver serves them.
+/// Applies the CRDs (server-side) and waits until the apiserver serves them.
 pub async fn install_crds(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::CustomResourceExt;
     use kube::api::{Patch, PatchParams};
-    use modelpack_operator::api::{Model, ModelCache, ModelDeployment};
+    use modelpack_operator::api::{Model, ModelCache, ModelDeployment, ModelPolicy};
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [Model::crd(), ModelDeployment::crd(), ModelCache::crd()] {
+    for crd in [Model::crd(), ModelDeployment::crd(), ModelCache::crd(), ModelPolicy::crd()] {
         let name = crd.metadata.name.clone().unwrap();
         crds.patch(&name, &PatchParams::apply("modelpack-e2e").force(), &Patch::Apply(&crd)).await.unwrap();
         eventually(&format!("CRD {name} established"), Duration::from_secs(30), || async {

@@ -2,7 +2,7 @@
 //! resolved digest once it passed the Model's gates) or the deployment's pin. A digest whose trust
 //! was revoked is no version at all: nothing is pulled, and nodes that hold it keep it.
 
-use crate::api::conditions::{self, READY, Reason, STALLED};
+use crate::api::conditions::{self, COMPLIANT, READY, Reason, STALLED};
 use crate::api::{Model, ModelDeployment, VersionRef, short_digest};
 
 use super::plan::Desired;
@@ -16,8 +16,14 @@ pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
     let Some(status) = model.status.as_ref().filter(|s| s.observed_generation == model.metadata.generation) else {
         return blocked(Reason::ModelNotReady, format!("waiting for model {name} to be reconciled"), false);
     };
-    // A gated Model judges digests: a pin must be one it accepted.
-    let verify = model.spec.verify.is_some();
+    // A gated Model (signatures verified, or ModelPolicies selecting it) judges digests: a pin must
+    // be one it accepted. A refusal is reported with the gate's reason: the policy violation, or the
+    // failed verification.
+    let verify = model.spec.verify.is_some() || conditions::find(&status.conditions, COMPLIANT).is_some();
+    let refusal = match conditions::find(&status.conditions, READY).and_then(|c| Reason::parse(&c.reason)) {
+        Some(Reason::PolicyViolation) => Reason::PolicyViolation,
+        _ => Reason::VerificationFailed,
+    };
     let resolved = status.resolved.as_ref().map(|r| r.digest.as_str());
     let accepted = status.accepted.as_ref().map(|a| a.digest.as_str());
     let why = conditions::find(&status.conditions, READY).map(|c| c.message.clone()).unwrap_or_default();
@@ -37,11 +43,11 @@ pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
             let message = format!(
                 "pinned digest {pin} is not the digest model {name} verified ({verified}); only verified digests are pulled"
             );
-            return blocked(Reason::VerificationFailed, message, true);
+            return blocked(refusal, message, true);
         }
         (None, Some(d)) => d.to_owned(),
         (None, None) if verify && (model_stalled || resolved.is_some()) => {
-            return blocked(Reason::VerificationFailed, format!("model {name} has no verified version: {why}"), true);
+            return blocked(refusal, format!("model {name} has no accepted version: {why}"), true);
         }
         (None, None) if model_stalled => {
             return blocked(Reason::ModelStalled, format!("model {name} has no usable version: {why}"), true);
@@ -57,7 +63,7 @@ pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
     };
     let rejected = match resolved {
         Some(r) if deployment.spec.digest.is_none() && r != digest => {
-            Some(format!("model {name} resolved {} but did not accept it: {why}", short_digest(r)))
+            Some((refusal, format!("model {name} resolved {} but did not accept it: {why}", short_digest(r))))
         }
         _ => None,
     };
@@ -129,6 +135,42 @@ mod tests {
             Desired::Version { version, .. } => Some(&version.digest),
             Desired::Blocked { .. } => None,
         }
+    }
+
+    /// A Model no signature gates whose resolved digest an Enforce ModelPolicy refuses.
+    fn refused_by_policy(accepted: Option<String>) -> Model {
+        let mut m = model(false, Some(d('b')), None, true);
+        let status = m.status.as_mut().unwrap();
+        status.accepted = accepted.map(|a| {
+            serde_json::from_value(json!({"digest": a, "shortDigest": "x", "acceptedAt": "2026-01-01T00:00:00Z"}))
+                .unwrap()
+        });
+        for c in &mut status.conditions {
+            c.reason = "PolicyViolation".into();
+            c.message = "sha256:bb… violates ModelPolicy prod rule license: only MIT".into();
+        }
+        status.conditions.push(
+            serde_json::from_value(json!({"type": "Compliant", "status": "False", "reason": "PolicyViolation",
+                "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}))
+            .unwrap(),
+        );
+        m
+    }
+
+    #[test]
+    fn a_policy_refusal_keeps_the_accepted_version_and_names_the_policy() {
+        let got = desired(&deployment(None), Some(&refused_by_policy(Some(d('a')))));
+        let Desired::Version { version, rejected: Some((reason, why)) } = got else { panic!("{got:?}") };
+        assert_eq!((version.digest, reason), (d('a'), Reason::PolicyViolation));
+        assert!(why.contains("ModelPolicy prod rule license"), "{why}");
+        let nothing = desired(&deployment(None), Some(&refused_by_policy(None)));
+        assert!(
+            matches!(&nothing, Desired::Blocked { reason: Reason::PolicyViolation, stalled: true, message }
+                if message.contains("ModelPolicy prod")),
+            "{nothing:?}"
+        );
+        let pinned = desired(&deployment(Some(d('b'))), Some(&refused_by_policy(Some(d('a')))));
+        assert!(matches!(pinned, Desired::Blocked { reason: Reason::PolicyViolation, .. }), "a pin must be accepted");
     }
 
     #[test]

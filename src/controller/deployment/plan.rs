@@ -76,8 +76,9 @@ impl NodeCache {
 pub enum Desired {
     Version {
         version: VersionRef,
-        /// The Model resolved a newer digest whose verification failed: why.
-        rejected: Option<String>,
+        /// The Model resolved a newer digest a gate refused (a failed verification, a policy
+        /// violation): the gate's reason, and why.
+        rejected: Option<(Reason, String)>,
     },
     Blocked {
         reason: Reason,
@@ -540,12 +541,9 @@ fn drift(inputs: &Inputs, status: &ModelDeploymentStatus) -> (DriftState, Observ
         Desired::Version { version, rejected } => (version, rejected),
     };
     let desired = describe(&version.digest, version.tag.as_deref());
-    if let Some(why) = rejected {
+    if let Some((reason, why)) = rejected {
         let message = format!("{why}; nodes keep {desired}");
-        return (
-            drift(false, Reason::VerificationFailed, message.clone()),
-            Observation::stalled(Reason::VerificationFailed, message),
-        );
+        return (drift(false, *reason, message.clone()), Observation::stalled(*reason, message));
     }
     rollout(inputs, status, version, &desired)
 }

@@ -257,7 +257,10 @@ fn blocked_and_rejected_versions_pull_nothing() {
     let mut run = Run::new(1, 5);
     deployed_everywhere(&mut run, 1);
     let Desired::Version { version: v, .. } = version(1) else { unreachable!() };
-    let rejected = Desired::Version { version: v, rejected: Some("sha256:bb… has no trusted signature".into()) };
+    let rejected = Desired::Version {
+        version: v,
+        rejected: Some((Reason::VerificationFailed, "sha256:bb… has no trusted signature".into())),
+    };
     let plan = run.step(&rejected, &jobs(vec![]), 10);
     assert!(plan.create.is_empty());
     assert_eq!(run.drift(), "VerificationFailed");

@@ -40,7 +40,7 @@ fn target_is_the_stored_deployed_version_only_when_it_is_the_accepted_one_and_no
     // A rejected newer digest leaves the accepted (deployed) one in force.
     let rejected = Desired::Version {
         version: VersionRef { digest: one.clone(), short_digest: short_digest(&one), tag: None },
-        rejected: Some("bad signature".into()),
+        rejected: Some((crate::api::conditions::Reason::VerificationFailed, "bad signature".into())),
     };
     assert_eq!(target(&spec(false), &rejected, Some(&one)), Ok(one.as_str()));
     // Rollback: pinned back to `two`, deployed once nodes hold it.

@@ -133,6 +133,7 @@ async fn run(p: &mut Pass<'_>) -> Result<Vec<Outcome>, Error> {
             Step::Resolve => steps::resolve(p).await?,
             Step::Inspect => steps::inspect(p).await?,
             Step::Verify => steps::verify(p).await?,
+            Step::Comply => steps::comply(p).await?,
             Step::Accept => steps::accept(p, &outcomes),
         };
         let ends = outcome.ends_pass();

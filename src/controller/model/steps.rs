@@ -11,6 +11,7 @@ use crate::api::{ModelStatus, VerifyProvider, VerifySpec};
 use crate::controller::Error;
 use crate::controller::acceptance::{self, Acceptance, Check, Gate};
 use crate::controller::access::access_for;
+use crate::controller::compliance;
 use crate::controller::trust::{self, Trust};
 use crate::registry::RefSpec;
 use crate::verify::Verification;
@@ -151,6 +152,50 @@ fn refused(
         _ => {}
     }
     outcome
+}
+
+/// The gate of the ModelPolicies that select the Model: every rule on the resolved digest. Under
+/// `Enforce` a violation refuses the digest; the digest accepted before is not judged (a policy
+/// holds back new versions, it never takes away the one in use). `Audit` violations only show.
+pub async fn comply(p: &mut Pass<'_>) -> Result<Outcome, Error> {
+    let (Some(access), Some(resolution), Some(inspection)) = (&p.access, &p.resolution, &p.inspection) else {
+        return Ok(Outcome::new(Step::Comply, Verdict::Skipped));
+    };
+    let before = p.before.as_ref().map(|_| Check::Passed);
+    let outcome = match compliance::comply(p.ctx, access, p.model, resolution, inspection).await {
+        Ok(outcome) => outcome,
+        Err(Error::Kube(e)) => return Err(Error::Kube(e)),
+        Err(e) => {
+            // The referrers could not be read: nothing is decided about the digest.
+            let mut failed = Outcome::new(Step::Comply, Verdict::Failed(failure(p, &e)));
+            failed.gate = Some(Gate { resolved: Check::Undecided, before });
+            return Ok(failed);
+        }
+    };
+    p.next.violations = outcome.violations.clone();
+    let previous = crate::api::conditions::find(&p.next.conditions, crate::api::conditions::COMPLIANT);
+    let Some((condition, event)) = compliance::report(&outcome, previous) else {
+        return Ok(Outcome::new(Step::Comply, Verdict::Skipped));
+    };
+    let (verdict, resolved) = match outcome.blocking() {
+        Some(v) => {
+            let message = compliance::blocked_message(&resolution.digest, v);
+            let failure = Failure { reason: Reason::PolicyViolation, message, stalled: true, requeue: p.every };
+            (Verdict::Failed(failure), Check::Refused)
+        }
+        None => {
+            let audited = outcome.violations.len();
+            let note = if audited > 0 { format!(" ({audited} ModelPolicy violations, audit)") } else { String::new() };
+            (Verdict::Passed { condition: Some(condition.clone()), note }, Check::Passed)
+        }
+    };
+    let mut step = Outcome::new(Step::Comply, verdict);
+    if resolved == Check::Passed {
+        // A refusal is announced by the summariser's Ready warning.
+        step.events.extend(event);
+    }
+    step.gate = Some(Gate { resolved, before });
+    Ok(step)
 }
 
 /// Which digest deployments use, from every gate's verdicts (see [`acceptance::decide`]).

@@ -21,23 +21,26 @@ pub enum Step {
     /// A gate: the signature checked under the trust in force (and what that means for the digest
     /// accepted before).
     Verify,
+    /// A gate: the ModelPolicies that select the Model evaluated on the resolved digest.
+    Comply,
     /// Which digest deployments use, from every gate's verdict.
     Accept,
 }
 
 impl Step {
-    pub const ALL: [Step; 4] = [Step::Resolve, Step::Inspect, Step::Verify, Step::Accept];
+    pub const ALL: [Step; 5] = [Step::Resolve, Step::Inspect, Step::Verify, Step::Comply, Step::Accept];
 
     /// A gate judges the resolved digest; its failure keeps the digest from being accepted without
     /// ending the pass.
     pub fn is_gate(self) -> bool {
-        matches!(self, Step::Verify)
+        matches!(self, Step::Verify | Step::Comply)
     }
 
     /// The condition that reports this step on its own, besides Ready.
     fn condition(self) -> Option<&'static str> {
         match self {
             Step::Verify => Some(conditions::VERIFIED),
+            Step::Comply => Some(conditions::COMPLIANT),
             Step::Resolve | Step::Inspect | Step::Accept => None,
         }
     }

@@ -1,0 +1,262 @@
+//! The variables a rule sees: plain JSON as it is in the artifact. The config's three objects are
+//! taken from the config blob itself (so fields the typed config does not know, and empty lists,
+//! reach the rule as they were written), with the legacy snake_case names of spec ≤ v0.0.6
+//! renamed to the current ones so both families have one shape.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::modelpack::{Descriptor, Manifest, layer};
+use crate::registry::{Inspection, Referrer, Registry, Repository};
+
+use super::Error;
+
+/// The names every rule may use, in the order the README lists them.
+pub const NAMES: [&str; 9] =
+    ["repository", "digest", "tag", "descriptor", "config", "modelfs", "annotations", "layers", "referrers"];
+
+/// Most list entries (layers, referrers) handed to a rule: with the nesting bound of
+/// [`super::MAX_COMPREHENSION_DEPTH`] this caps the iterations one evaluation can make.
+pub const MAX_LIST_ENTRIES: usize = 1024;
+
+/// Legacy (spec ≤ v0.0.6) names and their current ones, per object of the config.
+const DESCRIPTOR_RENAMES: [(&str, &str); 4] =
+    [("created_at", "createdAt"), ("doc_url", "docURL"), ("source_url", "sourceURL"), ("datasets_url", "datasetsURL")];
+const CONFIG_RENAMES: [(&str, &str); 1] = [("param_size", "paramSize")];
+const CAPABILITY_RENAMES: [(&str, &str); 4] = [
+    ("input_types", "inputTypes"),
+    ("output_types", "outputTypes"),
+    ("knowledge_cutoff", "knowledgeCutoff"),
+    ("tool_usage", "toolUsage"),
+];
+const MODELFS_RENAMES: [(&str, &str); 1] = [("diff_ids", "diffIds")];
+
+/// Everything a rule can read about one digest.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Variables {
+    pub repository: String,
+    pub digest: String,
+    /// Empty when the Model was resolved by digest.
+    pub tag: String,
+    pub descriptor: Value,
+    pub config: Value,
+    pub modelfs: Value,
+    pub annotations: BTreeMap<String, String>,
+    pub layers: Vec<LayerVar>,
+    pub referrers: Vec<ReferrerVar>,
+}
+
+/// One layer as a rule sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerVar {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+    /// The file's path in the model (from either family's filepath annotation or the OCI title).
+    pub path: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One manifest attached to the digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferrerVar {
+    /// The referrer's artifact type; empty when the index entry states none.
+    pub artifact_type: String,
+    pub digest: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ReferrerVar {
+    pub fn from_referrer(r: &Referrer) -> ReferrerVar {
+        ReferrerVar {
+            artifact_type: r.artifact_type.clone().unwrap_or_default(),
+            digest: r.digest.clone(),
+            annotations: r.annotations.clone(),
+        }
+    }
+}
+
+/// Where the variables come from: the resolved digest, its manifest, its config blob, and what
+/// refers to it.
+pub struct Source<'a> {
+    pub repository: String,
+    pub digest: &'a str,
+    pub tag: Option<&'a str>,
+    pub manifest: &'a Manifest,
+    pub config_json: &'a Value,
+    pub referrers: &'a [Referrer],
+}
+
+/// A digest's inspection, its referrers (first page), and the variables made of them.
+pub struct Collected {
+    pub inspection: Inspection,
+    pub referrers: Vec<Referrer>,
+    pub variables: Variables,
+}
+
+/// Reads what the rules need about `repo@digest` (found under `tag`, if any) from its registry.
+pub async fn collect(
+    registry: &Registry,
+    repo: &Repository,
+    digest: &str,
+    tag: Option<&str>,
+) -> Result<Collected, Error> {
+    let inspection = crate::registry::inspect(registry, repo, digest).await?;
+    let referrers = registry.referrers(repo, digest).await?;
+    let variables = Variables::of(repo, &inspection, tag, &referrers)?;
+    Ok(Collected { inspection, referrers, variables })
+}
+
+impl Variables {
+    /// The variables of an inspected digest.
+    pub fn of(
+        repo: &Repository,
+        inspection: &Inspection,
+        tag: Option<&str>,
+        referrers: &[Referrer],
+    ) -> Result<Variables, Error> {
+        Variables::new(&Source {
+            repository: repo.to_string(),
+            digest: &inspection.digest,
+            tag,
+            manifest: &inspection.manifest,
+            config_json: &inspection.config_json,
+            referrers,
+        })
+    }
+
+    pub fn new(source: &Source<'_>) -> Result<Variables, Error> {
+        if source.manifest.layers.len() > MAX_LIST_ENTRIES {
+            return Err(Error::TooManyEntries { what: "layers", count: source.manifest.layers.len() });
+        }
+        let layers = source.manifest.layers.iter().map(layer_var).collect::<Result<_, _>>()?;
+        let object = |key: &str| source.config_json.get(key).cloned().unwrap_or_else(|| Value::Object(Map::new()));
+        let mut descriptor = object("descriptor");
+        let mut config = object("config");
+        let mut modelfs = object("modelfs");
+        rename(&mut descriptor, &DESCRIPTOR_RENAMES);
+        rename(&mut config, &CONFIG_RENAMES);
+        if let Some(capabilities) = config.get_mut("capabilities") {
+            rename(capabilities, &CAPABILITY_RENAMES);
+        }
+        rename(&mut modelfs, &MODELFS_RENAMES);
+        Ok(Variables {
+            repository: source.repository.clone(),
+            digest: source.digest.to_owned(),
+            tag: source.tag.unwrap_or_default().to_owned(),
+            descriptor,
+            config,
+            modelfs,
+            annotations: source.manifest.annotations.clone(),
+            layers,
+            // Only the first page of referrers is read; past the cap a rule sees the first ones.
+            referrers: source.referrers.iter().take(MAX_LIST_ENTRIES).map(ReferrerVar::from_referrer).collect(),
+        })
+    }
+
+    /// The variables as one JSON object keyed by [`NAMES`] (what `celeval` and the tests read).
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+fn layer_var(descriptor: &Descriptor) -> Result<LayerVar, Error> {
+    let parsed = layer(descriptor)?;
+    Ok(LayerVar {
+        media_type: descriptor.media_type.clone(),
+        digest: descriptor.digest.clone(),
+        size: descriptor.size,
+        path: parsed.path.as_str().to_owned(),
+        annotations: descriptor.annotations.clone(),
+    })
+}
+
+/// Renames legacy keys to current ones; where both are written the current one wins.
+fn rename(value: &mut Value, renames: &[(&str, &str)]) {
+    let Some(map) = value.as_object_mut() else { return };
+    for (legacy, current) in renames {
+        if let Some(v) = map.remove(*legacy) {
+            map.entry(*current).or_insert(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn manifest(layers: Value) -> Manifest {
+        serde_json::from_value(json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": "application/vnd.cnai.model.config.v1+json", "digest": "sha256:c", "size": 2},
+            "layers": layers,
+        }))
+        .unwrap()
+    }
+
+    fn vars(manifest: &Manifest, config: Value) -> Variables {
+        let source = Source {
+            repository: "r.example/m".into(),
+            digest: "sha256:d",
+            tag: None,
+            manifest,
+            config_json: &config,
+            referrers: &[],
+        };
+        Variables::new(&source).unwrap()
+    }
+
+    #[test]
+    fn legacy_names_become_current_ones_and_unknown_fields_stay() {
+        let m = manifest(json!([]));
+        let v = vars(
+            &m,
+            json!({"descriptor": {"created_at": "2024-01-01T00:00:00Z", "licenses": [], "x": 1},
+                   "config": {"param_size": "1B", "capabilities": {"tool_usage": true, "input_types": ["text"]}},
+                   "modelfs": {"type": "layers", "diff_ids": ["sha256:a"], "diffIds": ["sha256:b"]}}),
+        );
+        assert_eq!(v.descriptor, json!({"createdAt": "2024-01-01T00:00:00Z", "licenses": [], "x": 1}));
+        assert_eq!(v.config, json!({"paramSize": "1B", "capabilities": {"toolUsage": true, "inputTypes": ["text"]}}));
+        assert_eq!(v.modelfs, json!({"type": "layers", "diffIds": ["sha256:b"]}), "the current name wins");
+        assert_eq!(v.tag, "");
+    }
+
+    #[test]
+    fn absent_objects_maps_and_lists_are_empty() {
+        let m = manifest(json!([{"mediaType": "application/vnd.cncf.model.weight.v1.raw", "digest": "sha256:l",
+            "size": 7, "annotations": {"org.cnai.model.filepath": "w/model.bin"}}]));
+        let json = vars(&m, json!({})).to_json();
+        assert_eq!(json["descriptor"], json!({}));
+        assert_eq!(json["modelfs"], json!({}));
+        assert_eq!(json["annotations"], json!({}));
+        assert_eq!(json["referrers"], json!([]));
+        assert_eq!(json["layers"][0]["path"], "w/model.bin");
+        assert_eq!(json["layers"][0]["size"], 7);
+        let mut names: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        let mut expected = NAMES.map(String::from).to_vec();
+        expected.sort();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn too_many_layers_is_an_error() {
+        let one = json!({"mediaType": "application/vnd.cncf.model.doc.v1.raw", "digest": "sha256:l", "size": 1,
+            "annotations": {"org.cncf.model.filepath": "a"}});
+        let m = manifest(Value::Array(vec![one; MAX_LIST_ENTRIES + 1]));
+        let source = Source {
+            repository: "r/m".into(),
+            digest: "d",
+            tag: None,
+            manifest: &m,
+            config_json: &json!({}),
+            referrers: &[],
+        };
+        assert!(matches!(Variables::new(&source), Err(Error::TooManyEntries { what: "layers", .. })));
+    }
+}
