@@ -61,6 +61,21 @@ pub struct Metrics {
     scrub_corrupt_blobs: Counter,
 }
 
+/// The node caches' metrics: bytes by node and kind, evictions, corrupt blobs found by scrubs.
+fn register_cache_metrics(registry: &mut Registry) -> (Family<CacheLabels, Gauge>, Counter, Counter) {
+    let cache_bytes = Family::<CacheLabels, Gauge>::default();
+    registry.register("cache_bytes", "Node cache bytes by node and kind (used, capacity)", cache_bytes.clone());
+    let evictions = Counter::default();
+    registry.register("evictions", "Models and blobs evicted from node caches to make room", evictions.clone());
+    let scrub_corrupt_blobs = Counter::default();
+    registry.register(
+        "scrub_corrupt_blobs",
+        "Blobs (and model files) node cache scrubs found changed and removed",
+        scrub_corrupt_blobs.clone(),
+    );
+    (cache_bytes, evictions, scrub_corrupt_blobs)
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("modelpack");
@@ -98,16 +113,7 @@ impl Default for Metrics {
             "ModelDeployments whose deployed version is not the desired one",
             drifted.clone(),
         );
-        let cache_bytes = Family::<CacheLabels, Gauge>::default();
-        registry.register("cache_bytes", "Node cache bytes by node and kind (used, capacity)", cache_bytes.clone());
-        let evictions = Counter::default();
-        registry.register("evictions", "Models and blobs evicted from node caches to make room", evictions.clone());
-        let scrub_corrupt_blobs = Counter::default();
-        registry.register(
-            "scrub_corrupt_blobs",
-            "Blobs (and model files) node cache scrubs found changed and removed",
-            scrub_corrupt_blobs.clone(),
-        );
+        let (cache_bytes, evictions, scrub_corrupt_blobs) = register_cache_metrics(&mut registry);
         Metrics {
             registry,
             cache_bytes,

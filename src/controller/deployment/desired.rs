@@ -56,11 +56,7 @@ pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
             return blocked(Reason::ModelNotReady, format!("model {name} has no accepted version yet: {why}"), false);
         }
     };
-    let tag = match (&status.accepted, &status.resolved) {
-        (Some(a), _) if a.digest == digest => a.tag.clone(),
-        (_, Some(r)) if r.digest == digest => r.tag.clone(),
-        _ => status.history.iter().find(|h| h.digest == digest).and_then(|h| h.tag.clone()),
-    };
+    let tag = tag_of(status, &digest);
     let rejected = match resolved {
         Some(r) if deployment.spec.digest.is_none() && r != digest => {
             Some((refusal, format!("model {name} resolved {} but did not accept it: {why}", short_digest(r))))
@@ -68,6 +64,15 @@ pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
         _ => None,
     };
     Desired::Version { version: VersionRef { short_digest: short_digest(&digest), digest, tag }, rejected }
+}
+
+/// The tag `digest` was accepted, resolved or first seen under.
+fn tag_of(status: &crate::api::ModelStatus, digest: &str) -> Option<String> {
+    match (&status.accepted, &status.resolved) {
+        (Some(a), _) if a.digest == digest => a.tag.clone(),
+        (_, Some(r)) if r.digest == digest => r.tag.clone(),
+        _ => status.history.iter().find(|h| h.digest == digest).and_then(|h| h.tag.clone()),
+    }
 }
 
 #[cfg(test)]
