@@ -645,6 +645,42 @@ mod gate {
         }
         drop(nodes);
     }
+
+    /// A label put on a Model can make a policy select it: judged at once, not at the next interval
+    /// (an hour here).
+    #[tokio::test]
+    async fn a_model_labelled_into_a_policys_selection_is_judged_at_once() {
+        let bed = Bed::get();
+        let client = bed.client().await;
+        install_crds(&client).await;
+        let ns = namespace(&client, "policy-label").await;
+        let _operator = Operator::start(&ns);
+        let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<ModelPolicy> = Api::all(client.clone());
+        let label = unique_suffix();
+        let repo = format!("policy/label-{label}");
+        let files = ModelFiles::new(43, &[("model.safetensors", 10_000)]);
+        oras_push_cncf(bed, &bed.plain, &repo, "prod", &files, &licensed(&files, "GPL-3.0-only"));
+        let name = format!("audit-{label}");
+        let rules = json!([{"name": "license", "expression": r#"descriptor.licenses.all(l, l == "MIT")"#}]);
+        apply(&policies, "ModelPolicy", &name, policy_spec("Audit", &label, rules)).await;
+        let spec = json!({"repository": format!("{}/{repo}", bed.plain.host), "ref": {"tag": "prod"}, "insecure": true, "interval": "1h"});
+        apply(&models, "Model", "llm", spec).await;
+        let m = model_where(&models, "ready, selected by no policy", |m| {
+            m.status.as_ref().is_some_and(|s| s.accepted.is_some()) && compliant(m).is_none()
+        })
+        .await;
+        assert!(m.metadata.labels.as_ref().is_none_or(|l| l.is_empty()));
+        let labelled = json!({"metadata": {"labels": {"e2e.modelpack.dev/policy": label}}});
+        models.patch("llm", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&labelled)).await.unwrap();
+        let judged = eventually("the labelled Model is judged", Duration::from_secs(20), || async {
+            let m = models.get("llm").await.ok()?;
+            compliant(&m).filter(|(status, _)| *status == ConditionStatus::False)
+        })
+        .await;
+        assert_eq!(judged.1, "PolicyViolation");
+        policies.delete(&name, &DeleteParams::default()).await.unwrap();
+    }
 }
 
 fn one_policy(action: &str, rules: Value) -> tempfile::NamedTempFile {

@@ -22,6 +22,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret, ServiceAccount};
+use kube::runtime::Predicate;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
@@ -189,14 +190,15 @@ async fn run_models(
     let policy_changes = policy::changes(client, policy_writer, readiness.clone(), ctx.clone());
     let namespace_changes = policy::namespace_changes(client, namespaces_writer, readiness.clone());
     let (policy_models, namespace_models, policy_ctx) = (models_reader.clone(), models_reader.clone(), ctx.clone());
-    // Status writes bump resourceVersion but not generation: only spec changes (and requeues,
-    // Secret and ServiceAccount changes) start a reconcile.
+    // Status writes bump resourceVersion but not generation: only spec and label changes (labels
+    // decide which ModelPolicies select a Model), requeues, and Secret, ServiceAccount, policy and
+    // namespace changes start a reconcile.
     let models = watcher(api::<Model>(client, ns), watcher::Config::default())
         .default_backoff()
         .reflect(models_writer)
         .inspect(on_init_done(move || readiness.models.store(true, Ordering::Release)))
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(predicates::generation.combine(predicates::labels), Default::default());
 
     let secret_models = models_reader.clone();
     let sa_models = models_reader.clone();
