@@ -146,7 +146,9 @@ async fn model_deployment_rules_and_defaults() {
     assert!(listed.contains("model.modelpack.dev/m"), "{listed}");
     assert!(listed.contains("modeldeployment.modelpack.dev/minimal"), "{listed}");
     let short = run_tool(&kubectl, &["get", "mdl,mdeploy", "-n", &ns, "--cache-dir", cache], &[], None);
-    for column in ["REPOSITORY", "REF", "DIGEST", "VERIFIED", "READY", "DESIRED", "DEPLOYED", "NODES", "DRIFT"] {
+    for column in
+        ["REPOSITORY", "REF", "DIGEST", "VERIFIED", "COMPLIANT", "READY", "DESIRED", "DEPLOYED", "NODES", "DRIFT"]
+    {
         assert!(short.contains(column), "column {column} missing from:\n{short}");
     }
 }

@@ -27,6 +27,7 @@ use crate::modelpack::{Family, ModelDescriptor, ModelProperties};
     printcolumn = r#"{"name":"Ref","type":"string","jsonPath":".status.ref"}"#,
     printcolumn = r#"{"name":"Digest","type":"string","jsonPath":".status.resolved.shortDigest"}"#,
     printcolumn = r#"{"name":"Verified","type":"string","jsonPath":".status.conditions[?(@.type==\"Verified\")].status"}"#,
+    printcolumn = r#"{"name":"Compliant","type":"string","jsonPath":".status.conditions[?(@.type==\"Compliant\")].status"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
