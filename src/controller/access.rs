@@ -13,7 +13,9 @@ use kube::{Api, Client};
 
 use super::Error;
 use crate::api::Model;
-use crate::registry::{self, Credential, Inspection, Keyring, Options, RefSpec, Registry, Repository, Resolution};
+use crate::registry::{
+    self, Credential, Inspection, Keyring, Options, RefSpec, Referrer, Registry, Repository, Resolution,
+};
 
 /// Everything needed to talk to one Model's registry.
 pub struct Access {
@@ -122,6 +124,7 @@ fn client_key(access: &Access) -> ClientKey {
 }
 
 type ResolutionKey = (Repository, RefSpec, ClientKey);
+type ReferrersKey = (Repository, String, ClientKey);
 
 /// Caches shared by every reconcile.
 #[derive(Default)]
@@ -129,6 +132,7 @@ pub struct Caches {
     clients: Mutex<HashMap<ClientKey, Arc<Registry>>>,
     resolutions: Mutex<HashMap<ResolutionKey, (Resolution, Instant)>>,
     inspections: Mutex<HashMap<(Repository, String), Arc<Inspection>>>,
+    referrers: Mutex<HashMap<ReferrersKey, (Vec<Referrer>, Instant)>>,
     /// One registry round trip per key at a time: the others wait for it and read the cache.
     in_flight: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     verifications: super::trust::Verifications,
@@ -199,10 +203,29 @@ impl Caches {
         self.verifications.verify(&registry, access, model, trust, inspection).await
     }
 
-    /// What refers to `digest` (first page), read on every call: a referrer attached later counts.
-    pub async fn referrers(&self, access: &Access, digest: &str) -> Result<Vec<crate::registry::Referrer>, Error> {
-        let (registry, _) = self.registry(access)?;
-        Ok(registry.referrers(&access.repository, digest).await?)
+    /// What refers to `digest` (first page), reusing a read of the same (repository, digest,
+    /// credentials) made less than `max_age` ago: Models sharing a reference ask the registry once
+    /// per interval, and a referrer attached later counts from the next interval on.
+    pub async fn referrers(&self, access: &Access, digest: &str, max_age: Duration) -> Result<Vec<Referrer>, Error> {
+        let (registry, fp) = self.registry(access)?;
+        let key = (access.repository.clone(), digest.to_owned(), fp);
+        let fresh = || {
+            let cache = self.referrers.lock().unwrap_or_else(|p| p.into_inner());
+            cache.get(&key).filter(|(_, at)| at.elapsed() < max_age).map(|(r, _)| r.clone())
+        };
+        if let Some(hit) = fresh() {
+            return Ok(hit);
+        }
+        let gate = self.gate(key_hash(&key));
+        let _turn = gate.lock().await;
+        if let Some(hit) = fresh() {
+            return Ok(hit);
+        }
+        let referrers = registry.referrers(&access.repository, digest).await?;
+        let mut cache = self.referrers.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(24 * 3600));
+        cache.insert(key, (referrers.clone(), Instant::now()));
+        Ok(referrers)
     }
 
     pub async fn inspect(&self, access: &Access, digest: &str) -> Result<Arc<Inspection>, Error> {

@@ -4,7 +4,6 @@
 //! evaluates only what it has not seen.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use kube::ResourceExt;
@@ -21,9 +20,11 @@ use crate::registry::{Inspection, Resolution};
 /// Outcomes kept; each is a few rules' verdicts.
 const MAX_OUTCOMES: usize = 4096;
 
-type Key = (String, String, Option<i64>, u64);
+/// (digest, policy uid, policy generation, the referrers as rules see them): compared whole, never
+/// by a hash of them, since a tenant chooses what it attaches to its digests.
+type Key = (String, String, Option<i64>, Vec<policy::ReferrerVar>);
 
-/// Rule verdicts by (digest, policy uid, policy generation, referrers fingerprint).
+/// Rule verdicts by (digest, policy uid, policy generation, referrers).
 #[derive(Default)]
 pub struct Outcomes {
     map: Mutex<HashMap<Key, Arc<Vec<RuleResult>>>>,
@@ -71,6 +72,7 @@ pub async fn comply(
     model: &Model,
     resolution: &Resolution,
     inspection: &Inspection,
+    max_age: std::time::Duration,
 ) -> Result<Outcome, Error> {
     synced(ctx).await;
     let labels = namespace_labels(&ctx.namespaces, &model.namespace().unwrap_or_default());
@@ -87,7 +89,7 @@ pub async fn comply(
     if selected.is_empty() {
         return Ok(Outcome::default());
     }
-    let referrers = ctx.caches.referrers(access, &resolution.digest).await?;
+    let referrers = ctx.caches.referrers(access, &resolution.digest, max_age).await?;
     // Variables that cannot be made (more layers than a rule may iterate) fail every rule.
     let variables = Variables::of(&access.repository, inspection, resolution.tag.as_deref(), &referrers);
     let mut verdicts = Vec::new();
@@ -100,7 +102,7 @@ pub async fn comply(
                 continue;
             }
         };
-        let key = (resolution.digest.clone(), uid.clone(), *generation, fingerprint(&vars.referrers));
+        let key = (resolution.digest.clone(), uid.clone(), *generation, vars.referrers.clone());
         let results = match ctx.outcomes.get(&key) {
             Some(hit) => hit,
             None => {
@@ -138,14 +140,6 @@ fn unevaluable(policy: &policy::CompiledPolicy, e: &policy::Error) -> Vec<RuleRe
         message: format!("{} (error: {e})", r.message),
     };
     policy.rules.iter().map(rule).collect()
-}
-
-fn fingerprint(referrers: &[policy::ReferrerVar]) -> u64 {
-    let mut h = DefaultHasher::new();
-    for r in referrers {
-        (&r.digest, &r.artifact_type, &r.annotations).hash(&mut h);
-    }
-    h.finish()
 }
 
 /// The outcome of the selecting policies' verdicts (pure).

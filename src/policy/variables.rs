@@ -61,7 +61,7 @@ pub struct LayerVar {
 }
 
 /// One manifest attached to the digest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReferrerVar {
     /// The referrer's artifact type; empty when the index entry states none.

@@ -162,7 +162,7 @@ pub async fn comply(p: &mut Pass<'_>) -> Result<Outcome, Error> {
         return Ok(Outcome::new(Step::Comply, Verdict::Skipped));
     };
     let before = p.before.as_ref().map(|_| Check::Passed);
-    let outcome = match compliance::comply(p.ctx, access, p.model, resolution, inspection).await {
+    let outcome = match compliance::comply(p.ctx, access, p.model, resolution, inspection, p.every).await {
         Ok(outcome) => outcome,
         Err(Error::Kube(e)) => return Err(Error::Kube(e)),
         Err(e) => {
