@@ -142,6 +142,21 @@ async fn a_mirror_that_is_down_or_lies_is_passed_over() {
 }
 
 #[tokio::test]
+async fn wrong_bytes_a_mirror_sent_before_it_failed_are_not_resumed_from_the_registry() {
+    let bed = Bed::get();
+    let m = model(&bed.plain, "cut", 93).await;
+    let registry = Proxy::start(&bed.plain.host, &m.hex, Misbehaviour::Pass);
+    let cache = PullThroughCache::start(&registry.host);
+    let broken = Proxy::start(&cache.host, &m.hex, Misbehaviour::CorruptThenCut);
+    let reference = format!("{}/{}@{}", registry.host, m.repo, m.digest);
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = format!("{}=http://{}", registry.host, broken.host);
+    pull(&reference, dir.path(), &["--mirror", &mirror]).unwrap();
+    assert_eq!(model_file(dir.path(), &m.digest), m.data, "the registry's bytes, from byte 0");
+    assert!(broken.blob_gets.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the mirror was asked first");
+}
+
+#[tokio::test]
 async fn credentials_go_only_to_the_hosts_the_docker_config_names() {
     let bed = Bed::get();
     let (user, password) = bed.auth.basic_auth.clone().unwrap();

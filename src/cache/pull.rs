@@ -290,7 +290,9 @@ async fn fetch_layers(
                     match fetch_blob(&source, &store, &digest, size, chunk, &progress).await {
                         Ok(fetched) => return Ok(fetched),
                         Err(e) => {
-                            tracing::warn!(mirror = %mirror.repo, error = %e, "mirror failed; trying the next host")
+                            tracing::warn!(mirror = %mirror.repo, error = %e, "mirror failed; trying the next host");
+                            let (store, digest, origin) = (store.clone(), digest.clone(), origin.clone());
+                            blocking(move || store.discard_ingest(&digest, &origin)).await?;
                         }
                     }
                 }

@@ -51,6 +51,7 @@ pub async fn fetch(target: &Target<'_>, ranges: Vec<(u64, u64)>, parallel: usize
     let (done, missing): (Vec<_>, Vec<_>) = ranges.into_iter().partition(|r| held.contains(r));
     let reused: u64 = done.iter().map(|(first, last)| last - first + 1).sum();
     target.progress.done.fetch_add(reused, Ordering::Relaxed);
+    target.ingest.begin_ranges()?;
     let file = Arc::new(target.ingest.positional()?);
     let mut results = futures::stream::iter(missing)
         .map(|(first, last)| fetch_range(target, file.clone(), first, last))

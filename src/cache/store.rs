@@ -118,6 +118,17 @@ impl Store {
     /// before. Each source has its own partial download and lock: a pull never resumes bytes
     /// another repository sent (they could be another tenant's), and a slow registry holds up
     /// only pulls from itself. Blocks while another pull from the same source writes the blob.
+    /// Drops what a download of `digest` for `source` left in `tmp/` (after a mirror failed: its
+    /// bytes are not resumed from another host, which would repeat its fault at every pull).
+    pub fn discard_ingest(&self, digest: &str, source: &str) -> Result<(), Error> {
+        let hex = digest_hex(digest)?;
+        let key = layout::source_key(source);
+        let _lock = self.lock(&Lock::Ingest { blob: hex.to_owned(), source: key.clone() })?;
+        let path = self.tmp_path(layout::Tmp::Ingest { blob: hex, source_key: &key });
+        remove_if_present(&path.with_extension("ranges"))?;
+        remove_if_present(&path)
+    }
+
     pub fn ingest(&self, digest: &str, size: u64, source: &str) -> Result<Option<Ingest>, Error> {
         let hex = digest_hex(digest)?;
         let key = layout::source_key(source);
@@ -125,8 +136,13 @@ impl Store {
         let path = self.tmp_path(layout::Tmp::Ingest { blob: hex, source_key: &key });
         if self.has_blob(digest)? && self.is_proven(digest, source)? {
             // Whatever an interrupted writer left behind is of no use any more.
+            let _ = fs::remove_file(path.with_extension("ranges"));
             let _ = fs::remove_file(&path);
             return Ok(None);
+        }
+        if !path.exists() {
+            // A range record without its download (left by a kill) describes nothing.
+            remove_if_present(&path.with_extension("ranges"))?;
         }
         let (mut hasher, mut written) = (Sha256::new(), 0u64);
         if let Ok(mut existing) = File::open(&path) {
@@ -135,8 +151,8 @@ impl Store {
         }
         if written > size {
             // Longer than the blob can be: start over.
-            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
             remove_if_present(&path.with_extension("ranges"))?;
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
             hasher = Sha256::new();
             written = 0;
         }
@@ -236,6 +252,8 @@ impl Ingest {
             self.file.sync_data().map_err(|e| Error::io(&self.path, e))?;
         }
         fs::set_permissions(&self.path, fs::Permissions::from_mode(0o444)).map_err(|e| Error::io(&self.path, e))?;
+        // The record goes first: one left behind by a kill would claim ranges a later ingest lacks.
+        remove_if_present(&self.ranges_path())?;
         // Writers from other sources may finish the same blob: publish once, record every source.
         let _commit = self.store.lock(&Lock::Commit(digest_hex(&self.digest)?.to_owned()))?;
         if self.target.is_file() {
@@ -246,21 +264,21 @@ impl Ingest {
             self.store.record_stamp(digest_hex(&self.digest)?)?;
         }
         self.store.add_source(&self.digest, &self.source)?;
-        remove_if_present(&self.ranges_path())?;
         Ok(self.target.clone())
     }
 
     /// Empties the ingest, for a registry that answers a resumed download with the whole blob.
     pub fn restart(&mut self) -> Result<(), Error> {
+        remove_if_present(&self.ranges_path())?;
         self.file.set_len(0).map_err(|e| Error::io(&self.path, e))?;
         (self.hasher, self.written, self.flushed) = (Sha256::new(), 0, 0);
-        remove_if_present(&self.ranges_path())
+        Ok(())
     }
 
     /// Removes the partial file: what it holds is wrong.
     pub fn abort(&mut self) {
-        let _ = fs::remove_file(&self.path);
         let _ = fs::remove_file(self.ranges_path());
+        let _ = fs::remove_file(&self.path);
     }
 
     /// The partial file, for messages.
@@ -294,6 +312,13 @@ impl Ingest {
                 Some((first.parse().ok()?, last.parse().ok()?))
             })
             .collect()
+    }
+
+    /// Marks the ingest as written in ranges before the first positional write, so that a kill
+    /// before any range completes does not leave holes a streamed resume would read as a prefix.
+    pub fn begin_ranges(&self) -> Result<(), Error> {
+        let path = self.ranges_path();
+        OpenOptions::new().create(true).append(true).open(&path).map(drop).map_err(|e| Error::io(&path, e))
     }
 
     /// Records that bytes `first..=last` are written (after they are).

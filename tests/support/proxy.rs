@@ -14,6 +14,8 @@ pub enum Misbehaviour {
     IgnoreRanges,
     /// Flip one byte in the middle of every GET of the blob (whole or ranged).
     Corrupt,
+    /// Flip one byte in the first quarter of every GET of the blob, then close at its half.
+    CorruptThenCut,
     /// Send only the first half of the blob's body on its first GET, then close.
     TruncateOnce,
     /// As `TruncateOnce`, behind a server without range support: `Range` headers are dropped, so
@@ -131,6 +133,11 @@ fn serve(mut client: TcpStream, upstream: &str, blob_hex: &str, how: Misbehaviou
             Misbehaviour::Corrupt => {
                 let middle = body_at + (response.len() - body_at) / 2;
                 response[middle] ^= 0xff;
+            }
+            Misbehaviour::CorruptThenCut => {
+                let body = response.len() - body_at;
+                response[body_at + body / 4] ^= 0xff;
+                response.truncate(body_at + body / 2);
             }
             Misbehaviour::TruncateOnce | Misbehaviour::TruncateOnceWithoutRanges if n == 0 => {
                 let half = body_at + (response.len() - body_at) / 2;
