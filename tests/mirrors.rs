@@ -22,6 +22,11 @@ struct PullThroughCache {
 
 impl PullThroughCache {
     fn start(upstream: &str) -> PullThroughCache {
+        Self::start_with(upstream, "")
+    }
+
+    /// `upstream_auth`: extra keys of the `proxy` section (the cache's own upstream credentials).
+    fn start_with(upstream: &str, upstream_auth: &str) -> PullThroughCache {
         let dir = tempfile::tempdir().unwrap();
         // The port is picked by binding, then given to the registry: retried if another process
         // took it in between.
@@ -35,7 +40,7 @@ impl PullThroughCache {
                     "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\n\
                      storage: {{filesystem: {{rootdirectory: {}}}}}\n\
                      http: {{addr: 127.0.0.1:{port}, secret: mirror}}\n\
-                     proxy: {{remoteurl: http://{upstream}}}\n",
+                     proxy: {{remoteurl: http://{upstream}{upstream_auth}}}\n",
                     storage.display()
                 ),
             )
@@ -154,6 +159,21 @@ async fn wrong_bytes_a_mirror_sent_before_it_failed_are_not_resumed_from_the_reg
     pull(&reference, dir.path(), &["--mirror", &mirror]).unwrap();
     assert_eq!(model_file(dir.path(), &m.digest), m.data, "the registry's bytes, from byte 0");
     assert!(broken.blob_gets.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the mirror was asked first");
+}
+
+#[tokio::test]
+async fn a_mirror_with_its_own_credentials_does_not_let_a_pull_without_them_read_the_model() {
+    let bed = Bed::get();
+    let (user, password) = bed.auth.basic_auth.clone().unwrap();
+    let m = model(&bed.auth, "borrowed", 94).await;
+    let cache = PullThroughCache::start_with(&bed.auth.host, &format!(", username: {user}, password: {password}"));
+    let reference = format!("{}/{}@{}", bed.auth.host, m.repo, m.digest);
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = format!("{}=http://{}", bed.auth.host, cache.host);
+    let err = pull(&reference, dir.path(), &["--mirror", &mirror]).unwrap_err();
+    assert!(err.contains("401") || err.to_lowercase().contains("unauthorized"), "{err}");
+    let manifest = dir.path().join("blobs/sha256").join(m.digest.strip_prefix("sha256:").unwrap());
+    assert!(!manifest.exists(), "the mirror's manifest was kept as served by the registry");
 }
 
 #[tokio::test]

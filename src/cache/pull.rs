@@ -80,7 +80,12 @@ pub async fn pull(
 
     let manifest_bytes =
         match from_mirrors(&options.mirrors, |m| async move { m.registry.manifest(&m.repo, digest).await }).await {
-            Some(bytes) => bytes,
+            Some(bytes) => {
+                // A mirror reads the registry with its own credentials: the registry itself says
+                // whether this pull's may read the manifest, before the cache records it as served.
+                registry.manifest_exists(repo, digest).await?;
+                bytes
+            }
             None => registry.manifest(repo, digest).await?,
         };
     let manifest = Manifest::parse(&manifest_bytes)?;

@@ -211,20 +211,31 @@ impl Registry {
     /// pull's partial download): a digest alone is no proof that a tenant may read the bytes
     /// (Kubernetes decided the same for images, KEP-2535).
     pub async fn blob_exists(&self, repo: &Repository, digest: &str) -> Result<(), Error> {
-        let what = format!("blob {repo}@{digest}");
+        self.exists(repo, &format!("blobs/{digest}"), ACCEPT_ANY, &format!("blob {repo}@{digest}")).await
+    }
+
+    /// The same for a manifest, for a pull whose manifest bytes came from a mirror.
+    pub async fn manifest_exists(&self, repo: &Repository, digest: &str) -> Result<(), Error> {
+        self.exists(repo, &format!("manifests/{digest}"), ACCEPTED_MANIFESTS, &format!("manifest {repo}@{digest}"))
+            .await
+    }
+
+    async fn exists(&self, repo: &Repository, path: &str, accept: &[&str], what: &str) -> Result<(), Error> {
         self.bounded(&repo.registry, async {
-            let response = self.transport.send(Method::HEAD, repo, &format!("blobs/{digest}"), &[], None).await?;
+            let response = self.transport.send(Method::HEAD, repo, path, accept, None).await?;
             match response.status().as_u16() {
                 401 | 403 => Err(Error::Unauthorized {
                     registry: repo.registry.clone(),
                     detail: format!("HEAD {what}: HTTP {}", response.status()),
                 }),
-                _ => expect_success(response, &repo.registry, &what).await.map(drop),
+                _ => expect_success(response, &repo.registry, what).await.map(drop),
             }
         })
         .await
     }
 }
+
+const ACCEPT_ANY: &[&str] = &[];
 
 /// The `first-last` of a `Content-Range: bytes first-last/total` answer.
 fn content_range(response: &reqwest::Response) -> Option<(u64, u64)> {
