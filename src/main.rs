@@ -132,6 +132,9 @@ struct RunArgs {
     /// resolution and verification.
     #[arg(long, value_name = "REGISTRY=URL", value_parser = modelpack_operator::registry::Mirror::parse)]
     mirror: Vec<modelpack_operator::registry::Mirror>,
+    /// Most reconciles of one kind (Models, ModelDeployments) running at once.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrent: u16,
 }
 
 fn parse_rate(text: &str) -> Result<u64, String> {
@@ -432,7 +435,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             format!("{}-{}", host.trim(), std::process::id())
         }),
     });
-    let controllers = modelpack_operator::controller::Config { namespace: args.watch_namespace, jobs };
+    let controllers =
+        modelpack_operator::controller::Config { namespace: args.watch_namespace, jobs, concurrent: args.concurrent };
     let config = RuntimeConfig {
         controllers,
         metrics_address: args.metrics_bind_address,

@@ -145,6 +145,27 @@ fn key_hash(key: &impl Hash) -> u64 {
     h.finish()
 }
 
+/// A cached answer and how long until it is due again, if it is not due yet. An answer with less
+/// than a tenth of `max_age` left counts as due: a Model reconciled that close to the next read
+/// would otherwise come back for a moment later and read again.
+fn fresh<K: Hash + Eq, T: Clone>(
+    cache: &Mutex<HashMap<K, (T, Instant)>>,
+    key: &K,
+    max_age: Duration,
+) -> Option<(T, Duration)> {
+    let cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    let (value, at) = cache.get(key)?;
+    let left = max_age.checked_sub(at.elapsed())?;
+    (left >= max_age / 10).then(|| (value.clone(), left))
+}
+
+/// Stores an answer read now, dropping answers older than a day (references no Model asks for).
+fn remember<K: Hash + Eq, T>(cache: &Mutex<HashMap<K, (T, Instant)>>, key: K, value: T) {
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    cache.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(24 * 3600));
+    cache.insert(key, (value, Instant::now()));
+}
+
 /// Inspections kept; each is a few KiB.
 const MAX_INSPECTIONS: usize = 512;
 
@@ -168,14 +189,18 @@ impl Caches {
     }
 
     /// Resolves `spec`, reusing a resolution of the same (repository, ref, credentials) made less
-    /// than `max_age` ago.
-    pub async fn resolve(&self, access: &Access, spec: &RefSpec, max_age: Duration) -> Result<Resolution, Error> {
+    /// than `max_age` ago; also says when that resolution is due again. A Model that comes back
+    /// then shares the next resolution with every Model of its reference, so each reference is
+    /// asked once per interval however long one pass over all Models takes.
+    pub async fn resolve(
+        &self,
+        access: &Access,
+        spec: &RefSpec,
+        max_age: Duration,
+    ) -> Result<(Resolution, Duration), Error> {
         let (registry, fp) = self.registry(access)?;
         let key = (access.repository.clone(), spec.clone(), fp);
-        let fresh = || {
-            let cache = self.resolutions.lock().unwrap_or_else(|p| p.into_inner());
-            cache.get(&key).filter(|(_, at)| at.elapsed() < max_age).map(|(r, _)| r.clone())
-        };
+        let fresh = || fresh(&self.resolutions, &key, max_age);
         if let Some(hit) = fresh() {
             return Ok(hit);
         }
@@ -185,10 +210,8 @@ impl Caches {
             return Ok(hit);
         }
         let resolution = registry.resolve(&access.repository, spec).await?;
-        let mut cache = self.resolutions.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(24 * 3600));
-        cache.insert(key, (resolution.clone(), Instant::now()));
-        Ok(resolution)
+        remember(&self.resolutions, key, resolution.clone());
+        Ok((resolution, max_age))
     }
 
     /// Verifies the inspected digest with the Model's trust material (passed verifications are cached).
@@ -209,10 +232,7 @@ impl Caches {
     pub async fn referrers(&self, access: &Access, digest: &str, max_age: Duration) -> Result<Vec<Referrer>, Error> {
         let (registry, fp) = self.registry(access)?;
         let key = (access.repository.clone(), digest.to_owned(), fp);
-        let fresh = || {
-            let cache = self.referrers.lock().unwrap_or_else(|p| p.into_inner());
-            cache.get(&key).filter(|(_, at)| at.elapsed() < max_age).map(|(r, _)| r.clone())
-        };
+        let fresh = || fresh(&self.referrers, &key, max_age).map(|(r, _)| r);
         if let Some(hit) = fresh() {
             return Ok(hit);
         }
@@ -222,9 +242,7 @@ impl Caches {
             return Ok(hit);
         }
         let referrers = registry.referrers(&access.repository, digest).await?;
-        let mut cache = self.referrers.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(24 * 3600));
-        cache.insert(key, (referrers.clone(), Instant::now()));
+        remember(&self.referrers, key, referrers.clone());
         Ok(referrers)
     }
 
@@ -276,5 +294,26 @@ mod tests {
         }
         let anonymous = Access { credential: None, ..access("x", "y", false) };
         assert!(!Arc::ptr_eq(&a, &caches.registry(&anonymous).unwrap().0));
+    }
+
+    #[test]
+    fn an_answer_is_fresh_until_its_last_tenth_and_says_when_it_is_due() {
+        let cache: Mutex<HashMap<&str, (u32, Instant)>> = Mutex::default();
+        let minute = Duration::from_secs(60);
+        let aged = |secs: u64| Instant::now().checked_sub(Duration::from_secs(secs)).unwrap();
+        assert_eq!(fresh(&cache, &"a", minute), None, "nothing read yet");
+        cache.lock().unwrap().insert("a", (1, aged(20)));
+        let (value, left) = fresh(&cache, &"a", minute).unwrap();
+        assert_eq!(value, 1);
+        assert!(
+            left <= Duration::from_secs(40) && left > Duration::from_secs(39),
+            "due when the first read is a minute old: {left:?}"
+        );
+        cache.lock().unwrap().insert("a", (1, aged(55)));
+        assert_eq!(fresh(&cache, &"a", minute), None, "5s left of 60 is due: read again rather than come back in 5s");
+        cache.lock().unwrap().insert("a", (1, aged(61)));
+        assert_eq!(fresh(&cache, &"a", minute), None, "older than max_age");
+        remember(&cache, "a", 2);
+        assert_eq!(fresh(&cache, &"a", minute).map(|(v, _)| v), Some(2), "a new read replaces the old one");
     }
 }

@@ -124,6 +124,8 @@ pub struct Config {
     /// Watch one namespace only (all when None).
     pub namespace: Option<String>,
     pub jobs: JobSettings,
+    /// Most reconciles of one kind running at once (each controller has its own bound).
+    pub concurrent: u16,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -167,9 +169,16 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
     let writers = (policy_writer, namespaces_writer);
     let controllers = async {
         tokio::join!(
-            run_models(&client, ns, ctx.clone(), readiness.clone(), writers),
+            run_models(&client, ns, ctx.clone(), readiness.clone(), writers, config.concurrent),
             policy::run(&client, ctx.clone()),
-            run_deployments(&client, ns, ctx.clone(), (nodes_writer, jobs_writer, caches_writer), readiness)
+            run_deployments(
+                &client,
+                ns,
+                ctx.clone(),
+                (nodes_writer, jobs_writer, caches_writer),
+                readiness,
+                config.concurrent
+            )
         )
     };
     // The node caches' loop has no end of its own: it stops with the controllers.
@@ -185,6 +194,7 @@ async fn run_models(
     ctx: Arc<Context>,
     readiness: Arc<Readiness>,
     (policy_writer, namespaces_writer): (reflector::store::Writer<ModelPolicy>, reflector::store::Writer<Namespace>),
+    concurrent: u16,
 ) {
     let (models_reader, models_writer) = reflector::store();
     let policy_changes = policy::changes(client, policy_writer, readiness.clone(), ctx.clone());
@@ -195,6 +205,7 @@ async fn run_models(
     // namespace changes start a reconcile.
     let models = watcher(api::<Model>(client, ns), watcher::Config::default())
         .default_backoff()
+        .modify(forget_managed_fields)
         .reflect(models_writer)
         .inspect(on_init_done(move || readiness.models.store(true, Ordering::Release)))
         .applied_objects()
@@ -213,6 +224,7 @@ async fn run_models(
         .watches_stream(namespace_changes, move |n: Namespace| {
             models_using(&namespace_models, Some(n.name_any()), |_| true)
         })
+        .with_config(bounded(concurrent))
         .shutdown_on_signal()
         .run(
             |model, ctx: Arc<Context>| timed("model", ctx.clone(), model::reconcile(model, ctx)),
@@ -235,11 +247,13 @@ async fn run_deployments(
     ctx: Arc<Context>,
     (nodes_writer, jobs_writer, caches_writer): Writers,
     readiness: Arc<Readiness>,
+    concurrent: u16,
 ) {
     let (deployments_reader, deployments_writer) = reflector::store();
     let flags = readiness.clone();
     let deployments = watcher(api::<ModelDeployment>(client, ns), watcher::Config::default())
         .default_backoff()
+        .modify(forget_managed_fields)
         .reflect(deployments_writer)
         .inspect(on_init_done(move || flags.deployments.store(true, Ordering::Release)))
         .applied_objects()
@@ -254,6 +268,7 @@ async fn run_deployments(
 
     let cache_changes = watcher(Api::<ModelCache>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(forget_managed_fields)
         .reflect(caches_writer)
         .touched_objects();
     let readers = || deployments_reader.clone();
@@ -278,6 +293,7 @@ async fn run_deployments(
             }
             deployments_where(&for_secrets, |d| d.namespace() == secret.namespace())
         })
+        .with_config(bounded(concurrent))
         .shutdown_on_signal()
         .run(
             |deployment, ctx: Arc<Context>| {
@@ -290,6 +306,18 @@ async fn run_deployments(
         .await;
 }
 
+/// A controller running at most `concurrent` reconciles at once. Unbounded, 10,000 Models started
+/// 10,000 reconciles together, each holding its own connection and request to the apiserver.
+fn bounded(concurrent: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(concurrent.max(1))
+}
+
+/// Drops what server-side apply records of every field's manager: nothing here reads it, and it
+/// is most of a stored object's size.
+fn forget_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 /// Changes of the Jobs this operator created, reflected into the Job store.
 fn job_changes(
     client: Client,
@@ -299,6 +327,7 @@ fn job_changes(
 ) -> impl futures::Stream<Item = Result<Job, watcher::Error>> + use<> {
     watcher(Api::<Job>::namespaced(client, namespace), watcher::Config::default().labels(MANAGED_BY_SELECTOR))
         .default_backoff()
+        .modify(forget_managed_fields)
         .reflect(jobs_writer)
         .inspect(on_init_done(move || readiness.jobs.store(true, Ordering::Release)))
         .touched_objects()
@@ -313,6 +342,13 @@ fn selection_changes(
 ) -> impl futures::Stream<Item = Result<Node, watcher::Error>> {
     let watch = watcher(Api::<Node>::all(client), watcher::Config::default())
         .default_backoff()
+        .modify(|node: &mut Node| {
+            forget_managed_fields(node);
+            // A node's image list (hundreds of entries on a busy node) is not read here.
+            if let Some(status) = node.status.as_mut() {
+                status.images = None;
+            }
+        })
         .reflect(nodes_writer)
         .inspect(on_init_done(move || readiness.nodes.store(true, Ordering::Release)));
     changes(watch, deployment::selection_fingerprint, true, |_| true)

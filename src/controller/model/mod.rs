@@ -62,6 +62,9 @@ pub struct Pass<'a> {
     namespace: String,
     now: Time,
     every: Duration,
+    /// When the resolution this pass used is due again (at most `every`): a Ready Model comes back
+    /// then, with the other Models of its reference.
+    due: Duration,
     next: ModelStatus,
     /// The digest accepted before this pass (`false`) or revoked (`true`), which gates judge too.
     before: Option<(String, bool)>,
@@ -92,6 +95,7 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
         namespace,
         now: Time(jiff::Timestamp::now()),
         every: interval(&model),
+        due: interval(&model),
         next: ModelStatus { observed_generation: model.metadata.generation, ..current.clone().unwrap_or_default() },
         before: before(current.as_ref()),
         access: None,
@@ -104,7 +108,7 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
     }
     let outcomes = run(&mut pass).await?;
     let (mut next, now) = (pass.next, pass.now);
-    let summary = summary::summarise(outcomes, &model, current.as_ref(), &mut next, &now, pass.every);
+    let summary = summary::summarise(outcomes, &model, current.as_ref(), &mut next, &now, pass.due);
     let wrote = status::apply(&api, model.as_ref(), current.as_ref(), &next).await?;
     summary.record(&ctx.metrics);
     let requeue = summary.requeue;

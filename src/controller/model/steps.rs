@@ -27,7 +27,10 @@ pub async fn resolve(p: &mut Pass<'_>) -> Result<Outcome, Error> {
             Ok(access) => {
                 let resolved = p.ctx.caches.resolve(&access, &spec, p.every).await;
                 p.access = Some(access);
-                resolved
+                resolved.map(|(resolution, due)| {
+                    p.due = due;
+                    resolution
+                })
             }
         },
     };
