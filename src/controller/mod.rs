@@ -65,6 +65,9 @@ pub struct Context {
     pub jobs: reflector::Store<Job>,
     /// Every node's ModelCache.
     pub model_caches: reflector::Store<ModelCache>,
+    /// The Models, as the watch that starts deployments' reconciles on a Model change last saw
+    /// them: a reconcile it starts reads the Model it was started for.
+    pub models: reflector::Store<Model>,
     pub settings: JobSettings,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
@@ -87,15 +90,24 @@ pub struct Readiness {
     deployments: AtomicBool,
     nodes: AtomicBool,
     jobs: AtomicBool,
+    deployment_models: AtomicBool,
     policies: AtomicBool,
     namespaces: AtomicBool,
 }
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        [&self.models, &self.deployments, &self.nodes, &self.jobs, &self.policies, &self.namespaces]
-            .iter()
-            .all(|f| f.load(Ordering::Acquire))
+        [
+            &self.models,
+            &self.deployments,
+            &self.nodes,
+            &self.jobs,
+            &self.deployment_models,
+            &self.policies,
+            &self.namespaces,
+        ]
+        .iter()
+        .all(|f| f.load(Ordering::Acquire))
     }
 
     /// Whether the ModelPolicy and Namespace lists arrived: before that, no digest is judged
@@ -105,7 +117,7 @@ impl Readiness {
     }
 
     pub(crate) fn stores_synced(&self) -> bool {
-        self.nodes.load(Ordering::Acquire) && self.jobs.load(Ordering::Acquire)
+        [&self.nodes, &self.jobs, &self.deployment_models].iter().all(|f| f.load(Ordering::Acquire))
     }
 }
 
@@ -150,6 +162,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
     let (policy_store, policy_writer) = reflector::store();
     let (namespaces, namespaces_writer) = reflector::store();
     let (model_caches, caches_writer) = reflector::store();
+    let (models, models_writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
         caches: Caches::default(),
@@ -157,6 +170,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
         nodes,
         jobs,
         model_caches,
+        models,
         settings: config.jobs.clone(),
         metrics,
         readiness: readiness.clone(),
@@ -175,7 +189,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
                 &client,
                 ns,
                 ctx.clone(),
-                (nodes_writer, jobs_writer, caches_writer),
+                (nodes_writer, jobs_writer, caches_writer, models_writer),
                 readiness,
                 config.concurrent
             )
@@ -235,9 +249,13 @@ async fn run_models(
         .await;
 }
 
-/// The stores the deployment controller's watches fill: nodes, Jobs, ModelCaches.
-type Writers =
-    (reflector::store::Writer<Node>, reflector::store::Writer<Job>, reflector::store::Writer<crate::api::ModelCache>);
+/// The stores the deployment controller's watches fill: nodes, Jobs, ModelCaches, Models.
+type Writers = (
+    reflector::store::Writer<Node>,
+    reflector::store::Writer<Job>,
+    reflector::store::Writer<crate::api::ModelCache>,
+    reflector::store::Writer<Model>,
+);
 
 const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=modelpack-operator";
 
@@ -245,7 +263,7 @@ async fn run_deployments(
     client: &Client,
     ns: Option<&str>,
     ctx: Arc<Context>,
-    (nodes_writer, jobs_writer, caches_writer): Writers,
+    (nodes_writer, jobs_writer, caches_writer, models_writer): Writers,
     readiness: Arc<Readiness>,
     concurrent: u16,
 ) {
@@ -260,9 +278,15 @@ async fn run_deployments(
         .predicate_filter(spec_or_lifecycle, Default::default());
 
     let node_changes = selection_changes(client.clone(), nodes_writer, readiness.clone());
-    let job_changes = job_changes(client.clone(), &ctx.settings.namespace, jobs_writer, readiness);
-    let model_changes =
-        watcher(api::<Model>(client, ns), watcher::Config::default()).default_backoff().touched_objects();
+    let job_changes = job_changes(client.clone(), &ctx.settings.namespace, jobs_writer, readiness.clone());
+    // Reflected first, so that the reconcile a change starts reads the changed Model (one GET per
+    // reconcile was the deployments' most frequent request).
+    let model_changes = watcher(api::<Model>(client, ns), watcher::Config::default())
+        .default_backoff()
+        .modify(forget_managed_fields)
+        .reflect(models_writer)
+        .inspect(on_init_done(move || readiness.deployment_models.store(true, Ordering::Release)))
+        .touched_objects();
     let secret_changes =
         watcher(api::<Secret>(client, ns), watcher::Config::default()).default_backoff().touched_objects();
 
@@ -279,8 +303,8 @@ async fn run_deployments(
             let owner = job.annotations().get(deployment::DEPLOYMENT_ANNOTATION).and_then(|a| a.split_once('/'));
             owner.map(|(ns, name)| ObjectRef::new(name).within(ns))
         })
-        // A node's cache lost a version (a scrub) or made room: the deployments with an entry there.
-        .watches_stream(cache_changes, move |cache: ModelCache| deployments_on(&for_caches, &cache.name_any()))
+        // A node's cache lost a version (a scrub) or made room: the deployments that cares about.
+        .watches_stream(cache_changes, move |cache: ModelCache| deployments_concerned(&for_caches, &cache))
         .watches_stream(model_changes, move |model: Model| {
             deployments_where(&for_models, |d| {
                 d.namespace() == model.namespace() && d.spec.model_ref.name == model.name_any()
@@ -427,9 +451,15 @@ fn spec_or_lifecycle(d: &ModelDeployment) -> Option<u64> {
     Some(h.finish())
 }
 
-fn deployments_on(store: &reflector::Store<ModelDeployment>, node: &str) -> Vec<ObjectRef<ModelDeployment>> {
+/// The deployments whose plan a node cache's new status can change.
+fn deployments_concerned(
+    store: &reflector::Store<ModelDeployment>,
+    cache: &ModelCache,
+) -> Vec<ObjectRef<ModelDeployment>> {
+    let (node, Some(status)) = (cache.name_any(), cache.status.as_ref()) else { return Vec::new() };
     deployments_where(store, |d| {
-        d.status.as_ref().and_then(|s| s.nodes.as_ref()).is_some_and(|n| n.entries.iter().any(|e| e.node == node))
+        let key = format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any());
+        d.status.as_ref().is_some_and(|s| deployment::cache_concerns(s, &key, &node, status))
     })
 }
 

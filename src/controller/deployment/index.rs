@@ -11,6 +11,8 @@ use kube::{Api, ResourceExt};
 use super::plan::{Desired, JobState, NodeCache, ObservedJob};
 use super::{desired, jobs, nodes};
 use crate::api::conditions::Reason;
+use kube::runtime::reflector::ObjectRef;
+
 use crate::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase};
 use crate::controller::access::{Access, access_for};
 use crate::controller::{Context, Error};
@@ -36,8 +38,8 @@ pub async fn gather(
     previous: &ModelDeploymentStatus,
 ) -> Result<Index, Error> {
     let namespace = deployment.namespace().unwrap_or_default();
-    let models: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
-    let model = models.get_opt(&deployment.spec.model_ref.name).await?;
+    let model =
+        ctx.models.get(&ObjectRef::new(&deployment.spec.model_ref.name).within(&namespace)).map(|m| Model::clone(&m));
     let mut desired = desired::desired(deployment, model.as_ref());
     if let Some(message) = ctx.settings.bound.refusal(&deployment.spec.tolerations) {
         desired = Desired::Blocked { reason: Reason::TolerationNotAllowed, message, stalled: true };

@@ -29,7 +29,7 @@ use plan::Inputs;
 pub use bound::{AllowedToleration, NodeBound, parse_label};
 pub use jobs::{DEPLOYMENT_ANNOTATION, DEPLOYMENT_LABEL, JobSettings};
 pub(crate) use jobs::{MANAGED_BY, NODE_ANNOTATION, ROLE_LABEL, Role as JobRole, scrub_job, termination_message};
-pub use nodes::selection_fingerprint;
+pub use nodes::{cache_concerns, selection_fingerprint};
 use writer::{delete_ignoring_missing, set_node_labels};
 
 pub const FINALIZER: &str = "modelpack.dev/cleanup";

@@ -8,6 +8,7 @@ use kube::ResourceExt;
 
 use super::bound::NodeBound;
 use crate::api::ModelDeployment;
+use crate::api::{ModelCacheStatus, ModelDeploymentStatus, NodePhase};
 
 /// Prefix of the per-deployment node labels (`<prefix>/<namespace>.<name>`).
 pub const READY_LABEL_PREFIX: &str = "ready.modelpack.dev";
@@ -100,6 +101,20 @@ pub fn selection_fingerprint(node: &Node) -> Option<u64> {
     Some(h.finish())
 }
 
+/// Whether a node cache's new status can change the plan of the deployment `key` (`namespace/name`)
+/// whose status is `status`: the version it recorded as the node's current, linked before the
+/// cache was measured, is no longer linked (a scrub removed it), or a pull there failed (one that
+/// wanted room retries when the cache shows it). Every pull rewrites its node's cache status; asking
+/// every deployment on the node each time made 20 deployments on 50 nodes reconcile 20,000 times.
+pub fn cache_concerns(status: &ModelDeploymentStatus, key: &str, node: &str, cache: &ModelCacheStatus) -> bool {
+    let linked = |digest: &str| cache.models.iter().any(|m| m.digest == digest && m.current.iter().any(|d| d == key));
+    let measured_after = |at: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| matches!((&cache.observed_at, at), (Some(seen), Some(at)) if seen.0 > at.0);
+    status.nodes.iter().flat_map(|n| &n.entries).filter(|e| e.node == node).any(|e| {
+        e.phase == NodePhase::Failed
+            || e.current.as_deref().is_some_and(|c| measured_after(e.completed_at.as_ref()) && !linked(c))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +184,50 @@ mod tests {
         let b = node(json!({"zone": "a", "ready.modelpack.dev/ns.d": "abc"}), json!([]), "True");
         assert_eq!(selection_fingerprint(&a), selection_fingerprint(&b));
         assert_ne!(selection_fingerprint(&a), selection_fingerprint(&node(json!({"zone": "b"}), json!([]), "True")));
+    }
+
+    fn status(entries: serde_json::Value) -> ModelDeploymentStatus {
+        serde_json::from_value(
+            json!({"nodes": {"selected": 2, "ready": 0, "pulling": 0, "failed": 0, "summary": "", "entries": entries}}),
+        )
+        .unwrap()
+    }
+
+    fn cache(observed_at: &str, models: serde_json::Value) -> ModelCacheStatus {
+        serde_json::from_value(json!({
+            "capacity": 100, "used": 10, "free": 90, "modelCount": 1, "models": models, "observedAt": observed_at
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_node_cache_concerns_a_deployment_only_when_it_lost_its_version_or_a_pull_there_failed() {
+        let ready = |node: &str| json!({"node": node, "digest": "sha256:a", "current": "sha256:a", "phase": "Ready", "completedAt": "2026-11-29T10:00:00Z"});
+        let holds = json!([{"digest": "sha256:a", "size": 1, "deployments": ["ns/d"], "current": ["ns/d"]}]);
+        let other = json!([{"digest": "sha256:a", "size": 1, "deployments": ["ns/e"], "current": ["ns/e"]}]);
+        let later = "2026-11-29T10:05:00Z";
+        let s = status(json!([ready("n1"), ready("n2")]));
+        assert!(
+            !cache_concerns(&s, "ns/d", "n1", &cache(later, holds.clone())),
+            "another pull on the node: nothing lost"
+        );
+        assert!(cache_concerns(&s, "ns/d", "n1", &cache(later, other.clone())), "no longer linked as ns/d's current");
+        assert!(cache_concerns(&s, "ns/d", "n1", &cache(later, json!([]))), "scrubbed away");
+        assert!(!cache_concerns(&s, "ns/d", "n3", &cache(later, json!([]))), "no entry on that node");
+        assert!(
+            !cache_concerns(&s, "ns/d", "n1", &cache("2026-11-29T09:59:00Z", json!([]))),
+            "measured before the pull linked it"
+        );
+        let pulling = json!({"node": "n1", "digest": "sha256:b", "current": "sha256:a", "phase": "Pulling"});
+        assert!(
+            !cache_concerns(&status(json!([pulling])), "ns/d", "n1", &cache(later, json!([]))),
+            "no completion to compare with"
+        );
+        let failed = json!({"node": "n1", "digest": "sha256:b", "phase": "Failed", "message": "InsufficientStorage"});
+        assert!(
+            cache_concerns(&status(json!([failed])), "ns/d", "n1", &cache(later, holds)),
+            "a failed pull may now have room"
+        );
+        assert!(!cache_concerns(&status(json!([])), "ns/d", "n1", &cache(later, other)));
     }
 }
