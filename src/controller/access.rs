@@ -135,6 +135,10 @@ pub struct Caches {
     referrers: Mutex<HashMap<ReferrersKey, (Vec<Referrer>, Instant)>>,
     /// One registry round trip per key at a time: the others wait for it and read the cache.
     in_flight: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last outage (no answer) per in-flight key, and when: a reconcile that waited for the
+    /// same request gets that failure rather than asking the silent registry again. With bounded
+    /// reconciles, Models queued one by one behind a registry that times out would hold every slot.
+    outages: Mutex<HashMap<u64, (Instant, registry::Error)>>,
     verifications: super::trust::Verifications,
 }
 
@@ -166,6 +170,20 @@ fn remember<K: Hash + Eq, T>(cache: &Mutex<HashMap<K, (T, Instant)>>, key: K, va
     cache.insert(key, (value, Instant::now()));
 }
 
+/// A copy of an outage (the registry did not answer), which waiters share; other failures are
+/// particular to the answer and are not.
+fn outage(error: &registry::Error) -> Option<registry::Error> {
+    match error {
+        registry::Error::Unavailable { registry, detail } => {
+            Some(registry::Error::Unavailable { registry: registry.clone(), detail: detail.clone() })
+        }
+        registry::Error::Timeout { registry, after } => {
+            Some(registry::Error::Timeout { registry: registry.clone(), after: *after })
+        }
+        _ => None,
+    }
+}
+
 /// Inspections kept; each is a few KiB.
 const MAX_INSPECTIONS: usize = 512;
 
@@ -181,6 +199,27 @@ impl Caches {
         Ok((r, key))
     }
 
+    /// Waits for the key's turn; then the outage the request made meanwhile, if any.
+    async fn turn(&self, key: u64) -> (tokio::sync::OwnedMutexGuard<()>, Option<registry::Error>) {
+        let since = Instant::now();
+        let turn = self.gate(key).lock_owned().await;
+        let outages = self.outages.lock().unwrap_or_else(|p| p.into_inner());
+        let outage = outages.get(&key).filter(|(at, _)| *at >= since).and_then(|(_, e)| outage(e));
+        (turn, outage)
+    }
+
+    /// Records `error` for the reconciles waiting on `key` when it is an outage.
+    fn failed<T>(&self, key: u64, result: Result<T, registry::Error>) -> Result<T, Error> {
+        if let Err(e) = &result
+            && let Some(copy) = outage(e)
+        {
+            let mut outages = self.outages.lock().unwrap_or_else(|p| p.into_inner());
+            outages.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(600));
+            outages.insert(key, (Instant::now(), copy));
+        }
+        Ok(result?)
+    }
+
     fn gate(&self, key: u64) -> Arc<tokio::sync::Mutex<()>> {
         let mut gates = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         // Gates nobody holds or waits for can go: only the map refers to them.
@@ -188,8 +227,8 @@ impl Caches {
         gates.entry(key).or_default().clone()
     }
 
-    /// Resolves `spec`, reusing a resolution of the same (repository, ref, credentials) made less
-    /// than `max_age` ago; also says when that resolution is due again. A Model that comes back
+    /// Resolves `spec`, reusing a resolution of the same (repository, ref, credentials) with at
+    /// least a tenth of `max_age` left; also says when that resolution is due again. A Model that comes back
     /// then shares the next resolution with every Model of its reference, so each reference is
     /// asked once per interval however long one pass over all Models takes.
     pub async fn resolve(
@@ -204,12 +243,14 @@ impl Caches {
         if let Some(hit) = fresh() {
             return Ok(hit);
         }
-        let gate = self.gate(key_hash(&key));
-        let _turn = gate.lock().await;
+        let (_turn, outage) = self.turn(key_hash(&key)).await;
         if let Some(hit) = fresh() {
             return Ok(hit);
         }
-        let resolution = registry.resolve(&access.repository, spec).await?;
+        if let Some(e) = outage {
+            return Err(e.into());
+        }
+        let resolution = self.failed(key_hash(&key), registry.resolve(&access.repository, spec).await)?;
         remember(&self.resolutions, key, resolution.clone());
         Ok((resolution, max_age))
     }
@@ -227,8 +268,8 @@ impl Caches {
     }
 
     /// What refers to `digest` (first page), reusing a read of the same (repository, digest,
-    /// credentials) made less than `max_age` ago: Models sharing a reference ask the registry once
-    /// per interval, and a referrer attached later counts from the next interval on.
+    /// credentials) with at least a tenth of `max_age` left: Models sharing a reference ask the
+    /// registry about once per interval, and a referrer attached later counts from then on.
     pub async fn referrers(&self, access: &Access, digest: &str, max_age: Duration) -> Result<Vec<Referrer>, Error> {
         let (registry, fp) = self.registry(access)?;
         let key = (access.repository.clone(), digest.to_owned(), fp);
@@ -236,12 +277,14 @@ impl Caches {
         if let Some(hit) = fresh() {
             return Ok(hit);
         }
-        let gate = self.gate(key_hash(&key));
-        let _turn = gate.lock().await;
+        let (_turn, outage) = self.turn(key_hash(&key)).await;
         if let Some(hit) = fresh() {
             return Ok(hit);
         }
-        let referrers = registry.referrers(&access.repository, digest).await?;
+        if let Some(e) = outage {
+            return Err(e.into());
+        }
+        let referrers = self.failed(key_hash(&key), registry.referrers(&access.repository, digest).await)?;
         remember(&self.referrers, key, referrers.clone());
         Ok(referrers)
     }
@@ -252,13 +295,16 @@ impl Caches {
         if let Some(hit) = cached() {
             return Ok(hit);
         }
-        let gate = self.gate(key_hash(&key));
-        let _turn = gate.lock().await;
+        let (_turn, outage) = self.turn(key_hash(&key)).await;
         if let Some(hit) = cached() {
             return Ok(hit);
         }
+        if let Some(e) = outage {
+            return Err(e.into());
+        }
         let (registry, _) = self.registry(access)?;
-        let inspection = Arc::new(registry::inspect(&registry, &access.repository, digest).await?);
+        let inspected = registry::inspect(&registry, &access.repository, digest).await;
+        let inspection = Arc::new(self.failed(key_hash(&key), inspected)?);
         let mut cache = self.inspections.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_INSPECTIONS {
             cache.clear();
@@ -315,5 +361,52 @@ mod tests {
         assert_eq!(fresh(&cache, &"a", minute), None, "older than max_age");
         remember(&cache, "a", 2);
         assert_eq!(fresh(&cache, &"a", minute).map(|(v, _)| v), Some(2), "a new read replaces the old one");
+    }
+
+    #[tokio::test]
+    async fn reconciles_waiting_for_a_request_share_its_outage() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        // A registry that accepts connections and drops them unanswered after 300 ms.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    drop(socket);
+                });
+            }
+        });
+        let access = |name: &str| Access {
+            repository: Repository::parse(&format!("127.0.0.1:{port}/{name}")).unwrap(),
+            options: Options { insecure: true, ..Options::default() },
+            credential: None,
+            credential_source: None,
+        };
+        let (caches, spec, minute) = (Arc::new(Caches::default()), RefSpec::Tag("v1".into()), Duration::from_secs(60));
+        let is_outage = |r: &Result<(Resolution, Duration), Error>| {
+            matches!(r, Err(Error::Registry(registry::Error::Unavailable { .. } | registry::Error::Timeout { .. })))
+        };
+        let alone = caches.resolve(&access("alone"), &spec, minute).await;
+        assert!(is_outage(&alone), "{:?}", alone.err());
+        let per_request = accepted.swap(0, SeqCst);
+        assert!(per_request > 0);
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let (caches, access, spec) = (caches.clone(), access("shared"), spec.clone());
+                tokio::spawn(async move { caches.resolve(&access, &spec, minute).await })
+            })
+            .collect();
+        for task in tasks {
+            let result = task.await.unwrap();
+            assert!(is_outage(&result), "{:?}", result.err());
+        }
+        assert_eq!(accepted.load(SeqCst), per_request, "the reconciles that waited asked the silent registry again");
+        let later = caches.resolve(&access("shared"), &spec, minute).await;
+        assert!(is_outage(&later));
+        assert_eq!(accepted.load(SeqCst), 2 * per_request, "a reconcile that did not wait asks again");
     }
 }

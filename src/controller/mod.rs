@@ -303,7 +303,7 @@ async fn run_deployments(
             let owner = job.annotations().get(deployment::DEPLOYMENT_ANNOTATION).and_then(|a| a.split_once('/'));
             owner.map(|(ns, name)| ObjectRef::new(name).within(ns))
         })
-        // A node's cache lost a version (a scrub) or made room: the deployments that cares about.
+        // A node's cache lost a version (a scrub) or made room: the deployments it concerns.
         .watches_stream(cache_changes, move |cache: ModelCache| deployments_concerned(&for_caches, &cache))
         .watches_stream(model_changes, move |model: Model| {
             deployments_where(&for_models, |d| {

@@ -109,6 +109,10 @@ pub fn selection_fingerprint(node: &Node) -> Option<u64> {
 pub fn cache_concerns(status: &ModelDeploymentStatus, key: &str, node: &str, cache: &ModelCacheStatus) -> bool {
     let linked = |digest: &str| cache.models.iter().any(|m| m.digest == digest && m.current.iter().any(|d| d == key));
     let measured_after = |at: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| matches!((&cache.observed_at, at), (Some(seen), Some(at)) if seen.0 > at.0);
+    // A list cut short is not read by the plan either (`index::node_caches`).
+    if cache.models.len() != cache.model_count as usize {
+        return false;
+    }
     status.nodes.iter().flat_map(|n| &n.entries).filter(|e| e.node == node).any(|e| {
         e.phase == NodePhase::Failed
             || e.current.as_deref().is_some_and(|c| measured_after(e.completed_at.as_ref()) && !linked(c))
@@ -194,8 +198,9 @@ mod tests {
     }
 
     fn cache(observed_at: &str, models: serde_json::Value) -> ModelCacheStatus {
+        let count = models.as_array().map_or(0, Vec::len);
         serde_json::from_value(json!({
-            "capacity": 100, "used": 10, "free": 90, "modelCount": 1, "models": models, "observedAt": observed_at
+            "capacity": 100, "used": 10, "free": 90, "modelCount": count, "models": models, "observedAt": observed_at
         }))
         .unwrap()
     }
@@ -228,6 +233,9 @@ mod tests {
             cache_concerns(&status(json!([failed])), "ns/d", "n1", &cache(later, holds)),
             "a failed pull may now have room"
         );
-        assert!(!cache_concerns(&status(json!([])), "ns/d", "n1", &cache(later, other)));
+        assert!(!cache_concerns(&status(json!([])), "ns/d", "n1", &cache(later, other.clone())));
+        let mut cut_short = cache(later, other);
+        cut_short.model_count = 2;
+        assert!(!cache_concerns(&s, "ns/d", "n1", &cut_short), "a list cut short is not read");
     }
 }
