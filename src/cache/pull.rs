@@ -355,9 +355,9 @@ async fn fetch_blob(
     if chunk > 0 && size > chunk {
         let target = ranged::Target { registry, repo, digest, ingest: &ingest, progress, permits: source.permits };
         match ranged::fetch(&target, ranged::plan(size, chunk), source.concurrency).await? {
-            ranged::Fetched::Complete(fetched) => {
+            ranged::Fetched::Complete(fetched, hasher, hashed) => {
                 blocking(move || {
-                    ingest.rehash()?;
+                    ingest.adopt_hash(hasher, hashed);
                     ingest.commit()
                 })
                 .await?;

@@ -299,7 +299,8 @@ impl Ingest {
     /// A handle for writes at offsets: the ingest's own is opened for appending, where Linux
     /// ignores the offset of a positional write.
     pub fn positional(&self) -> Result<File, Error> {
-        OpenOptions::new().write(true).open(&self.path).map_err(|e| Error::io(&self.path, e))
+        // Read too: the ranges are hashed back from it as the written prefix grows.
+        OpenOptions::new().read(true).write(true).open(&self.path).map_err(|e| Error::io(&self.path, e))
     }
 
     /// The ranges `(first, last)` a ranged download recorded as fully written. A line cut short by
@@ -328,13 +329,10 @@ impl Ingest {
         file.write_all(format!("{first}-{last}\n").as_bytes()).map_err(|e| Error::io(&path, e))
     }
 
-    /// Hashes the whole file again, once a ranged download wrote every byte; [`Ingest::commit`]
-    /// then checks size and digest as for a streamed one.
-    pub fn rehash(&mut self) -> Result<(), Error> {
-        let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        let (hasher, written) = hash_all(&mut file).map_err(|e| Error::io(&self.path, e))?;
-        (self.hasher, self.written, self.flushed) = (hasher, written, written);
-        Ok(())
+    /// Takes the hash a ranged download made of the first `hashed` bytes (all of them once every
+    /// range is in); [`Ingest::commit`] then checks size and digest as for a streamed one.
+    pub fn adopt_hash(&mut self, hasher: Sha256, hashed: u64) {
+        (self.hasher, self.written, self.flushed) = (hasher, hashed, hashed);
     }
 }
 
