@@ -279,17 +279,9 @@ async fn run_deployments(
 
     let node_changes = selection_changes(client.clone(), nodes_writer, readiness.clone());
     let job_changes = job_changes(client.clone(), &ctx.settings.namespace, jobs_writer, readiness.clone());
-    // Reflected first, so that the reconcile a change starts reads the changed Model (one GET per
-    // reconcile was the deployments' most frequent request).
-    let model_changes = watcher(api::<Model>(client, ns), watcher::Config::default())
-        .default_backoff()
-        .modify(forget_managed_fields)
-        .reflect(models_writer)
-        .inspect(on_init_done(move || readiness.deployment_models.store(true, Ordering::Release)))
-        .touched_objects();
+    let model_changes = model_changes(client, ns, models_writer, readiness);
     let secret_changes =
         watcher(api::<Secret>(client, ns), watcher::Config::default()).default_backoff().touched_objects();
-
     let cache_changes = watcher(Api::<ModelCache>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(forget_managed_fields)
@@ -328,6 +320,23 @@ async fn run_deployments(
         )
         .for_each(|result| logged("deployment", result))
         .await;
+}
+
+/// Model changes for the deployment controller, reflected first into the store its reconciles read,
+/// so that the reconcile a change starts reads the changed Model (one GET per reconcile was the
+/// deployments' most frequent request).
+fn model_changes(
+    client: &Client,
+    ns: Option<&str>,
+    models_writer: reflector::store::Writer<Model>,
+    readiness: Arc<Readiness>,
+) -> impl futures::Stream<Item = Result<Model, watcher::Error>> + use<> {
+    watcher(api::<Model>(client, ns), watcher::Config::default())
+        .default_backoff()
+        .modify(forget_managed_fields)
+        .reflect(models_writer)
+        .inspect(on_init_done(move || readiness.deployment_models.store(true, Ordering::Release)))
+        .touched_objects()
 }
 
 /// A controller running at most `concurrent` reconciles at once. Unbounded, 10,000 Models started

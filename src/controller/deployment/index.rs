@@ -5,15 +5,15 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::{Api, ResourceExt};
 
 use super::plan::{Desired, JobState, NodeCache, ObservedJob};
 use super::{desired, jobs, nodes};
 use crate::api::conditions::Reason;
-use kube::runtime::reflector::ObjectRef;
-
-use crate::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase};
+use crate::api::{Model, ModelCache, ModelDeployment, ModelDeploymentStatus, NodePhase};
 use crate::controller::access::{Access, access_for};
 use crate::controller::{Context, Error};
 
@@ -30,6 +30,8 @@ pub struct Index {
     pub jobs: BTreeMap<String, Vec<ObservedJob>>,
     /// The selected nodes' ModelCaches.
     pub caches: BTreeMap<String, NodeCache>,
+    /// When each selected node's ModelCache was measured, as this pass read it (None: no cache).
+    pub caches_seen: BTreeMap<String, Option<Time>>,
 }
 
 pub async fn gather(
@@ -58,7 +60,28 @@ pub async fn gather(
     let nodes = nodes::selected(deployment, &ctx.settings.bound, ctx.nodes.state().iter().map(|n| n.as_ref()));
     let jobs = observe_jobs(ctx, &namespace, &deployment.name_any(), previous).await?;
     let caches = node_caches(ctx, &format!("{namespace}/{}", deployment.name_any()), &nodes);
-    Ok(Index { model, desired, access, fingerprint, nodes, jobs, caches })
+    let caches_seen = nodes.iter().map(|n| (n.clone(), measured_at(&ctx.model_caches, n))).collect();
+    Ok(Index { model, desired, access, fingerprint, nodes, jobs, caches, caches_seen })
+}
+
+fn measured_at(store: &reflector::Store<ModelCache>, node: &str) -> Option<Time> {
+    store.get(&ObjectRef::new(node)).and_then(|c| c.status.as_ref().and_then(|s| s.observed_at.clone()))
+}
+
+/// Whether a selected node's ModelCache changed while this pass ran in a way that concerns the
+/// status it wrote (`key` is `namespace/name`). That change's event was judged against the status
+/// before this pass (a pull not yet marked Failed) and may have started nothing.
+pub fn missed_cache_change(
+    store: &reflector::Store<ModelCache>,
+    seen: &BTreeMap<String, Option<Time>>,
+    key: &str,
+    status: &ModelDeploymentStatus,
+) -> bool {
+    seen.iter().any(|(node, then)| {
+        let Some(cache) = store.get(&ObjectRef::new(node)) else { return false };
+        let Some(now) = cache.status.as_ref() else { return false };
+        now.observed_at.as_ref() != then.as_ref() && nodes::cache_concerns(status, key, node, now)
+    })
 }
 
 /// What the selected nodes' ModelCaches say about `deployment` (`namespace/name`). One that left
@@ -152,5 +175,43 @@ fn recorded_state(state: JobState, entry: &crate::api::NodeEntry) -> JobState {
             JobState::Failed { started, completed, message: entry.message.clone().unwrap_or(message) }
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher;
+    use serde_json::json;
+
+    fn cache(node: &str, observed_at: &str, models: serde_json::Value) -> ModelCache {
+        let count = models.as_array().map_or(0, Vec::len);
+        serde_json::from_value(json!({
+            "metadata": {"name": node},
+            "spec": {"node": node},
+            "status": {"capacity": 100, "used": 10, "free": 90, "modelCount": count, "models": models, "observedAt": observed_at}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_cache_change_during_the_pass_is_looked_at_again_when_it_concerns_the_status_written() {
+        let (store, mut writer) = reflector::store();
+        let before = "2026-11-29T10:00:00Z";
+        writer.apply_watcher_event(&watcher::Event::Apply(cache("n1", before, json!([]))));
+        let seen = BTreeMap::from([("n1".to_owned(), measured_at(&store, "n1"))]);
+        // This pass wrote a pull that failed on n1 for want of room.
+        let failed: ModelDeploymentStatus = serde_json::from_value(json!({"nodes": {
+            "selected": 1, "ready": 0, "pulling": 0, "failed": 1, "summary": "0/1",
+            "entries": [{"node": "n1", "digest": "sha256:b", "phase": "Failed", "message": "InsufficientStorage"}]
+        }}))
+        .unwrap();
+        assert!(!missed_cache_change(&store, &seen, "ns/d", &failed), "the cache did not change");
+        // Meanwhile another deployment's cleanup made room, and the store shows it.
+        writer.apply_watcher_event(&watcher::Event::Apply(cache("n1", "2026-11-29T10:01:00Z", json!([]))));
+        assert!(missed_cache_change(&store, &seen, "ns/d", &failed));
+        assert!(!missed_cache_change(&store, &seen, "ns/d", &ModelDeploymentStatus::default()), "nothing concerns it");
+        let unseen = BTreeMap::from([("n2".to_owned(), None)]);
+        assert!(!missed_cache_change(&store, &unseen, "ns/d", &failed), "not a node of this pass");
     }
 }

@@ -86,6 +86,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
     let (created, deleted, requeue) = (plan.create.len(), plan.delete.len(), plan.requeue);
     let written = writer::write(ctx, deployment, &index, plan, current).await?;
     let next = &written.status;
+    let missed = index::missed_cache_change(&ctx.model_caches, &index.caches_seen, &key, next);
     tracing::info!(
         deployment = %key,
         drift = next.drift.as_ref().map(|d| d.reason.as_str()).unwrap_or_default(),
@@ -95,6 +96,9 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
         wrote_status = written.wrote_status,
         "reconciled deployment"
     );
+    if missed {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     Ok(Action::requeue(requeue_after(requeue, &previous, next, written.recheck)))
 }
 
