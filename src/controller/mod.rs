@@ -302,13 +302,7 @@ async fn run_deployments(
                 d.namespace() == model.namespace() && d.spec.model_ref.name == model.name_any()
             })
         })
-        .watches_stream(secret_changes, move |secret: Secret| {
-            // Registry credentials of any Model in the namespace; not the Secrets of our own Jobs.
-            if secret.labels().contains_key(deployment::DEPLOYMENT_LABEL) {
-                return Vec::new();
-            }
-            deployments_where(&for_secrets, |d| d.namespace() == secret.namespace())
-        })
+        .watches_stream(secret_changes, move |secret: Secret| deployments_for_secret(&for_secrets, &secret))
         .with_config(bounded(concurrent))
         .shutdown_on_signal()
         .run(
@@ -458,6 +452,17 @@ fn spec_or_lifecycle(d: &ModelDeployment) -> Option<u64> {
     d.metadata.deletion_timestamp.is_some().hash(&mut h);
     d.finalizers().hash(&mut h);
     Some(h.finish())
+}
+
+/// Registry credentials of any Model in the namespace; not the Secrets of our own Jobs.
+fn deployments_for_secret(
+    store: &reflector::Store<ModelDeployment>,
+    secret: &Secret,
+) -> Vec<ObjectRef<ModelDeployment>> {
+    if secret.labels().contains_key(deployment::DEPLOYMENT_LABEL) {
+        return Vec::new();
+    }
+    deployments_where(store, |d| d.namespace() == secret.namespace())
 }
 
 /// The deployments whose plan a node cache's new status can change.
