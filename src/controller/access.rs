@@ -227,10 +227,35 @@ impl Caches {
         gates.entry(key).or_default().clone()
     }
 
+    /// An answer of `cache` for `key` with at least a tenth of `max_age` left, else `read`'s, made
+    /// once for every reconcile asking at the same time (the others wait and take it, or its
+    /// outage); with how long until it is due again.
+    async fn shared_read<K: Hash + Eq, T: Clone>(
+        &self,
+        cache: &Mutex<HashMap<K, (T, Instant)>>,
+        key: K,
+        max_age: Duration,
+        read: impl Future<Output = Result<T, registry::Error>>,
+    ) -> Result<(T, Duration), Error> {
+        if let Some(hit) = fresh(cache, &key, max_age) {
+            return Ok(hit);
+        }
+        let (_turn, outage) = self.turn(key_hash(&key)).await;
+        if let Some(hit) = fresh(cache, &key, max_age) {
+            return Ok(hit);
+        }
+        if let Some(e) = outage {
+            return Err(e.into());
+        }
+        let value = self.failed(key_hash(&key), read.await)?;
+        remember(cache, key, value.clone());
+        Ok((value, max_age))
+    }
+
     /// Resolves `spec`, reusing a resolution of the same (repository, ref, credentials) with at
-    /// least a tenth of `max_age` left; also says when that resolution is due again. A Model that comes back
-    /// then shares the next resolution with every Model of its reference, so each reference is
-    /// asked once per interval however long one pass over all Models takes.
+    /// least a tenth of `max_age` left; also says when that resolution is due again. A Model that
+    /// comes back then shares the next resolution with every Model of its reference, so each
+    /// reference is asked once per interval however long one pass over all Models takes.
     pub async fn resolve(
         &self,
         access: &Access,
@@ -239,20 +264,7 @@ impl Caches {
     ) -> Result<(Resolution, Duration), Error> {
         let (registry, fp) = self.registry(access)?;
         let key = (access.repository.clone(), spec.clone(), fp);
-        let fresh = || fresh(&self.resolutions, &key, max_age);
-        if let Some(hit) = fresh() {
-            return Ok(hit);
-        }
-        let (_turn, outage) = self.turn(key_hash(&key)).await;
-        if let Some(hit) = fresh() {
-            return Ok(hit);
-        }
-        if let Some(e) = outage {
-            return Err(e.into());
-        }
-        let resolution = self.failed(key_hash(&key), registry.resolve(&access.repository, spec).await)?;
-        remember(&self.resolutions, key, resolution.clone());
-        Ok((resolution, max_age))
+        self.shared_read(&self.resolutions, key, max_age, registry.resolve(&access.repository, spec)).await
     }
 
     /// Verifies the inspected digest with the Model's trust material (passed verifications are cached).
@@ -273,20 +285,8 @@ impl Caches {
     pub async fn referrers(&self, access: &Access, digest: &str, max_age: Duration) -> Result<Vec<Referrer>, Error> {
         let (registry, fp) = self.registry(access)?;
         let key = (access.repository.clone(), digest.to_owned(), fp);
-        let fresh = || fresh(&self.referrers, &key, max_age).map(|(r, _)| r);
-        if let Some(hit) = fresh() {
-            return Ok(hit);
-        }
-        let (_turn, outage) = self.turn(key_hash(&key)).await;
-        if let Some(hit) = fresh() {
-            return Ok(hit);
-        }
-        if let Some(e) = outage {
-            return Err(e.into());
-        }
-        let referrers = self.failed(key_hash(&key), registry.referrers(&access.repository, digest).await)?;
-        remember(&self.referrers, key, referrers.clone());
-        Ok(referrers)
+        let read = registry.referrers(&access.repository, digest);
+        Ok(self.shared_read(&self.referrers, key, max_age, read).await?.0)
     }
 
     pub async fn inspect(&self, access: &Access, digest: &str) -> Result<Arc<Inspection>, Error> {

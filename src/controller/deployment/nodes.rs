@@ -108,7 +108,7 @@ pub fn selection_fingerprint(node: &Node) -> Option<u64> {
 /// every deployment on the node each time made 20 deployments on 50 nodes reconcile 20,000 times.
 pub fn cache_concerns(status: &ModelDeploymentStatus, key: &str, node: &str, cache: &ModelCacheStatus) -> bool {
     let linked = |digest: &str| cache.models.iter().any(|m| m.digest == digest && m.current.iter().any(|d| d == key));
-    let measured_after = |at: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| matches!((&cache.observed_at, at), (Some(seen), Some(at)) if seen.0 > at.0);
+    let measured_after = |at| super::plan::measured_after(cache.observed_at.as_ref(), at);
     // A list cut short is not read by the plan either (`index::node_caches`).
     if cache.models.len() != cache.model_count as usize {
         return false;

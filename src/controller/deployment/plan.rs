@@ -67,8 +67,13 @@ pub struct NodeCache {
 impl NodeCache {
     /// Whether it was measured after `at`.
     fn after(&self, at: Option<&Time>) -> bool {
-        matches!((&self.observed_at, at), (Some(seen), Some(at)) if seen.0 > at.0)
+        measured_after(self.observed_at.as_ref(), at)
     }
+}
+
+/// Whether a cache measured at `seen` was measured after `at` (neither known: no).
+pub fn measured_after(seen: Option<&Time>, at: Option<&Time>) -> bool {
+    matches!((seen, at), (Some(seen), Some(at)) if seen.0 > at.0)
 }
 
 /// What the deployment should hold, or why there is nothing to hold.
