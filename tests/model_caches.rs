@@ -19,13 +19,16 @@ use support::{Bed, Operator, TestNodes, apply, ensure_namespace, eventually, ins
 
 const JOBS_NAMESPACE: &str = "modelpack-system";
 const CACHE: &str = "/var/lib/modelpack";
+/// What the cache counts for an entry besides its bytes (README "The budget").
+const ENTRY_COST: u64 = 4096;
 
 /// What a node's cache directory holds, walked independently of the operator's code.
 #[derive(Debug, PartialEq)]
 struct Walk {
     /// Model digest → deployments (`ns/name`) linking it as current or keeping it.
     models: BTreeMap<String, BTreeSet<String>>,
-    /// Bytes of every regular file under blobs/, models/ and tmp/, each inode once.
+    /// Bytes of every regular file under blobs/, models/ and tmp/, each inode once, and a block
+    /// for every entry of models/ and tmp/ and every model's index.
     used: u64,
 }
 
@@ -50,21 +53,33 @@ fn walk(node: &str) -> Walk {
         }
     }
     let mut inodes = HashMap::new();
-    for dir in ["blobs", "models", "tmp"] {
-        sizes(&root.join(dir), &mut inodes);
-    }
-    Walk { models, used: inodes.values().sum() }
+    sizes(&root.join("blobs"), &mut inodes);
+    // Every entry of a model or of tmp/ (a model's own directory included) is a block; every
+    // model's index its bytes and a block.
+    let mut entries = sizes(&root.join("models"), &mut inodes).saturating_sub(1);
+    entries += sizes(&root.join("tmp"), &mut inodes);
+    let indexes: u64 = std::fs::read_dir(root.join("index/sha256"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.metadata().map_or(0, |m| m.len() + ENTRY_COST))
+        .sum();
+    Walk { models, used: inodes.values().sum::<u64>() + entries * ENTRY_COST + indexes }
 }
 
-fn sizes(dir: &Path, inodes: &mut HashMap<u64, u64>) {
+/// Records the regular files under `dir`; returns how many entries are under it.
+fn sizes(dir: &Path, inodes: &mut HashMap<u64, u64>) -> u64 {
+    let mut entries = 0;
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let Ok(meta) = entry.path().symlink_metadata() else { continue };
+        entries += 1;
         if meta.is_dir() {
-            sizes(&entry.path(), inodes);
+            entries += sizes(&entry.path(), inodes);
         } else if meta.is_file() {
             inodes.insert(meta.ino(), meta.len());
         }
     }
+    entries
 }
 
 fn as_walk(cache: &ModelCache) -> Option<Walk> {
