@@ -293,3 +293,62 @@ async fn a_full_node_evicts_the_least_recently_used_kept_version_and_tells_the_d
     let current = Bed::get().node_path(&node, CACHE).join("deployments").join(&ns).join("d/current/model.safetensors");
     assert_eq!(std::fs::read(current).unwrap(), versions[2].files[0].1);
 }
+
+/// Issue 25: a layer whose `file.metadata+json` declares 1 byte and that extracts 1 MiB passes the
+/// pull's preflight under a 500,000-byte budget; the build stops it (exit 3): the node is reported
+/// `Failed` with `InsufficientStorage`, its Job is not retried in a loop, and the node's cache holds
+/// no model and never more than its budget.
+#[tokio::test]
+async fn a_layer_that_extracts_more_than_it_declares_fails_the_node_and_stays_in_the_budget() {
+    use modelpack_operator::api::NodePhase;
+    use std::io::Read as _;
+    use support::craft;
+    let bed = Bed::get();
+    let client = bed.client().await;
+    install_crds(&client).await;
+    ensure_namespace(&client, JOBS_NAMESPACE).await;
+    let ns = namespace(&client, "cachelie").await;
+    let _operator = Operator::start_with(&ns, &format!("e2e-{ns}"), &["--cache-limit", "500000"]);
+    let nodes = TestNodes::create("cachelie", 1);
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_size(1 << 20);
+    tar.append_data(&mut header, "w.bin", std::io::repeat(0).take(1 << 20)).unwrap();
+    let layer = tar.into_inner().unwrap().finish().unwrap();
+    let config = json!({"descriptor": {"name": "lie"}, "modelfs": {"type": "layers", "diffIds": []}});
+    let artifact = craft::Artifact {
+        artifact_type: Some("application/vnd.cncf.model.manifest.v1+json".into()),
+        config: craft::Blob::new("application/vnd.cncf.model.config.v1+json", serde_json::to_vec(&config).unwrap()),
+        layers: vec![
+            craft::Blob::new("application/vnd.cncf.model.weight.v1.tar+gzip", layer)
+                .annotate("org.cncf.model.filepath", "w.bin")
+                .annotate("org.cncf.model.file.metadata+json", r#"{"name":"w.bin","mode":420,"size":1,"typeflag":48}"#),
+        ],
+        annotations: BTreeMap::new(),
+    };
+    let repo = format!("caches/lie-{}", unique_suffix());
+    craft::push(&bed.plain, &repo, "v1", &artifact).await;
+    let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+    let repository = format!("{}/{repo}", bed.plain.host);
+    apply(&models, "Model", "m", json!({"repository": repository, "ref": {"tag": "v1"}, "insecure": true})).await;
+    apply(&deployments, "ModelDeployment", "d", json!({"modelRef": {"name": "m"}, "nodeSelector": nodes.selector()}))
+        .await;
+    let failed = |s: &ModelDeploymentStatus| {
+        s.nodes.as_ref().and_then(|n| n.entries.first()).is_some_and(|e| {
+            e.phase == NodePhase::Failed && e.message.as_deref().is_some_and(|m| m.starts_with("InsufficientStorage: "))
+        })
+    };
+    support::wait_for_deployment(&deployments, "d", "the node reported InsufficientStorage", failed).await;
+    let first = deployments.get("d").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let d = deployments.get("d").await.unwrap();
+    assert!(failed(d.status.as_ref().unwrap()), "still reported, not retried: {:?}", d.status);
+    assert_eq!(
+        d.status.as_ref().and_then(|s| s.nodes.as_ref()).map(|n| n.entries.len()),
+        first.status.as_ref().and_then(|s| s.nodes.as_ref()).map(|n| n.entries.len())
+    );
+    let node = walk(&nodes.names[0]);
+    assert!(node.models.is_empty() && node.used <= 500_000, "{node:?}");
+}
