@@ -11,7 +11,7 @@ use super::store::Store;
 use super::tree::MAX_LOOKUPS;
 use crate::modelpack::{Descriptor, Manifest};
 
-fn put_blob(store: &Store, data: &[u8]) -> String {
+pub(super) fn put_blob(store: &Store, data: &[u8]) -> String {
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
     if let Some(mut ingest) = store.ingest(&digest, data.len() as u64, "r.example/tests").unwrap() {
         ingest.write(data).unwrap();
@@ -20,7 +20,7 @@ fn put_blob(store: &Store, data: &[u8]) -> String {
     digest
 }
 
-fn descriptor(media_type: &str, digest: &str, size: usize, path: &str) -> Descriptor {
+pub(super) fn descriptor(media_type: &str, digest: &str, size: usize, path: &str) -> Descriptor {
     Descriptor {
         media_type: media_type.to_owned(),
         digest: digest.to_owned(),
@@ -30,7 +30,7 @@ fn descriptor(media_type: &str, digest: &str, size: usize, path: &str) -> Descri
     }
 }
 
-fn manifest(layers: Vec<Descriptor>) -> Manifest {
+pub(super) fn manifest(layers: Vec<Descriptor>) -> Manifest {
     Manifest {
         schema_version: 2,
         artifact_type: Some("application/vnd.cncf.model.manifest.v1+json".to_owned()),
@@ -40,8 +40,8 @@ fn manifest(layers: Vec<Descriptor>) -> Manifest {
     }
 }
 
-const RAW: &str = "application/vnd.cncf.model.weight.v1.raw";
-const TAR: &str = "application/vnd.cncf.model.weight.v1.tar";
+pub(super) const RAW: &str = "application/vnd.cncf.model.weight.v1.raw";
+pub(super) const TAR: &str = "application/vnd.cncf.model.weight.v1.tar";
 
 /// A tar with one link entry (`kind` = Symlink or Link) named `name` pointing at `target`.
 fn tar_with_link(name: &str, kind: tar::EntryType, target: &str) -> Vec<u8> {
@@ -99,7 +99,7 @@ fn the_complete_marker_never_overwrites_a_store_blob() {
     assert!(overwritten.is_empty(), "{overwritten:#?}");
 }
 
-fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+pub(super) fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for (name, data) in files {
         let mut h = tar::Header::new_gnu();
@@ -110,7 +110,7 @@ fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
+pub(super) fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     e.write_all(data).unwrap();
     e.finish().unwrap()
@@ -380,7 +380,7 @@ impl std::io::Read for LongNames {
     }
 }
 
-fn peak_rss_kib() -> u64 {
+pub(super) fn peak_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
