@@ -646,6 +646,61 @@ mod gate {
         drop(nodes);
     }
 
+    /// A tenant's pathological rule over a 0.9 MB config (a nested `map` concatenating strings:
+    /// hours and gigabytes if it ran) on three Models, next to a good Model: the three fail the rule
+    /// at once, naming the bound, and the good Model still follows its tag within its interval.
+    #[tokio::test]
+    async fn a_pathological_rule_holds_up_no_other_model() {
+        let bed = Bed::get();
+        let client = bed.client().await;
+        install_crds(&client).await;
+        let ns = namespace(&client, "policy-bounds").await;
+        let _operator = Operator::start(&ns);
+        let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<ModelPolicy> = Api::all(client.clone());
+        let label = unique_suffix();
+        let files = ModelFiles::new(44, &[("model.safetensors", 10_000)]);
+        let mut config = cncf_config("huge", &files);
+        config["descriptor"]["licenses"] = json!((0..36_000).map(|i| format!("{i:024}")).collect::<Vec<_>>());
+        let (bad, good) = (format!("policy/bounds-bad-{label}"), format!("policy/bounds-good-{label}"));
+        oras_push_cncf(bed, &bed.plain, &bad, "prod", &files, &config);
+        oras_push_cncf(bed, &bed.plain, &good, "prod", &files, &licensed(&files, "MIT"));
+        let blowup = "descriptor.licenses.map(a, descriptor.licenses.map(b, a + b)).size() > 0";
+        let policy = format!("bounds-{label}");
+        apply(
+            &policies,
+            "ModelPolicy",
+            &policy,
+            policy_spec("Enforce", &label, json!([{"name": "blowup", "expression": blowup}])),
+        )
+        .await;
+        let spec = |repo: &str| json!({"repository": format!("{}/{repo}", bed.plain.host), "ref": {"tag": "prod"}, "insecure": true, "interval": "10s"});
+        let params = kube::api::PatchParams::apply("e2e").force();
+        for i in 0..3 {
+            let model = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "Model",
+                "metadata": {"name": format!("bad-{i}"), "labels": {"e2e.modelpack.dev/policy": label}}, "spec": spec(&bad)});
+            models.patch(&format!("bad-{i}"), &params, &kube::api::Patch::Apply(&model)).await.unwrap();
+        }
+        apply(&models, "Model", "good", spec(&good)).await;
+        for i in 0..3 {
+            let m = eventually("the pathological rule fails at once", Duration::from_secs(30), || async {
+                let m = models.get(&format!("bad-{i}")).await.ok()?;
+                compliant(&m).is_some_and(|c| c.0 == ConditionStatus::False).then_some(m)
+            })
+            .await;
+            let violations = m.status.unwrap().violations;
+            assert!(violations[0].message.contains("not evaluated"), "{violations:?}");
+        }
+        let v2_files = ModelFiles::new(45, &[("model.safetensors", 10_000)]);
+        let v2 = oras_push_cncf(bed, &bed.plain, &good, "prod", &v2_files, &licensed(&v2_files, "MIT"));
+        eventually("the good Model follows its tag within its interval", Duration::from_secs(25), || async {
+            let m = models.get("good").await.ok()?;
+            m.status?.accepted.filter(|a| a.digest == v2)
+        })
+        .await;
+        policies.delete(&policy, &DeleteParams::default()).await.unwrap();
+    }
+
     /// A label put on a Model can make a policy select it: judged at once, not at the next interval
     /// (an hour here).
     #[tokio::test]
