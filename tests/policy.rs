@@ -682,15 +682,10 @@ mod gate {
             models.patch(&format!("bad-{i}"), &params, &kube::api::Patch::Apply(&model)).await.unwrap();
         }
         apply(&models, "Model", "good", spec(&good)).await;
-        for i in 0..3 {
-            let m = eventually("the pathological rule fails at once", Duration::from_secs(30), || async {
-                let m = models.get(&format!("bad-{i}")).await.ok()?;
-                compliant(&m).is_some_and(|c| c.0 == ConditionStatus::False).then_some(m)
-            })
-            .await;
-            let violations = m.status.unwrap().violations;
-            assert!(violations[0].message.contains("not evaluated"), "{violations:?}");
-        }
+        eventually("the good Model is accepted", Duration::from_secs(30), || async {
+            models.get("good").await.ok()?.status?.accepted
+        })
+        .await;
         let v2_files = ModelFiles::new(45, &[("model.safetensors", 10_000)]);
         let v2 = oras_push_cncf(bed, &bed.plain, &good, "prod", &v2_files, &licensed(&v2_files, "MIT"));
         eventually("the good Model follows its tag within its interval", Duration::from_secs(25), || async {
@@ -698,6 +693,15 @@ mod gate {
             m.status?.accepted.filter(|a| a.digest == v2)
         })
         .await;
+        for i in 0..3 {
+            let m = eventually("the pathological rule failed at once", Duration::from_secs(10), || async {
+                let m = models.get(&format!("bad-{i}")).await.ok()?;
+                compliant(&m).is_some_and(|c| c.0 == ConditionStatus::False).then_some(m)
+            })
+            .await;
+            let violations = m.status.unwrap().violations;
+            assert!(violations[0].message.contains("not evaluated"), "{violations:?}");
+        }
         policies.delete(&policy, &DeleteParams::default()).await.unwrap();
     }
 
