@@ -384,6 +384,56 @@ async fn check_sees_every_variable_and_agrees_with_cel_go() {
     }
 }
 
+/// Costly shapes within the bounds (macros over thousands of entries, `matches` over a list,
+/// concatenations, nested macros over short lists) give cel-go's verdicts.
+#[test]
+fn costly_rules_within_the_bounds_agree_with_cel_go() {
+    let licenses: Vec<String> = (0..3000).map(|i| format!("{i:024}")).collect();
+    let layers: Vec<Value> = (0..40)
+        .map(|i| json!({"digest": format!("sha256:{i:064}"), "size": i, "path": format!("w{i}.safetensors")}))
+        .collect();
+    let vars = json!({"descriptor": {"licenses": licenses}, "layers": layers, "tag": "v1.2.3"});
+    let rules: Vec<String> = [
+        "descriptor.licenses.all(l, l.matches('^[0-9]{24}$'))",
+        "descriptor.licenses.exists(l, matches(l, '^0+2999$'))",
+        "descriptor.licenses.map(l, l + l).all(x, size(x) == 48)",
+        "descriptor.licenses.filter(l, l.endsWith('7')).size() == 300",
+        "descriptor.licenses.exists_one(l, l.startsWith('0000000000000000000029'))",
+        "descriptor.licenses.map(l, l + '-' + tag).exists(x, x.endsWith('v1.2.3') && x.contains('-'))",
+        "layers.all(a, layers.exists_one(b, a.digest == b.digest))",
+        "layers.filter(a, layers.exists(b, b.size > a.size)).size() == 39",
+        "layers.map(a, layers.filter(b, b.path.matches('^w[0-9]+[.]safetensors$')).size()).all(n, n == 40)",
+        "tag.matches(tag) && !descriptor.licenses.exists(l, l.matches('[a-z]'))",
+    ]
+    .map(String::from)
+    .to_vec();
+    let spec = modelpack_operator::api::ModelPolicySpec {
+        action: modelpack_operator::api::PolicyAction::Audit,
+        namespace_selector: None,
+        model_selector: None,
+        rules: rules
+            .iter()
+            .enumerate()
+            .map(|(i, e)| modelpack_operator::api::PolicyRule {
+                name: format!("r{i}"),
+                expression: e.clone(),
+                message: None,
+            })
+            .collect(),
+    };
+    let ours =
+        modelpack_operator::policy::evaluate_json(&modelpack_operator::policy::compile("p", &spec).unwrap(), &vars);
+    let theirs = celeval(&vars, &rules);
+    let mut passed = 0;
+    for (rule, r) in rules.iter().zip(&ours) {
+        let (compiled, go_ok, go_error) = &theirs[&r.rule];
+        assert!(compiled, "cel-go does not compile `{rule}`: {go_error}");
+        assert_eq!(r.passed, *go_ok, "`{rule}`: ours {}, cel-go {go_error}", r.message);
+        passed += usize::from(r.passed);
+    }
+    assert!(passed > 5 && passed < rules.len(), "{passed} passed");
+}
+
 #[test]
 fn a_policy_that_does_not_compile_exits_2_with_the_compilers_message() {
     let file = policy_file(&["layers.all(l, ".to_owned()]);
