@@ -22,6 +22,10 @@ use super::shape::Shape;
 use super::variables::{NAMES, Variables};
 use super::{MAX_COST, MAX_MEMORY, RULE_DEADLINE};
 
+/// Evaluations [`evaluate_off_workers`] runs at once, each within [`MAX_MEMORY`] of values.
+pub const CONCURRENT: usize = 4;
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT);
+
 /// The verdict of one rule (the shape `check -o json` prints).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RuleResult {
@@ -50,11 +54,17 @@ pub fn evaluate_json(policy: &CompiledPolicy, variables: &Json) -> Vec<RuleResul
 /// [`evaluate`] on a thread of its own, awaited without holding the async worker: a rule that runs
 /// long holds up nothing but its own Model. Past [`RULE_DEADLINE`] per rule (and a second), the
 /// evaluation is stopped and every rule fails with that reason.
+/// At most [`CONCURRENT`] at once, so their memory is bounded too.
 pub async fn evaluate_off_workers(policy: &CompiledPolicy, variables: &Variables) -> Vec<RuleResult> {
+    let Ok(slot) = SLOTS.acquire().await else {
+        return failed_all(policy, "error: no CEL evaluation slot");
+    };
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (owned, json, flag) = (policy.clone(), variables.to_json(), cancel.clone());
+    // The slot is the thread's: given back when it ends, even after it was stopped.
     let spawned = std::thread::Builder::new().name("cel".into()).stack_size(STACK_BYTES).spawn(move || {
+        let _slot = slot;
         let _ = tx.send(evaluate_here(&owned, &json, &flag));
     });
     if let Err(e) = spawned {
@@ -295,6 +305,45 @@ mod tests {
         assert_eq!(verdicts(&[regex, negated, "tag.matches(tag)"], &small), [true, true, true]);
         let elapsed = started.elapsed();
         assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    }
+
+    /// An evaluation holds one of the [`CONCURRENT`] slots while its thread runs.
+    #[tokio::test]
+    async fn evaluations_off_the_workers_take_a_slot_each() {
+        let manifest = serde_json::from_value(json!({"schemaVersion": 2, "layers": [],
+            "config": {"mediaType": "application/vnd.cnai.model.config.v1+json", "digest": "sha256:c", "size": 2}}))
+        .unwrap();
+        let config = json!({"descriptor": licenses(30_000, 24)["descriptor"]});
+        let source = super::super::Source {
+            repository: "r/m".into(),
+            digest: "sha256:d",
+            tag: None,
+            manifest: &manifest,
+            config_json: &config,
+            referrers: &[],
+        };
+        let vars = Variables::new(&source).unwrap();
+        let rule = PolicyRule {
+            name: "r".into(),
+            expression: "descriptor.licenses.map(l, l + l).all(x, size(x) == 48)".into(),
+            message: None,
+        };
+        let spec = ModelPolicySpec {
+            action: PolicyAction::Audit,
+            namespace_selector: None,
+            model_selector: None,
+            rules: vec![rule.clone(), PolicyRule { name: "s".into(), ..rule }],
+        };
+        let policy = compile("p", &spec).unwrap();
+        let running = tokio::spawn(async move { evaluate_off_workers(&policy, &vars).await });
+        let mut held = 0;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            held = held.max(CONCURRENT - SLOTS.available_permits());
+        }
+        assert!(running.await.unwrap().iter().all(|r| r.passed));
+        assert_eq!(held, 1);
+        assert_eq!(SLOTS.available_permits(), CONCURRENT, "given back");
     }
 
     #[test]
