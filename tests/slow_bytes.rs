@@ -39,7 +39,9 @@ async fn pull(served: &Served, min_rate: u64, chunk_size: u64) -> (Result<(), ca
     let store = Store::open(dir.path()).unwrap().without_sync();
     let options = PullOptions { concurrency: 2, chunk_size, min_rate: Some(min_rate), ..Default::default() };
     let started = Instant::now();
-    let result = cache::pull(&registry, &repo, &served.digest, &store, &options, Arc::new(Progress::default())).await;
+    let pulling = cache::pull(&registry, &repo, &served.digest, &store, &options, Arc::new(Progress::default()));
+    // A read that is never cut off fails here rather than holding the test.
+    let result = tokio::time::timeout(Duration::from_secs(30), pulling).await.expect("the pull ended within 30 s");
     (result.map(drop), started.elapsed(), store, dir)
 }
 
