@@ -117,7 +117,7 @@ async fn a_signature_behind_150_other_referrers_keeps_its_model_verified() {
     };
     put_trust(None).await;
     let spec = json!({"repository": format!("{}/{REPO}", served.host), "ref": {"tag": "1.0.0"}, "insecure": true,
-        "interval": "5s", "verify": {"provider": "notation", "secretRef": {"name": "trust"}}});
+        "interval": "10s", "verify": {"provider": "notation", "secretRef": {"name": "trust"}}});
     apply(&models, "signed", spec).await;
     let verified = |s: &ModelStatus| find(&s.conditions, VERIFIED).is_some_and(|c| c.status == ConditionStatus::True);
     wait(&models, "signed", "Verified", verified).await;
