@@ -8,9 +8,11 @@ pub mod craft;
 pub mod fixtures;
 pub mod hostile;
 pub mod kstatus;
+pub mod measure;
 pub mod notary;
 pub mod proxy;
 pub mod served;
+pub mod signed;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

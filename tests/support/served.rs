@@ -135,12 +135,11 @@ impl State {
     fn referrers(&self, client: &mut TcpStream, query: &str, head_only: bool) -> std::io::Result<()> {
         let param = |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(&format!("{name}=")));
         let wanted = param("artifactType").filter(|_| self.setup.filters);
-        let entries: Vec<Value> = self
+        let entries: Vec<&Value> = self
             .setup
             .referrers
             .iter()
             .filter(|e| wanted.is_none_or(|t| e["artifactType"].as_str() == Some(t)))
-            .cloned()
             .collect();
         let start: usize = param("last").and_then(|n| n.parse().ok()).unwrap_or(0);
         let page = if self.setup.page == 0 { entries.len().max(1) } else { self.setup.page };
@@ -160,7 +159,7 @@ impl State {
     }
 }
 
-fn index(entries: &[Value]) -> Vec<u8> {
+fn index<T: serde::Serialize>(entries: &[T]) -> Vec<u8> {
     serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries})).unwrap()
 }
 
