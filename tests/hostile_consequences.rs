@@ -1,7 +1,9 @@
-//! What the controller makes of a registry (or a tenant) that names a metadata address, and of a
-//! signature behind many other referrers: the first Models stall with `ForbiddenAddress` before
-//! anything is sent; the signed Model stays verified through its re-verifications; a good Model next
-//! to them stays Ready. Needs the bed (the registries are ours, on 127.0.0.1).
+//! What the controller makes of a registry (or a tenant) that names a metadata address, of a
+//! signature behind many other referrers, and of a registry that drips a layer: the first Models
+//! stall with `ForbiddenAddress` before anything is sent; the signed Model stays verified through
+//! its re-verification; the dripping layer's pull Job is cut off and its deployment says
+//! `PullFailed` with the reason; a good Model next to them stays Ready. Needs the bed (the
+//! registries are ours, on 127.0.0.1).
 
 mod support;
 
@@ -10,13 +12,13 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use modelpack_operator::api::conditions::{ConditionStatus, READY, STALLED, VERIFIED, find};
-use modelpack_operator::api::{Model, ModelStatus};
+use modelpack_operator::api::{Model, ModelDeployment, ModelStatus};
 use serde_json::{Value, json};
 use support::craft::sha256;
 use support::fixtures::{ModelFiles, cncf_config, oras_push_cncf};
 use support::notary::{Chain, KeyType, crafted_jws, policy};
 use support::served::{REPO, Served, Setup};
-use support::{Bed, Operator, eventually, install_crds, namespace, unique_suffix};
+use support::{Bed, Operator, TestNodes, ensure_namespace, eventually, install_crds, namespace, unique_suffix};
 
 async fn apply(api: &Api<Model>, name: &str, spec: Value) {
     let obj =
@@ -134,4 +136,49 @@ async fn a_signature_behind_150_other_referrers_keeps_its_model_verified() {
     assert!(served.requests("last=150").len() >= 2, "the last page was read at each verification");
     wait(&models, "good", "Ready", |s| find(&s.conditions, READY).is_some_and(|c| c.status == ConditionStatus::True))
         .await;
+}
+
+/// The pull Job of a deployment whose registry sends the layer one byte every 2 s fails at the end
+/// of its first 60 s window (the Job's defaults), and the deployment names the blob and the rate.
+#[tokio::test]
+async fn a_dripping_layer_fails_its_pull_job_within_a_window() {
+    let bed = Bed::get();
+    let client = bed.client().await;
+    install_crds(&client).await;
+    ensure_namespace(&client, "modelpack-system").await;
+    let ns = namespace(&client, "drip").await;
+    let _operator = Operator::start(&ns);
+    let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+    let nodes = TestNodes::create("drip", 1);
+    let weights = vec![7u8; 64 << 10];
+    let config = json!({"descriptor": {"name": "drip"}, "modelfs": {"type": "layers", "diffIds": [sha256(&weights)]}});
+    let artifact = support::craft::Artifact {
+        artifact_type: Some("application/vnd.cncf.model.manifest.v1+json".into()),
+        config: support::craft::Blob::new("application/vnd.cncf.model.config.v1+json", config.to_string()),
+        layers: vec![
+            support::craft::Blob::new("application/vnd.cncf.model.weight.v1.raw", weights)
+                .annotate("org.cncf.model.filepath", "w.bin"),
+        ],
+        annotations: Default::default(),
+    };
+    let drip = Some((1, Duration::from_secs(2)));
+    let served = Served::start(Setup { artifact: Some(artifact), drip, ..Setup::default() });
+    let spec = json!({"repository": format!("{}/{REPO}", served.host), "ref": {"tag": "1.0.0"}, "insecure": true});
+    apply(&models, "dripping", spec).await;
+    let deployments: Api<ModelDeployment> = Api::namespaced(client, &ns);
+    let spec = json!({"modelRef": {"name": "dripping"}, "nodeSelector": nodes.selector(), "pull": {"backoffLimit": 0}});
+    let obj = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "serve"},
+        "spec": spec});
+    deployments.patch("serve", &PatchParams::apply("e2e").force(), &Patch::Apply(&obj)).await.unwrap();
+    let started = std::time::Instant::now();
+    let message = eventually("the pull fails", Duration::from_secs(150), || async {
+        let d = deployments.get("serve").await.ok()?;
+        let status = d.status?;
+        (status.drift?.reason == "PullFailed").then_some(())?;
+        status.nodes?.entries.into_iter().find_map(|e| e.message.filter(|m| m.contains("cut off")))
+    })
+    .await;
+    assert!(message.contains("under the minimum of 65536 bytes/s"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(150), "took {:?}", started.elapsed());
+    assert!(served.requests("/blobs/").len() >= 2, "the layer was asked for");
 }
