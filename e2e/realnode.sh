@@ -19,6 +19,10 @@ REAL_NODE_IP=10.233.254.2
 REAL_NODE_POD_SUBNET=10.233.0.0/24
 REAL_NODE_POD_GATEWAY=10.233.0.1
 REAL_NODE_SERVICE_IP=10.0.0.1
+# Every address the real node uses is in here; while the bed is up this range is a blackhole route
+# on the host unless a more specific route (the veth's /30, the pods' /24) takes it, so no packet
+# for it ever leaves by the default route, even when a route of the bed goes missing.
+REAL_NODE_RANGE=10.233.0.0/16
 real_node_id=$(printf '%s' "$state" | sha256sum | cut -c1-8)
 REAL_NODE_NETNS=mpbed-$real_node_id
 REAL_NODE_VETH=mpb$real_node_id
@@ -62,12 +66,15 @@ real_node_pids() {
 
 real_node_net_up() {
   # One real node per machine: its addresses are fixed, and a second bed's would shadow them.
-  if [ -n "$(ip route show "$REAL_NODE_HOST_IP/30")$(ip route show "$REAL_NODE_POD_SUBNET")" ]; then
-    log "10.233.254.0/30 or $REAL_NODE_POD_SUBNET is routed already (another bed's real node on this machine?)"
+  if [ -n "$(ip route show "$REAL_NODE_RANGE")$(ip route show "$REAL_NODE_HOST_IP/30")$(ip route show "$REAL_NODE_POD_SUBNET")" ]; then
+    log "$REAL_NODE_RANGE is routed already (another bed's real node on this machine?)"
     return 1
   fi
   local inns=(ip netns exec "$REAL_NODE_NETNS")
-  ip netns add "$REAL_NODE_NETNS" &&
+  # This bed owns the routes from here on; only the bed that owns them removes them.
+  touch "$state/realnode.routes"
+  ip route add blackhole "$REAL_NODE_RANGE" &&
+    ip netns add "$REAL_NODE_NETNS" &&
     ip link add "$REAL_NODE_VETH" type veth peer name node0 netns "$REAL_NODE_NETNS" &&
     ip addr add "$REAL_NODE_HOST_IP/30" dev "$REAL_NODE_VETH" &&
     ip link set "$REAL_NODE_VETH" up &&
@@ -85,6 +92,12 @@ real_node_net_down() {
   ip route del "$REAL_NODE_POD_SUBNET" dev "$REAL_NODE_VETH" 2>/dev/null || true
   ip link del "$REAL_NODE_VETH" 2>/dev/null || true
   ip netns del "$REAL_NODE_NETNS" 2>/dev/null || true
+  # Last, and only by the bed that added it: while anything of the node may still be addressed,
+  # the range stays a blackhole.
+  if [ -f "$state/realnode.routes" ]; then
+    ip route del blackhole "$REAL_NODE_RANGE" 2>/dev/null || true
+    rm -f "$state/realnode.routes"
+  fi
 }
 
 # real_node_forward PORT...: one forwarder for every listening server of the bed.
