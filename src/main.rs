@@ -135,6 +135,11 @@ struct RunArgs {
     /// Most reconciles of one kind (Models, ModelDeployments) running at once.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrent: u16,
+    /// The uid (and gid) the pull, scrub and cleanup Jobs run as (runAsNonRoot). Default: uid 0 of
+    /// the image, since a hostPath the kubelet creates belongs to root; a non-root uid needs the
+    /// cache directory to belong to it on every node. Every capability is dropped either way.
+    #[arg(long, value_name = "UID", value_parser = clap::value_parser!(u32).range(1..))]
+    job_run_as_user: Option<u32>,
 }
 
 fn parse_rate(text: &str) -> Result<u64, String> {
@@ -420,6 +425,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         scrub_interval: args.scrub_interval,
         scrub_rate: args.scrub_rate,
         mirrors: args.mirror.clone(),
+        run_as_user: args.job_run_as_user,
     };
     use modelpack_operator::controller::runtime::{self, LeaderElection, RuntimeConfig};
     // Operators watching different namespaces (one per tenant, or per test) elect separately.

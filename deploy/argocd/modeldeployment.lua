@@ -29,11 +29,12 @@ if stalled ~= nil and stalled.status == "True" then
   return hs
 end
 local ready = condition("Ready")
--- The hand-over to spec.workloads: a workload that is missing (or lacks the image volume) is a
--- configuration error; once nodes are in sync, the workloads' rollout is still progress.
+-- The hand-over to spec.workloads: a workload that is missing (or lacks the image volume), pods of
+-- the version that cannot start or whose runtime mounts the model empty, are errors; once nodes
+-- are in sync, the workloads' rollout is still progress.
 local workloads = condition("WorkloadsUpdated")
 if workloads ~= nil and workloads.status == "False" then
-  if workloads.reason == "WorkloadNotFound" or workloads.reason == "ImageVolumeNotFound" then
+  if workloads.reason == "WorkloadNotFound" or workloads.reason == "ImageVolumeNotFound" or workloads.reason == "ImageVolumeNotMounted" or workloads.reason == "PodsFailing" then
     hs.status = "Degraded"
     hs.message = workloads.reason .. ": " .. (workloads.message or "")
     return hs

@@ -109,6 +109,12 @@ reasons! {
     WorkloadNotFound,
     /// WorkloadsUpdated and event: `imageVolume` names no volume with an `image` source.
     ImageVolumeNotFound,
+    /// WorkloadsUpdated and event: pods of the handed-over version run on a node whose runtime
+    /// mounts a ModelPack artifact as an empty directory (containerd mounts only images).
+    ImageVolumeNotMounted,
+    /// WorkloadsUpdated and event: pods of the handed-over version cannot start (image pull,
+    /// mount, container creation or crash loop; the runtime's reason and message).
+    PodsFailing,
     // ModelPolicy (Model Compliant; Ready/Stalled of a Model and its ModelDeployments; ModelPolicy Ready).
     /// Compliant False, and Ready/Stalled of a Model (Enforce) and of its ModelDeployments: the
     /// resolved digest fails a ModelPolicy rule; the message names the policy and the rule.

@@ -79,7 +79,7 @@ pub fn materialise(
             return Err(e);
         }
     };
-    seal(&staging)?;
+    seal(&staging, Seal::Below)?;
     hashes.into_inner().commit(store, digest_hex(manifest_digest)?)?;
     store.sync_filesystem()?;
     if target.join(COMPLETE).exists() {
@@ -88,6 +88,10 @@ pub fn materialise(
     } else {
         remove_tree(&target)?;
         fs::rename(&staging, &target).map_err(|e| Error::io(&target, e))?;
+        // Moving a directory to another parent rewrites its `..`, which needs write permission on
+        // it: without CAP_DAC_OVERRIDE (a pull Job drops every capability) not even root may move
+        // a sealed one. So its top is sealed only once it is in place.
+        seal(&target, Seal::Top)?;
         store.sync_dir(target.parent().unwrap_or(store.root()))?;
     }
     Ok((target, files))
@@ -488,17 +492,32 @@ fn check_announced(a: Announced<'_>, path: &ModelPath, kind: tar::EntryType) -> 
     Err(format!("not announced: the layer's annotations name only {}", a.describe()))
 }
 
+/// Which directories of a model [`seal`] makes read-only.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seal {
+    /// Every directory below the model's own.
+    Below,
+    /// The model's own directory.
+    Top,
+}
+
 /// Makes a finished model read-only: files are already 0444 (0555 if executable), directories
 /// become 0555.
-fn seal(dir: &Path) -> Result<(), Error> {
-    struct Seal;
-    impl Visitor for Seal {
+fn seal(dir: &Path, which: Seal) -> Result<(), Error> {
+    if which == Seal::Top {
+        return fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(|e| Error::io(dir, e));
+    }
+    struct Below;
+    impl Visitor for Below {
         type Error = io::Error;
-        fn enter(&mut self, at: &OwnedFd, _: &Path) -> io::Result<()> {
+        fn enter(&mut self, at: &OwnedFd, rel: &Path) -> io::Result<()> {
+            if rel.as_os_str().is_empty() {
+                return Ok(());
+            }
             Ok(rustix::fs::fchmod(at, Mode::from_raw_mode(0o555))?)
         }
     }
-    walk(open_dir(dir)?, &mut Seal).map_err(|e| Error::io(dir, e))
+    walk(open_dir(dir)?, &mut Below).map_err(|e| Error::io(dir, e))
 }
 
 /// Removes a directory tree that [`seal`] made read-only.

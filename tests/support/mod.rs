@@ -10,6 +10,7 @@ pub mod hostile;
 pub mod kstatus;
 pub mod notary;
 pub mod proxy;
+pub mod static_registry;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -23,6 +23,8 @@ func main() {
 		err = htpasswd(os.Args[2:])
 	case "token-server":
 		err = tokenServer(os.Args[2:])
+	case "forward":
+		err = runForward(os.Args[2:])
 	default:
 		usage()
 	}
@@ -37,6 +39,7 @@ func usage() {
   bedctl nodes --kubeconfig FILE --names a,b,c [--labels k=v,...]   create Ready, untainted simulated nodes
   bedctl executor --kubeconfig FILE --state DIR --binary FILE --apiserver HOST:PORT
   bedctl htpasswd USER PASSWORD                       print a bcrypt htpasswd line
-  bedctl token-server --addr A --key K --cert C --user U --password P   registry token service`)
+  bedctl token-server --addr A --key K --cert C --user U --password P   registry token service
+  bedctl forward --netns PATH LISTEN=127.0.0.1:PORT...   listen inside a network namespace, dial loopback`)
 	os.Exit(2)
 }

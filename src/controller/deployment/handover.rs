@@ -2,13 +2,15 @@
 //! [`workloads::to_apply`] decided under [`workloads::FIELD_MANAGER`], and puts
 //! [`workloads::report`]'s result into the status being written.
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 use super::plan::{Desired, Note};
-use super::workloads::{self, Apply, Live, Observed};
+use super::workloads::{self, Apply, Live, Observed, PodView};
 use crate::api::conditions::{self, Reason, WORKLOADS_UPDATED};
 use crate::api::{ModelDeployment, ModelDeploymentStatus, WorkloadKind, WorkloadRef};
 use crate::controller::{Context, Error};
@@ -123,10 +125,47 @@ fn api_for(ctx: &Context, namespace: &str, kind: WorkloadKind) -> Api<DynamicObj
 }
 
 async fn read(ctx: &Context, namespace: &str, r: &WorkloadRef) -> Result<Observed, Error> {
-    match api_for(ctx, namespace, r.kind).get_opt(&r.name).await? {
-        Some(obj) => Ok(Observed::Found(live(r.kind, &obj, r.image_volume.as_deref())?)),
-        None => Ok(Observed::Missing),
+    let Some(obj) = api_for(ctx, namespace, r.kind).get_opt(&r.name).await? else { return Ok(Observed::Missing) };
+    let mut live = live(r.kind, &obj, r.image_volume.as_deref())?;
+    if let Some(digest) = live.digest.clone() {
+        let pods = pods_of(ctx, namespace, &serde_json::to_value(&obj)?).await?;
+        live.pods = workloads::pod_problems(&pods, &digest, r.image_volume.as_deref());
     }
+    Ok(Observed::Found(live))
+}
+
+/// The pods the workload's `spec.selector.matchLabels` selects, with their nodes' runtimes: a
+/// hand-over is done only when they can start and see the model.
+async fn pods_of(ctx: &Context, namespace: &str, workload: &serde_json::Value) -> Result<Vec<PodView>, Error> {
+    let Some(labels) = workload["spec"]["selector"]["matchLabels"].as_object().filter(|l| !l.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+    let params = ListParams::default().labels(&selector.join(","));
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), namespace).list(&params).await?;
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let mut runtimes: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(pods.items.len());
+    for pod in &pods.items {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let runtime = match node {
+            Some(node) => match runtimes.get(&node) {
+                Some(known) => known.clone(),
+                None => {
+                    let found = nodes
+                        .get_opt(&node)
+                        .await?
+                        .and_then(|n| n.status?.node_info)
+                        .map(|i| i.container_runtime_version);
+                    runtimes.insert(node, found.clone());
+                    found
+                }
+            },
+            None => None,
+        };
+        out.push(PodView::read(&serde_json::to_value(pod)?, runtime));
+    }
+    Ok(out)
 }
 
 fn live(kind: WorkloadKind, obj: &DynamicObject, image_volume: Option<&str>) -> Result<Live, Error> {

@@ -77,6 +77,9 @@ pub struct JobSettings {
     pub scrub_rate: u64,
     /// `--mirror` of every pull Job.
     pub mirrors: Vec<crate::registry::Mirror>,
+    /// The uid (and gid) Jobs run as; `None`: uid 0 of the image. Either way without any
+    /// capability: a non-root uid needs a cache directory it owns on every node.
+    pub run_as_user: Option<u32>,
 }
 
 /// The value of [`DEPLOYMENT_LABEL`] for `namespace/name`.
@@ -276,6 +279,7 @@ struct PodParts<'a> {
     image: &'a str,
     /// The operator's node bound, for pull Jobs (cleanup and scrub Jobs go where pulls went).
     node_selector: Option<&'a BTreeMap<String, String>>,
+    run_as_user: Option<u32>,
 }
 
 impl<'a> PodParts<'a> {
@@ -289,6 +293,7 @@ impl<'a> PodParts<'a> {
             image: &settings.image,
             node_selector: (role == Role::Pull && !settings.bound.selector.is_empty())
                 .then_some(&settings.bound.selector),
+            run_as_user: settings.run_as_user,
         }
     }
 }
@@ -316,7 +321,7 @@ fn pod_template(
             "nodeSelector": pod.node_selector,
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
-            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": pod_security(pod.run_as_user),
             "containers": [{
                 "name": CONTAINER,
                 "image": pod.image,
@@ -333,6 +338,19 @@ fn pod_template(
             "volumes": volumes,
         }
     })
+}
+
+/// Every Job's pod security: the runtime's seccomp profile, and a non-root uid when one is set (its
+/// gid as fsGroup, so that the registry Secret's files, 0400, are readable through the group).
+fn pod_security(run_as_user: Option<u32>) -> serde_json::Value {
+    let mut security = json!({"seccompProfile": {"type": "RuntimeDefault"}});
+    if let Some(uid) = run_as_user {
+        security["runAsUser"] = json!(uid);
+        security["runAsGroup"] = json!(uid);
+        security["fsGroup"] = json!(uid);
+        security["runAsNonRoot"] = json!(true);
+    }
+    security
 }
 
 /// The scrub Job of `node`: one per node at a time (its name is the node's), the same pod security
@@ -360,6 +378,7 @@ pub fn scrub_job(settings: &JobSettings, node: &str) -> Result<Job, serde_json::
         tolerations: json!([{"operator": "Exists"}]),
         image: &settings.image,
         node_selector: None,
+        run_as_user: settings.run_as_user,
     };
     let mounts = vec![json!({"name": "cache", "mountPath": settings.cache_dir})];
     let job = json!({
@@ -483,6 +502,7 @@ mod tests {
             scrub_interval: Duration::from_secs(3600),
             scrub_rate: 1 << 26,
             mirrors: Vec::new(),
+            run_as_user: None,
         };
         assert_eq!(selector_of(&pull_job(&deployment, &settings, &pull).unwrap().0), None, "no bound, no selector");
         let args_of = |job: &Job| {
@@ -524,6 +544,7 @@ mod tests {
             scrub_interval: Duration::from_secs(3600),
             scrub_rate: 1 << 20,
             mirrors: Vec::new(),
+            run_as_user: None,
         };
         let job = serde_json::to_value(scrub_job(&settings, "n1").unwrap()).unwrap();
         let deployment: ModelDeployment = serde_json::from_value(
@@ -537,7 +558,7 @@ mod tests {
             container["securityContext"],
             cleanup["spec"]["template"]["spec"]["containers"][0]["securityContext"]
         );
-        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(pod["securityContext"], json!({"seccompProfile": {"type": "RuntimeDefault"}}), "uid 0 by default");
         assert_eq!(pod["automountServiceAccountToken"], false);
         assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
         assert_eq!(pod["nodeSelector"], serde_json::Value::Null, "it goes where pulls went");
@@ -562,6 +583,15 @@ mod tests {
         );
         assert_eq!(Role::parse("scrub"), Some(Role::Scrub));
         assert_eq!(Role::parse("other"), None);
+        // A non-root uid: every Job's pod runs as it, with its gid for the Secret's files.
+        let settings = JobSettings { run_as_user: Some(65532), ..settings };
+        let non_root = json!({"seccompProfile": {"type": "RuntimeDefault"}, "runAsUser": 65532, "runAsGroup": 65532,
+            "fsGroup": 65532, "runAsNonRoot": true});
+        let scrub = serde_json::to_value(scrub_job(&settings, "n1").unwrap()).unwrap();
+        let cleanup = serde_json::to_value(cleanup_job(&deployment, &settings, "n1").unwrap()).unwrap();
+        for job in [scrub, cleanup] {
+            assert_eq!(job["spec"]["template"]["spec"]["securityContext"], non_root);
+        }
     }
 
     #[test]

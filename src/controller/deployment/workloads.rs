@@ -47,6 +47,8 @@ pub struct Live {
     pub replicas: i32,
     pub updated: i32,
     pub ready: i32,
+    /// What keeps pods of the handed-over version from serving it ([`pod_problems`]).
+    pub pods: Option<(Reason, String)>,
 }
 
 impl Live {
@@ -84,6 +86,7 @@ impl Live {
             replicas,
             updated,
             ready,
+            pods: None,
         }
     }
 
@@ -91,6 +94,105 @@ impl Live {
     fn rolled_out(&self) -> bool {
         self.observed_generation >= self.generation && self.updated >= self.replicas && self.ready >= self.replicas
     }
+}
+
+/// A pod of a listed workload, as far as the report needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    /// Its `modelpack.dev/digest` annotation (from the workload's template).
+    pub digest: Option<String>,
+    /// Its node's `status.nodeInfo.containerRuntimeVersion`, once scheduled.
+    pub runtime: Option<String>,
+    /// (container, reason, message) of each container (init containers included) waiting for a
+    /// reason other than being created.
+    pub waiting: Vec<(String, String, String)>,
+}
+
+impl PodView {
+    /// Reads a core/v1 Pod (as JSON); `runtime` is its node's runtime version.
+    pub fn read(pod: &Value, runtime: Option<String>) -> PodView {
+        let statuses =
+            ["initContainerStatuses", "containerStatuses"].iter().filter_map(|k| pod["status"][k].as_array()).flatten();
+        let waiting = statuses
+            .filter_map(|c| {
+                let w = c["state"]["waiting"].as_object()?;
+                let reason = w.get("reason")?.as_str()?;
+                let starting = matches!(reason, "ContainerCreating" | "PodInitializing");
+                (!starting).then(|| {
+                    let message = w.get("message").and_then(Value::as_str).unwrap_or_default();
+                    (c["name"].as_str().unwrap_or_default().to_owned(), reason.to_owned(), message.to_owned())
+                })
+            })
+            .collect();
+        PodView {
+            name: pod["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            digest: pod["metadata"]["annotations"][DIGEST_ANNOTATION].as_str().map(str::to_owned),
+            runtime,
+            waiting,
+        }
+    }
+}
+
+/// How a container runtime, named as a node reports it (`containerd://2.4.2`), mounts a ModelPack
+/// artifact given as an image volume (KEP-4639).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArtifactMount {
+    /// CRI-O (1.31 and later) mounts an OCI artifact's layers as files.
+    Files,
+    /// containerd (2.x, through 2.4 at least) unpacks only image layers: the volume of a ModelPack
+    /// artifact is an empty directory, and the pod starts without an error.
+    Empty,
+    Unknown,
+}
+
+pub fn artifact_mount(runtime: &str) -> ArtifactMount {
+    let Some((name, version)) = runtime.split_once("://") else { return ArtifactMount::Unknown };
+    let mut numbers = version.split(['.', '-', '+']).map(|n| n.parse::<u32>().ok());
+    let (major, minor) = (numbers.next().flatten(), numbers.next().flatten());
+    match (name, major, minor) {
+        ("containerd", _, _) => ArtifactMount::Empty,
+        ("cri-o", Some(1), Some(m)) if m >= 31 => ArtifactMount::Files,
+        ("cri-o", Some(m), _) if m >= 2 => ArtifactMount::Files,
+        _ => ArtifactMount::Unknown,
+    }
+}
+
+/// What keeps the pods that run `handed` from serving it: a runtime that mounts the image volume
+/// empty, then containers that cannot start (the first few pods named, with the runtime's words).
+pub fn pod_problems(pods: &[PodView], handed: &str, image_volume: Option<&str>) -> Option<(Reason, String)> {
+    const NAMED: usize = 3;
+    let ours: Vec<&PodView> = pods.iter().filter(|p| p.digest.as_deref() == Some(handed)).collect();
+    if let Some(volume) = image_volume {
+        let empty: Vec<String> = ours
+            .iter()
+            .filter_map(|p| {
+                let runtime = p.runtime.as_deref()?;
+                (artifact_mount(runtime) == ArtifactMount::Empty).then(|| format!("{} ({runtime})", p.name))
+            })
+            .collect();
+        if !empty.is_empty() {
+            let message = format!(
+                "image volume {volume} is an empty directory in pod(s) {}: this runtime mounts container images, not \
+                 ModelPack artifacts; mount the node cache (<cache>/deployments/<namespace>/<name>/current) instead",
+                first(&empty, NAMED)
+            );
+            return Some((Reason::ImageVolumeNotMounted, message));
+        }
+    }
+    let failing: Vec<String> = ours
+        .iter()
+        .flat_map(|p| p.waiting.iter().map(move |(c, reason, message)| format!("{}/{c}: {reason}: {message}", p.name)))
+        .collect();
+    (!failing.is_empty()).then(|| (Reason::PodsFailing, format!("pods cannot start: {}", first(&failing, NAMED))))
+}
+
+fn first(items: &[String], n: usize) -> String {
+    let mut out = items.iter().take(n).cloned().collect::<Vec<_>>().join("; ");
+    if items.len() > n {
+        out.push_str(&format!(" (and {} more)", items.len() - n));
+    }
+    out
 }
 
 /// The digest workloads should carry now, or why nothing is handed over.
@@ -231,7 +333,11 @@ fn workload_status(r: &WorkloadRef, o: &Observed) -> (WorkloadStatus, Option<(Re
             status.message = Some(message.clone());
             Some((Reason::ImageVolumeNotFound, message))
         }
-        _ => None,
+        _ => live.pods.clone().map(|(reason, message)| {
+            let message = format!("{} {}: {message}", r.kind.as_str(), r.name);
+            status.message = Some(message.clone());
+            (reason, message)
+        }),
     };
     (status, problem)
 }

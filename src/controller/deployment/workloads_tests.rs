@@ -19,7 +19,16 @@ fn wref(kind: WorkloadKind, name: &str, volume: Option<&str>) -> WorkloadRef {
 }
 
 fn live(digest: Option<String>, volume: Volume) -> Live {
-    Live { digest, volume, generation: Some(2), observed_generation: Some(2), replicas: 1, updated: 1, ready: 1 }
+    Live {
+        digest,
+        volume,
+        generation: Some(2),
+        observed_generation: Some(2),
+        replicas: 1,
+        updated: 1,
+        ready: 1,
+        pods: None,
+    }
 }
 
 const REPO: &str = "registry.example.com/team/llm";
@@ -195,4 +204,105 @@ fn each_hand_over_is_one_event_naming_the_digest_and_the_reference() {
     assert_eq!((*kind, name.as_str()), (WorkloadKind::Deployment, "web"));
     assert_eq!((e.warning, e.reason), (false, Reason::WorkloadUpdated));
     assert!(e.message.contains(&one) && e.message.contains(&format!("{REPO}@{one}")), "{}", e.message);
+}
+
+#[test]
+fn runtimes_are_told_apart_by_how_they_mount_an_artifact() {
+    for (runtime, want) in [
+        ("containerd://2.4.2", ArtifactMount::Empty),
+        ("containerd://1.7.27", ArtifactMount::Empty),
+        ("containerd://2.4.2+unknown", ArtifactMount::Empty),
+        ("cri-o://1.31.0", ArtifactMount::Files),
+        ("cri-o://1.33.2", ArtifactMount::Files),
+        ("cri-o://2.0.0", ArtifactMount::Files),
+        ("cri-o://1.30.4", ArtifactMount::Unknown),
+        ("docker://27.0.1", ArtifactMount::Unknown),
+        ("bedctl://executor", ArtifactMount::Unknown),
+        ("containerd", ArtifactMount::Unknown),
+        ("", ArtifactMount::Unknown),
+    ] {
+        assert_eq!(artifact_mount(runtime), want, "{runtime}");
+    }
+}
+
+fn pod(name: &str, digest: Option<&str>, runtime: Option<&str>, waiting: &[(&str, &str)]) -> PodView {
+    PodView {
+        name: name.into(),
+        digest: digest.map(str::to_owned),
+        runtime: runtime.map(str::to_owned),
+        waiting: waiting.iter().map(|(r, m)| ("serve".to_owned(), (*r).to_owned(), (*m).to_owned())).collect(),
+    }
+}
+
+#[test]
+fn pods_of_the_handed_version_that_cannot_serve_it_are_a_problem() {
+    let (one, two) = (digest(1), digest(2));
+    let containerd = Some("containerd://2.4.2");
+    let crio = Some("cri-o://1.33.0");
+    // An image volume on containerd: empty, whatever the pod says (it runs, Ready).
+    let (reason, message) = pod_problems(&[pod("a", Some(&one), containerd, &[])], &one, Some("model")).unwrap();
+    assert_eq!(reason, Reason::ImageVolumeNotMounted);
+    assert!(message.contains("a (containerd://2.4.2)") && message.contains("node cache"), "{message}");
+    // The same pods with the node cache (no image volume), or on CRI-O, or not yet scheduled: fine.
+    assert_eq!(pod_problems(&[pod("a", Some(&one), containerd, &[])], &one, None), None);
+    assert_eq!(pod_problems(&[pod("a", Some(&one), crio, &[])], &one, Some("model")), None);
+    assert_eq!(pod_problems(&[pod("a", Some(&one), None, &[])], &one, Some("model")), None);
+    // Pods of the old version are the old ReplicaSet's business.
+    assert_eq!(pod_problems(&[pod("old", Some(&two), containerd, &[])], &one, Some("model")), None);
+    let pulling = [("ImagePullBackOff", "Back-off pulling image \"x\"")];
+    assert_eq!(pod_problems(&[pod("old", Some(&two), crio, &pulling)], &one, None), None);
+    // Containers that cannot start: the runtime's reason and message, a few pods named.
+    let failing: Vec<PodView> =
+        (0..5).map(|i| pod(&format!("p{i}"), Some(&one), crio, &[("CrashLoopBackOff", "back-off 10s")])).collect();
+    let (reason, message) = pod_problems(&failing, &one, Some("model")).unwrap();
+    assert_eq!(reason, Reason::PodsFailing);
+    assert!(
+        message.contains("p0/serve: CrashLoopBackOff: back-off 10s") && message.contains("(and 2 more)"),
+        "{message}"
+    );
+    // The empty mount outranks a pod that also fails.
+    let both = [pod("a", Some(&one), crio, &pulling), pod("b", Some(&one), containerd, &[])];
+    assert_eq!(pod_problems(&both, &one, Some("model")).unwrap().0, Reason::ImageVolumeNotMounted);
+}
+
+#[test]
+fn a_pod_view_keeps_waiting_reasons_other_than_starting() {
+    let p = json!({
+        "metadata": {"name": "web-1", "annotations": {DIGEST_ANNOTATION: "sha256:ab"}},
+        "status": {
+            "initContainerStatuses": [{"name": "init", "state": {"waiting": {"reason": "PodInitializing"}}}],
+            "containerStatuses": [
+                {"name": "a", "state": {"waiting": {"reason": "ContainerCreating"}}},
+                {"name": "b", "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}},
+                {"name": "c", "state": {"running": {}}},
+                {"name": "d", "state": {"waiting": {"reason": "CreateContainerConfigError"}}},
+            ],
+        },
+    });
+    let view = PodView::read(&p, Some("containerd://2.4.2".into()));
+    assert_eq!(view.name, "web-1");
+    assert_eq!(view.digest.as_deref(), Some("sha256:ab"));
+    assert_eq!(
+        view.waiting,
+        [
+            ("b".to_owned(), "ErrImagePull".to_owned(), "not found".to_owned()),
+            ("d".to_owned(), "CreateContainerConfigError".to_owned(), String::new())
+        ]
+    );
+}
+
+#[test]
+fn a_workload_whose_pods_cannot_serve_is_reported_with_the_reason() {
+    let one = digest(1);
+    let r = wref(WorkloadKind::Deployment, "web", Some("model"));
+    let mut l = live(Some(one.clone()), Volume::Image(Some(format!("{REPO}@{one}"))));
+    l.pods = Some((Reason::ImageVolumeNotMounted, "image volume model is an empty directory".into()));
+    let report = report(&[r], &[Observed::Found(l)], &Ok(one.as_str()), &[], &[]);
+    let (status, reason, message) = report.condition.unwrap();
+    assert_eq!((status, reason), (ConditionStatus::False, Reason::ImageVolumeNotMounted));
+    assert!(message.starts_with("Deployment web: image volume model"), "{message}");
+    assert_eq!(report.statuses[0].message.as_deref(), Some(message.as_str()));
+    assert!(report.problems, "looked at again soon");
+    assert_eq!(report.events.len(), 1);
+    assert!(report.events[0].2.warning);
 }
