@@ -244,6 +244,11 @@ in_node() {
 }
 
 real_node_up() { # needs api_port, reg_port and the other ports of e2e/cluster's up
+  command -v runc >/dev/null || die "real node: runc not found (Debian package runc)"
+  [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] ||
+    die "real node: CNI plugins not found in /usr/lib/cni (Debian package containernetworking-plugins)"
+  [ -x /bin/busybox ] || die "real node: /bin/busybox not found (Debian package busybox-static)"
+  [ -x "$tools/kubelet" ] && [ -x "$tools/containerd" ] || die "real node: kubelet or containerd missing in $tools"
   log "real node $REAL_NODE: kubelet and containerd (runc $(runc --version | head -n1 | cut -d' ' -f3))"
   real_node_images || die "real node: building the busybox image"
   real_node_containerd_config

@@ -17,6 +17,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use modelpack_operator::api::conditions::ConditionStatus;
 use modelpack_operator::api::{Model, ModelDeployment};
 use serde_json::{Value, json};
 use support::{Bed, craft, eventually, install_crds, run_tool, unique_suffix};
@@ -91,10 +92,12 @@ async fn apply(client: &kube::Client, ns: &str, kind: &str, name: &str, spec: Va
     let obj = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
     let params = PatchParams::apply("e2e").force();
     match kind {
-        "Model" => Api::<Model>::namespaced(client.clone(), ns).patch(name, &params, &Patch::Apply(&obj)).await,
-        _ => Api::<ModelDeployment>::namespaced(client.clone(), ns).patch(name, &params, &Patch::Apply(&obj)).await,
+        "Model" => Api::<Model>::namespaced(client.clone(), ns).patch(name, &params, &Patch::Apply(&obj)).await.map(drop),
+        _ => Api::<ModelDeployment>::namespaced(client.clone(), ns)
+            .patch(name, &params, &Patch::Apply(&obj))
+            .await
+            .map(drop),
     }
-    .map(|_| ())
     .unwrap_or_else(|e| panic!("applying {kind} {ns}/{name}: {e}"));
 }
 
@@ -270,7 +273,9 @@ async fn pulls_promotions_scrubs_and_cleanups_run_as_real_containers() {
     assert_eq!(sums, expected_sums(&files1), "what the serving pod read of v1");
 
     // Promotion: the tag moves, the cache swaps `current`, the workload rolls, the new pod reads v2.
-    apply(&client, &ns, "Model", "m", json!({"ref": {"tag": "v2"}, ..model_without_ref(&model)})).await;
+    let mut promoted = model.clone();
+    promoted["ref"] = json!({"tag": "v2"});
+    apply(&client, &ns, "Model", "m", promoted).await;
     wait_ready_on_node(&mds, "serve", &v2).await;
     assert_cache_holds(&ns, "serve", &v2, &files2);
     let sums = served_sums(&client, &ns, &v2).await;
@@ -295,12 +300,6 @@ async fn pulls_promotions_scrubs_and_cleanups_run_as_real_containers() {
         cleanup.iter().any(|p| terminated(p) == Some((0, "Completed".to_owned()))),
         "no completed cleanup pod on the real node"
     );
-}
-
-fn model_without_ref(model: &Value) -> serde_json::Map<String, Value> {
-    let mut m = model.as_object().unwrap().clone();
-    m.remove("ref");
-    m
 }
 
 /// The sums printed by the serving Deployment's pod whose template carries `digest`, once Ready.
@@ -361,4 +360,72 @@ async fn a_pull_under_a_memory_limit_four_times_smaller_than_the_model_completes
         assert_eq!(status.failed.unwrap_or(0), 0, "a pull attempt failed (OOM-killed?)");
         assert_eq!(status.succeeded, Some(1));
     }
+}
+
+/// KEP-4639 on this runtime: containerd pulls a ModelPack artifact given as an image volume and
+/// starts the pod with an empty directory there (it unpacks only image layers). The pod is Ready;
+/// the operator must not call the hand-over done: it reports the runtime in status, a condition and
+/// an event, and Argo CD says Degraded.
+#[tokio::test]
+async fn an_image_volume_the_runtime_mounts_empty_is_reported_not_ready() {
+    let client = Bed::get().client().await;
+    install_crds(&client).await;
+    let ns = watched();
+    let repo = format!("real/volume-{}", unique_suffix());
+    let (digest, _) = push_version(&repo, "v1", 40, 1 << 20).await;
+    let registry = &Bed::get().plain.host;
+    let reference = format!("{registry}/{repo}");
+    apply(&client, &ns, "Model", "vol", json!({"repository": reference, "ref": {"tag": "v1"}, "insecure": true})).await;
+    let viewer = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "viewer"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "viewer"}}, "template": {
+            "metadata": {"labels": {"app": "viewer"}},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": real_node()},
+                "containers": [{"name": "serve", "image": busybox_image(),
+                    "command": ["sh", "-c", "ls -A /model; exec sleep 2147483647"],
+                    "volumeMounts": [{"name": "model", "mountPath": "/model"}]}],
+                "volumes": [{"name": "model", "image": {"reference": format!("{reference}:v1"), "pullPolicy": "IfNotPresent"}}],
+            }}}
+    });
+    let api = kube::api::Api::<kube::api::DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("apps", "v1", "Deployment")),
+    );
+    api.patch("viewer", &PatchParams::apply("e2e").force(), &Patch::Apply(&viewer)).await.unwrap();
+    let md = json!({"modelRef": {"name": "vol"}, "nodeSelector": {"kubernetes.io/hostname": real_node()},
+        "workloads": [{"kind": "Deployment", "name": "viewer", "imageVolume": "model"}]});
+    apply(&client, &ns, "ModelDeployment", "vol", md).await;
+    let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+    wait_ready_on_node(&mds, "vol", &digest).await;
+    // The pod of the handed version runs, Ready, with nothing under /model.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = eventually("the viewer pod of the handed version is Ready", Duration::from_secs(180), || async {
+        let list = pods.list(&ListParams::default().labels("app=viewer")).await.ok()?;
+        list.items.into_iter().find(|p| {
+            let handed = p.metadata.annotations.as_ref().and_then(|a| a.get("modelpack.dev/digest")) == Some(&digest);
+            let ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            handed && ready
+        })
+    })
+    .await;
+    let listing = kubectl(&["logs", "-n", &ns, pod.metadata.name.as_deref().unwrap()]);
+    assert_eq!(listing.trim(), "", "the runtime mounted files after all: update artifact_mount");
+    // The operator says so.
+    let d = eventually("the hand-over reports the empty mount", Duration::from_secs(120), || async {
+        let d = mds.get("vol").await.ok()?;
+        let c = d.status.as_ref()?.conditions.iter().find(|c| c.type_ == "WorkloadsUpdated")?.clone();
+        (c.status == ConditionStatus::False && c.reason == "ImageVolumeNotMounted").then_some(d)
+    })
+    .await;
+    let status = d.status.as_ref().unwrap();
+    let viewer = status.workloads.iter().find(|w| w.name == "viewer").unwrap();
+    let message = viewer.message.as_deref().unwrap_or_default();
+    assert!(message.contains("containerd://"), "the runtime is named: {message}");
+    assert_eq!(support::argo::status_of(&d), "Degraded");
+    let events = kubectl(&["get", "events", "-n", &ns, "-o", "json"]);
+    assert!(events.contains("ImageVolumeNotMounted"), "no event for the empty mount");
 }
