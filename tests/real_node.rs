@@ -92,7 +92,9 @@ async fn apply(client: &kube::Client, ns: &str, kind: &str, name: &str, spec: Va
     let obj = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
     let params = PatchParams::apply("e2e").force();
     match kind {
-        "Model" => Api::<Model>::namespaced(client.clone(), ns).patch(name, &params, &Patch::Apply(&obj)).await.map(drop),
+        "Model" => {
+            Api::<Model>::namespaced(client.clone(), ns).patch(name, &params, &Patch::Apply(&obj)).await.map(drop)
+        }
         _ => Api::<ModelDeployment>::namespaced(client.clone(), ns)
             .patch(name, &params, &Patch::Apply(&obj))
             .await
@@ -123,7 +125,7 @@ async fn push_version(repo: &str, tag: &str, seed: u64, size: usize) -> (String,
     tar.append_data(&mut header, "tokenizer/vocab.json", vocab.as_slice()).unwrap();
     layers.push(
         craft::Blob::new("application/vnd.cncf.model.weight.v1.tar", tar.into_inner().unwrap())
-            .annotate("org.cncf.model.filepath", "tokenizer"),
+            .annotate("org.cncf.model.filepath", "tokenizer/"),
     );
     let mut all = files;
     all.push(("tokenizer/vocab.json".to_owned(), vocab));
@@ -405,9 +407,11 @@ async fn an_image_volume_the_runtime_mounts_empty_is_reported_not_ready() {
         let list = pods.list(&ListParams::default().labels("app=viewer")).await.ok()?;
         list.items.into_iter().find(|p| {
             let handed = p.metadata.annotations.as_ref().and_then(|a| a.get("modelpack.dev/digest")) == Some(&digest);
-            let ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-            });
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
             handed && ready
         })
     })
