@@ -61,23 +61,28 @@ real_node_pids() {
 }
 
 real_node_net_up() {
-  ip netns add "$REAL_NODE_NETNS" || return 1
-  ip link add "$REAL_NODE_VETH" type veth peer name node0 netns "$REAL_NODE_NETNS" || return 1
-  ip addr add "$REAL_NODE_HOST_IP/30" dev "$REAL_NODE_VETH"
-  ip link set "$REAL_NODE_VETH" up
+  # One real node per machine: its addresses are fixed, and a second bed's would shadow them.
+  if [ -n "$(ip route show "$REAL_NODE_HOST_IP/30")$(ip route show "$REAL_NODE_POD_SUBNET")" ]; then
+    log "10.233.254.0/30 or $REAL_NODE_POD_SUBNET is routed already (another bed's real node on this machine?)"
+    return 1
+  fi
   local inns=(ip netns exec "$REAL_NODE_NETNS")
-  "${inns[@]}" ip addr add "$REAL_NODE_IP/30" dev node0
-  "${inns[@]}" ip link set node0 up
-  "${inns[@]}" ip link set lo up
-  # The apiserver's service address, so that pods' in-cluster configuration works unchanged.
-  "${inns[@]}" ip addr add "$REAL_NODE_SERVICE_IP/32" dev lo
-  # Host -> pod traffic (reading a pod's /metrics) is routed through the namespace.
-  "${inns[@]}" sysctl -qw net.ipv4.ip_forward=1
-  ip route add "$REAL_NODE_POD_SUBNET" via "$REAL_NODE_IP" dev "$REAL_NODE_VETH"
+  ip netns add "$REAL_NODE_NETNS" &&
+    ip link add "$REAL_NODE_VETH" type veth peer name node0 netns "$REAL_NODE_NETNS" &&
+    ip addr add "$REAL_NODE_HOST_IP/30" dev "$REAL_NODE_VETH" &&
+    ip link set "$REAL_NODE_VETH" up &&
+    "${inns[@]}" ip addr add "$REAL_NODE_IP/30" dev node0 &&
+    "${inns[@]}" ip link set node0 up &&
+    "${inns[@]}" ip link set lo up &&
+    # The apiserver's service address, so that pods' in-cluster configuration works unchanged.
+    "${inns[@]}" ip addr add "$REAL_NODE_SERVICE_IP/32" dev lo &&
+    # Host -> pod traffic (reading a pod's /metrics) is routed through the namespace.
+    "${inns[@]}" sysctl -qw net.ipv4.ip_forward=1 &&
+    ip route add "$REAL_NODE_POD_SUBNET" via "$REAL_NODE_IP" dev "$REAL_NODE_VETH"
 }
 
 real_node_net_down() {
-  ip route del "$REAL_NODE_POD_SUBNET" 2>/dev/null || true
+  ip route del "$REAL_NODE_POD_SUBNET" dev "$REAL_NODE_VETH" 2>/dev/null || true
   ip link del "$REAL_NODE_VETH" 2>/dev/null || true
   ip netns del "$REAL_NODE_NETNS" 2>/dev/null || true
 }

@@ -19,13 +19,16 @@ use support::{Bed, Operator, TestNodes, apply, ensure_namespace, eventually, ins
 
 const JOBS_NAMESPACE: &str = "modelpack-system";
 const CACHE: &str = "/var/lib/modelpack";
+/// What the cache counts for an entry besides its bytes (README "The budget").
+const ENTRY_COST: u64 = 4096;
 
 /// What a node's cache directory holds, walked independently of the operator's code.
 #[derive(Debug, PartialEq)]
 struct Walk {
     /// Model digest → deployments (`ns/name`) linking it as current or keeping it.
     models: BTreeMap<String, BTreeSet<String>>,
-    /// Bytes of every regular file under blobs/, models/ and tmp/, each inode once.
+    /// Bytes of every regular file under blobs/, models/ and tmp/, each inode once, and a block
+    /// for every entry of models/ and tmp/ and every model's index.
     used: u64,
 }
 
@@ -50,21 +53,33 @@ fn walk(node: &str) -> Walk {
         }
     }
     let mut inodes = HashMap::new();
-    for dir in ["blobs", "models", "tmp"] {
-        sizes(&root.join(dir), &mut inodes);
-    }
-    Walk { models, used: inodes.values().sum() }
+    sizes(&root.join("blobs"), &mut inodes);
+    // Every entry of a model or of tmp/ (a model's own directory included) is a block; every
+    // model's index its bytes and a block.
+    let mut entries = sizes(&root.join("models"), &mut inodes).saturating_sub(1);
+    entries += sizes(&root.join("tmp"), &mut inodes);
+    let indexes: u64 = std::fs::read_dir(root.join("index/sha256"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.metadata().map_or(0, |m| m.len() + ENTRY_COST))
+        .sum();
+    Walk { models, used: inodes.values().sum::<u64>() + entries * ENTRY_COST + indexes }
 }
 
-fn sizes(dir: &Path, inodes: &mut HashMap<u64, u64>) {
+/// Records the regular files under `dir`; returns how many entries are under it.
+fn sizes(dir: &Path, inodes: &mut HashMap<u64, u64>) -> u64 {
+    let mut entries = 0;
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let Ok(meta) = entry.path().symlink_metadata() else { continue };
+        entries += 1;
         if meta.is_dir() {
-            sizes(&entry.path(), inodes);
+            entries += sizes(&entry.path(), inodes);
         } else if meta.is_file() {
             inodes.insert(meta.ino(), meta.len());
         }
     }
+    entries
 }
 
 fn as_walk(cache: &ModelCache) -> Option<Walk> {
@@ -277,4 +292,63 @@ async fn a_full_node_evicts_the_least_recently_used_kept_version_and_tells_the_d
     assert!(note.contains(&node) && note.contains(&digests[0]), "{note}");
     let current = Bed::get().node_path(&node, CACHE).join("deployments").join(&ns).join("d/current/model.safetensors");
     assert_eq!(std::fs::read(current).unwrap(), versions[2].files[0].1);
+}
+
+/// Issue 25: a layer whose `file.metadata+json` declares 1 byte and that extracts 1 MiB passes the
+/// pull's preflight under a 500,000-byte budget; the build stops it (exit 3): the node is reported
+/// `Failed` with `InsufficientStorage`, its Job is not retried in a loop, and the node's cache holds
+/// no model and never more than its budget.
+#[tokio::test]
+async fn a_layer_that_extracts_more_than_it_declares_fails_the_node_and_stays_in_the_budget() {
+    use modelpack_operator::api::NodePhase;
+    use std::io::Read as _;
+    use support::craft;
+    let bed = Bed::get();
+    let client = bed.client().await;
+    install_crds(&client).await;
+    ensure_namespace(&client, JOBS_NAMESPACE).await;
+    let ns = namespace(&client, "cachelie").await;
+    let _operator = Operator::start_with(&ns, &format!("e2e-{ns}"), &["--cache-limit", "500000"]);
+    let nodes = TestNodes::create("cachelie", 1);
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_size(1 << 20);
+    tar.append_data(&mut header, "w.bin", std::io::repeat(0).take(1 << 20)).unwrap();
+    let layer = tar.into_inner().unwrap().finish().unwrap();
+    let config = json!({"descriptor": {"name": "lie"}, "modelfs": {"type": "layers", "diffIds": []}});
+    let artifact = craft::Artifact {
+        artifact_type: Some("application/vnd.cncf.model.manifest.v1+json".into()),
+        config: craft::Blob::new("application/vnd.cncf.model.config.v1+json", serde_json::to_vec(&config).unwrap()),
+        layers: vec![
+            craft::Blob::new("application/vnd.cncf.model.weight.v1.tar+gzip", layer)
+                .annotate("org.cncf.model.filepath", "w.bin")
+                .annotate("org.cncf.model.file.metadata+json", r#"{"name":"w.bin","mode":420,"size":1,"typeflag":48}"#),
+        ],
+        annotations: BTreeMap::new(),
+    };
+    let repo = format!("caches/lie-{}", unique_suffix());
+    craft::push(&bed.plain, &repo, "v1", &artifact).await;
+    let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+    let repository = format!("{}/{repo}", bed.plain.host);
+    apply(&models, "Model", "m", json!({"repository": repository, "ref": {"tag": "v1"}, "insecure": true})).await;
+    apply(&deployments, "ModelDeployment", "d", json!({"modelRef": {"name": "m"}, "nodeSelector": nodes.selector()}))
+        .await;
+    let failed = |s: &ModelDeploymentStatus| {
+        s.nodes.as_ref().and_then(|n| n.entries.first()).is_some_and(|e| {
+            e.phase == NodePhase::Failed && e.message.as_deref().is_some_and(|m| m.starts_with("InsufficientStorage: "))
+        })
+    };
+    support::wait_for_deployment(&deployments, "d", "the node reported InsufficientStorage", failed).await;
+    let first = deployments.get("d").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let d = deployments.get("d").await.unwrap();
+    assert!(failed(d.status.as_ref().unwrap()), "still reported, not retried: {:?}", d.status);
+    assert_eq!(
+        d.status.as_ref().and_then(|s| s.nodes.as_ref()).map(|n| n.entries.len()),
+        first.status.as_ref().and_then(|s| s.nodes.as_ref()).map(|n| n.entries.len())
+    );
+    let node = walk(&nodes.names[0]);
+    assert!(node.models.is_empty() && node.used <= 500_000, "{node:?}");
 }

@@ -384,6 +384,56 @@ async fn check_sees_every_variable_and_agrees_with_cel_go() {
     }
 }
 
+/// Costly shapes within the bounds (macros over thousands of entries, `matches` over a list,
+/// concatenations, nested macros over short lists) give cel-go's verdicts.
+#[test]
+fn costly_rules_within_the_bounds_agree_with_cel_go() {
+    let licenses: Vec<String> = (0..3000).map(|i| format!("{i:024}")).collect();
+    let layers: Vec<Value> = (0..40)
+        .map(|i| json!({"digest": format!("sha256:{i:064}"), "size": i, "path": format!("w{i}.safetensors")}))
+        .collect();
+    let vars = json!({"descriptor": {"licenses": licenses}, "layers": layers, "tag": "v1.2.3"});
+    let rules: Vec<String> = [
+        "descriptor.licenses.all(l, l.matches('^[0-9]{24}$'))",
+        "descriptor.licenses.exists(l, matches(l, '^0+2999$'))",
+        "descriptor.licenses.map(l, l + l).all(x, size(x) == 48)",
+        "descriptor.licenses.filter(l, l.endsWith('7')).size() == 300",
+        "descriptor.licenses.exists_one(l, l.startsWith('0000000000000000000029'))",
+        "descriptor.licenses.map(l, l + '-' + tag).exists(x, x.endsWith('v1.2.3') && x.contains('-'))",
+        "layers.all(a, layers.exists_one(b, a.digest == b.digest))",
+        "layers.filter(a, layers.exists(b, b.size > a.size)).size() == 39",
+        "layers.map(a, layers.filter(b, b.path.matches('^w[0-9]+[.]safetensors$')).size()).all(n, n == 40)",
+        "tag.matches(tag) && !descriptor.licenses.exists(l, l.matches('[a-z]'))",
+    ]
+    .map(String::from)
+    .to_vec();
+    let spec = modelpack_operator::api::ModelPolicySpec {
+        action: modelpack_operator::api::PolicyAction::Audit,
+        namespace_selector: None,
+        model_selector: None,
+        rules: rules
+            .iter()
+            .enumerate()
+            .map(|(i, e)| modelpack_operator::api::PolicyRule {
+                name: format!("r{i}"),
+                expression: e.clone(),
+                message: None,
+            })
+            .collect(),
+    };
+    let ours =
+        modelpack_operator::policy::evaluate_json(&modelpack_operator::policy::compile("p", &spec).unwrap(), &vars);
+    let theirs = celeval(&vars, &rules);
+    let mut passed = 0;
+    for (rule, r) in rules.iter().zip(&ours) {
+        let (compiled, go_ok, go_error) = &theirs[&r.rule];
+        assert!(compiled, "cel-go does not compile `{rule}`: {go_error}");
+        assert_eq!(r.passed, *go_ok, "`{rule}`: ours {}, cel-go {go_error}", r.message);
+        passed += usize::from(r.passed);
+    }
+    assert!(passed > 5 && passed < rules.len(), "{passed} passed");
+}
+
 #[test]
 fn a_policy_that_does_not_compile_exits_2_with_the_compilers_message() {
     let file = policy_file(&["layers.all(l, ".to_owned()]);
@@ -644,6 +694,65 @@ mod gate {
             policies.delete(name, &DeleteParams::default()).await.unwrap();
         }
         drop(nodes);
+    }
+
+    /// A tenant's pathological rule over a 0.9 MB config (a nested `map` concatenating strings:
+    /// hours and gigabytes if it ran) on three Models, next to a good Model: the three fail the rule
+    /// at once, naming the bound, and the good Model still follows its tag within its interval.
+    #[tokio::test]
+    async fn a_pathological_rule_holds_up_no_other_model() {
+        let bed = Bed::get();
+        let client = bed.client().await;
+        install_crds(&client).await;
+        let ns = namespace(&client, "policy-bounds").await;
+        let _operator = Operator::start(&ns);
+        let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<ModelPolicy> = Api::all(client.clone());
+        let label = unique_suffix();
+        let files = ModelFiles::new(44, &[("model.safetensors", 10_000)]);
+        let mut config = cncf_config("huge", &files);
+        config["descriptor"]["licenses"] = json!((0..36_000).map(|i| format!("{i:024}")).collect::<Vec<_>>());
+        let (bad, good) = (format!("policy/bounds-bad-{label}"), format!("policy/bounds-good-{label}"));
+        oras_push_cncf(bed, &bed.plain, &bad, "prod", &files, &config);
+        oras_push_cncf(bed, &bed.plain, &good, "prod", &files, &licensed(&files, "MIT"));
+        let blowup = "descriptor.licenses.map(a, descriptor.licenses.map(b, a + b)).size() > 0";
+        let policy = format!("bounds-{label}");
+        apply(
+            &policies,
+            "ModelPolicy",
+            &policy,
+            policy_spec("Enforce", &label, json!([{"name": "blowup", "expression": blowup}])),
+        )
+        .await;
+        let spec = |repo: &str| json!({"repository": format!("{}/{repo}", bed.plain.host), "ref": {"tag": "prod"}, "insecure": true, "interval": "10s"});
+        let params = kube::api::PatchParams::apply("e2e").force();
+        for i in 0..3 {
+            let model = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "Model",
+                "metadata": {"name": format!("bad-{i}"), "labels": {"e2e.modelpack.dev/policy": label}}, "spec": spec(&bad)});
+            models.patch(&format!("bad-{i}"), &params, &kube::api::Patch::Apply(&model)).await.unwrap();
+        }
+        apply(&models, "Model", "good", spec(&good)).await;
+        eventually("the good Model is accepted", Duration::from_secs(30), || async {
+            models.get("good").await.ok()?.status?.accepted
+        })
+        .await;
+        let v2_files = ModelFiles::new(45, &[("model.safetensors", 10_000)]);
+        let v2 = oras_push_cncf(bed, &bed.plain, &good, "prod", &v2_files, &licensed(&v2_files, "MIT"));
+        eventually("the good Model follows its tag within its interval", Duration::from_secs(25), || async {
+            let m = models.get("good").await.ok()?;
+            m.status?.accepted.filter(|a| a.digest == v2)
+        })
+        .await;
+        for i in 0..3 {
+            let m = eventually("the pathological rule failed at once", Duration::from_secs(10), || async {
+                let m = models.get(&format!("bad-{i}")).await.ok()?;
+                compliant(&m).is_some_and(|c| c.0 == ConditionStatus::False).then_some(m)
+            })
+            .await;
+            let violations = m.status.unwrap().violations;
+            assert!(violations[0].message.contains("not evaluated"), "{violations:?}");
+        }
+        policies.delete(&policy, &DeleteParams::default()).await.unwrap();
     }
 
     /// A label put on a Model can make a policy select it: judged at once, not at the next interval

@@ -39,6 +39,8 @@ pub struct Candidate {
     pub last_used: Option<SystemTime>,
     /// Its files and blobs.
     pub inodes: BTreeSet<u64>,
+    /// What only it holds besides them (a model's entries and index, see [`super::usage::ModelInodes::own`]).
+    pub own: u64,
 }
 
 /// The eviction order: orphans first, then least recently used, then by digest (deterministic).
@@ -61,7 +63,7 @@ pub fn choose(
         if freed >= shortfall {
             break;
         }
-        let mut bytes = 0u64;
+        let mut bytes = candidate.own;
         for inode in &candidate.inodes {
             let count = holds.entry(*inode).or_insert(1);
             *count = count.saturating_sub(1);
@@ -108,14 +110,14 @@ pub fn make_room(
         return Ok(Room { space, evicted: Vec::new() });
     }
     let _gc = store.lock(&Lock::Gc)?;
-    let others = store.try_lock_others(Some(own))?;
+    let held = store.held_by_others(Some(own))?;
     let mut pinned: BTreeSet<String> = pinned.iter().cloned().collect();
     let mut busy_models = BTreeSet::new();
     if let Lock::Model(hex) = own {
         busy_models.insert(hex.clone());
     }
-    for held in &others.held {
-        match &held.what {
+    for what in &held {
+        match what {
             Protected::Model(hex) => {
                 busy_models.insert(hex.clone());
                 pinned.insert(hex.clone());
@@ -135,9 +137,8 @@ pub fn make_room(
         for inode in &candidates[index].inodes {
             remaining.entry(*inode).and_modify(|n| *n = n.saturating_sub(1));
         }
-        evicted.push(evict(store, &inv, &remaining, &candidates[index], bytes)?);
+        evicted.extend(evict(store, &inv, &remaining, &candidates[index], bytes)?);
     }
-    drop(others);
     let freed = evicted.iter().map(|e| e.bytes).sum();
     Ok(Room { space: space.after_freeing(freed), evicted })
 }
@@ -166,7 +167,7 @@ fn candidates(
         }
         let class = if held.is_empty() { Class::Orphan } else { Class::Kept };
         let last_used = store.last_used(hex);
-        out.push(Candidate { hex: hex.clone(), kind: Kind::Model, class, last_used, inodes });
+        out.push(Candidate { hex: hex.clone(), kind: Kind::Model, class, last_used, inodes, own: model.own });
     }
     for (hex, inode) in &inv.blobs {
         if pinned.contains(hex) {
@@ -174,34 +175,44 @@ fn candidates(
         } else if !built_from.contains(hex) {
             let inodes = BTreeSet::from([*inode]);
             add(&inodes);
-            out.push(Candidate { hex: hex.clone(), kind: Kind::Blob, class: Class::Orphan, last_used: None, inodes });
+            let (kind, class) = (Kind::Blob, Class::Orphan);
+            out.push(Candidate { hex: hex.clone(), kind, class, last_used: None, inodes, own: 0 });
         }
     }
     Ok((out, holds))
 }
 
 /// Removes one candidate: a model with its blobs that nothing else holds any more (`remaining`
-/// counts holders once this candidate and those before it are gone), or an orphan blob.
+/// counts holders once this candidate and those before it are gone), or an orphan blob. Each is
+/// removed under its own lock; `None` when a pull took the model's lock since the check.
 fn evict(
     store: &Store,
     inv: &Inventory,
     remaining: &Holds,
     candidate: &Candidate,
     bytes: u64,
-) -> Result<Evicted, Error> {
+) -> Result<Option<Evicted>, Error> {
     let mut deployments = Vec::new();
     if candidate.kind == Kind::Model {
+        let Some(_model) = store.try_lock(&Lock::model(&candidate.hex))? else { return Ok(None) };
         deployments = drop_kept(store, &candidate.hex)?;
         store.remove_model(&candidate.hex)?;
         for blob in inv.models.get(&candidate.hex).map(|m| m.blobs.as_slice()).unwrap_or_default() {
             if inv.blobs.get(blob).is_some_and(|i| remaining.get(i).copied().unwrap_or(0) == 0) {
-                store.remove_blob(blob)?;
+                remove_blob(store, blob)?;
             }
         }
-    } else {
-        store.remove_blob(&candidate.hex)?;
+    } else if !remove_blob(store, &candidate.hex)? {
+        return Ok(None);
     }
-    Ok(Evicted { digest: format!("sha256:{}", candidate.hex), bytes, deployments })
+    Ok(Some(Evicted { digest: format!("sha256:{}", candidate.hex), bytes, deployments }))
+}
+
+/// Removes blob `hex` under its commit lock; `false` when a pull is publishing it right now.
+fn remove_blob(store: &Store, hex: &str) -> Result<bool, Error> {
+    let Some(_commit) = store.try_lock(&Lock::Commit(hex.to_owned()))? else { return Ok(false) };
+    store.remove_blob(hex)?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -214,7 +225,7 @@ mod tests {
     }
 
     fn c(hex: &str, kind: Kind, class: Class, last_used: Option<SystemTime>, inodes: &[u64]) -> Candidate {
-        Candidate { hex: hex.into(), kind, class, last_used, inodes: inodes.iter().copied().collect() }
+        Candidate { hex: hex.into(), kind, class, last_used, inodes: inodes.iter().copied().collect(), own: 0 }
     }
 
     #[test]
@@ -319,10 +330,11 @@ mod tests {
         let pinned = vec![hex_of("ld")];
         // Enough room: nothing goes.
         assert!(f.room(used + 10, 10, &"e".repeat(64), &pinned).evicted.is_empty());
-        // Short by one byte: the orphan goes first; it frees only its manifest (the layer is b's too).
+        // Short by one byte: the orphan goes first; it frees only its manifest and its entries
+        // (its directory and file: the layer is b's too).
         let room = f.room(used, 1, &"e".repeat(64), &pinned);
         assert_eq!(room.evicted.iter().map(|e| e.digest.clone()).collect::<Vec<_>>(), [format!("sha256:{c}")]);
-        assert!(room.evicted[0].bytes < 1000, "{room:?}");
+        assert!(room.evicted[0].bytes < 1000 + 2 * crate::cache::ENTRY_COST, "{room:?}");
         assert!(f.store.dir(super::super::layout::BLOBS).join(hex_of("shared")).exists());
         // Short by far more than everything: b (kept) goes with the layer now nobody holds, never a
         // current model nor the pinned blob.

@@ -40,8 +40,8 @@ pub(super) fn manifest(layers: Vec<Descriptor>) -> Manifest {
     }
 }
 
-const RAW: &str = "application/vnd.cncf.model.weight.v1.raw";
-const TAR: &str = "application/vnd.cncf.model.weight.v1.tar";
+pub(super) const RAW: &str = "application/vnd.cncf.model.weight.v1.raw";
+pub(super) const TAR: &str = "application/vnd.cncf.model.weight.v1.tar";
 
 /// A tar with one link entry (`kind` = Symlink or Link) named `name` pointing at `target`.
 fn tar_with_link(name: &str, kind: tar::EntryType, target: &str) -> Vec<u8> {
@@ -100,7 +100,7 @@ fn the_complete_marker_never_overwrites_a_store_blob() {
     assert!(overwritten.is_empty(), "{overwritten:#?}");
 }
 
-fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+pub(super) fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for (name, data) in files {
         let mut h = tar::Header::new_gnu();

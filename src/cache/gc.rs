@@ -82,11 +82,12 @@ pub fn unlink(store: &Store, namespace: &str, name: &str) -> Result<Collected, E
     collect(store, None)
 }
 
-/// Removes models and blobs that no deployment keeps. `own` is the lock the caller holds.
+/// Removes models and blobs that no deployment keeps. `own` is the lock the caller holds. Each
+/// model and blob is removed under its own lock (one lock file open at a time, whatever the cache
+/// holds): a pull that starts meanwhile waits for it, or keeps what it locked first.
 pub fn collect(store: &Store, own: Option<&Lock>) -> Result<Collected, Error> {
     let _gc = store.lock(&Lock::Gc)?;
-    let others = store.try_lock_others(own)?;
-    if !others.held.is_empty() {
+    if !store.held_by_others(own)?.is_empty() {
         return Ok(Collected { deferred: true, ..Default::default() });
     }
     let kept_models = kept_models(store)?;
@@ -98,19 +99,26 @@ pub fn collect(store: &Store, own: Option<&Lock>) -> Result<Collected, Error> {
         if kept_models.contains(&hex) {
             kept_blobs.insert(hex.clone());
             kept_blobs.extend(layer_blobs(store, &hex)?);
-        } else {
+        } else if let Some(_pulling) = store.try_lock(&Lock::model(&hex))? {
             store.remove_model(&hex)?;
             collected.models += 1;
+        } else {
+            // A pull of it started since the check: it keeps the model and what it is built from.
+            kept_blobs.insert(hex.clone());
+            kept_blobs.extend(layer_blobs(store, &hex)?);
         }
     }
     let blobs = store.dir(BLOBS);
     for entry in fs::read_dir(&blobs).map_err(|e| Error::io(&blobs, e))?.flatten() {
-        if !kept_blobs.contains(&entry.file_name().to_string_lossy().into_owned()) {
-            store.remove_blob(&entry.file_name().to_string_lossy())?;
+        let hex = entry.file_name().to_string_lossy().into_owned();
+        if kept_blobs.contains(&hex) {
+            continue;
+        }
+        if let Some(_commit) = store.try_lock(&Lock::Commit(hex.clone()))? {
+            store.remove_blob(&hex)?;
             collected.blobs += 1;
         }
     }
-    drop(others);
     Ok(collected)
 }
 

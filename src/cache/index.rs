@@ -12,11 +12,13 @@ use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::FileType;
 use serde::{Deserialize, Serialize};
 
 use super::Error;
+use super::allowance::{Allowance, ENTRY_COST};
 use super::layout::Tmp;
 use super::materialise::COMPLETE;
 use super::store::Store;
@@ -92,18 +94,31 @@ impl Sums {
 pub struct Writer {
     file: BufWriter<fs::File>,
     tmp: PathBuf,
+    /// The cache budget each line is charged to before it is written.
+    room: Option<Rc<Allowance>>,
 }
 
 impl Writer {
     pub fn create(store: &Store, hex: &str) -> Result<Writer, Error> {
         let tmp = store.tmp_path(Tmp::Index(hex));
         let file = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(Writer { file: BufWriter::new(file), tmp })
+        Ok(Writer { file: BufWriter::new(file), tmp, room: None })
+    }
+
+    /// Charges the index file (one entry) and every line from now on to `room`.
+    pub fn metered(&mut self, room: Rc<Allowance>) -> std::io::Result<()> {
+        room.charge(ENTRY_COST)?;
+        self.room = Some(room);
+        Ok(())
     }
 
     pub fn add(&mut self, record: &Record) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.file, record)?;
-        self.file.write_all(b"\n")
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        if let Some(room) = &self.room {
+            room.charge(line.len() as u64)?;
+        }
+        self.file.write_all(&line)
     }
 
     /// Records every entry of the finished tree `root` (the completion marker aside), as it is
@@ -152,7 +167,7 @@ impl Writer {
 
     /// Publishes the index of model `hex` (atomically: a reader sees none or all of it).
     pub fn commit(self, store: &Store, hex: &str) -> Result<(), Error> {
-        let Writer { file, tmp } = self;
+        let Writer { file, tmp, .. } = self;
         file.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
         let path = store.index_path(hex);
         fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))

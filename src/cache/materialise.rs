@@ -16,6 +16,7 @@ use rustix::fs::{AtFlags, FileType, Mode};
 use sha2::{Digest, Sha256};
 
 use super::Error;
+use super::allowance::{self, Allowance, ENTRY_COST};
 use super::index::{self, FileSum, Sums};
 use super::store::{Store, digest_hex};
 use super::tree::{PathKey, Refusal, Tree, path_key};
@@ -108,7 +109,33 @@ fn build(
     limits: Limits,
     hashes: &RefCell<index::Writer>,
 ) -> Result<usize, Error> {
-    let mut tree = Tree::open(staging, limits.entries).map_err(|e| Error::io(staging, e))?;
+    // Everything written from here on is charged to the budget before it is written: the staging
+    // directory and the index (an entry each), every entry, file byte and index line.
+    let room = Rc::new(allowance::for_model(store, manifest_digest, manifest, store.budget())?);
+    let built = room
+        .charge(ENTRY_COST)
+        .and_then(|()| hashes.borrow_mut().metered(room.clone()))
+        .and_then(|()| Ok(Tree::open(staging, limits.entries)?.metered(room.clone())))
+        .map_err(|e| Error::io(staging, e))
+        .and_then(|mut tree| {
+            let files = extract_all(store, staging, manifest, diff_ids, limits, hashes, &mut tree)?;
+            check_symlinks(&mut tree)?;
+            tree.create_marker(manifest_digest.as_bytes()).map_err(|e| Error::io(&staging.join(COMPLETE), e))?;
+            Ok(files)
+        });
+    built.map_err(|e| room.explain(e))
+}
+
+/// Extracts the layers into `staging` through `tree`; returns how many files it created.
+fn extract_all(
+    store: &Store,
+    staging: &Path,
+    manifest: &Manifest,
+    diff_ids: &[String],
+    limits: Limits,
+    hashes: &RefCell<index::Writer>,
+    tree: &mut Tree,
+) -> Result<usize, Error> {
     let mut claimed = HashSet::new();
     let sums = RefCell::new(Sums::default());
     let mut archive_bytes = 0u64;
@@ -150,7 +177,7 @@ fn build(
             Metered { inner: HashingReader { inner: reader, hasher: Sha256::new() }, meter: meter.clone() };
         let announced = Announced { path: &l.path, directory: l.directory };
         let layer = Layer::new(&descriptor.digest, &meter, limits.entries, Some(&sums), Some(announced));
-        layer.extract(&mut metered, &mut tree, &mut claimed)?;
+        layer.extract(&mut metered, tree, &mut claimed)?;
         // Read what tar left unread (padding, trailing bytes), so the diffId covers the whole
         // stream; the meter bounds this too.
         io::copy(&mut metered, &mut io::sink()).map_err(|e| layer.read_error(e))?;
@@ -165,10 +192,8 @@ fn build(
             }
         }
     }
-    check_symlinks(&mut tree)?;
     // The index records the tree as it is now, whole: what the scrub compares with.
     hashes.borrow_mut().add_tree(open_dir(staging)?, &sums.borrow()).map_err(|e| Error::io(staging, e))?;
-    tree.create_marker(manifest_digest.as_bytes()).map_err(|e| Error::io(&staging.join(COMPLETE), e))?;
     Ok(claimed.len())
 }
 
@@ -207,10 +232,15 @@ struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     size: u64,
+    /// The cache budget every byte is charged to before it is written.
+    room: Option<Rc<Allowance>>,
 }
 
 impl<W: io::Write> io::Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(room) = &self.room {
+            room.charge(buf.len() as u64)?;
+        }
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
@@ -403,7 +433,7 @@ impl<'a> Layer<'a> {
             tar::EntryType::Directory => tree.mkdir(&path).map_err(refuse),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let out = tree.create_file(&path).map_err(refuse)?;
-                let mut out = HashingWriter { inner: out, hasher: Sha256::new(), size: 0 };
+                let mut out = HashingWriter { inner: out, hasher: Sha256::new(), size: 0, room: tree.room() };
                 io::copy(entry, &mut out).map_err(|e| match self.meter.exceeded.get() {
                     Some(_) => self.read_error(e),
                     None => Error::Io { path: raw.clone(), error: e },

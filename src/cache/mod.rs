@@ -5,12 +5,13 @@
 //! models/sha256/<manifest-hex>/…     the model's files; `.complete` written last
 //! deployments/<ns>/<name>/current -> ../../../models/sha256/<hex>
 //! tmp/                               partial downloads and staging, never read by consumers
-//! locks/                             one lock file per digest being pulled
+//! locks/                             one lock file per lock held right now (removed on release)
 //! stamps/sha256/<hex>                a blob's size, inode and mtime at commit
 //! used/sha256/<manifest-hex>         its mtime: when the model was last linked, pulled or kept
 //! index/sha256/<manifest-hex>        every entry of the model: types, link targets, file hashes (for `scrub`)
 //! ```
 
+mod allowance;
 mod budget;
 mod compare;
 mod durable;
@@ -33,10 +34,11 @@ mod walk;
 use std::path::Path;
 use std::time::Duration;
 
+pub use allowance::ENTRY_COST;
 pub use budget::{CacheLimit, LimitError, Space, human};
 pub use evict::Evicted;
 pub use gc::{Collected, Hold, Holder, collect, holders, keep_versions, unlink};
-pub use layout::Lock;
+pub use layout::{Lock, Locked};
 pub use link::{parse_link, set_current};
 pub use materialise::{
     COMPLETE, DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, remove_tree,
@@ -107,6 +109,10 @@ impl Error {
 #[cfg(test)]
 mod announce_tests;
 #[cfg(test)]
+mod budget_tests;
+#[cfg(test)]
 mod extract_tests;
+#[cfg(test)]
+mod locks_tests;
 #[cfg(test)]
 mod scrub_tests;

@@ -127,8 +127,11 @@ pub async fn pull(
             None => registry.small_blob(repo, config_digest, MAX_CONFIG_BYTES).await?,
         };
         let (config, _) = ModelConfig::parse(&config)?;
-        let (store, manifest, digest, diff_ids, limit) =
-            (store.clone(), manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.limits);
+        // What the build writes is counted against the budget while it is written (whatever the
+        // artifact declared, which the preflight went by).
+        let store = store.clone().with_budget(options.cache_limit);
+        let (manifest, digest, diff_ids, limit) =
+            (manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.limits);
         let (_, files) = blocking(move || materialise(&store, &digest, &manifest, &diff_ids, limit)).await?;
         files
     };

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::layout::{self, BLOBS, Lock, MODELS, SOURCES, TMP};
+use super::budget::CacheLimit;
+use super::layout::{self, BLOBS, Lock, Locked, MODELS, SOURCES, TMP};
 use super::{Error, durable};
 
 /// The cache directory layout (ARCHITECTURE.md "Node cache").
@@ -19,6 +20,8 @@ pub struct Store {
     root: PathBuf,
     /// Flush data before publishing it (see [`durable`]); off only where a crash may lose the cache.
     durable: bool,
+    /// What building a model may take (`None`: the filesystem's free space), see [`super::allowance`].
+    budget: Option<CacheLimit>,
 }
 
 /// Hex part of a `sha256:<64 hex>` digest, validated (it becomes a file name).
@@ -33,7 +36,7 @@ impl Store {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
-        Ok(Store { root: root.to_owned(), durable: true })
+        Ok(Store { root: root.to_owned(), durable: true, budget: None })
     }
 
     /// Publishes without flushing to disk: faster, but after a node crash a published file may
@@ -41,6 +44,16 @@ impl Store {
     pub fn without_sync(mut self) -> Store {
         self.durable = false;
         self
+    }
+
+    /// Builds models within `budget` (the cache's `--cache-limit`), counting what they write.
+    pub fn with_budget(mut self, budget: Option<CacheLimit>) -> Store {
+        self.budget = budget;
+        self
+    }
+
+    pub(super) fn budget(&self) -> Option<CacheLimit> {
+        self.budget
     }
 
     /// Makes the renames and links in `dir` durable (nothing under `without_sync`).
@@ -196,7 +209,7 @@ fn remove_if_present(path: &Path) -> Result<(), Error> {
 
 /// A blob being written; one writer per blob in the whole cache (its lock is held until dropped).
 pub struct Ingest {
-    _lock: File,
+    _lock: Locked,
     path: PathBuf,
     file: File,
     hasher: Sha256,

@@ -21,11 +21,13 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::rc::Rc;
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
+use super::allowance::{Allowance, ENTRY_COST};
 use super::materialise::COMPLETE;
 use super::walk::{Visitor, dir_flags, walk};
 use crate::modelpack::ModelPath;
@@ -86,13 +88,35 @@ pub struct Tree {
     /// Directory lookups made so far, and the most allowed (see [`MAX_LOOKUPS`]).
     lookups: u64,
     max_lookups: u64,
+    /// The cache budget every entry is charged to, when the tree is a model of the cache.
+    room: Option<Rc<Allowance>>,
 }
 
 impl Tree {
     /// Opens the (empty) staging directory `root`; the tree will create at most `max_entries` inodes.
     pub fn open(root: &Path, max_entries: u64) -> std::io::Result<Tree> {
         let root = rustix::fs::open(root, dir_flags(), Mode::empty())?;
-        Ok(Tree { root, files: HashSet::new(), created: 0, max_entries, lookups: 0, max_lookups: MAX_LOOKUPS })
+        Ok(Tree {
+            root,
+            files: HashSet::new(),
+            created: 0,
+            max_entries,
+            lookups: 0,
+            max_lookups: MAX_LOOKUPS,
+            room: None,
+        })
+    }
+
+    /// Charges every entry created from now on [`ENTRY_COST`] of `room`: an entry that does not
+    /// fit is refused (`StorageFull`) before it is created.
+    pub fn metered(mut self, room: Rc<Allowance>) -> Tree {
+        self.room = Some(room);
+        self
+    }
+
+    /// The budget the tree's entries are charged to (for the data written into its files).
+    pub fn room(&self) -> Option<Rc<Allowance>> {
+        self.room.clone()
     }
 
     /// Inodes created so far.
@@ -108,6 +132,16 @@ impl Tree {
         }
         self.created += 1;
         Ok(())
+    }
+
+    /// Counts an inode or directory entry about to be created: against the entry limit and the
+    /// budget.
+    fn charge_inode(&mut self) -> Result<()> {
+        self.charge_entry()?;
+        match &self.room {
+            Some(room) => room.charge(ENTRY_COST).map_err(Refusal::Io),
+            None => Ok(()),
+        }
     }
 
     fn charge_lookup(&mut self) -> Result<()> {
@@ -131,7 +165,7 @@ impl Tree {
     pub fn create_file(&mut self, path: &ModelPath) -> Result<File> {
         not_reserved(path)?;
         let (parent, name) = self.parent(path)?;
-        self.charge_entry()?;
+        self.charge_inode()?;
         let file = create_excl(&parent, name)?;
         self.files.insert(path_key(path));
         Ok(file)
@@ -140,6 +174,9 @@ impl Tree {
     /// Writes the completion marker at the top of the tree: never through a link an entry
     /// planted (entries may not take its name anyway), never over an existing file.
     pub fn create_marker(&mut self, contents: &[u8]) -> std::io::Result<()> {
+        if let Some(room) = &self.room {
+            room.charge(ENTRY_COST.saturating_add(contents.len() as u64))?;
+        }
         let mut file = create_excl(&self.root, COMPLETE).map_err(|r| match r {
             Refusal::Io(e) => e,
             other => std::io::Error::other(format!("{other:?}")),
@@ -153,7 +190,7 @@ impl Tree {
     pub fn link_blob(&mut self, blob: &Path, path: &ModelPath) -> Result<()> {
         not_reserved(path)?;
         let (parent, name) = self.parent(path)?;
-        self.charge_entry()?;
+        self.charge_inode()?;
         rustix::fs::linkat(CWD, blob, &parent, name, AtFlags::empty()).map_err(exists)?;
         self.files.insert(path_key(path));
         Ok(())
@@ -167,7 +204,7 @@ impl Tree {
         }
         let (from_dir, from_name) = self.parent_existing(source)?;
         let (parent, name) = self.parent(path)?;
-        self.charge_entry()?;
+        self.charge_inode()?;
         // No AT_SYMLINK_FOLLOW: the link is to the source entry itself.
         rustix::fs::linkat(&from_dir, from_name, &parent, name, AtFlags::empty()).map_err(exists)?;
         self.files.insert(path_key(path));
@@ -182,7 +219,7 @@ impl Tree {
             return Err(unsafe_(format!("symlink to {target:?} leaves the model directory (only relative targets)")));
         }
         let (parent, name) = self.parent(path)?;
-        self.charge_entry()?;
+        self.charge_inode()?;
         rustix::fs::symlinkat(target, &parent, name).map_err(exists)
     }
 
@@ -285,7 +322,7 @@ impl Tree {
             dir = match rustix::fs::openat(&dir, *part, dir_flags(), Mode::empty()) {
                 Ok(next) => next,
                 Err(Errno::NOENT) if create => {
-                    self.charge_entry()?;
+                    self.charge_inode()?;
                     rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o755))?;
                     rustix::fs::openat(&dir, *part, dir_flags(), Mode::empty())?
                 }

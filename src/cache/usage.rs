@@ -12,6 +12,7 @@ use rustix::fs::{AtFlags, FileType, Mode};
 use serde::{Deserialize, Serialize};
 
 use super::Error;
+use super::allowance::ENTRY_COST;
 use super::budget::{CacheLimit, Space};
 use super::gc::{Hold, holders, layer_blobs};
 use super::layout::{BLOBS, MODELS, TMP};
@@ -25,6 +26,8 @@ pub struct Inventory {
     /// Blob hex → inode.
     pub blobs: BTreeMap<String, u64>,
     pub models: BTreeMap<String, ModelInodes>,
+    /// [`ENTRY_COST`] for every entry under `tmp/` (partial downloads, models being built).
+    pub tmp_entries: u64,
 }
 
 #[derive(Debug, Default)]
@@ -33,12 +36,17 @@ pub struct ModelInodes {
     pub files: BTreeSet<u64>,
     /// The blobs it was built from that are in the store: its manifest and its layers.
     pub blobs: Vec<String>,
+    /// What only the model holds besides its files' bytes: [`ENTRY_COST`] for every entry of its
+    /// directory (itself, directories, files, links), and its index (bytes and an entry).
+    pub own: u64,
 }
 
 impl Inventory {
-    /// Bytes of every inode once.
+    /// Bytes of every inode once, plus every entry of models and `tmp/` and the models' indexes:
+    /// what building a model is charged (see [`super::allowance`]).
     pub fn used(&self) -> u64 {
-        self.sizes.values().sum()
+        let own: u64 = self.models.values().map(|m| m.own).sum();
+        self.sizes.values().sum::<u64>().saturating_add(own).saturating_add(self.tmp_entries)
     }
 
     /// Every inode model `hex` holds: its files and its blobs.
@@ -51,17 +59,31 @@ impl Inventory {
     pub fn bytes_of(&self, inodes: &BTreeSet<u64>) -> u64 {
         inodes.iter().filter_map(|i| self.sizes.get(i)).sum()
     }
+
+    /// Model `hex`'s size: its inodes and what only it holds.
+    pub fn model_bytes(&self, hex: &str) -> u64 {
+        let own = self.models.get(hex).map_or(0, |m| m.own);
+        self.bytes_of(&self.model_inodes(hex)).saturating_add(own)
+    }
 }
 
-/// Records regular files' inodes.
+/// Records regular files' inodes, and counts entries (directories, the root included, and the
+/// rest).
 struct Inodes<'a> {
     sizes: &'a mut HashMap<u64, u64>,
     found: BTreeSet<u64>,
+    entries: u64,
 }
 
 impl Visitor for Inodes<'_> {
     type Error = std::io::Error;
+    fn enter(&mut self, _: &OwnedFd, _: &Path) -> std::io::Result<()> {
+        self.entries += 1;
+        Ok(())
+    }
+
     fn entry(&mut self, dir: &OwnedFd, _: &Path, name: &CStr, kind: FileType) -> std::io::Result<()> {
+        self.entries += 1;
         if kind == FileType::RegularFile {
             let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
             self.sizes.insert(stat.st_ino, u64::try_from(stat.st_size).unwrap_or(0));
@@ -71,11 +93,17 @@ impl Visitor for Inodes<'_> {
     }
 }
 
-fn inodes_under(dir: &Path, sizes: &mut HashMap<u64, u64>) -> Result<BTreeSet<u64>, Error> {
-    let Ok(fd) = rustix::fs::open(dir, dir_flags(), Mode::empty()) else { return Ok(BTreeSet::new()) };
-    let mut visitor = Inodes { sizes, found: BTreeSet::new() };
+/// The regular files' inodes under `dir`, and how many entries it holds (itself included).
+fn inodes_under(dir: &Path, sizes: &mut HashMap<u64, u64>) -> Result<(BTreeSet<u64>, u64), Error> {
+    let Ok(fd) = rustix::fs::open(dir, dir_flags(), Mode::empty()) else { return Ok((BTreeSet::new(), 0)) };
+    let mut visitor = Inodes { sizes, found: BTreeSet::new(), entries: 0 };
     walk(fd, &mut visitor).map_err(|e| Error::io(dir, e))?;
-    Ok(visitor.found)
+    Ok((visitor.found, visitor.entries))
+}
+
+/// Model `hex`'s index: its bytes and an entry (nothing when it has none).
+fn index_cost(store: &Store, hex: &str) -> u64 {
+    fs::symlink_metadata(store.index_path(hex)).map_or(0, |m| m.len().saturating_add(ENTRY_COST))
 }
 
 fn entries(dir: &Path) -> Result<Vec<String>, Error> {
@@ -102,16 +130,19 @@ pub fn measure(store: &Store) -> Result<Inventory, Error> {
     }
     let models = store.dir(MODELS);
     for hex in entries(&models)? {
-        let files = inodes_under(&models.join(&hex), &mut inv.sizes)?;
+        let (files, entries) = inodes_under(&models.join(&hex), &mut inv.sizes)?;
+        let own = entries.saturating_mul(ENTRY_COST).saturating_add(index_cost(store, &hex));
         let blobs = std::iter::once(hex.clone())
             .chain(layer_blobs(store, &hex).unwrap_or_default())
             .filter(|b| inv.blobs.contains_key(b))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        inv.models.insert(hex, ModelInodes { files, blobs });
+        inv.models.insert(hex, ModelInodes { files, blobs, own });
     }
-    inodes_under(&store.dir(TMP), &mut inv.sizes)?;
+    // `tmp/` itself is the cache's, not an entry anything wrote.
+    let (_, entries) = inodes_under(&store.dir(TMP), &mut inv.sizes)?;
+    inv.tmp_entries = entries.saturating_sub(1).saturating_mul(ENTRY_COST);
     Ok(inv)
 }
 
@@ -171,7 +202,7 @@ pub fn report(store: &Store, limit: Option<CacheLimit>) -> Result<CacheReport, E
             };
             ModelUsage {
                 digest: format!("sha256:{hex}"),
-                size: inv.bytes_of(&inv.model_inodes(hex)),
+                size: inv.model_bytes(hex),
                 current: held(Hold::Current),
                 kept: held(Hold::Kept),
                 last_used: store.last_used(hex).and_then(rfc3339),
@@ -201,8 +232,17 @@ mod tests {
         fs::hard_link(store.dir(BLOBS).join(&hex), model.join("w.bin")).unwrap();
         fs::write(model.join("sub/extracted"), vec![1u8; 300]).unwrap();
         fs::write(store.dir(TMP).join("ingest-x"), vec![2u8; 20]).unwrap();
+        fs::write(store.index_path(&"d".repeat(64)), vec![3u8; 50]).unwrap();
         let inv = measure(&store).unwrap();
-        assert_eq!(inv.used(), 1320, "the linked blob once, the extracted file, the partial download");
+        // Entries: the model's directory, `sub`, both files (4); the partial download (1).
+        let entries = 5 * ENTRY_COST;
+        let index = 50 + ENTRY_COST;
+        assert_eq!(
+            inv.used(),
+            1320 + entries + index,
+            "the linked blob once, the extracted file, the partial download"
+        );
         assert_eq!(inv.bytes_of(&inv.model_inodes(&"d".repeat(64))), 1300);
+        assert_eq!(inv.model_bytes(&"d".repeat(64)), 1300 + 4 * ENTRY_COST + index);
     }
 }

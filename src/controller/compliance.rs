@@ -106,7 +106,8 @@ pub async fn comply(
         let results = match ctx.outcomes.get(&key) {
             Some(hit) => hit,
             None => {
-                let results = Arc::new(policy::evaluate(&ready.policy, vars));
+                // Off the async workers: a slow rule holds up only this Model.
+                let results = Arc::new(policy::evaluate_off_workers(&ready.policy, vars).await);
                 let passed = results.iter().all(|r| r.passed);
                 ctx.metrics.policy_evaluation(&ready.policy.name, if passed { "pass" } else { "fail" });
                 ctx.outcomes.put(key, results.clone());

@@ -5,9 +5,10 @@
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
+use cel::Env;
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
-use cel::{Env, Program};
 
+use super::run::{self, Regexes};
 use super::{Error, variables::NAMES};
 use crate::api::{ModelPolicySpec, PolicyAction, PolicyRule};
 
@@ -53,11 +54,16 @@ const CONVERSIONS: [&str; 1] = ["uint"];
 
 /// The standard definitions and macros of the CEL specification, without the optional-value
 /// syntax (`a.?b`), which Kubernetes and cel-go leave off by default.
-pub(super) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib().with_optional_support(false)));
+/// `matches` is evaluated as [`run::MATCHES`], which compiles each pattern once per rule.
+pub(super) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
+    let mut env = Env::stdlib().with_optional_support(false);
+    run::declare(&mut env);
+    Arc::new(env)
+});
 
 /// The parser recurses deeply per bracket (a debug build needs more than 2 MiB for 32 nested
 /// parentheses), so parsing and evaluating run on a thread with this much stack.
-const STACK_BYTES: usize = 64 << 20;
+pub(super) const STACK_BYTES: usize = 64 << 20;
 
 /// Runs `f` on a thread of [`STACK_BYTES`] stack; a thread that cannot be started or that panics
 /// is reported as the CEL crate's error would be, never unwound into the caller.
@@ -79,11 +85,10 @@ pub struct CompiledRule {
     pub expression: String,
     /// What a failure reports (the rule's message, else its expression).
     pub message: String,
-    pub(super) program: Arc<Program>,
-    /// Syntax nodes and macro nesting: with the largest list of the variables, what bounds one
-    /// evaluation's cost (see [`super::MAX_COST`]).
-    pub(super) nodes: usize,
-    pub(super) depth: usize,
+    /// The expanded syntax tree, `matches` renamed (see [`run::rewrite`]).
+    pub(super) expr: Arc<IdedExpr>,
+    /// The rule's literal patterns, compiled.
+    pub(super) regexes: Arc<Regexes>,
 }
 
 impl std::fmt::Debug for CompiledRule {
@@ -139,13 +144,15 @@ fn compile_rule(rule: &PolicyRule) -> Result<CompiledRule, Error> {
         None => {}
     }
     let message = rule.message.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| rule.expression.clone());
+    let mut expr = program.expression().clone();
+    let mut regexes = Regexes::new();
+    run::rewrite(&mut expr, &mut regexes);
     Ok(CompiledRule {
         name: rule.name.clone(),
         expression: rule.expression.clone(),
         message,
-        program: Arc::new(program),
-        nodes: walk.nodes,
-        depth: walk.deepest,
+        expr: Arc::new(expr),
+        regexes: Arc::new(regexes),
     })
 }
 

@@ -1,16 +1,30 @@
 //! Evaluating compiled rules on one digest's variables. Fail closed: only `true` passes.
+//!
+//! Each rule's worst case on these variables (see [`super::cost`]) is computed first: a rule over
+//! [`MAX_COST`] or [`MAX_MEMORY`] fails with that reason and never starts. The others run on a
+//! thread of their own under [`RULE_DEADLINE`] (see [`super::run`]); [`evaluate_off_workers`]
+//! waits for that thread without holding an async worker, and stops it when it waits no longer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use cel::Context;
 use cel::objects::{Key, Map, Value};
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::MAX_COST;
-use super::compile::{CompiledPolicy, ENV, on_big_stack};
+use super::compile::{CompiledPolicy, CompiledRule, ENV, STACK_BYTES, on_big_stack};
+use super::cost::{Estimate, estimate};
+use super::run::{self, Stopped, Watch};
+use super::shape::Shape;
 use super::variables::{NAMES, Variables};
+use super::{MAX_COST, MAX_MEMORY, RULE_DEADLINE};
+
+/// Evaluations [`evaluate_off_workers`] runs at once, each within [`MAX_MEMORY`] of values.
+pub const CONCURRENT: usize = 4;
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT);
 
 /// The verdict of one rule (the shape `check -o json` prints).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -22,7 +36,7 @@ pub struct RuleResult {
     pub message: String,
 }
 
-/// Every rule of `policy` on `variables`.
+/// Every rule of `policy` on `variables`, on this thread (and one it starts).
 pub fn evaluate(policy: &CompiledPolicy, variables: &Variables) -> Vec<RuleResult> {
     evaluate_json(policy, &variables.to_json())
 }
@@ -30,61 +44,96 @@ pub fn evaluate(policy: &CompiledPolicy, variables: &Variables) -> Vec<RuleResul
 /// Every rule of `policy` on variables given as one JSON object keyed by the variable names (a
 /// missing name is an undeclared reference for the rules that use it).
 pub fn evaluate_json(policy: &CompiledPolicy, variables: &Json) -> Vec<RuleResult> {
-    match on_big_stack(|| evaluate_here(policy, variables)) {
+    let cancel = Arc::new(AtomicBool::new(false));
+    match on_big_stack(|| evaluate_here(policy, variables, &cancel)) {
         Ok(results) => results,
-        Err(e) => policy
-            .rules
-            .iter()
-            .map(|rule| RuleResult {
-                policy: policy.name.clone(),
-                rule: rule.name.clone(),
-                passed: false,
-                message: format!("{} (error: {e})", rule.message),
-            })
-            .collect(),
+        Err(e) => failed_all(policy, &format!("error: {e}")),
     }
 }
 
-fn evaluate_here(policy: &CompiledPolicy, variables: &Json) -> Vec<RuleResult> {
+/// [`evaluate`] on a thread of its own, awaited without holding the async worker: a rule that runs
+/// long holds up nothing but its own Model. Past [`RULE_DEADLINE`] per rule (and a second), the
+/// evaluation is stopped and every rule fails with that reason.
+/// At most [`CONCURRENT`] at once, so their memory is bounded too.
+pub async fn evaluate_off_workers(policy: &CompiledPolicy, variables: &Variables) -> Vec<RuleResult> {
+    let Ok(slot) = SLOTS.acquire().await else {
+        return failed_all(policy, "error: no CEL evaluation slot");
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (owned, json, flag) = (policy.clone(), variables.to_json(), cancel.clone());
+    // The slot is the thread's: given back when it ends, even after it was stopped.
+    let spawned = std::thread::Builder::new().name("cel".into()).stack_size(STACK_BYTES).spawn(move || {
+        let _slot = slot;
+        let _ = tx.send(evaluate_here(&owned, &json, &flag));
+    });
+    if let Err(e) = spawned {
+        return failed_all(policy, &format!("error: starting the CEL thread: {e}"));
+    }
+    let limit = RULE_DEADLINE * (policy.rules.len() as u32).max(1) + Duration::from_secs(1);
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(results)) => results,
+        Ok(Err(_)) => failed_all(policy, "error: the CEL implementation panicked"),
+        Err(_) => {
+            cancel.store(true, Ordering::Relaxed);
+            failed_all(policy, &format!("error: not evaluated within {} s", limit.as_secs()))
+        }
+    }
+}
+
+fn failed_all(policy: &CompiledPolicy, why: &str) -> Vec<RuleResult> {
+    policy.rules.iter().map(|rule| result(policy, rule, Some(why.to_owned()))).collect()
+}
+
+fn result(policy: &CompiledPolicy, rule: &CompiledRule, failure: Option<String>) -> RuleResult {
+    RuleResult {
+        policy: policy.name.clone(),
+        rule: rule.name.clone(),
+        passed: failure.is_none(),
+        message: failure.map(|why| format!("{} ({why})", rule.message)).unwrap_or_default(),
+    }
+}
+
+fn evaluate_here(policy: &CompiledPolicy, variables: &Json, cancel: &Arc<AtomicBool>) -> Vec<RuleResult> {
     let mut context = Context::with_env(ENV.clone());
+    context.set_variable_resolver(&Watch);
+    let mut shapes = BTreeMap::new();
     for name in NAMES {
         if let Some(value) = variables.get(name) {
             context.add_variable_from_value(name, to_cel(value));
+            shapes.insert(name.to_owned(), Shape::of_json(value));
         }
     }
-    let largest = largest(variables) as u64;
-    policy
-        .rules
-        .iter()
-        .map(|rule| {
-            let cost = (rule.nodes as u64).saturating_mul(largest.max(1).saturating_pow(rule.depth as u32));
-            let failure = match rule.program.execute(&context) {
-                _ if cost > MAX_COST => Some(format!(
-                    "error: up to {cost} steps on this artifact ({} nested macros over up to {largest} entries), \
-                     more than {MAX_COST}",
-                    rule.depth
-                )),
-                Ok(Value::Bool(true)) => None,
-                Ok(Value::Bool(false)) => Some("evaluated to false".to_owned()),
-                Ok(other) => Some(format!("evaluated to {}, not a bool", other.type_of())),
-                Err(e) => Some(format!("error: {e}")),
-            };
-            RuleResult {
-                policy: policy.name.clone(),
-                rule: rule.name.clone(),
-                passed: failure.is_none(),
-                message: failure.map(|why| format!("{} ({why})", rule.message)).unwrap_or_default(),
-            }
-        })
-        .collect()
+    policy.rules.iter().map(|rule| result(policy, rule, failure(rule, &context, &shapes, cancel))).collect()
 }
 
-/// The largest list or map anywhere in `v`: what one macro may iterate over.
-fn largest(v: &Json) -> usize {
-    match v {
-        Json::Array(items) => items.iter().map(largest).fold(items.len(), usize::max),
-        Json::Object(map) => map.values().map(largest).fold(map.len(), usize::max),
-        _ => 0,
+/// Why `rule` fails on these variables (`None`: it passed).
+fn failure(
+    rule: &CompiledRule,
+    context: &Context,
+    shapes: &BTreeMap<String, Shape>,
+    cancel: &Arc<AtomicBool>,
+) -> Option<String> {
+    match estimate(&rule.expr, shapes) {
+        Err(why) => return Some(format!("error: {why}")),
+        Ok(Estimate { cost, .. }) if cost > MAX_COST => {
+            return Some(format!("error: up to {cost} steps on this artifact, more than {MAX_COST}; not evaluated"));
+        }
+        Ok(Estimate { memory, .. }) if memory > MAX_MEMORY => {
+            return Some(format!(
+                "error: up to {memory} bytes of values on this artifact, more than {MAX_MEMORY}; not evaluated"
+            ));
+        }
+        Ok(_) => {}
+    }
+    let deadline = Instant::now() + RULE_DEADLINE;
+    match run::guarded(deadline, cancel, &rule.regexes, || Value::resolve(&rule.expr, context)) {
+        Err(Stopped::Deadline) => Some(format!("error: stopped after {} s", RULE_DEADLINE.as_secs())),
+        Err(Stopped::Cancelled) => Some("error: stopped".to_owned()),
+        Ok(Ok(Value::Bool(true))) => None,
+        Ok(Ok(Value::Bool(false))) => Some("evaluated to false".to_owned()),
+        Ok(Ok(other)) => Some(format!("evaluated to {}, not a bool", other.type_of())),
+        Ok(Err(e)) => Some(format!("error: {e}")),
     }
 }
 
@@ -177,6 +226,23 @@ mod tests {
         assert!(results[0].message.contains("vendor"), "{}", results[0].message);
     }
 
+    fn results(expressions: &[&str], vars: &Json) -> Vec<RuleResult> {
+        let rules = expressions
+            .iter()
+            .enumerate()
+            .map(|(i, e)| PolicyRule { name: format!("r{i}"), expression: (*e).into(), message: None })
+            .collect();
+        let spec =
+            ModelPolicySpec { action: PolicyAction::Enforce, namespace_selector: None, model_selector: None, rules };
+        evaluate_json(&compile("p", &spec).unwrap(), vars)
+    }
+
+    /// A config whose `descriptor.licenses` holds `n` strings of `len` bytes.
+    fn licenses(n: usize, len: usize) -> Json {
+        let list: Vec<Json> = (0..n).map(|i| json!(format!("{i:0len$}"))).collect();
+        json!({"descriptor": {"licenses": list}, "layers": [], "tag": "v1"})
+    }
+
     #[test]
     fn a_rule_too_costly_for_the_artifact_fails_without_running() {
         let layers: Vec<Json> = (0..1024).map(|i| json!({"digest": format!("d{i}"), "size": i})).collect();
@@ -186,7 +252,106 @@ mod tests {
         assert_eq!(got, [false, true]);
         let small = json!({"layers": (0..100).map(|i| json!({"digest": format!("d{i}")})).collect::<Vec<_>>()});
         assert_eq!(verdicts(&["layers.all(a, layers.exists(b, a.digest == b.digest))"], &small), [true]);
-        assert_eq!(largest(&json!({"a": [1, [1, 2, 3, 4]], "b": {"c": 1}})), 4);
+    }
+
+    /// Shapes that would run for minutes or take gigabytes on a config near 1 MiB: each fails at
+    /// once, naming the bound, and nothing of it ran (the whole policy takes well under a second).
+    #[test]
+    fn pathological_rules_are_refused_before_running() {
+        let vars = licenses(30_000, 24);
+        let shapes = [
+            "descriptor.licenses.all(a, descriptor.licenses.all(b, a == b || a != b))",
+            "descriptor.licenses.exists(a, descriptor.licenses.exists_one(b, b.startsWith(a)))",
+            "descriptor.licenses.map(a, descriptor.licenses.map(b, a + b)).size() > 0",
+            "descriptor.licenses.filter(a, descriptor.licenses.filter(b, a + b + a + b != '').size() > 0).size() > 0",
+            "descriptor.licenses.all(l, l.matches(l))",
+            "descriptor.licenses.map(a, descriptor.licenses).size() > 0",
+            "descriptor.licenses.all(a, size(descriptor.licenses.map(b, a + b + a)) > 0)",
+            "descriptor.licenses.map(l, [descriptor, descriptor, descriptor, descriptor]).size() > 0",
+            "descriptor.licenses.all(a, a in descriptor.licenses)",
+        ];
+        let started = Instant::now();
+        let got = results(&shapes, &vars);
+        let elapsed = started.elapsed();
+        for (r, shape) in got.iter().zip(shapes) {
+            assert!(!r.passed && r.message.contains("not evaluated"), "{shape}: {}", r.message);
+        }
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+        // Within the steps, over the memory: 150 copies of a 0.15 MB list.
+        let copies = results(&["descriptor.licenses.map(a, descriptor.licenses).size() > 0"], &licenses(150, 1000));
+        assert!(copies[0].message.contains("bytes of values") && !copies[0].passed, "{}", copies[0].message);
+    }
+
+    /// Rules within the bounds give cel's verdicts in bounded time: a single macro over 30,000
+    /// entries, a `matches` over 2,000 (its pattern compiled once), a `map` with concatenation.
+    #[test]
+    fn rules_within_the_bounds_run_and_finish_in_time() {
+        let vars = licenses(30_000, 24);
+        let started = Instant::now();
+        let got = verdicts(
+            &[
+                "descriptor.licenses.all(l, size(l) == 24)",
+                "descriptor.licenses.exists(l, l == '000000000000000000029999')",
+                "descriptor.licenses.map(l, l + l).all(x, size(x) == 48)",
+                "descriptor.licenses.filter(l, l.endsWith('7')).size() == 3000",
+                "descriptor.licenses.exists_one(l, l.startsWith('0000000000000000000299'))",
+            ],
+            &vars,
+        );
+        assert_eq!(got, [true, true, true, true, false]);
+        let small = licenses(2_000, 24);
+        let regex = "descriptor.licenses.all(l, l.matches('^(0|1|2|3|4|5|6|7|8|9){20,30}$'))";
+        let negated = "!descriptor.licenses.exists(l, matches(l, '^[a-z]+$'))";
+        assert_eq!(verdicts(&[regex, negated, "tag.matches(tag)"], &small), [true, true, true]);
+        let elapsed = started.elapsed();
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    }
+
+    /// An evaluation holds one of the [`CONCURRENT`] slots while its thread runs.
+    #[tokio::test]
+    async fn evaluations_off_the_workers_take_a_slot_each() {
+        let manifest = serde_json::from_value(json!({"schemaVersion": 2, "layers": [],
+            "config": {"mediaType": "application/vnd.cnai.model.config.v1+json", "digest": "sha256:c", "size": 2}}))
+        .unwrap();
+        let config = json!({"descriptor": licenses(30_000, 24)["descriptor"]});
+        let source = super::super::Source {
+            repository: "r/m".into(),
+            digest: "sha256:d",
+            tag: None,
+            manifest: &manifest,
+            config_json: &config,
+            referrers: &[],
+        };
+        let vars = Variables::new(&source).unwrap();
+        let rule = PolicyRule {
+            name: "r".into(),
+            expression: "descriptor.licenses.map(l, l + l).all(x, size(x) == 48)".into(),
+            message: None,
+        };
+        let spec = ModelPolicySpec {
+            action: PolicyAction::Audit,
+            namespace_selector: None,
+            model_selector: None,
+            rules: vec![rule.clone(), PolicyRule { name: "s".into(), ..rule }],
+        };
+        let policy = compile("p", &spec).unwrap();
+        let running = tokio::spawn(async move { evaluate_off_workers(&policy, &vars).await });
+        let mut held = 0;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            held = held.max(CONCURRENT - SLOTS.available_permits());
+        }
+        assert!(running.await.unwrap().iter().all(|r| r.passed));
+        assert_eq!(held, 1);
+        assert_eq!(SLOTS.available_permits(), CONCURRENT, "given back");
+    }
+
+    #[test]
+    fn regex_errors_are_those_of_matches() {
+        let got = results(&["tag.matches('(v')", "matches(tag, '[')"], &json!({"tag": "v1"}));
+        for r in &got {
+            assert!(!r.passed && r.message.contains("not a valid regex"), "{}", r.message);
+        }
     }
 
     #[test]
