@@ -12,6 +12,7 @@ use serde_json::Value;
 use modelpack_operator::cache::Endpoint;
 use modelpack_operator::modelpack::{Family, ModelDescriptor, ModelProperties};
 use modelpack_operator::policy::{self, LayerVar, ReferrerVar};
+use modelpack_operator::printable::{printable, printable_json};
 use modelpack_operator::registry::{self, Keyring, Mirror, Options, Registry, Repository};
 
 /// Transport and credential flags shared by every command that talks to a registry.
@@ -27,6 +28,10 @@ pub struct RegistryArgs {
     /// PEM CA bundle that verifies the registry's certificate (in addition to the system roots).
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Seconds each registry operation may take, body included (default 60); for `pull`, also the
+    /// window over which `--min-rate` is measured.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
 }
 
 impl RegistryArgs {
@@ -44,7 +49,7 @@ impl RegistryArgs {
         };
         let keyring = self.keyring()?;
         let credential = keyring.lookup(&repo.registry, &repo.repository);
-        let options = Options { insecure, ca_pem, timeout: None };
+        let options = Options { insecure, ca_pem, timeout: self.timeout.map(std::time::Duration::from_secs) };
         Ok(Registry::new(&options, credential)?)
     }
 
@@ -95,7 +100,7 @@ pub async fn inspect(reference: &str, args: &RegistryArgs, json_output: bool) ->
     let mut report = InspectReport::new(reference, resolution.tag, &collected);
     report.warnings.extend(unread);
     if json_output {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", printable_json(&serde_json::to_string_pretty(&report)?));
     } else {
         print!("{}", report.text());
     }
@@ -141,11 +146,13 @@ impl<'a> InspectReport<'a> {
         }
     }
 
+    /// Every string from the registry is made printable ([`printable`]), field by field, so that
+    /// no value can start a line of its own either.
     fn text(&self) -> String {
         let mut s = String::new();
         let mut field = |label: &str, text: &str| {
             if !text.is_empty() {
-                s.push_str(&format!("{label:<14} {text}\n"));
+                s.push_str(&format!("{:<14} {}\n", printable(label), printable(text)));
             }
         };
         field("Digest:", self.digest);
@@ -170,12 +177,13 @@ impl<'a> InspectReport<'a> {
         }
         s.push_str("Files:\n");
         for l in self.layers {
-            s.push_str(&format!("  {:<40} {:>12}  {}  {}\n", l.path, l.size, l.digest, l.media_type));
+            let (path, digest, media_type) = (printable(&l.path), printable(&l.digest), printable(&l.media_type));
+            s.push_str(&format!("  {path:<40} {:>12}  {digest}  {media_type}\n", l.size));
         }
         if !self.referrers.is_empty() {
             s.push_str("Referrers:\n");
             for r in self.referrers {
-                s.push_str(&format!("  {:<40} {}\n", r.artifact_type, r.digest));
+                s.push_str(&format!("  {:<40} {}\n", printable(&r.artifact_type), printable(&r.digest)));
             }
         }
         s
@@ -244,7 +252,7 @@ pub async fn verify(reference: &str, with: VerifyWith<'_>, args: &RegistryArgs, 
         Err(e) => anyhow::bail!("verifying {repo}@{digest}: {e}"),
     };
     if json_output {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", printable_json(&serde_json::to_string_pretty(&report)?));
     } else {
         print!("{}", report.text(&repo));
     }
@@ -267,15 +275,18 @@ struct VerifyReport<'a> {
 }
 
 impl VerifyReport<'_> {
+    /// The signer's identity, the rejection's detail and the warnings carry a certificate's text
+    /// (and the registry's): each is made printable.
     fn text(&self, repo: &Repository) -> String {
         let (provider, digest) = (self.provider, self.digest);
         if !self.verified {
-            let (reason, detail) = (self.reason.unwrap_or_default(), self.detail.unwrap_or_default());
+            let (reason, detail) = (self.reason.unwrap_or_default(), printable(self.detail.unwrap_or_default()));
             return format!("rejected {repo}@{digest}: {reason}: {detail}\n");
         }
-        let mut s = format!("verified {repo}@{digest}: signed by {} ({provider})\n", self.identity.unwrap_or_default());
+        let identity = printable(self.identity.unwrap_or_default());
+        let mut s = format!("verified {repo}@{digest}: signed by {identity} ({provider})\n");
         for w in self.warnings {
-            s.push_str(&format!("warning: {w}\n"));
+            s.push_str(&format!("warning: {}\n", printable(w)));
         }
         s
     }
@@ -296,6 +307,8 @@ pub struct PullCommand {
 pub struct PullTuning {
     pub concurrency: usize,
     pub chunk_size: u64,
+    /// `--min-rate`: bytes per second each blob read must keep up.
+    pub min_rate: u64,
     /// Hosts tried before the registry (`--mirror REGISTRY=URL`).
     pub mirrors: Vec<Mirror>,
     pub limits: modelpack_operator::cache::Limits,
@@ -375,6 +388,7 @@ impl PullCommand {
             limits: self.tuning.limits,
             keep: self.keep.clone(),
             cache_limit: self.tuning.cache_limit,
+            min_rate: Some(self.tuning.min_rate),
         };
         let progress = Arc::new(Progress::default());
         let reporter = tokio::spawn(report_progress(progress.clone()));
@@ -391,7 +405,7 @@ impl PullCommand {
 pub fn one_line(e: &anyhow::Error) -> String {
     const MAX_CHARS: usize = 900;
     let text = modelpack_operator::chain::one_line(e.as_ref());
-    let mut line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_CHARS).collect();
+    let mut line: String = printable(&text).chars().take(MAX_CHARS).collect();
     if text.chars().nth(MAX_CHARS).is_some() {
         line.push('…');
     }

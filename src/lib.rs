@@ -8,5 +8,6 @@ pub mod chain;
 pub mod controller;
 pub mod modelpack;
 pub mod policy;
+pub mod printable;
 pub mod registry;
 pub mod verify;

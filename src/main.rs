@@ -188,6 +188,11 @@ struct PullArgs {
     /// range (0: every blob in one request).
     #[arg(long, value_name = "BYTES", default_value_t = modelpack_operator::cache::DEFAULT_CHUNK_SIZE)]
     chunk_size: u64,
+    /// Bytes per second every blob read (each range of a big blob) must keep up: each 60 s window
+    /// (the registry timeout) must bring 60× this many bytes, or the rest of the read, or the read
+    /// is cut off (a registry that drips). A read of N bytes thus lasts at most N / this + 60 s.
+    #[arg(long, value_name = "BYTES", default_value_t = modelpack_operator::cache::DEFAULT_MIN_RATE)]
+    min_rate: u64,
     /// Fetch from URL (`http://` or `https://`, a pull-through cache or a P2P peer proxy) before
     /// REGISTRY itself; repeatable, tried in order. What a mirror sends is verified like the
     /// registry's; credentials go to it only when the docker config names its host.
@@ -290,6 +295,7 @@ fn main() -> ExitCode {
                 cli::PullTuning {
                     concurrency: args.concurrency,
                     chunk_size: args.chunk_size,
+                    min_rate: args.min_rate,
                     mirrors: args.mirror,
                     limits: modelpack_operator::cache::Limits {
                         extract_bytes: args.extract_limit,
@@ -309,7 +315,7 @@ fn main() -> ExitCode {
                     Err(e) => fail(&e),
                 },
                 Err(e) => {
-                    eprintln!("error: {}", modelpack_operator::chain::one_line(e.as_ref()).replace('\n', " "));
+                    eprintln!("error: {}", cli::one_line(&e));
                     ExitCode::from(2)
                 }
             }

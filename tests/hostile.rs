@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams};
@@ -14,6 +13,7 @@ use modelpack_operator::registry::{self, Options, RefSpec, Registry, Repository}
 use serde_json::{Value, json};
 use support::fixtures::{ModelFiles, cncf_config, oras_push_cncf};
 use support::hostile::{Endless, Hostile, REPO, TAG, endless_digest};
+use support::measure::run_measured;
 use support::{Bed, Operator, eventually, install_crds, namespace, unique_suffix};
 
 /// What the CLI costs: well under this, while the hostile answer is 300 MB.
@@ -22,36 +22,6 @@ const MAX_PEAK_RSS: u64 = 64 << 20;
 /// sockets' buffers.
 const MAX_SENT: usize = 32 << 20;
 const MAX_SECONDS: u64 = 30;
-
-struct Run {
-    code: i32,
-    stderr: String,
-    peak_rss: u64,
-    elapsed: Duration,
-}
-
-/// Runs the operator binary and reaps it with wait4, whose rusage is this child's own peak RSS.
-#[allow(clippy::zombie_processes, reason = "reaped by wait4, which std's wait cannot replace")]
-fn run_measured(args: &[&str]) -> Run {
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_modelpack-operator"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running the operator");
-    let mut pipe = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut pipe, &mut text).unwrap();
-        text
-    });
-    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
-    let pid = child.id() as libc::pid_t;
-    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid, "wait4");
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
-    Run { code, stderr: reader.join().unwrap(), peak_rss: usage.ru_maxrss as u64 * 1024, elapsed: started.elapsed() }
-}
 
 /// One clear line, bounded time and memory; returns the line.
 fn refused(what: &str, args: &[&str]) -> String {

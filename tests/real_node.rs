@@ -46,6 +46,9 @@ fn kubectl(args: &[&str]) -> String {
 /// The operator release: its namespace (where its Jobs run), the namespace it watches, and the
 /// node cache directory on the real node (a real path: a hostPath is not mapped there).
 struct Release {
+    /// The release's name (cluster-scoped objects are named after it, so it must not be the
+    /// chart test's).
+    name: String,
     namespace: String,
     watched: String,
     cache: PathBuf,
@@ -56,6 +59,7 @@ fn release() -> &'static Release {
     RELEASE.get_or_init(|| {
         let bed = Bed::get();
         let suffix = unique_suffix();
+        let name = format!("real-{suffix}");
         let namespace = format!("real-op-{suffix}");
         let watched = format!("real-{suffix}");
         let cache = bed.state.join("realnode/cache").join(&suffix);
@@ -73,14 +77,14 @@ fn release() -> &'static Release {
             format!("nodeSelector.kubernetes\\.io/hostname={}", real_node()),
             "logFormat=json".to_owned(),
         ];
-        let mut args =
-            vec!["--kubeconfig", &kubeconfig, "install", "modelpack-operator", CHART, "--namespace", &namespace];
-        args.extend(["--create-namespace", "--wait", "--timeout", "180s"]);
+        // The chart creates its namespace (labelled for Pod Security), so no --create-namespace.
+        let mut args = vec!["--kubeconfig", &kubeconfig, "install", &name, CHART, "--namespace", &namespace];
+        args.extend(["--wait", "--timeout", "180s"]);
         for s in &sets {
             args.extend(["--set", s.as_str()]);
         }
         run_tool(&bed.tool("helm"), &args, &[], None);
-        Release { namespace, watched, cache }
+        Release { name, namespace, watched, cache }
     })
 }
 
@@ -196,7 +200,8 @@ async fn the_chart_runs_the_operator_on_the_real_node() {
     install_crds(&client).await;
     let release = release();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
-    let list = pods.list(&ListParams::default().labels("app.kubernetes.io/name=modelpack-operator")).await.unwrap();
+    let selector = format!("app.kubernetes.io/name=modelpack-operator,app.kubernetes.io/instance={}", release.name);
+    let list = pods.list(&ListParams::default().labels(&selector)).await.unwrap();
     let pod = list.items.first().expect("the operator pod");
     let name = pod.metadata.name.clone().unwrap();
     let status = pod.status.as_ref().unwrap();

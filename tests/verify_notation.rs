@@ -8,10 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
-use support::notary::{Chain, KeyType, Notation, attach_envelope, policy};
+use support::notary::{Chain, KeyType, Notation, attach_envelope, crafted_jws, policy};
 use support::{Bed, Registry, craft, operator, unique_suffix};
 
 /// A distinguished name's attributes, in any order.
@@ -177,44 +175,6 @@ async fn levels_decide_what_an_untrusted_signature_gets_as_notation_does() {
             assert!(out["warnings"].to_string().contains("authenticity"), "{out}");
         }
     }
-}
-
-/// A JWS made here with the leaf key, so that its protected header can say what `notation sign`
-/// never says.
-fn crafted_jws(chain: &Chain, target: &Value, extra_critical: Option<&str>) -> Vec<u8> {
-    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-    let mut protected = json!({
-        "alg": "ES256",
-        "crit": ["io.cncf.notary.signingScheme"],
-        "cty": "application/vnd.cncf.notary.payload.v1+json",
-        "io.cncf.notary.signingScheme": "notary.x509",
-        "io.cncf.notary.signingTime": jiff::Timestamp::now().to_string(),
-    });
-    if let Some(name) = extra_critical {
-        protected["crit"].as_array_mut().unwrap().push(json!(name));
-        protected[name] = json!("must be understood");
-    }
-    let protected = URL_SAFE_NO_PAD.encode(protected.to_string());
-    let payload = URL_SAFE_NO_PAD.encode(json!({"targetArtifact": target}).to_string());
-    let key_der = pem_body(&chain.leaf_key_pem);
-    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key_der).unwrap();
-    let signature =
-        key.sign(&aws_lc_rs::rand::SystemRandom::new(), format!("{protected}.{payload}").as_bytes()).unwrap();
-    let x5c: Vec<String> = chain
-        .chain_pem
-        .split_inclusive("-----END CERTIFICATE-----")
-        .map(|c| STANDARD.encode(pem_body(c)))
-        .filter(|c| !c.is_empty())
-        .collect();
-    json!({"payload": payload, "protected": protected, "header": {"x5c": x5c, "io.cncf.notary.signingAgent": "e2e"},
-        "signature": URL_SAFE_NO_PAD.encode(signature.as_ref())})
-    .to_string()
-    .into_bytes()
-}
-
-fn pem_body(pem: &str) -> Vec<u8> {
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----") && !l.trim().is_empty()).collect();
-    STANDARD.decode(body).unwrap()
 }
 
 #[tokio::test]

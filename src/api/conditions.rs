@@ -60,6 +60,9 @@ reasons! {
     #[allow(clippy::upper_case_acronyms)]
     InvalidCA,
     InvalidTokenRealm,
+    /// The registry, a redirect or a name's DNS answer pointed at a link-local or cloud metadata
+    /// address; nothing was sent there.
+    ForbiddenAddress,
     InvalidReference,
     SecretNotFound,
     ServiceAccountNotFound,

@@ -22,6 +22,7 @@ mod layout;
 mod link;
 mod materialise;
 mod outcome;
+mod pace;
 mod pull;
 mod ranged;
 mod records;
@@ -44,6 +45,7 @@ pub use materialise::{
     COMPLETE, DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, remove_tree,
 };
 pub use outcome::{FailureReason, GcOutcome, PullOutcome, ScrubOutcome, TERMINATION_MESSAGE_LIMIT};
+pub use pace::DEFAULT_MIN_RATE;
 pub use pull::{Endpoint, Progress, PullOptions, pull};
 pub use ranged::DEFAULT_CHUNK_SIZE;
 pub use scrub::{RemovedModel, ScrubReport, scrub};
@@ -85,8 +87,10 @@ pub enum Error {
     LayerNotInRepository { layer: String, repository: String, reason: String },
     #[error("blob {digest}: download failed: {reason}")]
     Download { digest: String, reason: String },
-    #[error("blob {digest}: no data for {after:?}")]
-    Stalled { digest: String, after: Duration },
+    #[error(
+        "blob {digest}: {received} bytes in the last {window:?}, under the minimum of {min_rate} bytes/s (pull --min-rate); cut off"
+    )]
+    TooSlow { digest: String, received: u64, window: Duration, min_rate: u64 },
     #[error(transparent)]
     Registry(#[from] crate::registry::Error),
     #[error(transparent)]

@@ -96,7 +96,8 @@ impl PullOutcome {
 /// shrink any more).
 fn bounded<T: Serialize>(mut value: T, mut shrink: impl FnMut(&mut T) -> bool) -> String {
     loop {
-        let json = serde_json::to_string(&value).unwrap_or_default();
+        // Read on a terminal too (`kubectl describe`, the pull's output): nothing in it acts on one.
+        let json = crate::printable::printable_json(&serde_json::to_string(&value).unwrap_or_default());
         if json.len() <= TERMINATION_MESSAGE_LIMIT || !shrink(&mut value) {
             return json;
         }

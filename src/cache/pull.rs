@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use super::budget::{self, CacheLimit, LayerNeed};
@@ -15,6 +14,7 @@ use super::gc;
 use super::layout::Lock;
 use super::materialise::{COMPLETE, Limits, default_extract_limit, materialise};
 use super::outcome::PullOutcome;
+use super::pace::{DEFAULT_MIN_RATE, Pace, next_chunk};
 use super::scrub::{RemovedModel, check_before_reuse};
 use super::store::{Ingest, Store, digest_hex};
 use super::{Error, link, ranged};
@@ -39,6 +39,9 @@ pub struct PullOptions {
     /// Hosts to fetch the manifest, config and layers from before the registry itself, in order
     /// (see [`crate::registry::Mirror`]). What they send is verified like the registry's.
     pub mirrors: Vec<Endpoint>,
+    /// Bytes per second every blob read must keep up over each registry-timeout window (`None`:
+    /// [`DEFAULT_MIN_RATE`]; see [`super::pace`]).
+    pub min_rate: Option<u64>,
 }
 
 /// A host serving the repository's content: a mirror, or the registry itself.
@@ -285,6 +288,7 @@ async fn fetch_layers(
             let Some((digest, size)) = pending.next() else { break };
             let (registry, repo, store, progress) = (registry.clone(), repo.clone(), store.clone(), progress.clone());
             let (permits, chunk, mirrors) = (permits.clone(), chunk_size, options.mirrors.clone());
+            let min_rate = options.min_rate.unwrap_or(DEFAULT_MIN_RATE);
             running.spawn(async move {
                 let origin = repo.to_string();
                 for mirror in &mirrors {
@@ -294,6 +298,7 @@ async fn fetch_layers(
                         origin: &origin,
                         permits: &permits,
                         concurrency,
+                        min_rate,
                     };
                     match fetch_blob(&source, &store, &digest, size, chunk, &progress).await {
                         Ok(fetched) => return Ok(fetched),
@@ -304,8 +309,14 @@ async fn fetch_layers(
                         }
                     }
                 }
-                let source =
-                    Source { registry: &registry, repo: &repo, origin: &origin, permits: &permits, concurrency };
+                let source = Source {
+                    registry: &registry,
+                    repo: &repo,
+                    origin: &origin,
+                    permits: &permits,
+                    concurrency,
+                    min_rate,
+                };
                 fetch_blob(&source, &store, &digest, size, chunk, &progress).await
             });
         }
@@ -333,6 +344,8 @@ struct Source<'a> {
     origin: &'a str,
     permits: &'a Arc<Semaphore>,
     concurrency: usize,
+    /// Bytes per second each read must keep up ([`super::pace`]).
+    min_rate: u64,
 }
 
 async fn fetch_blob(
@@ -356,7 +369,9 @@ async fn fetch_blob(
         return Ok(0);
     };
     if chunk > 0 && size > chunk {
-        let target = ranged::Target { registry, repo, digest, ingest: &ingest, progress, permits: source.permits };
+        let permits = source.permits;
+        let target =
+            ranged::Target { registry, repo, digest, ingest: &ingest, progress, permits, min_rate: source.min_rate };
         match ranged::fetch(&target, ranged::plan(size, chunk), source.concurrency).await? {
             ranged::Fetched::Complete(fetched, hasher, hashed) => {
                 blocking(move || {
@@ -388,7 +403,8 @@ async fn fetch_blob(
         progress.done.fetch_sub(resumed_at, Ordering::Relaxed);
     }
     let start = ingest.offset();
-    let received = receive(registry, digest, stream.chunks, &mut ingest, progress).await;
+    let pace = Pace::new(registry.timeout(), source.min_rate, size.saturating_sub(ingest.offset()), Instant::now());
+    let received = receive(pace, digest, stream.chunks, &mut ingest, progress).await;
     let written = ingest.offset();
     if written < size {
         // Cut short: the partial ingest stays in tmp/ and the next pull resumes it. An error from
@@ -408,18 +424,13 @@ async fn fetch_blob(
 /// worker: a pull runs nothing latency-sensitive beside its downloads, and handing each chunk to a
 /// writer thread cost a fifth more CPU and a third more wall time in `e2e/bench/pull`.
 async fn receive(
-    registry: &Registry,
+    mut pace: Pace,
     digest: &str,
     mut chunks: futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
     ingest: &mut Ingest,
     progress: &Progress,
 ) -> Result<(), Error> {
-    let timeout = registry.timeout();
-    while let Some(chunk) = tokio::time::timeout(timeout, chunks.next())
-        .await
-        .map_err(|_| Error::Stalled { digest: digest.to_owned(), after: timeout })?
-    {
-        let chunk = chunk.map_err(|e| Error::Download { digest: digest.to_owned(), reason: e.to_string() })?;
+    while let Some(chunk) = next_chunk(&mut chunks, &mut pace, digest).await? {
         ingest.write(&chunk)?;
         progress.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }

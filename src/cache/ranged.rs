@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use super::Error;
+use super::pace::{Pace, next_chunk};
 use super::pull::Progress;
 use super::store::Ingest;
 use crate::registry::{Registry, Repository};
@@ -47,6 +48,8 @@ pub struct Target<'a> {
     pub ingest: &'a Ingest,
     pub progress: &'a Progress,
     pub permits: &'a Arc<Semaphore>,
+    /// Bytes per second each range's read must keep up ([`super::pace`]).
+    pub min_rate: u64,
 }
 
 /// Fetches the ranges of `plan` the ingest does not hold yet, `parallel` at a time at most.
@@ -138,14 +141,11 @@ async fn fetch_range(
     let Some(stream) = target.registry.blob_range(target.repo, digest, first, last).await? else {
         return Ok(None);
     };
-    let (len, timeout) = (last - first + 1, target.registry.timeout());
+    let len = last - first + 1;
+    let mut pace = Pace::new(target.registry.timeout(), target.min_rate, len, std::time::Instant::now());
     let mut chunks = stream.chunks;
     let mut at = 0u64;
-    while let Some(chunk) = tokio::time::timeout(timeout, chunks.next())
-        .await
-        .map_err(|_| Error::Stalled { digest: digest.to_owned(), after: timeout })?
-    {
-        let chunk = chunk.map_err(|e| Error::Download { digest: digest.to_owned(), reason: e.to_string() })?;
+    while let Some(chunk) = next_chunk(&mut chunks, &mut pace, digest).await? {
         if at + chunk.len() as u64 > len {
             let reason = format!("the registry sent more than the {len} bytes of range {first}-{last}");
             return Err(Error::Download { digest: digest.to_owned(), reason });

@@ -60,7 +60,7 @@ pub async fn run(
     }
     if json_output {
         let report = CheckReport { digest: &resolution.digest, results: &results };
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", modelpack_operator::printable::printable_json(&serde_json::to_string_pretty(&report)?));
     } else {
         print!("{}", text(&repo, &resolution.digest, policies, &results));
     }
@@ -76,7 +76,7 @@ fn text(repo: &Repository, digest: &str, policies: &[CompiledPolicy], results: &
             PolicyAction::Enforce => "FAIL",
             PolicyAction::Audit => "AUDIT",
         };
-        let message: String = r.message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let message = modelpack_operator::printable::printable(&r.message);
         s.push_str(&format!("{label} {}/{}: {message}\n", r.policy, r.rule));
     }
     let passed = results.iter().filter(|r| r.passed).count();

@@ -58,7 +58,7 @@ fn auth_params(text: &str) -> Vec<(String, String)> {
 /// them), and only http(s) URLs are fetched.
 pub(super) fn check_realm(realm: &str, registry_over_tls: bool) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(realm).map_err(|e| format!("token realm is not a URL ({e})"))?;
-    if is_metadata_endpoint(&url) {
+    if super::address::is_forbidden_url(&url) {
         return Err("token realm is a link-local or cloud metadata address; refused".into());
     }
     match url.scheme() {
@@ -66,22 +66,6 @@ pub(super) fn check_realm(realm: &str, registry_over_tls: bool) -> Result<reqwes
         "http" if !registry_over_tls => Ok(url),
         "http" => Err("token realm downgrades https to http; refused".into()),
         other => Err(format!("token realm has scheme {other:?}; only http(s) is fetched")),
-    }
-}
-
-/// Link-local addresses (169.254.0.0/16, fe80::/10) and the cloud metadata names: where a node's
-/// cloud credentials live. No registry's token service or blob storage is there, so a registry
-/// that sends the operator (or a pull Job, on the node's network) there is attacking it.
-pub(super) fn is_metadata_endpoint(url: &reqwest::Url) -> bool {
-    let Some(host) = url.host_str() else { return false };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => ip.is_link_local(),
-        Ok(std::net::IpAddr::V6(ip)) => (ip.segments()[0] & 0xffc0) == 0xfe80,
-        Err(_) => {
-            let name = host.trim_end_matches('.').to_ascii_lowercase();
-            name == "metadata" || name == "metadata.google.internal" || name.ends_with(".metadata.google.internal")
-        }
     }
 }
 
@@ -97,6 +81,9 @@ mod tests {
             "http://[fe80::1]/token",
             "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token",
             "http://METADATA.GOOGLE.INTERNAL./x",
+            "http://[::ffff:169.254.169.254]/token",
+            "http://[fd00:ec2::254]/latest/api/token",
+            "http://100.100.100.200/latest/meta-data/",
         ] {
             assert!(check_realm(bad, false).is_err(), "{bad}");
         }

@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use super::http::{expect_success, read_capped};
 use super::{
-    ACCEPTED_MANIFESTS, BlobStream, Error, MAX_MANIFEST_BYTES, MAX_TAG_PAGE_BYTES, Referrer, Registry, Repository,
-    sha256_digest, verify_digest,
+    ACCEPTED_MANIFESTS, BlobStream, Error, MAX_MANIFEST_BYTES, MAX_TAG_PAGE_BYTES, Registry, Repository, sha256_digest,
+    verify_digest,
 };
 
 impl Registry {
@@ -78,46 +78,6 @@ impl Registry {
         }
         let fetched = self.manifest_for_tag(repo, tag, ACCEPTED_MANIFESTS).await?;
         fetched.map(|(_, digest)| digest).ok_or(Error::NotFound { what })
-    }
-
-    /// Manifests that refer to `repo@digest` (their `subject`), through the referrers API or, where
-    /// the registry lacks it (a 404), the `sha256-<hex>` tag schema. Unfiltered: legacy referrers
-    /// carry their type only in their config media type. One page (at most 4 MiB) is read.
-    pub async fn referrers(&self, repo: &Repository, digest: &str) -> Result<Vec<Referrer>, Error> {
-        let what = format!("referrers of {repo}@{digest}");
-        let accept = [crate::modelpack::OCI_INDEX];
-        let answered = self
-            .bounded(&repo.registry, async {
-                let response =
-                    self.transport.send(Method::GET, repo, &format!("referrers/{digest}"), &accept, None).await?;
-                if response.status() == StatusCode::NOT_FOUND {
-                    return Ok(None);
-                }
-                let response = expect_success(response, &repo.registry, &what).await?;
-                Ok(Some(read_capped(response, MAX_MANIFEST_BYTES, &what, &repo.registry).await?))
-            })
-            .await?;
-        let index = match answered {
-            Some(bytes) => bytes,
-            None => match self.manifest_for_tag(repo, &digest.replace(':', "-"), &accept).await? {
-                Some((bytes, _)) => bytes,
-                None => return Ok(Vec::new()),
-            },
-        };
-        let index: Index = serde_json::from_slice(&index).map_err(|e| Error::Protocol {
-            registry: repo.registry.clone(),
-            detail: format!("{what}: not an image index ({})", super::clip(&e.to_string())),
-        })?;
-        Ok(index
-            .manifests
-            .into_iter()
-            .map(|m| Referrer {
-                digest: m.digest,
-                media_type: m.media_type,
-                artifact_type: m.artifact_type,
-                annotations: m.annotations,
-            })
-            .collect())
     }
 
     /// One page of the tag list after `last`; tags that are not valid tag names are dropped (they
@@ -261,23 +221,6 @@ pub(super) fn is_tag(tag: &str) -> bool {
 #[derive(Deserialize)]
 struct TagList {
     tags: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-struct Index {
-    #[serde(default)]
-    manifests: Vec<IndexEntry>,
-}
-
-#[derive(Deserialize)]
-struct IndexEntry {
-    digest: String,
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    #[serde(rename = "artifactType")]
-    artifact_type: Option<String>,
-    #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[cfg(test)]

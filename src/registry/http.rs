@@ -10,6 +10,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, RANGE, WWW_AUTHENTICAT
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 
+use super::address::{self, Forbidden, Lookup};
 use super::challenge::{self, Challenge};
 use super::{Credential, Error, Options, Repository, clip};
 
@@ -41,7 +42,19 @@ impl Transport {
         credential: Option<&Credential>,
         timeout: Duration,
     ) -> Result<Transport, Error> {
+        Transport::with_lookup(options, credential, timeout, Arc::new(address::System))
+    }
+
+    /// The same, resolving names with `lookup` (tests resolve their own names). Every address a
+    /// name resolves to is judged when the client connects ([`address::Resolver`]).
+    pub(super) fn with_lookup(
+        options: &Options,
+        credential: Option<&Credential>,
+        timeout: Duration,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<Transport, Error> {
         let mut builder = reqwest::Client::builder()
+            .dns_resolver(address::Resolver(lookup))
             .user_agent(concat!("modelpack-operator/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .read_timeout(timeout)
@@ -50,8 +63,9 @@ impl Transport {
                     attempt.error("more than 10 redirects")
                 } else if attempt.url().scheme() == "http" && attempt.previous().iter().any(|u| u.scheme() == "https") {
                     attempt.error("a redirect downgrades https to http; refused")
-                } else if challenge::is_metadata_endpoint(attempt.url()) {
-                    attempt.error("a redirect to a link-local or cloud metadata address; refused")
+                } else if address::is_forbidden_url(attempt.url()) {
+                    let what = format!("redirect target {}", attempt.url().host_str().unwrap_or_default());
+                    attempt.error(Forbidden { what })
                 } else {
                     attempt.follow()
                 }
@@ -80,10 +94,18 @@ impl Transport {
     ) -> Result<Response, Error> {
         let scheme = if self.over_tls { "https" } else { "http" };
         let url = format!("{scheme}://{}/v2/{}/{path}", api_host(&repo.registry), repo.repository);
+        let url = reqwest::Url::parse(&url).map_err(|e| Error::InvalidReference {
+            reference: repo.to_string(),
+            reason: format!("not a URL host ({e})"),
+        })?;
+        if address::is_forbidden_url(&url) {
+            let detail = Forbidden { what: format!("host {}", url.host_str().unwrap_or_default()) }.to_string();
+            return Err(Error::ForbiddenAddress { registry: repo.registry.clone(), detail });
+        }
         let scope = format!("repository:{}:pull", repo.repository);
         let mut retried = false;
         loop {
-            let mut request = self.client.request(method.clone(), &url);
+            let mut request = self.client.request(method.clone(), url.clone());
             if !accept.is_empty() {
                 request = request.header(ACCEPT, accept.join(", "));
             }
@@ -210,10 +232,15 @@ fn api_host(registry: &str) -> &str {
     if registry == "docker.io" { "registry-1.docker.io" } else { registry }
 }
 
+/// What a failed request means; a refused address (a redirect target, what a name resolved to)
+/// is said as such, whatever layer of the client it surfaced in.
 fn transport_error(registry: &str, e: &reqwest::Error) -> Error {
     let mut detail = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
+        if let Some(forbidden) = s.downcast_ref::<Forbidden>() {
+            return Error::ForbiddenAddress { registry: registry.to_owned(), detail: clip(&forbidden.to_string()) };
+        }
         detail = format!("{detail}: {s}");
         source = s.source();
     }

@@ -3,6 +3,7 @@
 //! reqwest: every body is read with a cap while it streams, see [`http`]); one [`Registry`] per
 //! credential set.
 
+mod address;
 mod challenge;
 mod credentials;
 mod fetch;
@@ -10,6 +11,7 @@ mod http;
 mod inspect;
 mod mirror;
 mod reference;
+mod referrers;
 mod resolve;
 mod semver_range;
 
@@ -20,6 +22,7 @@ use sha2::{Digest, Sha256};
 pub use credentials::{Credential, Keyring};
 pub use inspect::{Inspection, MAX_CONFIG_BYTES, inspect};
 pub use mirror::Mirror;
+pub use referrers::{MAX_REFERRER_PAGES, TypedReferrers};
 pub use resolve::{RefSpec, Resolution};
 pub use semver_range::SemverRange;
 
@@ -57,6 +60,10 @@ pub enum Error {
     TokenRealm { registry: String, realm: String, detail: String },
     #[error("registry {registry}: {detail}")]
     Protocol { registry: String, detail: String },
+    /// A request would have gone to a link-local or cloud metadata address (the registry's own
+    /// host, a redirect target or what a name resolved to): refused before connecting.
+    #[error("registry {registry}: {detail}")]
+    ForbiddenAddress { registry: String, detail: String },
     #[error(transparent)]
     ModelPack(#[from] crate::modelpack::Error),
 }
@@ -185,11 +192,12 @@ pub const MAX_TAG_PAGE_BYTES: usize = 4 << 20;
 pub const MAX_DETAIL_CHARS: usize = 300;
 
 /// Registry-supplied text made safe for one line of status or a terminal: control characters
-/// (newlines, escape sequences) and runs of white space become one space, and the text is cut to
+/// (newlines, escape sequences), bidirectional overrides ([`crate::printable`]) and runs of white space become one space, and the text is cut to
 /// [`MAX_DETAIL_CHARS`] (an ellipsis says so).
 pub fn clip(text: &str) -> String {
     let mut out = String::new();
-    let mut words = text.split(|c: char| c.is_whitespace() || c.is_control()).filter(|w| !w.is_empty());
+    let mut words =
+        text.split(|c: char| c.is_whitespace() || crate::printable::is_unprintable(c)).filter(|w| !w.is_empty());
     let mut chars = 0;
     for word in words.by_ref() {
         let separated = if out.is_empty() { 0 } else { 1 };

@@ -92,7 +92,7 @@ impl Hostile {
     }
 }
 
-fn artifact() -> Artifact {
+pub fn artifact() -> Artifact {
     let weights = b"hostile weights".to_vec();
     let config =
         json!({"descriptor": {"name": "hostile"}, "modelfs": {"type": "layers", "diffIds": [sha256(&weights)]}});

@@ -8,8 +8,11 @@ pub mod craft;
 pub mod fixtures;
 pub mod hostile;
 pub mod kstatus;
+pub mod measure;
 pub mod notary;
 pub mod proxy;
+pub mod served;
+pub mod signed;
 pub mod static_registry;
 
 use std::path::{Path, PathBuf};

@@ -60,6 +60,7 @@ fn registry_failure(
         R::Credentials { .. } => shown(Reason::InvalidSecret, true, every),
         R::InvalidCa(_) => shown(Reason::InvalidCA, true, every),
         R::TokenRealm { .. } => shown(Reason::InvalidTokenRealm, true, every),
+        R::ForbiddenAddress { .. } => shown(Reason::ForbiddenAddress, true, every),
         R::InvalidReference { .. } | R::InvalidSemver { .. } | R::InvalidFilter { .. } | R::InvalidMirror { .. } => {
             shown(Reason::InvalidReference, true, every)
         }
@@ -95,6 +96,9 @@ mod tests {
         let realm = registry::Error::TokenRealm { registry: "r".into(), realm: "http://a".into(), detail: "x".into() };
         let f = failure(&Error::Registry(realm), None, every);
         assert_eq!((f.reason, f.stalled), (Reason::InvalidTokenRealm, true));
+        let forbidden = registry::Error::ForbiddenAddress { registry: "r".into(), detail: "x".into() };
+        let f = failure(&Error::Registry(forbidden), None, every);
+        assert_eq!((f.reason, f.stalled), (Reason::ForbiddenAddress, true));
         let f = failure(&Error::SecretNotFound { name: "ml/creds".into() }, None, every);
         assert_eq!((f.reason, f.requeue), (Reason::SecretNotFound, every));
     }

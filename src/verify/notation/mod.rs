@@ -50,7 +50,9 @@ pub mod fuzzing {
 pub const SIGNATURE_ARTIFACT: &str = "application/vnd.cncf.notary.signature";
 const JWS: &str = "application/jose+json";
 const COSE: &str = "application/cose";
-const MAX_SIGNATURES: usize = 16;
+/// Most signatures looked at per digest (and as many referrers that state no type): referrers of
+/// other types (SBOMs, attestations) never count.
+const MAX_SIGNATURES: usize = 32;
 const MAX_ENVELOPE: usize = 256 << 10;
 
 /// Trust stores by (type, name): `ca`, `signingAuthority` or `tsa`.
@@ -156,12 +158,9 @@ pub async fn verify(
             enforced: false,
         });
     }
+    let listed = registry.referrers_of_type(repo, target.digest, SIGNATURE_ARTIFACT, MAX_SIGNATURES).await?;
     let mut last = None;
-    let mut found = 0;
-    for referrer in registry.referrers(repo, target.digest).await?.into_iter().take(64) {
-        if referrer.artifact_type.as_deref().is_some_and(|t| t != SIGNATURE_ARTIFACT) {
-            continue;
-        }
+    for referrer in listed.referrers {
         let bytes = registry.manifest(repo, &referrer.digest).await?;
         let Ok(manifest) = serde_json::from_slice::<SignatureManifest>(&bytes) else { continue };
         let is_signature = manifest.artifact_type.as_deref() == Some(SIGNATURE_ARTIFACT)
@@ -170,10 +169,6 @@ pub async fn verify(
             continue;
         }
         let Some(layer) = manifest.layers.first() else { continue };
-        found += 1;
-        if found > MAX_SIGNATURES {
-            break;
-        }
         let blob = registry.small_blob(repo, &layer.digest, MAX_ENVELOPE).await?;
         match verify_signature(&layer.media_type, &blob, target, policy, stores, now) {
             Ok(mut verification) => {
@@ -182,6 +177,18 @@ pub async fn verify(
             }
             Err(e) => last = Some(e),
         }
+    }
+    if listed.incomplete {
+        // Nothing verified among what was read, and a signature may be in what was not: nothing
+        // is decided (the controller keeps its previous verdict), rather than "unsigned".
+        return Err(Error::Registry(crate::registry::Error::Protocol {
+            registry: repo.registry.clone(),
+            detail: format!(
+                "referrers of {repo}@{}: more than {} pages or {MAX_SIGNATURES} signatures, none of those read verifies",
+                target.digest,
+                crate::registry::MAX_REFERRER_PAGES
+            ),
+        }));
     }
     Err(last.unwrap_or_else(|| {
         Error::rejected(Rejection::NoSignature, format!("no Notary Project signature for {}", target.digest))
