@@ -220,7 +220,7 @@ async fn a_model_file_changed_through_its_hard_link_is_caught() {
     let layers = vec![
         raw(weights.clone(), "w.bin"),
         craft::Blob::new("application/vnd.cncf.model.weight.config.v1.tar", tar)
-            .annotate("org.cncf.model.filepath", "tok"),
+            .annotate("org.cncf.model.filepath", "tok/"),
     ];
     let repo = format!("cache/hardlink-{}", unique_suffix());
     let digest = craft::push(&bed.plain, &repo, "v1", &artifact(layers)).await;

@@ -44,14 +44,15 @@ fn registry(repo: &str, manifest: Vec<u8>, blobs: Vec<Vec<u8>>) -> String {
     host
 }
 
-/// A ModelPack of one `tar+gzip` layer (`annotations` added to its filepath), and its config.
-fn model(layer: &[u8], annotations: serde_json::Value) -> (Vec<u8>, Vec<u8>) {
+/// A ModelPack of one `tar+gzip` layer announcing `path` (`annotations` added to its filepath),
+/// and its config.
+fn model(layer: &[u8], path: &str, annotations: serde_json::Value) -> (Vec<u8>, Vec<u8>) {
     let config = serde_json::to_vec(
         &serde_json::json!({"descriptor": {"name": "bounds"}, "modelfs": {"type": "layers", "diffIds": []}}),
     )
     .unwrap();
     let mut annotations = annotations;
-    annotations["org.cncf.model.filepath"] = "weights".into();
+    annotations["org.cncf.model.filepath"] = path.into();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -109,12 +110,14 @@ fn a_pull_stops_at_the_budget_whatever_its_layers_declare() {
     let meta = r#"{"name":"w.bin","mode":420,"size":1,"typeflag":48}"#;
     // Both declare one file of 1 byte, so the preflight lets them through: the build must stop them.
     let declared = serde_json::json!({"org.cncf.model.file.metadata+json": meta});
+    // (The second announces the directory its files are in, as an archive of a directory must.)
+    let top = format!("{}/", "a".repeat(250));
     let cases = [
-        ("40 MiB in one file declared as 1 byte", lying, declared.clone(), "128Mi"),
-        ("6,000 files with a 25 MiB index declared as 1 byte", index, declared, "256Mi"),
+        ("40 MiB in one file declared as 1 byte", lying, "w.bin", declared.clone(), "128Mi"),
+        ("6,000 files with a 25 MiB index declared as 1 byte", index, top.as_str(), declared, "256Mi"),
     ];
-    for (shape, layer, annotations, roomy) in cases {
-        let (manifest, config) = model(&layer, annotations);
+    for (shape, layer, path, annotations, roomy) in cases {
+        let (manifest, config) = model(&layer, path, annotations);
         let host = registry("b/m", manifest.clone(), vec![config, layer]);
         let reference = format!("{host}/b/m@{}", sha256(&manifest));
         for (limit, fits) in [("16Mi", false), (roomy, true)] {

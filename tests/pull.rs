@@ -98,10 +98,11 @@ async fn every_layer_format_round_trips_byte_exact() {
     let a = artifact(
         vec![
             cncf_layer("weight.v1.raw", weights.clone(), "weights/model.safetensors"),
-            cncf_layer("weight.config.v1.tar", plain_tar.clone(), "tok"),
-            cncf_layer("code.v1.tar+gzip", gzip(&code_tar), "src"),
-            cncf_layer("doc.v1.tar", docs_tar, "docs"),
-            cncf_layer("dataset.v1.tar+zstd", zstd_tar, "data"),
+            // Archives of directories, announced as such (a trailing '/').
+            cncf_layer("weight.config.v1.tar", plain_tar.clone(), "tok/"),
+            cncf_layer("code.v1.tar+gzip", gzip(&code_tar), "src/"),
+            cncf_layer("doc.v1.tar", docs_tar, "docs/"),
+            cncf_layer("dataset.v1.tar+zstd", zstd_tar, "data/"),
             cncf_layer("weight.v1.gguf", b"gguf-bytes".to_vec(), "model.gguf"),
         ],
         diff_ids,
@@ -265,39 +266,41 @@ async fn malicious_archives_are_refused_with_the_entry_named() {
         out
     };
     let abs = escape_target.to_str().unwrap().to_owned();
+    // Each inside the directory its layer announces (`payload/`), so that what is refused is the
+    // entry itself, not that it was not announced.
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("absolute", archive(vec![header(&abs, tar::EntryType::Regular, 0o644, None)]), "absolute"),
-        ("dotdot", archive(vec![header("a/../../x", tar::EntryType::Regular, 0o644, None)]), "'..'"),
+        ("dotdot", archive(vec![header("payload/a/../../x", tar::EntryType::Regular, 0o644, None)]), "'..'"),
         (
             "symlink-out",
-            archive(vec![header("link", tar::EntryType::Symlink, 0o777, Some("../../../etc"))]),
+            archive(vec![header("payload/link", tar::EntryType::Symlink, 0o777, Some("../../../etc"))]),
             "leaves the model directory",
         ),
         (
             "symlink-abs",
-            archive(vec![header("link", tar::EntryType::Symlink, 0o777, Some(&abs))]),
+            archive(vec![header("payload/link", tar::EntryType::Symlink, 0o777, Some(&abs))]),
             "leaves the model directory",
         ),
         (
             "write-through-symlink",
             archive(vec![
-                header("d", tar::EntryType::Symlink, 0o777, Some("e")),
-                header("d/f", tar::EntryType::Regular, 0o644, None),
+                header("payload/d", tar::EntryType::Symlink, 0o777, Some("e")),
+                header("payload/d/f", tar::EntryType::Regular, 0o644, None),
             ]),
-            "\"d\", a symlink",
+            "\"payload/d\", a symlink",
         ),
         (
             "hardlink-out",
-            archive(vec![header("h", tar::EntryType::Link, 0o644, Some("../../etc/passwd"))]),
+            archive(vec![header("payload/h", tar::EntryType::Link, 0o644, Some("../../etc/passwd"))]),
             "hard link",
         ),
-        ("device", archive(vec![header("dev", tar::EntryType::Char, 0o644, None)]), "unsupported entry type"),
-        ("fifo", archive(vec![header("fifo", tar::EntryType::Fifo, 0o644, None)]), "unsupported entry type"),
-        ("setuid", archive(vec![header("suid", tar::EntryType::Regular, 0o4755, None)]), "setuid"),
+        ("device", archive(vec![header("payload/dev", tar::EntryType::Char, 0o644, None)]), "unsupported entry type"),
+        ("fifo", archive(vec![header("payload/fifo", tar::EntryType::Fifo, 0o644, None)]), "unsupported entry type"),
+        ("setuid", archive(vec![header("payload/suid", tar::EntryType::Regular, 0o4755, None)]), "setuid"),
     ];
     for (name, tar_bytes, expected) in cases {
         let cache = tempfile::tempdir().unwrap();
-        let a = artifact(vec![cncf_layer("weight.v1.tar", tar_bytes, "payload")], vec![]);
+        let a = artifact(vec![cncf_layer("weight.v1.tar", tar_bytes, "payload/")], vec![]);
         let repo = format!("pull/evil-{name}-{}", unique_suffix());
         let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
         let err = pull(&bed.plain, &repo, &digest, cache.path(), &[]).expect_err(name);
@@ -326,7 +329,7 @@ async fn malicious_archives_are_refused_with_the_entry_named() {
     let zeros = vec![0u8; 30 << 20];
     let bomb = gzip(&tar_of(&[("big.bin", &zeros)]));
     assert!(bomb.len() < 1 << 20, "compresses well");
-    let a = artifact(vec![cncf_layer("weight.v1.tar+gzip", bomb, "big")], vec![]);
+    let a = artifact(vec![cncf_layer("weight.v1.tar+gzip", bomb, "big.bin")], vec![]);
     let repo = format!("pull/bomb-{}", unique_suffix());
     let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
     let err = pull(&bed.plain, &repo, &digest, cache.path(), &["--extract-limit", "10485760"]).unwrap_err();
@@ -336,7 +339,7 @@ async fn malicious_archives_are_refused_with_the_entry_named() {
     // A wrong diffId.
     let cache = tempfile::tempdir().unwrap();
     let tar_bytes = tar_of(&[("x.bin", b"data")]);
-    let a = artifact(vec![cncf_layer("weight.v1.tar+gzip", gzip(&tar_bytes), "x")], vec![craft::sha256(b"other")]);
+    let a = artifact(vec![cncf_layer("weight.v1.tar+gzip", gzip(&tar_bytes), "x.bin")], vec![craft::sha256(b"other")]);
     let repo = format!("pull/diffid-{}", unique_suffix());
     let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
     let err = pull(&bed.plain, &repo, &digest, cache.path(), &[]).unwrap_err();

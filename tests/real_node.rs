@@ -132,7 +132,7 @@ async fn push_version(repo: &str, tag: &str, seed: u64, size: usize) -> (String,
     tar.append_data(&mut header, "tokenizer/vocab.json", vocab.as_slice()).unwrap();
     layers.push(
         craft::Blob::new("application/vnd.cncf.model.weight.v1.tar", tar.into_inner().unwrap())
-            .annotate("org.cncf.model.filepath", "tokenizer"),
+            .annotate("org.cncf.model.filepath", "tokenizer/"),
     );
     let mut all = files;
     all.push(("tokenizer/vocab.json".to_owned(), vocab));

@@ -210,67 +210,78 @@ fn protected(v: &Victim) -> BTreeMap<PathBuf, (String, u64, u64, String)> {
 async fn links_through_links_never_reach_outside_the_model() {
     let bed = Bed::get();
     let v = victim(bed).await;
-    let stolen = format!("t/blobs/sha256/{}", v.layer_hex);
-    let stolen_deep = format!("x/y/l/var/lib/modelpack/blobs/sha256/{}", v.layer_hex);
+    // Each inside the directory its layer announces (`p/`), so that what is refused is the entry
+    // itself, not that it was not announced; one `..` more where a chain means to leave.
+    let stolen = format!("p/t/blobs/sha256/{}", v.layer_hex);
+    let stolen_deep = format!("p/x/y/l/var/lib/modelpack/blobs/sha256/{}", v.layer_hex);
     // (name, entries, what the one error line must say)
     let cases: Vec<(&str, Vec<E>, &str)> = vec![
         (
             "issue-example",
             vec![
-                E::Dir("a/b/c"),
-                E::Sym("a/b/c/u", "../.."),
-                E::Sym("t", "a/b/c/u/../../.."),
-                E::Hard("stolen", &stolen),
+                E::Dir("p/a/b/c"),
+                E::Sym("p/a/b/c/u", "../.."),
+                E::Sym("p/t", "a/b/c/u/../../../.."),
+                E::Hard("p/stolen", &stolen),
             ],
             "not a regular file of this model",
         ),
         (
             "deeper-chain-to-the-scratch-root",
-            vec![E::Dir("x/y"), E::Sym("x/y/l", "../../../../../../.."), E::Hard("stolen", &stolen_deep)],
+            vec![E::Dir("p/x/y"), E::Sym("p/x/y/l", "../../../../../../../.."), E::Hard("p/stolen", &stolen_deep)],
             "not a regular file of this model",
         ),
         (
             "write-through-a-chain",
-            vec![E::Dir("a"), E::Sym("a/u", ".."), E::Sym("up", "a/u/../../../.."), E::File("up/pwned", b"x")],
-            "\"up\", a symlink",
+            vec![
+                E::Dir("p/a"),
+                E::Sym("p/a/u", ".."),
+                E::Sym("p/up", "a/u/../../../../.."),
+                E::File("p/up/pwned", b"x"),
+            ],
+            "\"p/up\", a symlink",
         ),
-        ("directory-through-a-symlink", vec![E::Sym("d", "../../../.."), E::Dir("d/sub")], "\"d\", a symlink"),
+        ("directory-through-a-symlink", vec![E::Sym("p/d", "../../../../.."), E::Dir("p/d/sub")], "\"p/d\", a symlink"),
         (
             "file-through-an-inside-symlink",
-            vec![E::Dir("a"), E::Sym("d", "a"), E::File("d/f", b"x")],
-            "\"d\", a symlink",
+            vec![E::Dir("p/a"), E::Sym("p/d", "a"), E::File("p/d/f", b"x")],
+            "\"p/d\", a symlink",
         ),
         (
             "symlink-escaping-through-another",
-            vec![E::Dir("x/y/z"), E::Sym("x/y/z/l1", "../../.."), E::Sym("l2", "x/y/z/l1/..")],
+            vec![E::Dir("p/x/y/z"), E::Sym("p/x/y/z/l1", "../../../.."), E::Sym("p/l2", "x/y/z/l1/..")],
             "leaves the model directory",
         ),
         (
             "symlink-escaping-from-a-subdirectory",
-            vec![E::Dir("a/b"), E::Sym("a/b/up", "../.."), E::Sym("a/out", "b/up/../sentinel")],
+            vec![E::Dir("p/a/b"), E::Sym("p/a/b/up", "../../.."), E::Sym("p/a/out", "b/up/../sentinel")],
             "leaves the model directory",
         ),
-        ("absolute-symlink", vec![E::Sym("etc", "/etc")], "leaves the model directory"),
-        ("symlink-through-a-file", vec![E::File("f", b"x"), E::Sym("s", "f/../..")], "is not a directory"),
-        ("symlink-loop", vec![E::Sym("l1", "l2"), E::Sym("l2", "l1")], "symlinks deep"),
-        ("dangling-symlink", vec![E::Sym("s", "missing/file")], "dangles"),
+        ("absolute-symlink", vec![E::Sym("p/etc", "/etc")], "leaves the model directory"),
+        ("symlink-through-a-file", vec![E::File("p/f", b"x"), E::Sym("p/s", "f/../..")], "is not a directory"),
+        ("symlink-loop", vec![E::Sym("p/l1", "l2"), E::Sym("p/l2", "l1")], "symlinks deep"),
+        ("dangling-symlink", vec![E::Sym("p/s", "missing/file")], "dangles"),
         (
             "hard-link-to-a-symlink",
-            vec![E::File("a/f", b"x"), E::Sym("s", "a/f"), E::Hard("h", "s")],
+            vec![E::File("p/a/f", b"x"), E::Sym("p/s", "a/f"), E::Hard("p/h", "p/s")],
             "not a regular file of this model",
         ),
         (
             "hard-link-through-a-symlinked-parent",
-            vec![E::File("a/f", b"x"), E::Sym("d", "a"), E::Hard("h", "d/f")],
+            vec![E::File("p/a/f", b"x"), E::Sym("p/d", "a"), E::Hard("p/h", "p/d/f")],
             "not a regular file of this model",
         ),
-        ("hard-link-to-a-directory", vec![E::Dir("a"), E::Hard("h", "a")], "not a regular file of this model"),
-        ("hard-link-to-itself-later", vec![E::Hard("h", "f"), E::File("f", b"x")], "not a regular file of this model"),
-        ("symlink-over-a-file", vec![E::File("f", b"x"), E::Sym("f", "g")], "second"),
+        ("hard-link-to-a-directory", vec![E::Dir("p/a"), E::Hard("p/h", "p/a")], "not a regular file of this model"),
+        (
+            "hard-link-to-itself-later",
+            vec![E::Hard("p/h", "p/f"), E::File("p/f", b"x")],
+            "not a regular file of this model",
+        ),
+        ("symlink-over-a-file", vec![E::File("p/f", b"x"), E::Sym("p/f", "g")], "second"),
     ];
     let before = protected(&v);
     for (name, entries, expected) in cases {
-        let a = artifact(vec![layer("weight.v1.tar", archive(&entries), "payload")]);
+        let a = artifact(vec![layer("weight.v1.tar", archive(&entries), "p/")]);
         let repo = format!("trust/links-{name}-{}", unique_suffix());
         let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
         let (err, _) = refused(&bed.plain.host, &repo, &digest, &v.cache, &[]);
@@ -282,18 +293,18 @@ async fn links_through_links_never_reach_outside_the_model() {
     // What producers really write (Hugging Face snapshots: symlinks into a blob directory, through
     // chains, with hard links between files) still extracts, and reads through its links.
     let entries = [
-        E::File("blobs/abc", b"weights"),
-        E::Sym("snapshots/main/model.bin", "../../blobs/abc"),
-        E::Sym("snapshots/latest", "main"),
-        E::Sym("model.bin", "snapshots/latest/model.bin"),
-        E::Hard("copy.bin", "blobs/abc"),
-        E::Hard("copy2.bin", "copy.bin"),
+        E::File("hf/blobs/abc", b"weights"),
+        E::Sym("hf/snapshots/main/model.bin", "../../blobs/abc"),
+        E::Sym("hf/snapshots/latest", "main"),
+        E::Sym("hf/model.bin", "snapshots/latest/model.bin"),
+        E::Hard("hf/copy.bin", "hf/blobs/abc"),
+        E::Hard("hf/copy2.bin", "hf/copy.bin"),
     ];
-    let a = artifact(vec![layer("weight.v1.tar", archive(&entries), "payload")]);
+    let a = artifact(vec![layer("weight.v1.tar", archive(&entries), "hf/")]);
     let repo = format!("trust/links-ok-{}", unique_suffix());
     let digest = craft::push(&bed.plain, &repo, "v1", &a).await;
     let report = pulled(&bed.plain.host, &repo, &digest, &v.cache, &[]);
-    let model = PathBuf::from(report["path"].as_str().unwrap());
+    let model = PathBuf::from(report["path"].as_str().unwrap()).join("hf");
     for path in ["model.bin", "copy.bin", "copy2.bin", "snapshots/main/model.bin"] {
         assert_eq!(std::fs::read(model.join(path)).unwrap(), b"weights", "{path}");
     }
@@ -315,11 +326,11 @@ async fn entry_bombs_stop_at_the_entry_limit_in_constant_memory() {
     let bed = Bed::get();
     // The default limit against the issue's bomb: 150,000 empty directories in a small gzip layer.
     let n = 150_000;
-    let dirs = many(n, |i| header(&format!("d{i}"), tar::EntryType::Directory, None, 0));
+    let dirs = many(n, |i| header(&format!("d/d{i}"), tar::EntryType::Directory, None, 0));
     assert!(dirs.len() < 2 << 20, "a small layer: {} bytes", dirs.len());
     let cache = tempfile::tempdir().unwrap();
     let repo = format!("trust/bomb-default-{}", unique_suffix());
-    let digest = craft::push(&bed.plain, &repo, "v1", &artifact(vec![layer("weight.v1.tar+gzip", dirs, "d")])).await;
+    let digest = craft::push(&bed.plain, &repo, "v1", &artifact(vec![layer("weight.v1.tar+gzip", dirs, "d/")])).await;
     // (Its time is the filesystem's: 100,000 mkdirs and as many rmdirs, about a minute on this
     // machine's disk under load.)
     let (err, rss) = refused(&bed.plain.host, &repo, &digest, cache.path(), &[]);
@@ -341,27 +352,28 @@ async fn entry_bombs_stop_at_the_entry_limit_in_constant_memory() {
     // keeps these quick; the counting is the same).
     let n = 1_500;
     let limit = ["--max-entries", "1000"];
-    let dirs = many(n, |i| header(&format!("d{i}"), tar::EntryType::Directory, None, 0));
-    let files = many(n, |i| header(&format!("f{i}"), tar::EntryType::Regular, None, 0));
-    let symlinks = many(n, |i| header(&format!("s{i}"), tar::EntryType::Symlink, Some("s0"), 0));
+    // Each layer an announced directory (which counts as one more entry).
+    let dirs = many(n, |i| header(&format!("d/d{i}"), tar::EntryType::Directory, None, 0));
+    let files = many(n, |i| header(&format!("f/f{i}"), tar::EntryType::Regular, None, 0));
+    let symlinks = many(n, |i| header(&format!("s/s{i}"), tar::EntryType::Symlink, Some("s0"), 0));
     let hard_links = many(n, |i| match i {
-        0 => header("f", tar::EntryType::Regular, None, 0),
-        _ => header(&format!("h{i}"), tar::EntryType::Link, Some("f"), 0),
+        0 => header("h/f", tar::EntryType::Regular, None, 0),
+        _ => header(&format!("h/h{i}"), tar::EntryType::Link, Some("h/f"), 0),
     });
-    let half_dirs = many(600, |i| header(&format!("a{i}"), tar::EntryType::Directory, None, 0));
-    let half_links = many(600, |i| header(&format!("b{i}"), tar::EntryType::Symlink, Some("a0"), 0));
+    let half_dirs = many(600, |i| header(&format!("a/a{i}"), tar::EntryType::Directory, None, 0));
+    let half_links = many(600, |i| header(&format!("b/b{i}"), tar::EntryType::Symlink, Some("../a/a0"), 0));
     let single = |i: usize| layer("weight.v1.raw", format!("{i}").into_bytes(), &format!("raw{i}"));
     let cases: Vec<(&str, Vec<craft::Blob>)> = vec![
-        ("directories", vec![layer("weight.v1.tar+gzip", dirs.clone(), "d")]),
-        ("files", vec![layer("weight.v1.tar+gzip", files, "f")]),
-        ("symlinks", vec![layer("weight.v1.tar+gzip", symlinks, "s")]),
-        ("hard-links", vec![layer("weight.v1.tar+gzip", hard_links, "h")]),
+        ("directories", vec![layer("weight.v1.tar+gzip", dirs.clone(), "d/")]),
+        ("files", vec![layer("weight.v1.tar+gzip", files, "f/")]),
+        ("symlinks", vec![layer("weight.v1.tar+gzip", symlinks, "s/")]),
+        ("hard-links", vec![layer("weight.v1.tar+gzip", hard_links, "h/")]),
         (
             "two-layers-together",
-            vec![layer("weight.v1.tar+gzip", half_dirs.clone(), "a"), layer("weight.v1.tar+gzip", half_links, "b")],
+            vec![layer("weight.v1.tar+gzip", half_dirs.clone(), "a/"), layer("weight.v1.tar+gzip", half_links, "b/")],
         ),
         ("an-archive-and-single-files", {
-            let mut layers = vec![layer("weight.v1.tar+gzip", half_dirs, "a")];
+            let mut layers = vec![layer("weight.v1.tar+gzip", half_dirs, "a/")];
             layers.extend((0..401).map(single));
             layers
         }),
@@ -374,13 +386,13 @@ async fn entry_bombs_stop_at_the_entry_limit_in_constant_memory() {
         assert!(err.contains("more than 1000 entries"), "{name}: {err}");
         assert_nothing_published(cache.path(), &digest);
     }
-    // Raising the limit lets the same layer through.
+    // Raising the limit lets the same layer through (its 1,500 entries and the directory `d`).
     let repo = format!("trust/bomb-raised-{}", unique_suffix());
-    let digest = craft::push(&bed.plain, &repo, "v1", &artifact(vec![layer("weight.v1.tar+gzip", dirs, "d")])).await;
+    let digest = craft::push(&bed.plain, &repo, "v1", &artifact(vec![layer("weight.v1.tar+gzip", dirs, "d/")])).await;
     let cache = tempfile::tempdir().unwrap();
-    let report = pulled(&bed.plain.host, &repo, &digest, cache.path(), &["--max-entries", "1500"]);
+    let report = pulled(&bed.plain.host, &repo, &digest, cache.path(), &["--max-entries", "1501"]);
     let model = PathBuf::from(report["path"].as_str().unwrap());
-    assert!(model.join("d1499").is_dir());
+    assert!(model.join("d/d1499").is_dir());
 
     // One entry's headers are buffered by tar (a GNU long name, a PAX record): bounded on their own.
     let mut long = tar::Header::new_gnu();
@@ -394,7 +406,7 @@ async fn entry_bombs_stop_at_the_entry_limit_in_constant_memory() {
     raw.extend_from_slice(&[0u8; 1024]);
     let repo = format!("trust/bomb-longname-{}", unique_suffix());
     let digest =
-        craft::push(&bed.plain, &repo, "v1", &artifact(vec![layer("weight.v1.tar+gzip", gzip(&raw), "l")])).await;
+        craft::push(&bed.plain, &repo, "v1", &artifact(vec![layer("weight.v1.tar+gzip", gzip(&raw), "x")])).await;
     let cache = tempfile::tempdir().unwrap();
     let (err, rss) = refused(&bed.plain.host, &repo, &digest, cache.path(), &[]);
     assert!(err.contains("bytes of headers"), "{err}");

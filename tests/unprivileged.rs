@@ -68,7 +68,7 @@ fn tree(seed: u64) -> Blob {
         builder.append_data(&mut header, path, data.as_slice()).expect("tar entry");
     }
     let archive = builder.into_inner().expect("tar");
-    Blob::new("application/vnd.cncf.model.weight.v1.tar", archive).annotate("org.cncf.model.filepath", "tokenizer")
+    Blob::new("application/vnd.cncf.model.weight.v1.tar", archive).annotate("org.cncf.model.filepath", "tokenizer/")
 }
 
 fn version(registry: &StaticRegistry, i: u64, size: usize) -> String {

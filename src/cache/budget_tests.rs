@@ -136,7 +136,7 @@ fn many_tiny_files_cost_a_block_each() {
     for (room, fits) in [(4 * MIB, false), (12 * MIB, true)] {
         let dir = tempfile::tempdir().unwrap();
         let (store, digests) = store_with(dir.path(), &[blob.as_slice()], room);
-        let result = build(&store, vec![descriptor(GZIP, &digests[0], blob.len(), "f")]);
+        let result = build(&store, vec![descriptor(GZIP, &digests[0], blob.len(), "f/")]);
         if fits {
             published(&store, result, 2000 * ENTRY_COST, "2,000 files, 12 MiB of room");
         } else {
@@ -154,13 +154,13 @@ fn many_directories_cost_a_block_each() {
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o755);
         h.set_size(0);
-        builder.append_data(&mut h, format!("d{}/e{i}/", i % 10), std::io::empty()).unwrap();
+        builder.append_data(&mut h, format!("d/d{}/e{i}/", i % 10), std::io::empty()).unwrap();
     }
     let blob = gzip(&builder.into_inner().unwrap());
     for (room, fits) in [(8 * MIB, false), (16 * MIB, true)] {
         let dir = tempfile::tempdir().unwrap();
         let (store, digests) = store_with(dir.path(), &[blob.as_slice()], room);
-        let result = build(&store, vec![descriptor(GZIP, &digests[0], blob.len(), "d")]);
+        let result = build(&store, vec![descriptor(GZIP, &digests[0], blob.len(), "d/")]);
         if fits {
             published(&store, result, 3000 * ENTRY_COST, "3,000 directories, 16 MiB of room");
         } else {
@@ -200,14 +200,14 @@ fn a_build_evicts_for_what_it_really_writes_but_never_a_current_model() {
         let new = gzip(&tar_of(&[("new.bin", vec![6u8; 2 << 20])]));
         let (store, digests) = store_with(dir.path(), &[old.as_slice(), new.as_slice()], 0);
         let store = store.with_budget(None);
-        let old_layer = descriptor(GZIP, &digests[0], old.len(), "old");
+        let old_layer = descriptor(GZIP, &digests[0], old.len(), "old.bin");
         materialise(&store, &model_digest(2), &manifest(vec![old_layer]), &[], Limits::default()).unwrap();
         if current {
             set_current(&store, "ml", "old", &model_digest(2)).unwrap();
         }
         let used = measure(&store).unwrap().used();
         let store = store.with_budget(Some(CacheLimit::Bytes(used + MIB)));
-        let result = build(&store, vec![descriptor(GZIP, &digests[1], new.len(), "new")]);
+        let result = build(&store, vec![descriptor(GZIP, &digests[1], new.len(), "new.bin")]);
         let old_dir = store.model_dir(&model_digest(2)).unwrap();
         if current {
             match result {

@@ -16,7 +16,8 @@ pub(super) const MODELS: &str = "models/sha256";
 pub(super) const STAMPS: &str = "stamps/sha256";
 /// Per model: when it was last linked, pulled or kept (its modification time).
 pub(super) const USED: &str = "used/sha256";
-/// Per model: the hash of every file it holds, recorded when it was built (for `scrub`).
+/// Per model: every entry of its tree (types, symlink targets, file hashes), recorded when it
+/// was built (for `scrub`).
 pub(super) const INDEX: &str = "index/sha256";
 pub(super) const DEPLOYMENTS: &str = "deployments";
 pub(super) const TMP: &str = "tmp";

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::Error;
 use super::allowance::{self, Allowance, ENTRY_COST};
-use super::index::{self, FileHash};
+use super::index::{self, FileSum, Sums};
 use super::store::{Store, digest_hex};
 use super::tree::{PathKey, Refusal, Tree, path_key};
 use super::walk::{Visitor, dir_flags, walk};
@@ -137,6 +137,7 @@ fn extract_all(
     tree: &mut Tree,
 ) -> Result<usize, Error> {
     let mut claimed = HashSet::new();
+    let sums = RefCell::new(Sums::default());
     let mut archive_bytes = 0u64;
     for descriptor in &manifest.layers {
         if !layer(descriptor)?.format().is_single_file() {
@@ -159,9 +160,10 @@ fn extract_all(
         if l.format().is_single_file() {
             claim(&mut claimed, &l.path)?;
             tree.link_blob(&blob, &l.path).map_err(|r| refuse(l.path.as_str(), r))?;
-            let hex = digest_hex(&descriptor.digest)?.to_owned();
-            let hash = FileHash { path: l.path.as_str().to_owned(), sha256: hex, size: size_of(descriptor.size) };
-            hashes.borrow_mut().add(&hash).map_err(|e| Error::io(&staging.join(l.path.as_str()), e))?;
+            let mut sha256 = [0u8; 32];
+            hex::decode_to_slice(digest_hex(&descriptor.digest)?, &mut sha256)
+                .map_err(|_| Error::InvalidDigest(descriptor.digest.clone()))?;
+            sums.borrow_mut().insert(l.path.as_str(), FileSum { sha256, size: size_of(descriptor.size) });
             continue;
         }
         let file = File::open(&blob).map_err(|e| Error::io(&blob, e))?;
@@ -173,7 +175,8 @@ fn extract_all(
         };
         let mut metered =
             Metered { inner: HashingReader { inner: reader, hasher: Sha256::new() }, meter: meter.clone() };
-        let layer = Layer::new(&descriptor.digest, &meter, limits.entries, Some(hashes));
+        let announced = Announced { path: &l.path, directory: l.directory };
+        let layer = Layer::new(&descriptor.digest, &meter, limits.entries, Some(&sums), Some(announced));
         layer.extract(&mut metered, tree, &mut claimed)?;
         // Read what tar left unread (padding, trailing bytes), so the diffId covers the whole
         // stream; the meter bounds this too.
@@ -189,6 +192,8 @@ fn extract_all(
             }
         }
     }
+    // The index records the tree as it is now, whole: what the scrub compares with.
+    hashes.borrow_mut().add_tree(open_dir(staging)?, &sums.borrow()).map_err(|e| Error::io(staging, e))?;
     Ok(claimed.len())
 }
 
@@ -201,7 +206,7 @@ pub fn extract_tar(reader: &mut dyn Read, dir: &Path, limits: Limits) -> Result<
     let limit = limits.extract_bytes.unwrap_or_else(|| default_extract_limit(0));
     let meter = Rc::new(Meter::new(limit));
     let mut metered = Metered { inner: reader, meter: meter.clone() };
-    let layer = Layer::new("(archive)", &meter, limits.entries, None);
+    let layer = Layer::new("(archive)", &meter, limits.entries, None, None);
     layer.extract(&mut metered, &mut tree, &mut claimed)?;
     check_symlinks(&mut tree)?;
     Ok(claimed.len())
@@ -317,8 +322,13 @@ struct Layer<'a> {
     digest: &'a str,
     meter: &'a Meter,
     max_entries: u64,
-    /// Where the regular files it writes are recorded, hashed while written (for `scrub`).
-    index: Option<&'a RefCell<index::Writer>>,
+    /// Where the sums of the regular files it writes are recorded, hashed while written (for the
+    /// index, which `scrub` compares with).
+    sums: Option<&'a RefCell<Sums>>,
+    /// What the layer's annotations say it holds (none for [`extract_tar`]'s bare archives), and
+    /// whether an entry was that.
+    announced: Option<Announced<'a>>,
+    found: Cell<bool>,
 }
 
 impl<'a> Layer<'a> {
@@ -326,9 +336,10 @@ impl<'a> Layer<'a> {
         digest: &'a str,
         meter: &'a Meter,
         max_entries: u64,
-        index: Option<&'a RefCell<index::Writer>>,
+        sums: Option<&'a RefCell<Sums>>,
+        announced: Option<Announced<'a>>,
     ) -> Layer<'a> {
-        Layer { digest, meter, max_entries, index }
+        Layer { digest, meter, max_entries, sums, announced, found: Cell::new(false) }
     }
     fn unsafe_entry(&self, entry: &str, reason: impl Into<String>) -> Error {
         Error::UnsafeEntry { layer: self.digest.to_owned(), entry: entry.to_owned(), reason: reason.into() }
@@ -369,7 +380,13 @@ impl<'a> Layer<'a> {
             io::copy(&mut entry, &mut io::sink()).map_err(|e| self.read_error(e))?;
         }
         self.meter.header.set(None);
-        Ok(())
+        match self.announced {
+            Some(a) if !self.found.get() => Err(Error::Archive {
+                layer: self.digest.to_owned(),
+                reason: format!("{} its annotations announce is not in it", a.describe()),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn entry<R: Read>(
@@ -405,6 +422,10 @@ impl<'a> Layer<'a> {
                 | tar::EntryType::GNULongName
                 | tar::EntryType::GNULongLink
         );
+        if let (Some(a), false) = (self.announced, metadata) {
+            let announced = check_announced(a, &path, kind).map_err(|reason| self.unsafe_entry(&raw, reason))?;
+            self.found.set(self.found.get() || announced);
+        }
         if !kind.is_dir() && !metadata {
             claim(claimed, &path).map_err(|_| self.unsafe_entry(&raw, "a second file with this path"))?;
         }
@@ -417,10 +438,9 @@ impl<'a> Layer<'a> {
                     Some(_) => self.read_error(e),
                     None => Error::Io { path: raw.clone(), error: e },
                 })?;
-                if let Some(index) = self.index {
-                    let sha256 = hex::encode(out.hasher.finalize_reset());
-                    let hash = FileHash { path: path.as_str().to_owned(), sha256, size: out.size };
-                    index.borrow_mut().add(&hash).map_err(|e| Error::Io { path: raw.clone(), error: e })?;
+                if let Some(sums) = self.sums {
+                    let sum = FileSum { sha256: out.hasher.finalize_reset().into(), size: out.size };
+                    sums.borrow_mut().insert(path.as_str(), sum);
                 }
                 out.inner
                     .set_permissions(fs::Permissions::from_mode(0o444 | (mode & 0o111)))
@@ -434,7 +454,11 @@ impl<'a> Layer<'a> {
                 let target = link_name(entry);
                 let source = ModelPath::parse(&target)
                     .map_err(|e| self.unsafe_entry(&raw, format!("hard link to {target:?}: {e}")))?;
-                tree.hard_link(&source, &path).map_err(refuse)
+                tree.hard_link(&source, &path).map_err(refuse)?;
+                if let Some(sums) = self.sums {
+                    sums.borrow_mut().link(source.as_str(), path.as_str());
+                }
+                Ok(())
             }
             _ if metadata => Ok(()),
             other => Err(self.unsafe_entry(
@@ -443,6 +467,59 @@ impl<'a> Layer<'a> {
             )),
         }
     }
+}
+
+/// What an archive layer's annotations say it holds: the one regular file `path`, or, when
+/// `directory`, the directory `path` and entries beneath it.
+#[derive(Clone, Copy)]
+struct Announced<'a> {
+    path: &'a ModelPath,
+    directory: bool,
+}
+
+impl Announced<'_> {
+    fn describe(&self) -> String {
+        if self.directory {
+            format!("the directory \"{}/\"", self.path)
+        } else {
+            format!("the file {:?}", self.path.as_str())
+        }
+    }
+}
+
+/// Whether an archive entry is one its layer announced: `Ok(true)` for the announced path itself
+/// (or an entry beneath an announced directory), `Ok(false)` for a directory above it (harmless:
+/// it would be created anyway), the reason otherwise. Policies and `inspect` see the announced
+/// path, so nothing else may be published from the layer.
+fn check_announced(a: Announced<'_>, path: &ModelPath, kind: tar::EntryType) -> Result<bool, String> {
+    let (announced, at) = (a.path.as_str(), path.as_str());
+    let below = |upper: &str, lower: &str| lower.strip_prefix(upper).is_some_and(|rest| rest.starts_with('/'));
+    let hint = "(an archive of a directory is announced with a trailing '/')";
+    let what = || match kind {
+        tar::EntryType::Directory => "a directory",
+        tar::EntryType::Symlink => "a symlink",
+        tar::EntryType::Link => "a hard link",
+        tar::EntryType::Regular | tar::EntryType::Continuous => "a regular file",
+        _ => "another kind of entry",
+    };
+    let regular = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
+    if at == announced {
+        return match (a.directory, kind.is_dir(), regular) {
+            (true, true, _) | (false, _, true) => Ok(true),
+            _ => Err(format!("{} is announced; the archive holds {} there {hint}", a.describe(), what())),
+        };
+    }
+    if below(announced, at) {
+        return if a.directory {
+            Ok(true)
+        } else {
+            Err(format!("beneath {}, which is no directory {hint}", a.describe()))
+        };
+    }
+    if below(at, announced) && kind.is_dir() {
+        return Ok(false);
+    }
+    Err(format!("not announced: the layer's annotations name only {}", a.describe()))
 }
 
 /// Which directories of a model [`seal`] makes read-only.

@@ -8,11 +8,12 @@
 //! locks/                             one lock file per lock held right now (removed on release)
 //! stamps/sha256/<hex>                a blob's size, inode and mtime at commit
 //! used/sha256/<manifest-hex>         its mtime: when the model was last linked, pulled or kept
-//! index/sha256/<manifest-hex>        the hash of every file of the model (for `scrub`)
+//! index/sha256/<manifest-hex>        every entry of the model: types, link targets, file hashes (for `scrub`)
 //! ```
 
 mod allowance;
 mod budget;
+mod compare;
 mod durable;
 mod evict;
 mod gc;
@@ -110,8 +111,12 @@ impl Error {
 }
 
 #[cfg(test)]
+mod announce_tests;
+#[cfg(test)]
 mod budget_tests;
 #[cfg(test)]
 mod extract_tests;
 #[cfg(test)]
 mod locks_tests;
+#[cfg(test)]
+mod scrub_tests;

@@ -110,11 +110,16 @@ impl Pace {
 
 /// The SHA-256 of a file as hex, read at `pace`.
 pub fn hash_file(path: &Path, pace: &mut Pace) -> Result<String, Error> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    hash_reader(file, pace).map_err(|e| Error::io(path, e))
+}
+
+/// The SHA-256 of what `reader` holds as hex, read at `pace`.
+pub fn hash_reader(mut reader: impl Read, pace: &mut Pace) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        let n = reader.read(&mut buf)?;
         if n == 0 {
             return Ok(hex::encode(hasher.finalize()));
         }

@@ -1,6 +1,8 @@
 //! `scrub`: proves, periodically, that the cache still holds what was verified. Every blob is
-//! re-hashed against its name and every model file against its index ([`super::index`]) at a
-//! bounded rate; what no longer matches is removed together with every model built from it, whose
+//! re-hashed against its name and every model's whole tree compared with its index
+//! ([`super::index`]): every entry, its type, a symlink's target, a file's size and bytes (at a
+//! bounded rate), nothing added and nothing missing. What no longer matches, and a model without a
+//! usable index (it cannot be checked), is removed together with every model built from it, whose
 //! `current` links then dangle until the deployment pulls it again.
 
 use std::collections::BTreeMap;
@@ -11,8 +13,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::Error;
+use super::compare::Compare;
 use super::gc::{Hold, drop_kept, holders};
-use super::index;
 use super::layout::{BLOBS, Lock, MODELS};
 use super::records::{Pace, hash_file};
 use super::store::Store;
@@ -23,7 +25,9 @@ use super::usage::measure;
 #[serde(rename_all = "camelCase")]
 pub struct RemovedModel {
     pub digest: String,
-    /// The changed blob's digest, or the model's changed file (`path`).
+    /// The changed blob's digest, or the model and what differs from its index (`sha256:<hex>
+    /// file <path>` for a file's bytes or size, `… entry <path>: <how>` for anything else, `…
+    /// index: <why>` when it cannot be checked).
     pub cause: String,
     /// `namespace/name` of deployments whose `current` link now dangles.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -82,13 +86,11 @@ pub fn scrub(store: &Store, rate: Option<u64>) -> Result<ScrubReport, Error> {
     let models = store.dir(MODELS);
     for entry in fs::read_dir(&models).map_err(|e| Error::io(&models, e))?.flatten() {
         let hex = entry.file_name().to_string_lossy().into_owned();
-        let Some(files) = index::read(store, &hex) else { continue };
-        for file in files {
-            report.files_checked += 1;
-            if !file_matches(&entry.path(), &file, &checked, &mut pace)? {
-                bad_models.push((hex.clone(), file.path));
-                break;
-            }
+        let mut compare = Compare::new(&checked, &mut pace);
+        let verdict = compare.model(store, &hex, &entry.path());
+        report.files_checked += compare.files;
+        if let Err(cause) = verdict {
+            bad_models.push((hex, cause));
         }
     }
     report.bytes_checked = pace.bytes();
@@ -97,36 +99,14 @@ pub fn scrub(store: &Store, rate: Option<u64>) -> Result<ScrubReport, Error> {
         let hex = digest.trim_start_matches("sha256:").to_owned();
         report.removed.extend(remove_corrupt_blob(store, &hex)?);
     }
-    for (hex, path) in bad_models {
+    for (hex, cause) in bad_models {
+        // Under the lock: a model collected meanwhile is no corruption.
         if store.dir(MODELS).join(&hex).exists() {
-            report.removed.push(remove_model(store, &hex, format!("sha256:{hex} file {path}"))?);
+            report.removed.push(remove_model(store, &hex, format!("sha256:{hex} {cause}"))?);
         }
     }
     report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
     Ok(report)
-}
-
-/// Whether one indexed file still holds its bytes. A file that is gone (the model was collected
-/// meanwhile) is no corruption; a file that is no longer a regular file, or another size, is.
-fn file_matches(
-    model: &std::path::Path,
-    file: &index::FileHash,
-    checked: &BTreeMap<u64, (String, bool)>,
-    pace: &mut Pace,
-) -> Result<bool, Error> {
-    let path = model.join(&file.path);
-    let meta = match fs::symlink_metadata(&path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !model.exists() => return Ok(true),
-        Err(_) => return Ok(false),
-    };
-    if !meta.is_file() || meta.len() != file.size {
-        return Ok(false);
-    }
-    if let Some((hex, matches)) = checked.get(&meta.ino()) {
-        return Ok(*matches && hex == &file.sha256);
-    }
-    Ok(hash_file(&path, pace).is_ok_and(|h| h == file.sha256))
 }
 
 /// Removes blob `hex`, whose bytes no longer match its name, and every model built from it (by its

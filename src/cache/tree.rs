@@ -67,7 +67,12 @@ fn unsafe_(reason: impl Into<String>) -> Refusal {
 pub type PathKey = u128;
 
 pub fn path_key(path: &ModelPath) -> PathKey {
-    let digest = Sha256::digest(path.as_str().as_bytes());
+    str_key(path.as_str())
+}
+
+/// [`path_key`] of a path already in normal form (as a walk of the tree or an index gives it).
+pub fn str_key(path: &str) -> PathKey {
+    let digest = Sha256::digest(path.as_bytes());
     let mut key = [0u8; 16];
     key.copy_from_slice(&digest[..16]);
     u128::from_le_bytes(key)

@@ -51,6 +51,10 @@ const MODELFILE_ANNOTATION: &str = "modctl.modelfile";
 /// Layer annotation naming the file's path inside the model.
 const FILEPATH_ANNOTATION: &str = "model.filepath";
 const OCI_TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
+/// Layer annotation holding the packed file's tar metadata (`typeflag` 5 or `'5'`: a directory).
+const FILE_METADATA_ANNOTATION: &str = "model.file.metadata+json";
+/// What `oras push` sets on the tar+gzip layer it makes of a directory.
+const ORAS_UNPACK_ANNOTATION: &str = "io.deis.oras.content.unpack";
 
 impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Manifest, Error> {
@@ -104,13 +108,23 @@ impl Manifest {
 pub struct Layer<'a> {
     pub descriptor: &'a Descriptor,
     pub media_type: LayerMediaType,
-    /// Where a single-file layer is written, or what a tar layer says it packed.
+    /// Where a single-file layer is written, or what an archive layer holds: that one regular
+    /// file, or, when [`Layer::directory`], that directory and entries beneath it.
     pub path: ModelPath,
+    /// An archive layer announcing a directory: its path annotation ends with `/`, its file
+    /// metadata says typeflag 5, or `oras` marked it for unpacking. Always false for single files.
+    pub directory: bool,
 }
 
 impl Layer<'_> {
     pub fn format(&self) -> LayerFormat {
         self.media_type.format
+    }
+
+    /// The layer's path as policies and `inspect` show it: a directory ends with `/`, so a rule
+    /// on the name (`endsWith(".safetensors")`) cannot be passed by a directory of other files.
+    pub fn announced(&self) -> String {
+        if self.directory { format!("{}/", self.path) } else { self.path.to_string() }
     }
 }
 
@@ -125,7 +139,26 @@ pub fn layer(descriptor: &Descriptor) -> Result<Layer<'_>, Error> {
         .ok_or_else(|| Error::MissingFilePath { digest: descriptor.digest.clone() })?;
     let path =
         ModelPath::parse(raw).map_err(|source| Error::UnsafePath { digest: descriptor.digest.clone(), source })?;
-    Ok(Layer { descriptor, media_type, path })
+    let directory = !media_type.format.is_single_file() && announces_directory(descriptor, raw);
+    Ok(Layer { descriptor, media_type, path, directory })
+}
+
+fn announces_directory(descriptor: &Descriptor, raw_path: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Metadata {
+        typeflag: serde_json::Value,
+    }
+    let typeflag_dir = Family::ALL
+        .into_iter()
+        .find_map(|f| descriptor.annotation(&f.annotation(FILE_METADATA_ANNOTATION)))
+        .and_then(|text| serde_json::from_str::<Metadata>(text).ok())
+        .is_some_and(|m| match m.typeflag {
+            // Go's `byte` 5 (modctl), the tar header byte '5', or that character.
+            serde_json::Value::Number(n) => matches!(n.as_u64(), Some(5 | 53)),
+            serde_json::Value::String(s) => s == "5",
+            _ => false,
+        });
+    raw_path.ends_with('/') || typeflag_dir || descriptor.annotation(ORAS_UNPACK_ANNOTATION) == Some("true")
 }
 
 fn layer_path_annotation(descriptor: &Descriptor) -> Option<&str> {

@@ -55,7 +55,9 @@ pub struct LayerVar {
     pub media_type: String,
     pub digest: String,
     pub size: i64,
-    /// The file's path in the model (from either family's filepath annotation or the OCI title).
+    /// The file's path in the model (from either family's filepath annotation or the OCI title),
+    /// normalised; an archive layer announcing a directory ends with `/`. Every file the node
+    /// publishes from the layer is this path, or beneath it when it ends with `/`.
     pub path: String,
     pub annotations: BTreeMap<String, String>,
 }
@@ -170,7 +172,7 @@ fn layer_var(descriptor: &Descriptor) -> Result<LayerVar, Error> {
         media_type: descriptor.media_type.clone(),
         digest: descriptor.digest.clone(),
         size: descriptor.size,
-        path: parsed.path.as_str().to_owned(),
+        path: parsed.announced(),
         annotations: descriptor.annotations.clone(),
     })
 }
@@ -242,6 +244,42 @@ mod tests {
         let mut expected = NAMES.map(String::from).to_vec();
         expected.sort();
         assert_eq!(names, expected);
+    }
+
+    /// What a rule sees as an archive layer's path is what the node publishes from it: a
+    /// directory ends with `/` (whichever way it was announced), a file does not.
+    #[test]
+    fn an_archive_of_a_directory_shows_as_a_directory() {
+        let layer = |media: &str, annotations: Value| {
+            json!({"mediaType": format!("application/vnd.cncf.model.{media}"), "digest": "sha256:l", "size": 1,
+                "annotations": annotations})
+        };
+        let m = manifest(json!([
+            layer("weight.v1.tar", json!({"org.cncf.model.filepath": "model.safetensors"})),
+            layer("weight.v1.tar", json!({"org.cncf.model.filepath": "./w/model.safetensors"})),
+            layer("doc.v1.tar+gzip", json!({"org.cncf.model.filepath": "docs/"})),
+            layer(
+                "code.v1.tar",
+                json!({"org.cnai.model.filepath": "src",
+                "org.cnai.model.file.metadata+json": "{\"typeflag\":5}"})
+            ),
+            layer(
+                "dataset.v1.tar+zstd",
+                json!({"org.opencontainers.image.title": "data",
+                "io.deis.oras.content.unpack": "true"})
+            ),
+            layer("weight.v1.raw", json!({"org.cncf.model.filepath": "raw.bin/"})),
+            layer(
+                "weight.v1.tar",
+                json!({"org.cncf.model.filepath": "meta.bin",
+                "org.cncf.model.file.metadata+json": "{\"typeflag\":48}"})
+            ),
+        ]));
+        let paths: Vec<String> = vars(&m, json!({})).layers.into_iter().map(|l| l.path).collect();
+        assert_eq!(
+            paths,
+            ["model.safetensors", "w/model.safetensors", "docs/", "src/", "data/", "raw.bin", "meta.bin"]
+        );
     }
 
     #[test]
