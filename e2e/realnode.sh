@@ -60,21 +60,22 @@ real_node_pids() {
   local h
   for h in $(cgroup_hierarchies); do
     [ -d "$h/$REAL_NODE_CGROUP" ] || continue
-    find "$h/$REAL_NODE_CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null
+    find "$h/$REAL_NODE_CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null || true
   done | sort -un
 }
 
 real_node_net_up() {
-  # One real node per machine: its addresses are fixed, and a second bed's would shadow them.
-  if [ -n "$(ip route show "$REAL_NODE_RANGE")$(ip route show "$REAL_NODE_HOST_IP/30")$(ip route show "$REAL_NODE_POD_SUBNET")" ]; then
-    log "$REAL_NODE_RANGE is routed already (another bed's real node on this machine?)"
+  # One real node per machine: its addresses are fixed, and a second bed's would shadow them; nor
+  # may they overlap anything this machine routes or holds.
+  if [ -n "$(ip route show root "$REAL_NODE_RANGE")$(ip route show match "$REAL_NODE_RANGE" | grep -v '^default')$(ip -4 addr show to "$REAL_NODE_RANGE")" ]; then
+    log "$REAL_NODE_RANGE is routed or assigned already (another bed's real node on this machine?): $(ip route show root "$REAL_NODE_RANGE" | head -n 1)"
     return 1
   fi
   local inns=(ip netns exec "$REAL_NODE_NETNS")
+  ip route add blackhole "$REAL_NODE_RANGE" || return 1
   # This bed owns the routes from here on; only the bed that owns them removes them.
   touch "$state/realnode.routes"
-  ip route add blackhole "$REAL_NODE_RANGE" &&
-    ip netns add "$REAL_NODE_NETNS" &&
+  ip netns add "$REAL_NODE_NETNS" &&
     ip link add "$REAL_NODE_VETH" type veth peer name node0 netns "$REAL_NODE_NETNS" &&
     ip addr add "$REAL_NODE_HOST_IP/30" dev "$REAL_NODE_VETH" &&
     ip link set "$REAL_NODE_VETH" up &&
@@ -178,6 +179,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
       runtime_type = "io.containerd.runc.v2"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
         BinaryName = "$(command -v runc)"
+        # runc's state beside the node's, not in /run/containerd/runc where a host containerd keeps its own.
+        Root = "$rn/runc"
         SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ["/usr/lib/cni"]
@@ -265,7 +268,8 @@ real_node_up() { # needs api_port, reg_port and the other ports of e2e/cluster's
   command -v runc >/dev/null || die "real node: runc not found (Debian package runc)"
   [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] ||
     die "real node: CNI plugins not found in /usr/lib/cni (Debian package containernetworking-plugins)"
-  [ -x /bin/busybox ] || die "real node: /bin/busybox not found (Debian package busybox-static)"
+  [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 ||
+    die "real node: /bin/busybox is missing or not static (Debian package busybox-static)"
   [ -x "$tools/kubelet" ] && [ -x "$tools/containerd" ] || die "real node: kubelet or containerd missing in $tools"
   log "real node $REAL_NODE: kubelet and containerd (runc $(runc --version | head -n1 | cut -d' ' -f3))"
   real_node_images || die "real node: building the busybox image"
@@ -295,6 +299,8 @@ real_node_ready() {
   [ "$($1 get node "$REAL_NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
 
+# Stops the node (not its network: real_node_net_down goes last, once nothing that may address it
+# runs any more).
 real_node_down() {
   stop_one node-kubelet
   stop_one node-containerd
@@ -319,9 +325,11 @@ real_node_down() {
   fi
   local h
   for h in $(cgroup_hierarchies); do
-    [ -d "$h/$REAL_NODE_CGROUP" ] && find "$h/$REAL_NODE_CGROUP" -depth -type d -exec rmdir {} + 2>/dev/null
+    if [ -d "$h/$REAL_NODE_CGROUP" ]; then
+      find "$h/$REAL_NODE_CGROUP" -depth -type d -exec rmdir {} + 2>/dev/null ||
+        log "real node: could not remove cgroup $h/$REAL_NODE_CGROUP"
+    fi
   done
   stop_one node-forward
-  real_node_net_down
   if [ -d "$rn" ]; then rm -rf "$rn" 2>/dev/null || log "real node: could not remove $rn"; fi
 }

@@ -181,14 +181,18 @@ async fn wait_ready_on_node(deployments: &Api<ModelDeployment>, name: &str, dige
     .await;
 }
 
-/// The pods of the Jobs of `role` on the real node, in the release namespace.
-async fn job_pods(client: &kube::Client, role: &str) -> Vec<Pod> {
+/// The pods of the Jobs of `role` on the real node, in the release namespace; for pull and cleanup
+/// Jobs those of `deployment` only (Jobs are named `<role>-<deployment>-<hash>`; the tests of this
+/// file share the release and run at once).
+async fn job_pods(client: &kube::Client, role: &str, deployment: Option<&str>) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &release().namespace);
     let selector = format!("modelpack.dev/role={role}");
     let list = pods.list(&ListParams::default().labels(&selector)).await.unwrap();
+    let prefix = deployment.map(|d| format!("{role}-{d}-"));
     list.items
         .into_iter()
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&real_node()))
+        .filter(|p| prefix.as_ref().is_none_or(|x| p.metadata.name.as_deref().unwrap_or_default().starts_with(x)))
         .collect()
 }
 
@@ -272,7 +276,7 @@ async fn pulls_promotions_scrubs_and_cleanups_run_as_real_containers() {
     assert_cache_holds(&ns, "serve", &v1, &files1);
     // Only now does the serving workload exist (hostPath type Directory needs `current`).
     deployments_api.patch("server", &PatchParams::apply("e2e").force(), &Patch::Apply(&serve)).await.unwrap();
-    let pull = job_pods(&client, "pull").await;
+    let pull = job_pods(&client, "pull", Some("serve")).await;
     assert!(!pull.is_empty(), "no pull Job pod on the real node");
     for p in &pull {
         assert_eq!(terminated(p), Some((0, "Completed".to_owned())), "pull pod {:?}", p.metadata.name);
@@ -291,10 +295,12 @@ async fn pulls_promotions_scrubs_and_cleanups_run_as_real_containers() {
     let sums = served_sums(&client, &ns, &v2).await;
     assert_eq!(sums, expected_sums(&files2), "what the rolled pod read of v2");
 
-    // A scrub Job runs there (interval 15s) and finds the cache intact.
+    // A scrub Job runs there (interval 15s) after the promotion and finds the cache intact.
+    let promoted = jiff::Timestamp::now();
     eventually("a scrub Job succeeded on the real node", Duration::from_secs(120), || async {
-        let pods = job_pods(&client, "scrub").await;
-        pods.iter().any(|p| terminated(p) == Some((0, "Completed".to_owned()))).then_some(())
+        let pods = job_pods(&client, "scrub", None).await;
+        let after = |p: &Pod| p.metadata.creation_timestamp.as_ref().is_some_and(|t| t.0 > promoted);
+        pods.iter().any(|p| after(p) && terminated(p) == Some((0, "Completed".to_owned()))).then_some(())
     })
     .await;
 
@@ -305,7 +311,7 @@ async fn pulls_promotions_scrubs_and_cleanups_run_as_real_containers() {
     let link_dir = release().cache.join("deployments").join(&ns).join("serve");
     let seen = std::sync::atomic::AtomicBool::new(false);
     eventually("the cleanup Job removed the link directory", Duration::from_secs(120), || async {
-        if !job_pods(&client, "cleanup").await.is_empty() {
+        if !job_pods(&client, "cleanup", Some("serve")).await.is_empty() {
             seen.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         (!link_dir.exists()).then_some(())
@@ -444,4 +450,32 @@ async fn an_image_volume_the_runtime_mounts_empty_is_reported_not_ready() {
     assert_eq!(support::argo::status_of(&d), "Degraded");
     let events = kubectl(&["get", "events", "-n", &ns, "-o", "json"]);
     assert!(events.contains("ImageVolumeNotMounted"), "no event for the empty mount");
+}
+
+/// The runtime pulls from the bed's TLS registry (its own CA, through containerd's hosts.toml) as
+/// it does from the plain ones: a pod of an image only that registry holds runs on the real node.
+#[tokio::test]
+async fn the_runtime_pulls_images_from_the_tls_registry() {
+    let bed = Bed::get();
+    let client = bed.client().await;
+    let ns = watched();
+    let image = format!("{}/bed/busybox-tls-{}:1", bed.tls.host, unique_suffix());
+    let ca = bed.tls.tls_ca.as_ref().expect("the TLS registry's CA").display().to_string();
+    run_tool(&bed.tool("crane"), &["copy", "--insecure", &busybox_image(), &image], &[("SSL_CERT_FILE", &ca)], None);
+    let name = format!("tls-{}", unique_suffix());
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": real_node()}, "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": image, "command": ["sh", "-c", "echo pulled-over-tls"]}]},
+    });
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&pod)).await.unwrap();
+    let done = eventually("the TLS-pulled pod ran", Duration::from_secs(120), || async {
+        let p = pods.get(&name).await.ok()?;
+        let phase = p.status.as_ref()?.phase.clone()?;
+        (phase == "Succeeded" || phase == "Failed").then_some(p)
+    })
+    .await;
+    assert_eq!(terminated(&done), Some((0, "Completed".to_owned())), "{:?}", done.status);
+    assert_eq!(kubectl(&["logs", "-n", &ns, &name]).trim(), "pulled-over-tls");
 }

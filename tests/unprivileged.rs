@@ -128,8 +128,10 @@ fn lifecycle(who: As) {
     let published = model_dir(&cache, &digests[0]);
     assert_eq!(std::fs::read(published.join("model.safetensors")).unwrap().len(), size);
     assert!(published.join("tokenizer/merges/a.txt").is_file());
-    let mode = std::fs::metadata(published.join("tokenizer")).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o555, "published directories are read-only");
+    for dir in [published.clone(), published.join("tokenizer")] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o555, "published directories are read-only: {}", dir.display());
+    }
 
     // A second version, keeping the first warm.
     let (code, _, stderr) = pull(who, &registry, &cache, &digests[1], &["--keep", &digests[0]]);

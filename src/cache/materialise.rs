@@ -84,8 +84,10 @@ pub fn materialise(
     hashes.into_inner().commit(store, digest_hex(manifest_digest)?)?;
     store.sync_filesystem()?;
     if target.join(COMPLETE).exists() {
-        // Another pull finished first; its copy is identical.
+        // Another pull finished first; its copy is identical (and sealed here too, should that
+        // pull have died between its rename and its seal).
         remove_tree(&staging)?;
+        seal(&target, Seal::Top)?;
     } else {
         remove_tree(&target)?;
         fs::rename(&staging, &target).map_err(|e| Error::io(&target, e))?;

@@ -2,11 +2,10 @@
 //! [`workloads::to_apply`] decided under [`workloads::FIELD_MANAGER`], and puts
 //! [`workloads::report`]'s result into the status being written.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::core::Selector;
 use kube::{Api, ResourceExt};
 
 use super::plan::{Desired, Note};
@@ -134,35 +133,24 @@ async fn read(ctx: &Context, namespace: &str, r: &WorkloadRef) -> Result<Observe
     Ok(Observed::Found(live))
 }
 
-/// The pods the workload's `spec.selector.matchLabels` selects, with their nodes' runtimes: a
-/// hand-over is done only when they can start and see the model.
+/// The pods the workload's `spec.selector` selects (labels and expressions), with their nodes'
+/// runtimes from the node store: a hand-over is done only when they can start and see the model.
 async fn pods_of(ctx: &Context, namespace: &str, workload: &serde_json::Value) -> Result<Vec<PodView>, Error> {
-    let Some(labels) = workload["spec"]["selector"]["matchLabels"].as_object().filter(|l| !l.is_empty()) else {
+    let selector: Option<LabelSelector> = serde_json::from_value(workload["spec"]["selector"].clone()).ok();
+    // A workload without a usable selector is refused by the apiserver; nothing to read then.
+    let Some(selector) = selector.and_then(|s| Selector::try_from(s).ok()).filter(|s| !s.selects_all()) else {
         return Ok(Vec::new());
     };
-    let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
-    let params = ListParams::default().labels(&selector.join(","));
+    let params = ListParams::default().labels_from(&selector).match_any();
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), namespace).list(&params).await?;
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let mut runtimes: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let nodes = ctx.nodes.state();
+    let runtime_of = |node: &str| {
+        let node = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(node))?;
+        Some(node.status.as_ref()?.node_info.as_ref()?.container_runtime_version.clone())
+    };
     let mut out = Vec::with_capacity(pods.items.len());
     for pod in &pods.items {
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        let runtime = match node {
-            Some(node) => match runtimes.get(&node) {
-                Some(known) => known.clone(),
-                None => {
-                    let found = nodes
-                        .get_opt(&node)
-                        .await?
-                        .and_then(|n| n.status?.node_info)
-                        .map(|i| i.container_runtime_version);
-                    runtimes.insert(node, found.clone());
-                    found
-                }
-            },
-            None => None,
-        };
+        let runtime = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(runtime_of);
         out.push(PodView::read(&serde_json::to_value(pod)?, runtime));
     }
     Ok(out)

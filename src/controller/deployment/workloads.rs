@@ -105,7 +105,8 @@ pub struct PodView {
     /// Its node's `status.nodeInfo.containerRuntimeVersion`, once scheduled.
     pub runtime: Option<String>,
     /// (container, reason, message) of each container (init containers included) waiting for a
-    /// reason other than being created.
+    /// reason that is not a step of starting ([`FAILING`]); the message only where it does not
+    /// change from one back-off to the next, so that a failing pod's status is written once.
     pub waiting: Vec<(String, String, String)>,
 }
 
@@ -118,11 +119,10 @@ impl PodView {
             .filter_map(|c| {
                 let w = c["state"]["waiting"].as_object()?;
                 let reason = w.get("reason")?.as_str()?;
-                let starting = matches!(reason, "ContainerCreating" | "PodInitializing");
-                (!starting).then(|| {
-                    let message = w.get("message").and_then(Value::as_str).unwrap_or_default();
-                    (c["name"].as_str().unwrap_or_default().to_owned(), reason.to_owned(), message.to_owned())
-                })
+                let (_, with_message) = FAILING.iter().find(|(r, _)| *r == reason)?;
+                let message = w.get("message").and_then(Value::as_str).filter(|_| *with_message).unwrap_or_default();
+                let text = |t: &str| crate::registry::clip(t);
+                Some((text(c["name"].as_str().unwrap_or_default()), text(reason), text(message)))
             })
             .collect();
         PodView {
@@ -133,6 +133,22 @@ impl PodView {
         }
     }
 }
+
+/// Waiting reasons that mean a container cannot start (and whether its message is stable enough to
+/// keep). A first `ErrImagePull` is retried by the kubelet and becomes `ImagePullBackOff` when it
+/// persists; `ContainerCreating` and `PodInitializing` are steps of starting.
+const FAILING: &[(&str, bool)] = &[
+    ("ImagePullBackOff", false),
+    ("CrashLoopBackOff", false),
+    ("CreateContainerConfigError", true),
+    ("CreateContainerError", true),
+    ("RunContainerError", true),
+    ("InvalidImageName", true),
+    ("ErrImageNeverPull", true),
+    ("ImageInspectError", true),
+    ("PreStartHookError", true),
+    ("PostStartHookError", true),
+];
 
 /// How a container runtime, named as a node reports it (`containerd://2.4.2`), mounts a ModelPack
 /// artifact given as an image volume (KEP-4639).
@@ -158,11 +174,19 @@ pub fn artifact_mount(runtime: &str) -> ArtifactMount {
     }
 }
 
-/// What keeps the pods that run `handed` from serving it: a runtime that mounts the image volume
-/// empty, then containers that cannot start (the first few pods named, with the runtime's words).
+/// What keeps the pods that run `handed` from serving it: containers that cannot start (the first
+/// few pods named, with the runtime's words), then a runtime that mounts the image volume empty.
 pub fn pod_problems(pods: &[PodView], handed: &str, image_volume: Option<&str>) -> Option<(Reason, String)> {
     const NAMED: usize = 3;
     let ours: Vec<&PodView> = pods.iter().filter(|p| p.digest.as_deref() == Some(handed)).collect();
+    let failing: Vec<String> = ours
+        .iter()
+        .flat_map(|p| p.waiting.iter().map(move |(c, reason, message)| format!("{}/{c}: {reason} {message}", p.name)))
+        .map(|line| line.trim_end().to_owned())
+        .collect();
+    if !failing.is_empty() {
+        return Some((Reason::PodsFailing, format!("pods cannot start: {}", first(&failing, NAMED))));
+    }
     if let Some(volume) = image_volume {
         let empty: Vec<String> = ours
             .iter()
@@ -180,11 +204,7 @@ pub fn pod_problems(pods: &[PodView], handed: &str, image_volume: Option<&str>) 
             return Some((Reason::ImageVolumeNotMounted, message));
         }
     }
-    let failing: Vec<String> = ours
-        .iter()
-        .flat_map(|p| p.waiting.iter().map(move |(c, reason, message)| format!("{}/{c}: {reason}: {message}", p.name)))
-        .collect();
-    (!failing.is_empty()).then(|| (Reason::PodsFailing, format!("pods cannot start: {}", first(&failing, NAMED))))
+    None
 }
 
 fn first(items: &[String], n: usize) -> String {
