@@ -54,8 +54,9 @@ struct Release {
     cache: PathBuf,
 }
 
+static RELEASE: OnceLock<Release> = OnceLock::new();
+
 fn release() -> &'static Release {
-    static RELEASE: OnceLock<Release> = OnceLock::new();
     RELEASE.get_or_init(|| {
         let bed = Bed::get();
         let suffix = unique_suffix();
@@ -86,9 +87,32 @@ fn release() -> &'static Release {
         for s in &sets {
             args.extend(["--set", s.as_str()]);
         }
+        // The release must not outlive this test binary: its operator's node-cache loop is
+        // cluster-wide, so later test binaries' nodes would get its scrub Jobs (of its cache
+        // directory, empty there) and their ModelCaches its reports.
+        // SAFETY: `uninstall` is an `extern "C" fn()` that reads a static and runs processes; it
+        // does nothing unless the release below was installed.
+        unsafe { libc::atexit(uninstall) };
         run_tool(&bed.tool("helm"), &args, &[], None);
         Release { name, namespace, watched, cache }
     })
+}
+
+/// Runs at the test binary's exit, once the release was installed: first the watched namespace
+/// (while the operator still runs, so that its deployments' finalizers are served), then the
+/// release and its namespace (its Jobs).
+extern "C" fn uninstall() {
+    let Some(release) = RELEASE.get() else { return };
+    let bed = Bed::get();
+    let kubeconfig = bed.kubeconfig.display().to_string();
+    let delete_namespace = |ns: &str| {
+        let args = ["--kubeconfig", kubeconfig.as_str(), "delete", "namespace", ns, "--wait=true", "--timeout=90s"];
+        let _ = std::process::Command::new(bed.tool("kubectl")).args(args).output();
+    };
+    delete_namespace(&release.watched);
+    let helm = ["--kubeconfig", kubeconfig.as_str(), "uninstall", &release.name, "--namespace", &release.namespace];
+    let _ = std::process::Command::new(bed.tool("helm")).args(helm).output();
+    delete_namespace(&release.namespace);
 }
 
 fn watched() -> String {
