@@ -12,7 +12,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::jobs::{self, Role};
 use super::plan::JobState;
-use super::{FINALIZER, delete_ignoring_missing, nodes, set_node_labels};
+use super::{FINALIZER, delete_ignoring_missing, effects, index, nodes, set_node_labels};
 use crate::api::ModelDeployment;
 use crate::controller::{Context, Error};
 
@@ -54,7 +54,8 @@ pub async fn run(deployment: &ModelDeployment, ctx: &Context) -> Result<Progress
     if waiting {
         return Ok(Progress::Waiting);
     }
-    set_node_labels(ctx, &label, |_| None).await?;
+    let labelled = index::node_labels(&ctx.nodes, &label);
+    set_node_labels(ctx, &label, &effects::label_changes(&labelled, &Default::default())).await?;
     let listed = jobs_api.list_metadata(&ListParams::default().labels(&selector)).await?;
     for job in listed.items.iter().filter(|j| j.metadata.deletion_timestamp.is_none()) {
         delete_ignoring_missing(&jobs_api, &job.name_any()).await?;

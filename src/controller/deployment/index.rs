@@ -1,17 +1,19 @@
 //! What one reconcile of a ModelDeployment reads, gathered before anything is decided (linkerd's
 //! index): the Model and the version it offers, the registry access new Jobs get, the selected
-//! nodes (from the node store), and this deployment's Jobs with the results of finished ones.
+//! nodes and their ready labels (from the node store), this deployment's Jobs with the results of
+//! finished ones, and the listed workloads with their pods (`observe.rs`).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::{Api, ResourceExt};
 
 use super::plan::{Desired, JobState, NodeCache, ObservedJob};
-use super::{desired, jobs, nodes};
+use super::workloads::Observed;
+use super::{desired, jobs, nodes, observe};
 use crate::api::conditions::Reason;
 use crate::api::{Model, ModelCache, ModelDeployment, ModelDeploymentStatus, NodePhase};
 use crate::controller::access::{Access, access_for};
@@ -32,6 +34,18 @@ pub struct Index {
     pub caches: BTreeMap<String, NodeCache>,
     /// When each selected node's ModelCache was measured, as this pass read it (None: no cache).
     pub caches_seen: BTreeMap<String, Option<Time>>,
+    /// The deployment's ready label, and every node with the value of it it carries.
+    pub label: String,
+    pub labelled: BTreeMap<String, Option<String>>,
+    /// One per `spec.workloads` entry.
+    pub workloads: Vec<Observed>,
+}
+
+impl Index {
+    /// The Model's repository, when the Model is known.
+    pub fn repository(&self) -> Option<&str> {
+        self.model.as_ref().map(|m| m.spec.repository.as_str())
+    }
 }
 
 pub async fn gather(
@@ -61,7 +75,15 @@ pub async fn gather(
     let jobs = observe_jobs(ctx, &namespace, &deployment.name_any(), previous).await?;
     let caches = node_caches(ctx, &format!("{namespace}/{}", deployment.name_any()), &nodes);
     let caches_seen = nodes.iter().map(|n| (n.clone(), measured_at(&ctx.model_caches, n))).collect();
-    Ok(Index { model, desired, access, fingerprint, nodes, jobs, caches, caches_seen })
+    let label = nodes::ready_label(&namespace, &deployment.name_any());
+    let labelled = node_labels(&ctx.nodes, &label);
+    let workloads = observe::workloads(&ctx.client, &ctx.nodes, &namespace, &deployment.spec.workloads).await?;
+    Ok(Index { model, desired, access, fingerprint, nodes, jobs, caches, caches_seen, label, labelled, workloads })
+}
+
+/// Every node in the store, with the value of `label` it carries.
+pub fn node_labels(store: &reflector::Store<Node>, label: &str) -> BTreeMap<String, Option<String>> {
+    store.state().iter().map(|n| (n.name_any(), n.labels().get(label).cloned())).collect()
 }
 
 fn measured_at(store: &reflector::Store<ModelCache>, node: &str) -> Option<Time> {

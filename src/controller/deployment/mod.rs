@@ -1,16 +1,19 @@
 //! The ModelDeployment reconciler in linkerd's shape: [`index`] gathers every read (the Model and the
-//! version it offers, the selected nodes, this deployment's Jobs), [`plan`] decides purely (which
-//! Jobs to create and delete, per-node status, drift, events), and [`writer`] applies the plan (Jobs,
-//! workloads, status only on change, node labels, events, metrics). Deletion runs a cleanup Job per
-//! node behind a finalizer.
+//! version it offers, the selected nodes and their labels, this deployment's Jobs, the listed
+//! workloads and their pods), [`plan`] decides purely (which Jobs to create and delete, per-node
+//! status, drift, the workload hand-overs, node labels, metrics, events, when to look again), and
+//! [`writer`] applies the plan and decides nothing. Deletion runs a cleanup Job per node behind a
+//! finalizer.
 
 mod bound;
 mod cleanup;
 mod desired;
+mod effects;
 mod handover;
 mod index;
 mod jobs;
 mod nodes;
+mod observe;
 mod plan;
 mod workloads;
 mod writer;
@@ -23,7 +26,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::{Context, Error};
-use crate::api::{ModelDeployment, ModelDeploymentStatus};
+use crate::api::ModelDeployment;
 use plan::Inputs;
 
 pub use bound::{AllowedToleration, NodeBound, parse_label};
@@ -70,7 +73,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
     let current = deployment.status.as_ref();
     let previous = current.cloned().unwrap_or_default();
     let index = index::gather(deployment, ctx, &previous).await?;
-    let mut plan = plan::plan(&Inputs {
+    let plan = plan::plan(&Inputs {
         spec: &deployment.spec,
         previous: &previous,
         desired: &index.desired,
@@ -80,9 +83,10 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
         access: &index.fingerprint,
         generation: deployment.metadata.generation,
         now: &Time(jiff::Timestamp::now()),
+        label: &index.label,
+        labelled: &index.labelled,
+        workloads: &handover::Seen { observed: &index.workloads, repository: index.repository() },
     });
-    plan.status.node_label =
-        Some(nodes::ready_label(&deployment.namespace().unwrap_or_default(), &deployment.name_any()));
     let (created, deleted, requeue) = (plan.create.len(), plan.delete.len(), plan.requeue);
     let written = writer::write(ctx, deployment, &index, plan, current).await?;
     let next = &written.status;
@@ -99,22 +103,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
     if missed {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    Ok(Action::requeue(requeue_after(requeue, &previous, next, written.recheck)))
-}
-
-/// The hand-over follows the stored `deployed`: a switch written now is handed over on the next
-/// reconcile, and workloads rolling out or missing are re-read every 10s (they are not watched).
-fn requeue_after(
-    planned: Duration,
-    previous: &ModelDeploymentStatus,
-    next: &ModelDeploymentStatus,
-    recheck: bool,
-) -> Duration {
-    let digest = |s: &ModelDeploymentStatus| s.deployed.as_ref().map(|d| d.digest.clone());
-    if digest(previous) != digest(next) {
-        return Duration::from_secs(1);
-    }
-    if recheck { planned.min(Duration::from_secs(10)) } else { planned }
+    Ok(Action::requeue(requeue))
 }
 
 pub fn error_policy(deployment: Arc<ModelDeployment>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -1,6 +1,8 @@
 //! The decisions of one ModelDeployment reconcile as a pure function: from the previous status, the
-//! desired version, the selected nodes and the Jobs that exist, compute the new status, the Jobs to
-//! create and delete, and the events. Everything that talks to the API server is in `mod.rs`.
+//! desired version, the selected nodes, the Jobs that exist, the listed workloads and the nodes'
+//! labels (all read by `index.rs`), compute the new status, the Jobs to create and delete, the
+//! workload hand-overs (`handover.rs`), the node labels and metrics (`effects.rs`), the events and
+//! when to look again. `writer.rs` applies the result and decides nothing.
 //!
 //! Per node at most one Job of a deployment runs at a time, and a finished Job is deleted before the
 //! next one starts: a pull moves the node's `current` link when it completes, so two pulls finishing
@@ -11,10 +13,12 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::effects::{self, Metrics};
+use super::handover::{self, HandOver, Seen};
 use crate::api::conditions::{self, ConditionStatus, Observation, Reason};
 use crate::api::{
     DeployedVersion, Drift, ModelDeploymentSpec, ModelDeploymentStatus, NodeEntry, NodePhase, NodesStatus, VersionRef,
-    short_digest,
+    WorkloadKind, short_digest,
 };
 
 /// A failed pull is retried this long after it failed, or at once when registry access changes.
@@ -115,6 +119,12 @@ pub struct Inputs<'a> {
     pub access: &'a str,
     pub generation: Option<i64>,
     pub now: &'a Time,
+    /// The deployment's ready label on nodes ([`super::nodes::ready_label`]).
+    pub label: &'a str,
+    /// Every node in the store, with the value of `label` it carries.
+    pub labelled: &'a BTreeMap<String, Option<String>>,
+    /// The listed workloads as read, and the Model's repository.
+    pub workloads: &'a Seen<'a>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +144,13 @@ pub struct Plan {
     /// Versions new pull Jobs keep in the node cache besides the one they pull.
     pub keep: Vec<String>,
     pub events: Vec<Note>,
+    /// Workloads handed the deployed version (each announced once its apply succeeded).
+    pub hand_over: Vec<HandOver>,
+    /// Events about one listed workload each.
+    pub workload_events: Vec<(WorkloadKind, String, Note)>,
+    /// (node, ready label value; None removes it) for the nodes whose label changes.
+    pub labels: Vec<(String, Option<String>)>,
+    pub metrics: Metrics,
     pub requeue: Duration,
 }
 
@@ -167,15 +184,30 @@ pub fn plan(inputs: &Inputs) -> Plan {
         true => nodes.create.into_iter().take(max_parallel.saturating_sub(running)).collect(),
         false => Vec::new(),
     };
-    let status = next_status(inputs, desired, nodes.entries);
+    let mut status = next_status(inputs, desired, nodes.entries);
     let events = events(inputs.previous, &status);
+    status.node_label = Some(inputs.label.to_owned());
+    let (previous, generation) = (inputs.previous, inputs.generation);
+    let handed =
+        handover::decide(inputs.spec, inputs.desired, inputs.workloads, generation, inputs.now, &mut status, previous);
     let requeue = match nodes.retry_at {
         Some(at) => Duration::try_from(at.duration_since(inputs.now.0)).unwrap_or_default().max(Duration::from_secs(1)),
         None if running + create.len() > 0 => Duration::from_secs(60),
         None => RESYNC,
     };
     let keep = keep_list(inputs.spec, &status);
-    Plan { status, create, delete, keep, events, requeue: requeue.min(RESYNC) }
+    Plan {
+        create,
+        delete,
+        keep,
+        events,
+        hand_over: handed.hand_over,
+        workload_events: handed.events,
+        labels: effects::label_changes(inputs.labelled, &effects::wanted_labels(&status)),
+        metrics: effects::metrics(previous, &status),
+        requeue: effects::requeue_after(requeue.min(RESYNC), previous, &status, handed.recheck),
+        status,
+    }
 }
 
 /// Every selected node's plan, merged.

@@ -82,6 +82,9 @@ impl Run {
             access: "a1",
             generation: Some(1),
             now: &t(now),
+            label: "ready.modelpack.dev/ns.d",
+            labelled: &BTreeMap::new(),
+            workloads: &Seen { observed: &[], repository: Some("registry.example/m") },
         };
         let plan = plan(&inputs);
         self.status = plan.status.clone();

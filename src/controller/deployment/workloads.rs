@@ -1,6 +1,7 @@
 //! The hand-over of the deployed version to the workloads of `spec.workloads`, as pure decisions:
 //! which digest the workloads should carry now ([`target`]), what to apply to each ([`to_apply`],
-//! [`apply_body`]) and what to report ([`report`]). The reads and patches are in `handover.rs`.
+//! [`apply_body`]) and what to report ([`report`]). The reads are the index's (`observe.rs`), the
+//! decision as a whole is `handover.rs`, the patches are the writer's.
 //!
 //! The version is handed over only once the stored status says every selected node holds it
 //! (`deployed`) and it is still the accepted version (`desired`): pods restarted before that would
@@ -87,6 +88,23 @@ impl Live {
             updated,
             ready,
             pods: None,
+        }
+    }
+
+    /// The workload as applying `a` leaves it: the template carries the digest (and the image
+    /// reference), so its generation moves on and its controller has not seen it yet; the pods read
+    /// before ran another version and say nothing about this one.
+    pub fn handed(&self, a: &Apply) -> Live {
+        let volume = match &a.volume {
+            Some((_, reference)) => Volume::Image(Some(reference.clone())),
+            None => self.volume.clone(),
+        };
+        Live {
+            digest: Some(a.digest.clone()),
+            volume,
+            generation: self.generation.map(|g| g + 1),
+            pods: None,
+            ..self.clone()
         }
     }
 
@@ -287,6 +305,8 @@ pub struct Report {
     pub condition: Option<(ConditionStatus, Reason, String)>,
     /// Events about one workload each (it becomes their related object).
     pub events: Vec<(WorkloadKind, String, Note)>,
+    /// The announcement of each apply, in order.
+    pub handed: Vec<Note>,
     pub rolling: bool,
     /// A workload or image volume is missing: nothing watches for it to appear, so look again soon.
     pub problems: bool,
@@ -299,7 +319,14 @@ pub fn report(
     applied: &[Apply],
     previous: &[WorkloadStatus],
 ) -> Report {
-    let mut out = Report { statuses: Vec::new(), condition: None, events: Vec::new(), rolling: false, problems: false };
+    let mut out = Report {
+        statuses: Vec::new(),
+        condition: None,
+        events: Vec::new(),
+        handed: Vec::new(),
+        rolling: false,
+        problems: false,
+    };
     let mut problems: Vec<(Reason, String)> = Vec::new();
     let mut rolling = Vec::new();
     for (r, o) in refs.iter().zip(observed) {
@@ -322,7 +349,7 @@ pub fn report(
         }
         out.statuses.push(status);
     }
-    out.events.extend(applied.iter().map(|a| (a.kind, a.name.clone(), handed_over(a))));
+    out.handed = applied.iter().map(handed_over).collect();
     out.rolling = !rolling.is_empty() && target.is_ok();
     out.problems = !problems.is_empty();
     out.condition = condition(refs, target, &problems, &rolling);

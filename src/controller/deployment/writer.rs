@@ -1,8 +1,7 @@
-//! The one place a ModelDeployment's plan reaches the cluster: Jobs deleted and created, workloads
-//! handed the version, status written (only on change), node labels synced, events published and
-//! metrics recorded. Nothing here decides what to do: [`super::plan`] did.
-
-use std::collections::BTreeMap;
+//! The one place a ModelDeployment's plan reaches the cluster, in this order: Jobs deleted and
+//! created, workloads handed the version, metrics recorded, status written (only on change), node
+//! labels patched, events published. Nothing here decides what to do: [`super::plan`] did, from
+//! what [`super::index`] read.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret};
@@ -10,18 +9,17 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
+use super::handover::HandOver;
 use super::index::Index;
 use super::plan::{self, Plan};
-use super::{handover, jobs, nodes};
-use crate::api::{ModelDeployment, ModelDeploymentStatus, NodePhase, short_digest};
+use super::{jobs, observe, workloads};
+use crate::api::{ModelDeployment, ModelDeploymentStatus, WorkloadKind};
 use crate::controller::{Context, Error, status};
 
 /// What the writer did.
 pub struct Written {
     pub status: ModelDeploymentStatus,
     pub wrote_status: bool,
-    /// A workload is rolling out or missing: look again soon (workloads are not watched).
-    pub recheck: bool,
 }
 
 pub async fn write(
@@ -32,8 +30,7 @@ pub async fn write(
     current: Option<&ModelDeploymentStatus>,
 ) -> Result<Written, Error> {
     let namespace = deployment.namespace().unwrap_or_default();
-    let name = deployment.name_any();
-    let previous = current.cloned().unwrap_or_default();
+    let key = format!("{namespace}/{}", deployment.name_any());
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     for job in &plan.delete {
         delete_ignoring_missing(&jobs_api, job).await?;
@@ -50,22 +47,65 @@ pub async fn write(
                 access: &index.fingerprint,
             };
             create_pull_job(ctx, deployment, &pull).await?;
-            tracing::info!(deployment = %format!("{namespace}/{name}"), node = %node, digest = %digest, "started pull job");
+            tracing::info!(deployment = %key, node = %node, digest = %digest, "started pull job");
         }
     }
-    let mut next = plan.status;
-    let repository = index.model.as_ref().map(|m| m.spec.repository.as_str());
-    let handed = handover::sync(ctx, deployment, &index.desired, repository, &previous, &mut next).await?;
-    record_metrics(ctx, &format!("{namespace}/{name}"), &previous, &next);
+    let handed = hand_over(ctx, &namespace, &plan.hand_over).await?;
+    for (succeeded, bytes) in &plan.metrics.pulls_finished {
+        ctx.metrics.pull_finished(*succeeded, *bytes);
+    }
+    ctx.metrics.drift(&key, plan.metrics.drifted);
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let wrote_status = status::apply(&api, deployment, current, &next).await?;
-    sync_node_labels(ctx, &namespace, &name, &next).await?;
+    let wrote_status = status::apply(&api, deployment, current, &plan.status).await?;
+    set_node_labels(ctx, &index.label, &plan.labels).await?;
     let reference = deployment.object_ref(&());
-    let related = handed.events.into_iter().map(|(workload, note)| (note, Some(workload)));
-    for (note, secondary) in plan.events.into_iter().map(|note| (note, None)).chain(related) {
+    let workload = |kind, name: &str, version| Some(workload_ref(&namespace, kind, name, version));
+    let related = plan.workload_events.into_iter().map(|(kind, name, note)| (note, workload(kind, &name, None)));
+    let announced =
+        handed.into_iter().map(|(h, version)| (h.note.clone(), workload(h.apply.kind, &h.apply.name, version)));
+    for (note, secondary) in plan.events.into_iter().map(|note| (note, None)).chain(related).chain(announced) {
         publish(ctx, &reference, note, secondary).await;
     }
-    Ok(Written { status: next, wrote_status, recheck: handed.recheck })
+    Ok(Written { status: plan.status, wrote_status })
+}
+
+/// Server-side applies each hand-over under [`workloads::FIELD_MANAGER`]; returns those done, with
+/// the workload's resourceVersion after it. A workload deleted since the index read it is skipped
+/// (the next reconcile reports it missing).
+async fn hand_over<'a>(
+    ctx: &Context,
+    namespace: &str,
+    hand_over: &'a [HandOver],
+) -> Result<Vec<(&'a HandOver, Option<String>)>, Error> {
+    let mut done = Vec::new();
+    for h in hand_over {
+        let a = &h.apply;
+        let api = observe::api_for(&ctx.client, namespace, a.kind);
+        let params = PatchParams::apply(workloads::FIELD_MANAGER).force();
+        match api.patch(&a.name, &params, &Patch::Apply(workloads::apply_body(a))).await {
+            Ok(obj) => {
+                tracing::info!(workload = %format!("{}/{namespace}/{}", a.kind.as_str(), a.name), digest = %a.digest, "handed version to workload");
+                done.push((h, obj.metadata.resource_version));
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
+
+/// A listed workload as an event's related object. A hand-over names the workload version it made:
+/// two hand-overs are two events, not one series (the recorder folds events whose objects and
+/// reason are equal).
+fn workload_ref(namespace: &str, kind: WorkloadKind, name: &str, version: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some(kind.as_str().into()),
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        resource_version: version,
+        ..Default::default()
+    }
 }
 
 /// Events about the deployment; a workload it concerns is the related object (which also keeps
@@ -81,23 +121,6 @@ async fn publish(ctx: &Context, reference: &ObjectReference, note: plan::Note, s
     if let Err(e) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!(error = %e, reason = %event.reason, "publishing event failed");
     }
-}
-
-/// Pulls that finished since the previous status, and whether the deployment is drifted.
-fn record_metrics(ctx: &Context, key: &str, previous: &ModelDeploymentStatus, next: &ModelDeploymentStatus) {
-    let before: BTreeMap<(&str, &str), NodePhase> = previous
-        .nodes
-        .iter()
-        .flat_map(|n| &n.entries)
-        .map(|e| ((e.node.as_str(), e.digest.as_str()), e.phase))
-        .collect();
-    for e in next.nodes.iter().flat_map(|n| &n.entries) {
-        let finished = matches!(e.phase, NodePhase::Ready | NodePhase::Failed) && e.completed_at.is_some();
-        if finished && before.get(&(e.node.as_str(), e.digest.as_str())) != Some(&e.phase) {
-            ctx.metrics.pull_finished(e.phase == NodePhase::Ready, e.bytes);
-        }
-    }
-    ctx.metrics.drift(key, next.drift.as_ref().map(|d| !d.in_sync));
 }
 
 /// The Secret first (so the pod never waits for it), then the Job, then the Job becomes the
@@ -146,46 +169,16 @@ where
     }
 }
 
-/// Nodes whose `current` holds the desired or deployed version carry the deployment's ready label
-/// (value: that version's short digest); every other node loses it.
-async fn sync_node_labels(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    status: &ModelDeploymentStatus,
-) -> Result<(), Error> {
-    let key = nodes::ready_label(namespace, name);
-    let serving: Vec<&str> =
-        [status.desired.as_ref().map(|d| d.digest.as_str()), status.deployed.as_ref().map(|d| d.digest.as_str())]
-            .into_iter()
-            .flatten()
-            .collect();
-    let wanted: BTreeMap<&str, String> = status
-        .nodes
-        .iter()
-        .flat_map(|n| &n.entries)
-        .filter_map(|e| {
-            let current = e.current.as_deref()?;
-            serving.contains(&current).then(|| (e.node.as_str(), short_digest(current)))
-        })
-        .collect();
-    set_node_labels(ctx, &key, |node| wanted.get(node).cloned()).await
-}
-
+/// Patches each node's ready label `key` (None removes it); a node deleted meanwhile is skipped.
 pub(super) async fn set_node_labels(
     ctx: &Context,
     key: &str,
-    wanted: impl Fn(&str) -> Option<String>,
+    changes: &[(String, Option<String>)],
 ) -> Result<(), Error> {
     let api: Api<Node> = Api::all(ctx.client.clone());
-    for node in ctx.nodes.state() {
-        let name = node.name_any();
-        let want = wanted(&name);
-        if node.labels().get(key) == want.as_ref() {
-            continue;
-        }
+    for (node, want) in changes {
         let patch = serde_json::json!({"metadata": {"labels": {key: want}}});
-        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
