@@ -6,8 +6,12 @@
 //! Adding a step (a policy gate) is one `Step` variant, one function in `steps.rs` returning an
 //! `Outcome`, and one line in [`run`]. A gate that fails does not stop the steps after it: `accept`
 //! decides from every gate's verdict which digest deployments use.
+//!
+//! The steps reach the cluster and the registries only through [`outside::Outside`], so a pass
+//! runs in tests against fakes (`steps_tests.rs`).
 
 mod failures;
+mod outside;
 mod record;
 mod steps;
 mod summary;
@@ -24,7 +28,8 @@ use super::{Context, Error, status};
 use crate::api::{Model, ModelReference, ModelStatus};
 use crate::registry::{Inspection, RefSpec, Resolution};
 
-use summary::{Outcome, Step};
+use outside::{Live, Outside};
+use summary::{Outcome, Step, Summary};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -56,8 +61,8 @@ pub fn uses_secret(model: &Model, name: &str) -> bool {
 
 /// What the steps of one pass share: their inputs, the status being built, and what each step found
 /// for the ones after it.
-pub struct Pass<'a> {
-    ctx: &'a Context,
+pub struct Pass<'a, O: Outside> {
+    io: &'a O,
     model: &'a Model,
     namespace: String,
     now: Time,
@@ -88,32 +93,18 @@ fn before(status: Option<&ModelStatus>) -> Option<(String, bool)> {
 pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = model.namespace().unwrap_or_default();
     let api: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
-    let current = model.status.clone();
-    let mut pass = Pass {
-        ctx: &ctx,
-        model: &model,
-        namespace,
-        now: Time(jiff::Timestamp::now()),
-        every: interval(&model),
-        due: interval(&model),
-        next: ModelStatus { observed_generation: model.metadata.generation, ..current.clone().unwrap_or_default() },
-        before: before(current.as_ref()),
-        access: None,
-        resolution: None,
-        inspection: None,
-    };
+    let current = model.status.as_ref();
     if model.spec.suspend {
-        status::apply(&api, model.as_ref(), current.as_ref(), &pass.next).await?;
+        let next = ModelStatus { observed_generation: model.metadata.generation, ..current.cloned().unwrap_or_default() };
+        status::apply(&api, model.as_ref(), current, &next).await?;
         return Ok(Action::await_change());
     }
-    let outcomes = run(&mut pass).await?;
-    let (mut next, now) = (pass.next, pass.now);
-    let summary = summary::summarise(outcomes, &model, current.as_ref(), &mut next, &now, pass.due);
-    let wrote = status::apply(&api, model.as_ref(), current.as_ref(), &next).await?;
+    let (next, summary) = decide(&Live(&ctx), &model, Time(jiff::Timestamp::now())).await?;
+    let wrote = status::apply(&api, model.as_ref(), current, &next).await?;
     summary.record(&ctx.metrics);
     let requeue = summary.requeue;
     tracing::info!(
-        model = %format!("{}/{}", pass.namespace, model.name_any()),
+        model = %format!("{namespace}/{}", model.name_any()),
         reason = %summary.observation.reason,
         wrote_status = wrote,
         requeue_secs = requeue.as_secs(),
@@ -128,9 +119,32 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
     Ok(Action::requeue(requeue))
 }
 
+/// One pass of the steps against `io`: the status it amounts to, and what the summariser concluded.
+/// An API failure ends it (the error policy retries).
+async fn decide<O: Outside>(io: &O, model: &Model, now: Time) -> Result<(ModelStatus, Summary), Error> {
+    let current = model.status.as_ref();
+    let mut pass = Pass {
+        io,
+        model,
+        namespace: model.namespace().unwrap_or_default(),
+        now,
+        every: interval(model),
+        due: interval(model),
+        next: ModelStatus { observed_generation: model.metadata.generation, ..current.cloned().unwrap_or_default() },
+        before: before(current),
+        access: None,
+        resolution: None,
+        inspection: None,
+    };
+    let outcomes = run(&mut pass).await?;
+    let mut next = pass.next;
+    let summary = summary::summarise(outcomes, model, current, &mut next, &pass.now, pass.due);
+    Ok((next, summary))
+}
+
 /// Runs the steps in order. A step whose failure leaves nothing for the next (no access, no digest,
 /// no manifest) ends the pass; a gate's failure does not, since `accept` weighs every gate.
-async fn run(p: &mut Pass<'_>) -> Result<Vec<Outcome>, Error> {
+async fn run<O: Outside>(p: &mut Pass<'_, O>) -> Result<Vec<Outcome>, Error> {
     let mut outcomes: Vec<Outcome> = Vec::new();
     for step in Step::ALL {
         let outcome = match step {

@@ -1,31 +1,31 @@
 //! The steps of a Model pass, in the order [`super::run`] calls them. Each reads what the steps
 //! before it left in the [`Pass`], records what it found in the status being built, and returns an
-//! [`Outcome`]; none writes a condition.
+//! [`Outcome`]; none writes a condition. The world outside is asked through [`Outside`]; an API
+//! failure in its answer ends the pass at the `?`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::summary::{Failure, Outcome, Step, Tally, Verdict};
+use super::outside::Outside;
 use super::{Pass, failures, record, ref_spec};
 use crate::api::conditions::Reason;
 use crate::api::{ModelStatus, VerifyProvider, VerifySpec};
 use crate::controller::Error;
 use crate::controller::acceptance::{self, Acceptance, Check, Gate};
-use crate::controller::access::access_for;
 use crate::controller::compliance;
-use crate::controller::trust::{self, Trust};
 use crate::registry::RefSpec;
 use crate::verify::Verification;
 
 /// Registry access for the Model, and its ref resolved to a digest.
-pub async fn resolve(p: &mut Pass<'_>) -> Result<Outcome, Error> {
+pub async fn resolve<O: Outside>(p: &mut Pass<'_, O>) -> Result<Outcome, Error> {
     let spec = ref_spec(&p.model.spec.reference);
     p.next.reference = spec.as_ref().ok().map(RefSpec::describe);
     let resolved = match spec {
         Err(e) => Err(e),
-        Ok(spec) => match access_for(&p.ctx.client, p.model, &p.namespace).await {
+        Ok(spec) => match p.io.access(p.model, &p.namespace).await? {
             Err(e) => Err(e),
             Ok(access) => {
-                let resolved = p.ctx.caches.resolve(&access, &spec, p.every).await;
+                let resolved = p.io.resolve(&access, &spec, p.every).await?;
                 p.access = Some(access);
                 resolved.map(|(resolution, due)| {
                     p.due = due;
@@ -40,18 +40,18 @@ pub async fn resolve(p: &mut Pass<'_>) -> Result<Outcome, Error> {
             p.resolution = Some(resolution);
             Ok(Outcome::passed(Step::Resolve, note))
         }
-        Err(e) => counted_failure(p, Step::Resolve, e),
+        Err(e) => Ok(counted_failure(p, Step::Resolve, e)),
     }
 }
 
 /// The resolved digest's manifest and ModelPack config, recorded with the resolution.
-pub async fn inspect(p: &mut Pass<'_>) -> Result<Outcome, Error> {
+pub async fn inspect<O: Outside>(p: &mut Pass<'_, O>) -> Result<Outcome, Error> {
     let (Some(access), Some(resolution)) = (&p.access, &p.resolution) else {
         return Ok(Outcome::new(Step::Inspect, Verdict::Skipped));
     };
-    let inspection = match p.ctx.caches.inspect(access, &resolution.digest).await {
+    let inspection = match p.io.inspect(access, &resolution.digest).await? {
         Ok(inspection) => inspection,
-        Err(e) => return counted_failure(p, Step::Inspect, e),
+        Err(e) => return Ok(counted_failure(p, Step::Inspect, e)),
     };
     let note = if inspection.warnings.is_empty() { "" } else { " (warning: the ModelPack config is empty)" };
     let mut outcome = Outcome::passed(Step::Inspect, note);
@@ -64,7 +64,7 @@ pub async fn inspect(p: &mut Pass<'_>) -> Result<Outcome, Error> {
 /// The gate of `spec.verify`: the resolved digest's signature under the trust in force, and what
 /// that trust says of the digest accepted (or revoked) before, which it may revoke (see
 /// [`acceptance`]).
-pub async fn verify(p: &mut Pass<'_>) -> Result<Outcome, Error> {
+pub async fn verify<O: Outside>(p: &mut Pass<'_, O>) -> Result<Outcome, Error> {
     let Some(spec) = p.model.spec.verify.as_ref() else {
         // Without verification nothing is revoked by trust.
         p.next.revoked = None;
@@ -74,18 +74,15 @@ pub async fn verify(p: &mut Pass<'_>) -> Result<Outcome, Error> {
         return Ok(Outcome::new(Step::Verify, Verdict::Skipped));
     };
     let digest = resolution.digest.clone();
-    let (trust, verified) = match trust::trust_for(&p.ctx.client, spec, &p.namespace).await {
+    let (trust, verified) = match p.io.trust(spec, &p.namespace).await? {
         Ok(t) => {
-            let verified = p.ctx.caches.verify(access(p)?, p.model, &t, &inspection).await;
+            let verified = p.io.verify(access(p)?, p.model, &t, &inspection).await?;
             (Some(t), verified)
         }
         Err(e) => (None, Err(e)),
     };
     let tally = tally(spec.provider, &verified);
-    let verified = match verified {
-        Err(Error::Kube(e)) => return Err(Error::Kube(e)),
-        v => v.map(|(v, _)| v),
-    };
+    let verified = verified.map(|(v, _)| v);
     let resolved = check(&verified);
     let again = match (&p.before, &trust) {
         (Some((d, _)), Some(t)) if *d != digest => Some(again(p, t, d).await?),
@@ -109,7 +106,7 @@ fn check(verified: &Result<Verification, Error>) -> Check {
 /// `modelpack_verifications_total` counts verdicts reached this pass, not cached ones.
 fn tally(provider: VerifyProvider, verified: &Result<(Verification, bool), Error>) -> Option<Tally> {
     let result = match verified {
-        Ok((_, true)) | Err(Error::Kube(_)) => return None,
+        Ok((_, true)) => return None,
         Ok((v, false)) if v.enforced => "verified",
         Ok((_, false)) => "audit",
         Err(Error::Verify(crate::verify::Error::Rejected { .. })) => "rejected",
@@ -128,8 +125,8 @@ fn passed(next: &mut ModelStatus, spec: &VerifySpec, v: &Verification, now: &Tim
 
 /// The resolved digest did not verify: the digest accepted before is kept, revoked, or (its trust
 /// restored) accepted again.
-fn refused(
-    p: &mut Pass<'_>,
+fn refused<O: Outside>(
+    p: &mut Pass<'_, O>,
     spec: &VerifySpec,
     gate: Gate,
     error: &Error,
@@ -160,14 +157,13 @@ fn refused(
 /// The gate of the ModelPolicies that select the Model: every rule on the resolved digest. Under
 /// `Enforce` a violation refuses the digest; the digest accepted before is not judged (a policy
 /// holds back new versions, it never takes away the one in use). `Audit` violations only show.
-pub async fn comply(p: &mut Pass<'_>) -> Result<Outcome, Error> {
+pub async fn comply<O: Outside>(p: &mut Pass<'_, O>) -> Result<Outcome, Error> {
     let (Some(access), Some(resolution), Some(inspection)) = (&p.access, &p.resolution, &p.inspection) else {
         return Ok(Outcome::new(Step::Comply, Verdict::Skipped));
     };
     let before = p.before.as_ref().map(|_| Check::Passed);
-    let outcome = match compliance::comply(p.ctx, access, p.model, resolution, inspection, p.every).await {
+    let outcome = match p.io.comply(access, p.model, resolution, inspection, p.every).await? {
         Ok(outcome) => outcome,
-        Err(Error::Kube(e)) => return Err(Error::Kube(e)),
         Err(e) => {
             // The referrers could not be read: nothing is decided about the digest.
             let mut failed = Outcome::new(Step::Comply, Verdict::Failed(failure(p, &e)));
@@ -202,7 +198,7 @@ pub async fn comply(p: &mut Pass<'_>) -> Result<Outcome, Error> {
 }
 
 /// Which digest deployments use, from every gate's verdicts (see [`acceptance::decide`]).
-pub fn accept(p: &mut Pass<'_>, outcomes: &[Outcome]) -> Outcome {
+pub fn accept<O: Outside>(p: &mut Pass<'_, O>, outcomes: &[Outcome]) -> Outcome {
     let gates: Vec<Gate> = outcomes.iter().filter_map(|o| o.gate).collect();
     let decision = acceptance::decide(&gates, p.before.as_ref().map(|(_, revoked)| *revoked));
     match (decision, &p.resolution, &p.before) {
@@ -221,37 +217,29 @@ pub fn accept(p: &mut Pass<'_>, outcomes: &[Outcome]) -> Outcome {
 
 /// Verifies the digest accepted (or revoked) before under `trust` (a cached pass when nothing
 /// changed); an API failure ends the reconcile.
-async fn again(p: &Pass<'_>, trust: &Trust, digest: &str) -> Result<Result<Verification, Error>, Error> {
+async fn again<O: Outside>(p: &Pass<'_, O>, trust: &O::Trust, digest: &str) -> Result<Result<Verification, Error>, Error> {
     let access = access(p)?;
-    let verified = match p.ctx.caches.inspect(access, digest).await {
-        Ok(inspection) => p.ctx.caches.verify(access, p.model, trust, &inspection).await.map(|(v, _)| v),
+    Ok(match p.io.inspect(access, digest).await? {
+        Ok(inspection) => p.io.verify(access, p.model, trust, &inspection).await?.map(|(v, _)| v),
         Err(e) => Err(e),
-    };
-    match verified {
-        Err(Error::Kube(e)) => Err(Error::Kube(e)),
-        v => Ok(v),
-    }
+    })
 }
 
-fn access<'a>(p: &'a Pass<'_>) -> Result<&'a crate::controller::access::Access, Error> {
+fn access<'a, O: Outside>(p: &'a Pass<'_, O>) -> Result<&'a crate::controller::access::Access, Error> {
     p.access.as_ref().ok_or_else(|| Error::InvalidSpec("no registry access".into()))
 }
 
 /// How `error` shows (see [`failures`]).
-fn failure(p: &Pass<'_>, error: &Error) -> Failure {
+fn failure<O: Outside>(p: &Pass<'_, O>, error: &Error) -> Failure {
     let source = p.access.as_ref().and_then(|a| a.credential_source.as_deref());
     failures::failure(error, source, p.every)
 }
 
-/// A failure of resolving or inspecting, counted as a resolution result; an API failure ends the
-/// reconcile instead (retried by the error policy).
-fn counted_failure(p: &Pass<'_>, step: Step, error: Error) -> Result<Outcome, Error> {
-    if let Error::Kube(e) = error {
-        return Err(Error::Kube(e));
-    }
+/// A failure of resolving or inspecting, counted as a resolution result.
+fn counted_failure<O: Outside>(p: &Pass<'_, O>, step: Step, error: Error) -> Outcome {
     let failure = failure(p, &error);
     let reason = failure.reason.as_str();
     let mut outcome = Outcome::new(step, Verdict::Failed(failure));
     outcome.tally = Some(Tally::Resolution(reason));
-    Ok(outcome)
+    outcome
 }
