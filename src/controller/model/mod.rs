@@ -95,7 +95,8 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
     let api: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
     let current = model.status.as_ref();
     if model.spec.suspend {
-        let next = ModelStatus { observed_generation: model.metadata.generation, ..current.cloned().unwrap_or_default() };
+        let next =
+            ModelStatus { observed_generation: model.metadata.generation, ..current.cloned().unwrap_or_default() };
         status::apply(&api, model.as_ref(), current, &next).await?;
         return Ok(Action::await_change());
     }
@@ -167,6 +168,9 @@ pub fn error_policy(model: Arc<Model>, error: &Error, _ctx: Arc<Context>) -> Act
     tracing::warn!(model = %model.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
+
+#[cfg(test)]
+mod steps_tests;
 
 #[cfg(test)]
 mod tests {

@@ -5,8 +5,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::summary::{Failure, Outcome, Step, Tally, Verdict};
 use super::outside::Outside;
+use super::summary::{Failure, Outcome, Step, Tally, Verdict};
 use super::{Pass, failures, record, ref_spec};
 use crate::api::conditions::Reason;
 use crate::api::{ModelStatus, VerifyProvider, VerifySpec};
@@ -217,7 +217,11 @@ pub fn accept<O: Outside>(p: &mut Pass<'_, O>, outcomes: &[Outcome]) -> Outcome 
 
 /// Verifies the digest accepted (or revoked) before under `trust` (a cached pass when nothing
 /// changed); an API failure ends the reconcile.
-async fn again<O: Outside>(p: &Pass<'_, O>, trust: &O::Trust, digest: &str) -> Result<Result<Verification, Error>, Error> {
+async fn again<O: Outside>(
+    p: &Pass<'_, O>,
+    trust: &O::Trust,
+    digest: &str,
+) -> Result<Result<Verification, Error>, Error> {
     let access = access(p)?;
     Ok(match p.io.inspect(access, digest).await? {
         Ok(inspection) => p.io.verify(access, p.model, trust, &inspection).await?.map(|(v, _)| v),
