@@ -28,6 +28,7 @@ mod ranged;
 mod records;
 mod scrub;
 mod store;
+mod store_paths;
 mod tree;
 mod usage;
 mod walk;
