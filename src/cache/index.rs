@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Error;
 use super::allowance::{Allowance, ENTRY_COST};
+use super::layout::COMPLETE;
 use super::layout::Tmp;
-use super::materialise::COMPLETE;
 use super::store::Store;
 use super::tree::{PathKey, str_key};
 use super::walk::{Visitor, walk};

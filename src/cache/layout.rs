@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
+/// Marker written last into a model directory.
+pub const COMPLETE: &str = ".complete";
 pub(super) const BLOBS: &str = "blobs/sha256";
 pub(super) const SOURCES: &str = "sources/sha256";
 pub(super) const MODELS: &str = "models/sha256";

@@ -18,13 +18,11 @@ use sha2::{Digest, Sha256};
 use super::Error;
 use super::allowance::{self, Allowance, ENTRY_COST};
 use super::index::{self, FileSum, Sums};
+use super::layout::COMPLETE;
 use super::store::{Store, digest_hex};
 use super::tree::{PathKey, Refusal, Tree, path_key};
 use super::walk::{Visitor, dir_flags, walk};
 use crate::modelpack::{LayerFormat, Manifest, ModelPath, layer};
-
-/// Marker written last into a model directory.
-pub const COMPLETE: &str = ".complete";
 
 /// Extraction bound for a model when none is given: a generous multiple of the compressed size of
 /// all its archive layers, never below 1 GiB (so small archives of zeros still extract). One budget

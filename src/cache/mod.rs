@@ -23,6 +23,7 @@ mod link;
 mod materialise;
 mod outcome;
 mod pace;
+mod progress;
 mod pull;
 mod ranged;
 mod records;
@@ -40,14 +41,13 @@ pub use allowance::ENTRY_COST;
 pub use budget::{CacheLimit, LimitError, Space, human};
 pub use evict::Evicted;
 pub use gc::{Collected, Hold, Holder, collect, holders, keep_versions, unlink};
-pub use layout::{Lock, Locked};
+pub use layout::{COMPLETE, Lock, Locked};
 pub use link::{parse_link, set_current};
-pub use materialise::{
-    COMPLETE, DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, remove_tree,
-};
+pub use materialise::{DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, remove_tree};
 pub use outcome::{FailureReason, GcOutcome, PullOutcome, ScrubOutcome, TERMINATION_MESSAGE_LIMIT};
 pub use pace::DEFAULT_MIN_RATE;
-pub use pull::{Endpoint, Progress, PullOptions, pull};
+pub use progress::Progress;
+pub use pull::{Endpoint, PullOptions, pull};
 pub use ranged::DEFAULT_CHUNK_SIZE;
 pub use scrub::{RemovedModel, ScrubReport, scrub};
 pub use store::{Ingest, Store, digest_hex};

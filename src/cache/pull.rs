@@ -3,7 +3,7 @@
 //! from a partial ingest with HTTP Range, and published only when verified.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::Semaphore;
@@ -11,10 +11,11 @@ use tokio::sync::Semaphore;
 use super::budget::{self, CacheLimit, LayerNeed};
 use super::evict::{Evicted, make_room};
 use super::gc;
-use super::layout::Lock;
-use super::materialise::{COMPLETE, Limits, default_extract_limit, materialise};
+use super::layout::{COMPLETE, Lock};
+use super::materialise::{Limits, default_extract_limit, materialise};
 use super::outcome::PullOutcome;
 use super::pace::{DEFAULT_MIN_RATE, Pace, next_chunk};
+use super::progress::Progress;
 use super::scrub::{RemovedModel, check_before_reuse};
 use super::store::{Ingest, Store, digest_hex};
 use super::{Error, link, ranged};
@@ -55,13 +56,6 @@ impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Endpoint({})", self.repo)
     }
-}
-
-/// Live counters for progress output.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub total: AtomicU64,
-    pub done: AtomicU64,
 }
 
 pub async fn pull(

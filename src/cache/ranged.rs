@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 
 use super::Error;
 use super::pace::{Pace, next_chunk};
-use super::pull::Progress;
+use super::progress::Progress;
 use super::store::Ingest;
 use crate::registry::{Registry, Repository};
 

@@ -28,7 +28,7 @@ use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use super::allowance::{Allowance, ENTRY_COST};
-use super::materialise::COMPLETE;
+use super::layout::COMPLETE;
 use super::walk::{Visitor, dir_flags, walk};
 use crate::modelpack::ModelPath;
 
