@@ -130,6 +130,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn another_holder_is_reported_and_the_callers_own_lock_skipped() {

@@ -9,6 +9,7 @@ mod deployment;
 mod metrics;
 mod model;
 mod policy;
+mod registry_memo;
 pub mod runtime;
 mod status;
 mod trust;
@@ -30,9 +31,9 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::{Model, ModelCache, ModelDeployment, ModelPolicy};
 
-pub use access::Caches;
 pub use deployment::{AllowedToleration, FINALIZER, JobSettings, NodeBound, parse_label};
 pub use metrics::Metrics;
+pub use registry_memo::RegistryMemo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,7 +58,7 @@ pub enum Error {
 /// What every reconcile gets.
 pub struct Context {
     pub client: Client,
-    pub caches: Caches,
+    pub caches: RegistryMemo,
     pub recorder: Recorder,
     /// Every node, for selection and labels.
     pub nodes: reflector::Store<Node>,
@@ -165,7 +166,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
     let (models, models_writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        caches: Caches::default(),
+        caches: RegistryMemo::default(),
         recorder: Recorder::new(client.clone(), reporter),
         nodes,
         jobs,
