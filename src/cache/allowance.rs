@@ -16,10 +16,6 @@ use super::layout::Lock;
 use super::store::{Store, digest_hex};
 use crate::modelpack::Manifest;
 
-/// What one entry of a model (a directory, a file, a link: an inode or a directory entry) costs
-/// besides its data: one filesystem block. [`super::usage::measure`] counts the same.
-pub const ENTRY_COST: u64 = 4096;
-
 /// What a refill found: the room now free (under the budget and on the filesystem, everything
 /// written so far already counted), and what it evicted to get it.
 pub struct Grant {

@@ -5,6 +5,10 @@ use std::fmt;
 
 use crate::modelpack::{Descriptor, LayerFormat, layer};
 
+/// What one entry of a model (a directory, a file, a link: an inode or a directory entry) costs
+/// besides its data: one filesystem block. [`super::usage::measure`] counts the same.
+pub const ENTRY_COST: u64 = 4096;
+
 /// `--cache-limit`: a Kubernetes quantity of bytes (`500Gi`, `800G`, `1073741824`) or a
 /// percentage of the cache's filesystem (`80%`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

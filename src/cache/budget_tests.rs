@@ -6,8 +6,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::allowance::ENTRY_COST;
 use super::budget::CacheLimit;
+use super::budget::ENTRY_COST;
 use super::extract_tests::{RAW, TAR, descriptor, gzip, manifest, peak_rss_kib, put_blob, tar_of};
 use super::layout::{INDEX, MODELS, TMP};
 use super::materialise::{Limits, materialise};

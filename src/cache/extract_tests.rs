@@ -274,7 +274,7 @@ fn deep_directory_child() {
                 materialise(&store, &manifest_digest, &manifest(layers), &[], Limits::default()).unwrap();
             // What a second pull of the same model does, and what the garbage collector does.
             assert_eq!(super::materialise::count_files(&dir).unwrap(), files);
-            super::materialise::remove_tree(&dir).unwrap();
+            super::walk::remove_tree(&dir).unwrap();
             assert!(!dir.exists());
         })
         .unwrap()

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use super::Error;
 use super::layout::{BLOBS, DEPLOYMENTS, Lock, MODELS};
-use super::materialise::remove_tree;
 use super::store::{Store, digest_hex};
+use super::walk::remove_tree;
 use crate::modelpack::Manifest;
 
 /// What a collection removed.

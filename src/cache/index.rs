@@ -18,7 +18,8 @@ use rustix::fs::FileType;
 use serde::{Deserialize, Serialize};
 
 use super::Error;
-use super::allowance::{Allowance, ENTRY_COST};
+use super::allowance::Allowance;
+use super::budget::ENTRY_COST;
 use super::layout::COMPLETE;
 use super::layout::Tmp;
 use super::store::Store;

@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-use std::ffi::{CStr, OsStr};
+use std::ffi::CStr;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -12,16 +12,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use rustix::fs::{AtFlags, FileType, Mode};
+use rustix::fs::{FileType, Mode};
 use sha2::{Digest, Sha256};
 
 use super::Error;
-use super::allowance::{self, Allowance, ENTRY_COST};
+use super::allowance::{self, Allowance};
+use super::budget::ENTRY_COST;
 use super::index::{self, FileSum, Sums};
 use super::layout::COMPLETE;
 use super::store::{Store, digest_hex};
 use super::tree::{PathKey, Refusal, Tree, path_key};
-use super::walk::{Visitor, dir_flags, walk};
+use super::walk::{Visitor, open_dir, remove_tree, walk};
 use crate::modelpack::{LayerFormat, Manifest, ModelPath, layer};
 
 /// Extraction bound for a model when none is given: a generous multiple of the compressed size of
@@ -550,29 +551,6 @@ fn seal(dir: &Path, which: Seal) -> Result<(), Error> {
     walk(open_dir(dir)?, &mut Below).map_err(|e| Error::io(dir, e))
 }
 
-/// Removes a directory tree that [`seal`] made read-only.
-pub fn remove_tree(path: &Path) -> Result<(), Error> {
-    struct Remove;
-    impl Visitor for Remove {
-        type Error = io::Error;
-        fn enter(&mut self, at: &OwnedFd, _: &Path) -> io::Result<()> {
-            Ok(rustix::fs::fchmod(at, Mode::from_raw_mode(0o755))?)
-        }
-        fn entry(&mut self, at: &OwnedFd, _: &Path, name: &CStr, _: FileType) -> io::Result<()> {
-            Ok(rustix::fs::unlinkat(at, name, AtFlags::empty())?)
-        }
-        fn leave(&mut self, parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
-            Ok(rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?)
-        }
-    }
-    let Ok(meta) = fs::symlink_metadata(path) else { return Ok(()) };
-    if !meta.is_dir() {
-        return fs::remove_file(path).map_err(|e| Error::io(path, e));
-    }
-    walk(open_dir(path)?, &mut Remove).map_err(|e| Error::io(path, e))?;
-    fs::remove_dir(path).map_err(|e| Error::io(path, e))
-}
-
 /// The files (regular files and links) of a finished model, the marker aside.
 pub fn count_files(dir: &Path) -> Result<usize, Error> {
     struct Count(usize);
@@ -587,8 +565,4 @@ pub fn count_files(dir: &Path) -> Result<usize, Error> {
     let mut count = Count(0);
     walk(open_dir(dir)?, &mut count).map_err(|e| Error::io(dir, e))?;
     Ok(count.0)
-}
-
-fn open_dir(dir: &Path) -> Result<OwnedFd, Error> {
-    rustix::fs::open(dir, dir_flags(), Mode::empty()).map_err(|e| Error::io(dir, e.into()))
 }

@@ -37,13 +37,12 @@ mod walk;
 use std::path::Path;
 use std::time::Duration;
 
-pub use allowance::ENTRY_COST;
-pub use budget::{CacheLimit, LimitError, Space, human};
+pub use budget::{CacheLimit, ENTRY_COST, LimitError, Space, human};
 pub use evict::Evicted;
 pub use gc::{Collected, Hold, Holder, collect, holders, keep_versions, unlink};
 pub use layout::{COMPLETE, Lock, Locked};
 pub use link::{parse_link, set_current};
-pub use materialise::{DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, remove_tree};
+pub use materialise::{DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise};
 pub use outcome::{FailureReason, GcOutcome, PullOutcome, ScrubOutcome, TERMINATION_MESSAGE_LIMIT};
 pub use pace::DEFAULT_MIN_RATE;
 pub use progress::Progress;
@@ -52,6 +51,7 @@ pub use ranged::DEFAULT_CHUNK_SIZE;
 pub use scrub::{RemovedModel, ScrubReport, scrub};
 pub use store::{Ingest, Store, digest_hex};
 pub use usage::{CacheReport, ModelUsage, report};
+pub use walk::remove_tree;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

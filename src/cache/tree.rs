@@ -27,7 +27,8 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
-use super::allowance::{Allowance, ENTRY_COST};
+use super::allowance::Allowance;
+use super::budget::ENTRY_COST;
 use super::layout::COMPLETE;
 use super::walk::{Visitor, dir_flags, walk};
 use crate::modelpack::ModelPath;

@@ -12,8 +12,7 @@ use rustix::fs::{AtFlags, FileType, Mode};
 use serde::{Deserialize, Serialize};
 
 use super::Error;
-use super::allowance::ENTRY_COST;
-use super::budget::{CacheLimit, Space};
+use super::budget::{CacheLimit, ENTRY_COST, Space};
 use super::gc::{Hold, holders, layer_blobs};
 use super::layout::{BLOBS, MODELS, TMP};
 use super::store::Store;

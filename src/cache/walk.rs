@@ -8,8 +8,11 @@ use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::{fs, io};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use super::Error;
 
 /// What a traversal does; every method is optional.
 pub trait Visitor {
@@ -81,4 +84,31 @@ pub fn walk<V: Visitor>(root: OwnedFd, visitor: &mut V) -> Result<(), V::Error> 
             dir = parent;
         }
     }
+}
+
+/// Removes a directory tree that `seal` (`materialise.rs`) made read-only.
+pub fn remove_tree(path: &Path) -> Result<(), Error> {
+    struct Remove;
+    impl Visitor for Remove {
+        type Error = io::Error;
+        fn enter(&mut self, at: &OwnedFd, _: &Path) -> io::Result<()> {
+            Ok(rustix::fs::fchmod(at, Mode::from_raw_mode(0o755))?)
+        }
+        fn entry(&mut self, at: &OwnedFd, _: &Path, name: &CStr, _: FileType) -> io::Result<()> {
+            Ok(rustix::fs::unlinkat(at, name, AtFlags::empty())?)
+        }
+        fn leave(&mut self, parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
+            Ok(rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?)
+        }
+    }
+    let Ok(meta) = fs::symlink_metadata(path) else { return Ok(()) };
+    if !meta.is_dir() {
+        return fs::remove_file(path).map_err(|e| Error::io(path, e));
+    }
+    walk(open_dir(path)?, &mut Remove).map_err(|e| Error::io(path, e))?;
+    fs::remove_dir(path).map_err(|e| Error::io(path, e))
+}
+
+pub(super) fn open_dir(dir: &Path) -> Result<OwnedFd, Error> {
+    rustix::fs::open(dir, dir_flags(), Mode::empty()).map_err(|e| Error::io(dir, e.into()))
 }
