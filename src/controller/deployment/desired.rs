@@ -5,7 +5,30 @@
 use crate::api::conditions::{self, COMPLIANT, READY, Reason, STALLED};
 use crate::api::{Model, ModelDeployment, VersionRef, short_digest};
 
-use super::plan::Desired;
+/// What the deployment should hold, or why there is nothing to hold.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Desired {
+    Version {
+        version: VersionRef,
+        /// The Model resolved a newer digest a gate refused (a failed verification, a policy
+        /// violation): the gate's reason, and why.
+        rejected: Option<(Reason, String)>,
+    },
+    Blocked {
+        reason: Reason,
+        message: String,
+        stalled: bool,
+    },
+}
+
+impl Desired {
+    /// Blocked for a reason that forbids the pulls already under way too: the version lost its
+    /// trust, or the deployment asks for nodes beyond the operator's bound.
+    pub fn halts_pulls(&self) -> bool {
+        matches!(self, Desired::Blocked { reason, .. }
+            if matches!(reason, Reason::TrustRevoked | Reason::TolerationNotAllowed))
+    }
+}
 
 pub fn desired(deployment: &ModelDeployment, model: Option<&Model>) -> Desired {
     let name = &deployment.spec.model_ref.name;

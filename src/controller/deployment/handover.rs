@@ -5,7 +5,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::plan::{Desired, Note};
+use super::desired::Desired;
+use super::note::Note;
 use super::workloads::{self, Apply, Observed};
 use crate::api::conditions::{self, WORKLOADS_UPDATED};
 use crate::api::{ModelDeploymentSpec, ModelDeploymentStatus, WorkloadKind};

@@ -13,6 +13,7 @@ mod handover;
 mod index;
 mod jobs;
 mod nodes;
+mod note;
 mod observe;
 mod plan;
 mod workloads;

@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+pub use super::desired::Desired;
 use super::effects::{self, Metrics};
 use super::handover::{self, HandOver, Seen};
+pub use super::note::Note;
 use crate::api::conditions::{self, ConditionStatus, Observation, Reason};
 use crate::api::{
     DeployedVersion, Drift, ModelDeploymentSpec, ModelDeploymentStatus, NodeEntry, NodePhase, NodesStatus, VersionRef,
@@ -80,31 +82,6 @@ pub fn measured_after(seen: Option<&Time>, at: Option<&Time>) -> bool {
     matches!((seen, at), (Some(seen), Some(at)) if seen.0 > at.0)
 }
 
-/// What the deployment should hold, or why there is nothing to hold.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Desired {
-    Version {
-        version: VersionRef,
-        /// The Model resolved a newer digest a gate refused (a failed verification, a policy
-        /// violation): the gate's reason, and why.
-        rejected: Option<(Reason, String)>,
-    },
-    Blocked {
-        reason: Reason,
-        message: String,
-        stalled: bool,
-    },
-}
-
-impl Desired {
-    /// Blocked for a reason that forbids the pulls already under way too: the version lost its
-    /// trust, or the deployment asks for nodes beyond the operator's bound.
-    pub fn halts_pulls(&self) -> bool {
-        matches!(self, Desired::Blocked { reason, .. }
-            if matches!(reason, Reason::TrustRevoked | Reason::TolerationNotAllowed))
-    }
-}
-
 pub struct Inputs<'a> {
     pub spec: &'a ModelDeploymentSpec,
     pub previous: &'a ModelDeploymentStatus,
@@ -125,13 +102,6 @@ pub struct Inputs<'a> {
     pub labelled: &'a BTreeMap<String, Option<String>>,
     /// The listed workloads as read, and the Model's repository.
     pub workloads: &'a Seen<'a>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
-    pub warning: bool,
-    pub reason: Reason,
-    pub message: String,
 }
 
 #[derive(Debug)]

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use crate::api::conditions::{ConditionStatus, Reason};
 use crate::api::{ModelDeploymentSpec, WorkloadKind, WorkloadRef, WorkloadStatus, short_digest};
 
-use super::plan::{Desired, Note};
+use super::desired::Desired;
+use super::note::Note;
 
 /// The field manager of the two fields the operator writes on a workload, so that GitOps tools can
 /// ignore exactly those.
