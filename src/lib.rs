@@ -11,3 +11,6 @@ pub mod policy;
 pub mod printable;
 pub mod registry;
 pub mod verify;
+
+#[cfg(test)]
+mod module_graph_tests;
