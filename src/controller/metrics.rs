@@ -179,13 +179,13 @@ impl Metrics {
         &self,
         node: &str,
         status: &crate::api::ModelCacheStatus,
-        result: &super::caches::JobResult,
+        result: &super::inventories::JobResult,
     ) {
         for (kind, bytes) in [("used", status.used), ("capacity", status.capacity)] {
             self.cache_bytes.get_or_create(&CacheLabels { node: node.to_owned(), kind }).set(bytes);
         }
         self.evictions.inc_by(result.evicted().len() as u64);
-        if let super::caches::JobResult::Scrub(o) = result {
+        if let super::inventories::JobResult::Scrub(o) = result {
             let files = o.scrub.removed.iter().filter(|r| !o.scrub.corrupt_blobs.contains(&r.cause)).count();
             self.scrub_corrupt_blobs.inc_by((o.scrub.corrupt_blobs.len() + files) as u64);
         }
@@ -211,7 +211,7 @@ mod tests {
     use super::*;
     use crate::api::ModelCacheStatus;
     use crate::cache::{Evicted, PullOutcome, RemovedModel, ScrubOutcome, ScrubReport};
-    use crate::controller::caches::JobResult;
+    use crate::controller::inventories::JobResult;
 
     #[test]
     fn cache_bytes_evictions_and_corrupt_blobs_are_exported() {

@@ -3,9 +3,9 @@
 
 mod acceptance;
 mod access;
-mod caches;
 mod compliance;
 mod deployment;
+mod inventories;
 mod metrics;
 mod model;
 mod policy;
@@ -199,7 +199,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
     // The node caches' loop has no end of its own: it stops with the controllers.
     tokio::select! {
         _ = controllers => {}
-        _ = caches::run(ctx.clone()) => {}
+        _ = inventories::run(ctx.clone()) => {}
     }
 }
 

@@ -1,4 +1,4 @@
-//! The node caches: one cluster-scoped `ModelCache` per node holding models, its status written
+//! The node inventories: one cluster-scoped `ModelCache` per node, the inventory of the models it holds, its status written
 //! from the results of the Jobs that ran there (pull, cleanup, scrub); scrub Jobs every
 //! `--scrub-interval`; cache metrics; events on the deployments that lose a version. A loop over
 //! the Job and node stores rather than a controller: a Job's result is read once, when it finishes.
