@@ -11,7 +11,7 @@ use kube::runtime::events::{Event, EventType};
 
 use super::access::Access;
 use super::policy::{namespace_labels, selects};
-use super::{Context, Error};
+use super::{Error, ModelContext};
 use crate::api::conditions::{self, Condition, ConditionStatus, Reason};
 use crate::api::{Model, PolicyAction, Violation};
 use crate::policy::{self, RuleResult, Variables};
@@ -67,7 +67,7 @@ pub fn blocked_message(digest: &str, v: &Violation) -> String {
 
 /// Evaluates every selecting policy on the resolved digest (cached verdicts reused).
 pub async fn comply(
-    ctx: &Context,
+    ctx: &ModelContext,
     access: &Access,
     model: &Model,
     resolution: &Resolution,
@@ -89,7 +89,7 @@ pub async fn comply(
     if selected.is_empty() {
         return Ok(Outcome::default());
     }
-    let referrers = ctx.caches.referrers(access, &resolution.digest, max_age).await?;
+    let referrers = ctx.registry.referrers(access, &resolution.digest, max_age).await?;
     // Variables that cannot be made (more layers than a rule may iterate) fail every rule.
     let variables = Variables::of(&access.repository, inspection, resolution.tag.as_deref(), &referrers);
     let mut verdicts = Vec::new();
@@ -122,7 +122,7 @@ pub async fn comply(
 /// Waits until the ModelPolicy and Namespace lists arrived: judging before would skip policies not
 /// yet seen. A list that never arrives (no RBAC for them) holds the Model back and says so in the
 /// log rather than letting a digest through.
-async fn synced(ctx: &Context) {
+async fn synced(ctx: &ModelContext) {
     let mut waited = 0u32;
     while !ctx.readiness.policies_synced() {
         if waited % 300 == 299 {

@@ -1,5 +1,6 @@
 //! The reconcilers. `run` wires the Model and ModelDeployment controllers to the cluster; each
-//! reconcile is a plain function over one shared [`Context`].
+//! reconcile is a plain function over its controller's context ([`ModelContext`] for Models and
+//! ModelPolicies, [`DeploymentContext`] for ModelDeployments and the node inventories).
 
 mod acceptance;
 mod access;
@@ -55,29 +56,38 @@ pub enum Error {
     Serialize(#[from] serde_json::Error),
 }
 
-/// What every reconcile gets.
-pub struct Context {
+/// What the Model and ModelPolicy controllers share.
+pub struct ModelContext {
     pub client: Client,
-    pub caches: RegistryMemo,
     pub recorder: Recorder,
-    /// Every node, for selection and labels.
-    pub nodes: reflector::Store<Node>,
-    /// The Jobs this operator created (any deployment's), in the Jobs namespace.
-    pub jobs: reflector::Store<Job>,
-    /// Every node's ModelCache.
-    pub model_caches: reflector::Store<ModelCache>,
-    /// The Models, as the watch that starts deployments' reconciles on a Model change last saw
-    /// them: a reconcile it starts reads the Model it was started for.
-    pub models: reflector::Store<Model>,
-    pub settings: JobSettings,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// The registry answers Models share (resolutions, inspections, referrers, verifications).
+    pub registry: RegistryMemo,
     /// Every ModelPolicy, each generation compiled once, and the verdicts already reached.
     pub policy_store: reflector::Store<ModelPolicy>,
     pub policies: policy::Policies,
     pub outcomes: compliance::Outcomes,
     /// Every Namespace, for the policies' namespaceSelector.
     pub namespaces: reflector::Store<Namespace>,
+}
+
+/// What the ModelDeployment controller and the node inventory loop share.
+pub struct DeploymentContext {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    /// Every node, for selection and labels.
+    pub nodes: reflector::Store<Node>,
+    /// The Jobs this operator created (any deployment's), in the Jobs namespace.
+    pub jobs: reflector::Store<Job>,
+    /// Every node's inventory (its ModelCache).
+    pub inventories: reflector::Store<ModelCache>,
+    /// The Models, as the watch that starts deployments' reconciles on a Model change last saw
+    /// them: a reconcile it starts reads the Model it was started for.
+    pub models: reflector::Store<Model>,
+    pub settings: JobSettings,
 }
 
 /// Whether each watch has delivered its first full list (what `/readyz` reports, and what the
@@ -162,35 +172,42 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
     let (jobs, jobs_writer) = reflector::store();
     let (policy_store, policy_writer) = reflector::store();
     let (namespaces, namespaces_writer) = reflector::store();
-    let (model_caches, caches_writer) = reflector::store();
+    let (inventories, inventories_writer) = reflector::store();
     let (models, models_writer) = reflector::store();
-    let ctx = Arc::new(Context {
+    let recorder = Recorder::new(client.clone(), reporter);
+    let model_ctx = Arc::new(ModelContext {
         client: client.clone(),
-        caches: RegistryMemo::default(),
-        recorder: Recorder::new(client.clone(), reporter),
-        nodes,
-        jobs,
-        model_caches,
-        models,
-        settings: config.jobs.clone(),
-        metrics,
+        recorder: recorder.clone(),
+        metrics: metrics.clone(),
         readiness: readiness.clone(),
+        registry: RegistryMemo::default(),
         policy_store,
         policies: policy::Policies::default(),
         outcomes: compliance::Outcomes::default(),
         namespaces,
     });
+    let deployment_ctx = Arc::new(DeploymentContext {
+        client: client.clone(),
+        recorder,
+        metrics,
+        readiness: readiness.clone(),
+        nodes,
+        jobs,
+        inventories,
+        models,
+        settings: config.jobs.clone(),
+    });
     let ns = config.namespace.as_deref();
     let writers = (policy_writer, namespaces_writer);
     let controllers = async {
         tokio::join!(
-            run_models(&client, ns, ctx.clone(), readiness.clone(), writers, config.concurrent),
-            policy::run(&client, ctx.clone()),
+            run_models(&client, ns, model_ctx.clone(), readiness.clone(), writers, config.concurrent),
+            policy::run(&client, model_ctx.clone()),
             run_deployments(
                 &client,
                 ns,
-                ctx.clone(),
-                (nodes_writer, jobs_writer, caches_writer, models_writer),
+                deployment_ctx.clone(),
+                (nodes_writer, jobs_writer, inventories_writer, models_writer),
                 readiness,
                 config.concurrent
             )
@@ -199,14 +216,14 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readines
     // The node caches' loop has no end of its own: it stops with the controllers.
     tokio::select! {
         _ = controllers => {}
-        _ = inventories::run(ctx.clone()) => {}
+        _ = inventories::run(deployment_ctx.clone()) => {}
     }
 }
 
 async fn run_models(
     client: &Client,
     ns: Option<&str>,
-    ctx: Arc<Context>,
+    ctx: Arc<ModelContext>,
     readiness: Arc<Readiness>,
     (policy_writer, namespaces_writer): (reflector::store::Writer<ModelPolicy>, reflector::store::Writer<Namespace>),
     concurrent: u16,
@@ -242,7 +259,7 @@ async fn run_models(
         .with_config(bounded(concurrent))
         .shutdown_on_signal()
         .run(
-            |model, ctx: Arc<Context>| timed("model", ctx.clone(), model::reconcile(model, ctx)),
+            |model, ctx: Arc<ModelContext>| timed("model", ctx.metrics.clone(), model::reconcile(model, ctx)),
             model::error_policy,
             ctx,
         )
@@ -263,8 +280,8 @@ const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=modelpack-operat
 async fn run_deployments(
     client: &Client,
     ns: Option<&str>,
-    ctx: Arc<Context>,
-    (nodes_writer, jobs_writer, caches_writer, models_writer): Writers,
+    ctx: Arc<DeploymentContext>,
+    (nodes_writer, jobs_writer, inventories_writer, models_writer): Writers,
     readiness: Arc<Readiness>,
     concurrent: u16,
 ) {
@@ -286,7 +303,7 @@ async fn run_deployments(
     let cache_changes = watcher(Api::<ModelCache>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(forget_managed_fields)
-        .reflect(caches_writer)
+        .reflect(inventories_writer)
         .touched_objects();
     let readers = || deployments_reader.clone();
     let (for_nodes, for_models, for_secrets, for_caches) = (readers(), readers(), readers(), readers());
@@ -307,8 +324,8 @@ async fn run_deployments(
         .with_config(bounded(concurrent))
         .shutdown_on_signal()
         .run(
-            |deployment, ctx: Arc<Context>| {
-                timed("modeldeployment", ctx.clone(), deployment::reconcile(deployment, ctx))
+            |deployment, ctx: Arc<DeploymentContext>| {
+                timed("modeldeployment", ctx.metrics.clone(), deployment::reconcile(deployment, ctx))
             },
             deployment::error_policy,
             ctx,
@@ -437,12 +454,12 @@ fn remember<K: kube::Resource, F: PartialEq>(
 /// Runs one reconcile and records its outcome and duration.
 async fn timed<T>(
     controller: &'static str,
-    ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
     reconcile: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     let started = Instant::now();
     let result = reconcile.await;
-    ctx.metrics.reconciled(controller, result.is_ok(), started.elapsed());
+    metrics.reconciled(controller, result.is_ok(), started.elapsed());
     result
 }
 

@@ -17,7 +17,7 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use std::sync::atomic::Ordering;
 
-use super::{Context, Error, Readiness, on_init_done, status};
+use super::{Error, ModelContext, Readiness, on_init_done, status};
 use crate::api::conditions::{self, Observation, Reason};
 use crate::api::{Model, ModelPolicy};
 use crate::policy::{self, CompiledPolicy};
@@ -88,7 +88,7 @@ pub fn namespace_labels(namespaces: &Store<Namespace>, namespace: &str) -> BTree
 }
 
 /// Runs the ModelPolicy reconciler (its own watch) until the process is asked to stop.
-pub async fn run(client: &Client, ctx: Arc<Context>) {
+pub async fn run(client: &Client, ctx: Arc<ModelContext>) {
     Controller::new(Api::<ModelPolicy>::all(client.clone()), watcher::Config::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -106,7 +106,7 @@ pub fn changes(
     client: &Client,
     writer: Writer<ModelPolicy>,
     readiness: Arc<Readiness>,
-    ctx: Arc<Context>,
+    ctx: Arc<ModelContext>,
 ) -> impl Stream<Item = Result<ModelPolicy, watcher::Error>> + Send + 'static {
     let watch = watcher(Api::<ModelPolicy>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -139,7 +139,7 @@ pub fn namespace_changes(
 
 /// The Models a policy change concerns: those it selects now, and those whose status names it (it
 /// selected them before, or it was deleted).
-pub fn models_of(models: &Store<Model>, ctx: &Context, p: &ModelPolicy) -> Vec<ObjectRef<Model>> {
+pub fn models_of(models: &Store<Model>, ctx: &ModelContext, p: &ModelPolicy) -> Vec<ObjectRef<Model>> {
     let name = p.name_any();
     // Selectors only: the rules of a deleted policy are not compiled again.
     let selectors = selectors(p).ok();
@@ -160,7 +160,7 @@ pub fn models_of(models: &Store<Model>, ctx: &Context, p: &ModelPolicy) -> Vec<O
 
 /// The ModelPolicy reconciler: Ready when every rule and selector compiles, else Ready=False and
 /// Stalled with the compiler's message. Evaluation happens in the Model reconciles.
-pub async fn reconcile(p: Arc<ModelPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(p: Arc<ModelPolicy>, ctx: Arc<ModelContext>) -> Result<Action, Error> {
     let compiled = ctx.policies.get(&p);
     let generation = p.metadata.generation;
     let current = p.status.clone();
@@ -186,7 +186,7 @@ fn observe(compiled: &Result<Ready, String>) -> (Observation, Option<i64>) {
     }
 }
 
-pub fn error_policy(_: Arc<ModelPolicy>, error: &Error, _: Arc<Context>) -> Action {
+pub fn error_policy(_: Arc<ModelPolicy>, error: &Error, _: Arc<ModelContext>) -> Action {
     tracing::warn!(%error, "policy reconcile failed");
     Action::requeue(std::time::Duration::from_secs(10))
 }

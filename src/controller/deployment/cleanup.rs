@@ -14,14 +14,14 @@ use super::jobs::{self, Role};
 use super::plan::JobState;
 use super::{FINALIZER, delete_ignoring_missing, effects, index, nodes, set_node_labels};
 use crate::api::ModelDeployment;
-use crate::controller::{Context, Error};
+use crate::controller::{DeploymentContext, Error};
 
 pub enum Progress {
     Done,
     Waiting,
 }
 
-pub async fn run(deployment: &ModelDeployment, ctx: &Context) -> Result<Progress, Error> {
+pub async fn run(deployment: &ModelDeployment, ctx: &DeploymentContext) -> Result<Progress, Error> {
     let namespace = deployment.namespace().unwrap_or_default();
     let name = deployment.name_any();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
@@ -67,7 +67,7 @@ pub async fn run(deployment: &ModelDeployment, ctx: &Context) -> Result<Progress
 
 /// Starts or follows the cleanup Job of one node; returns whether it still runs.
 async fn clean_node(
-    ctx: &Context,
+    ctx: &DeploymentContext,
     deployment: &ModelDeployment,
     jobs_api: &Api<Job>,
     node: &str,
@@ -98,7 +98,7 @@ async fn clean_node(
 }
 
 /// One Warning per failed cleanup Job: the Job's name is the event's dedup key.
-async fn warn_once(ctx: &Context, deployment: &ModelDeployment, job: &str, note: String) {
+async fn warn_once(ctx: &DeploymentContext, deployment: &ModelDeployment, job: &str, note: String) {
     let event = Event {
         type_: EventType::Warning,
         reason: "CleanupFailed".into(),
@@ -111,20 +111,24 @@ async fn warn_once(ctx: &Context, deployment: &ModelDeployment, job: &str, note:
     }
 }
 
-pub async fn add_finalizer(ctx: &Context, deployment: &ModelDeployment) -> Result<(), Error> {
+pub async fn add_finalizer(ctx: &DeploymentContext, deployment: &ModelDeployment) -> Result<(), Error> {
     let mut finalizers = deployment.finalizers().to_vec();
     finalizers.push(FINALIZER.to_owned());
     set_finalizers(ctx, deployment, finalizers).await
 }
 
-pub async fn remove_finalizer(ctx: &Context, deployment: &ModelDeployment) -> Result<(), Error> {
+pub async fn remove_finalizer(ctx: &DeploymentContext, deployment: &ModelDeployment) -> Result<(), Error> {
     let finalizers = deployment.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     set_finalizers(ctx, deployment, finalizers).await
 }
 
 /// A merge patch of the whole list, guarded by resourceVersion: another writer's finalizer is never
 /// dropped (the patch fails with a conflict and the next event reconciles again).
-async fn set_finalizers(ctx: &Context, deployment: &ModelDeployment, finalizers: Vec<String>) -> Result<(), Error> {
+async fn set_finalizers(
+    ctx: &DeploymentContext,
+    deployment: &ModelDeployment,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &deployment.namespace().unwrap_or_default());
     let patch = serde_json::json!({"metadata": {
         "finalizers": finalizers,

@@ -11,13 +11,13 @@ use kube::api::ListParams;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::{Api, ResourceExt};
 
-use super::plan::{Desired, JobState, NodeCache, ObservedJob};
+use super::plan::{Desired, JobState, NodeInventory, ObservedJob};
 use super::workloads::Observed;
 use super::{desired, jobs, nodes, observe};
 use crate::api::conditions::Reason;
 use crate::api::{Model, ModelCache, ModelDeployment, ModelDeploymentStatus, NodePhase};
 use crate::controller::access::{Access, access_for};
-use crate::controller::{Context, Error};
+use crate::controller::{DeploymentContext, Error};
 
 pub struct Index {
     pub model: Option<Model>,
@@ -31,9 +31,9 @@ pub struct Index {
     /// Every Job of this deployment, by node.
     pub jobs: BTreeMap<String, Vec<ObservedJob>>,
     /// The selected nodes' ModelCaches.
-    pub caches: BTreeMap<String, NodeCache>,
+    pub inventories: BTreeMap<String, NodeInventory>,
     /// When each selected node's ModelCache was measured, as this pass read it (None: no cache).
-    pub caches_seen: BTreeMap<String, Option<Time>>,
+    pub inventories_seen: BTreeMap<String, Option<Time>>,
     /// The deployment's ready label, and every node with the value of it it carries.
     pub label: String,
     pub labelled: BTreeMap<String, Option<String>>,
@@ -50,7 +50,7 @@ impl Index {
 
 pub async fn gather(
     deployment: &ModelDeployment,
-    ctx: &Context,
+    ctx: &DeploymentContext,
     previous: &ModelDeploymentStatus,
 ) -> Result<Index, Error> {
     let namespace = deployment.namespace().unwrap_or_default();
@@ -73,12 +73,24 @@ pub async fn gather(
     let fingerprint = access.as_ref().map(|a| format!("{:016x}", a.fingerprint())).unwrap_or_default();
     let nodes = nodes::selected(deployment, &ctx.settings.bound, ctx.nodes.state().iter().map(|n| n.as_ref()));
     let jobs = observe_jobs(ctx, &namespace, &deployment.name_any(), previous).await?;
-    let caches = node_caches(ctx, &format!("{namespace}/{}", deployment.name_any()), &nodes);
-    let caches_seen = nodes.iter().map(|n| (n.clone(), measured_at(&ctx.model_caches, n))).collect();
+    let inventories = node_inventories(ctx, &format!("{namespace}/{}", deployment.name_any()), &nodes);
+    let inventories_seen = nodes.iter().map(|n| (n.clone(), measured_at(&ctx.inventories, n))).collect();
     let label = nodes::ready_label(&namespace, &deployment.name_any());
     let labelled = node_labels(&ctx.nodes, &label);
     let workloads = observe::workloads(&ctx.client, &ctx.nodes, &namespace, &deployment.spec.workloads).await?;
-    Ok(Index { model, desired, access, fingerprint, nodes, jobs, caches, caches_seen, label, labelled, workloads })
+    Ok(Index {
+        model,
+        desired,
+        access,
+        fingerprint,
+        nodes,
+        jobs,
+        inventories,
+        inventories_seen,
+        label,
+        labelled,
+        workloads,
+    })
 }
 
 /// Every node in the store, with the value of `label` it carries.
@@ -108,9 +120,9 @@ pub fn missed_cache_change(
 
 /// What the selected nodes' ModelCaches say about `deployment` (`namespace/name`). One that left
 /// models out (a result too long for a termination message) says nothing.
-fn node_caches(ctx: &Context, deployment: &str, nodes: &[String]) -> BTreeMap<String, NodeCache> {
+fn node_inventories(ctx: &DeploymentContext, deployment: &str, nodes: &[String]) -> BTreeMap<String, NodeInventory> {
     let mut out = BTreeMap::new();
-    for cache in ctx.model_caches.state() {
+    for cache in ctx.inventories.state() {
         let Some(status) = cache.status.as_ref().filter(|s| s.models.len() == s.model_count as usize) else { continue };
         if !nodes.contains(&cache.name_any()) {
             continue;
@@ -118,7 +130,7 @@ fn node_caches(ctx: &Context, deployment: &str, nodes: &[String]) -> BTreeMap<St
         let current = status.models.iter().filter(|m| m.current.iter().any(|d| d == deployment));
         out.insert(
             cache.name_any(),
-            NodeCache {
+            NodeInventory {
                 observed_at: status.observed_at.clone(),
                 current: current.map(|m| m.digest.clone()).collect(),
                 free: u64::try_from(status.free).unwrap_or(0),
@@ -131,7 +143,7 @@ fn node_caches(ctx: &Context, deployment: &str, nodes: &[String]) -> BTreeMap<St
 /// This deployment's pull Jobs by node, with the results of finished ones whose outcome status does
 /// not hold yet (read from their pods' termination messages).
 async fn observe_jobs(
-    ctx: &Context,
+    ctx: &DeploymentContext,
     namespace: &str,
     name: &str,
     previous: &ModelDeploymentStatus,

@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Error};
+use super::{DeploymentContext, Error};
 use crate::api::ModelDeployment;
 use plan::Inputs;
 
@@ -38,7 +38,7 @@ use writer::{delete_ignoring_missing, set_node_labels};
 
 pub const FINALIZER: &str = "modelpack.dev/cleanup";
 
-pub async fn reconcile(deployment: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(deployment: Arc<ModelDeployment>, ctx: Arc<DeploymentContext>) -> Result<Action, Error> {
     // Decisions need every node and every Job of ours: an unsynced store would look empty.
     if !ctx.readiness.stores_synced() {
         return Ok(Action::requeue(Duration::from_secs(1)));
@@ -69,7 +69,7 @@ pub async fn reconcile(deployment: Arc<ModelDeployment>, ctx: Arc<Context>) -> R
 }
 
 /// Index → plan → writer: read everything, decide purely, apply the decision.
-async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Error> {
+async fn apply(deployment: &ModelDeployment, ctx: &DeploymentContext) -> Result<Action, Error> {
     let key = format!("{}/{}", deployment.namespace().unwrap_or_default(), deployment.name_any());
     let current = deployment.status.as_ref();
     let previous = current.cloned().unwrap_or_default();
@@ -80,7 +80,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
         desired: &index.desired,
         nodes: &index.nodes,
         jobs: &index.jobs,
-        caches: &index.caches,
+        inventories: &index.inventories,
         access: &index.fingerprint,
         generation: deployment.metadata.generation,
         now: &Time(jiff::Timestamp::now()),
@@ -91,7 +91,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
     let (created, deleted, requeue) = (plan.create.len(), plan.delete.len(), plan.requeue);
     let written = writer::write(ctx, deployment, &index, plan, current).await?;
     let next = &written.status;
-    let missed = index::missed_cache_change(&ctx.model_caches, &index.caches_seen, &key, next);
+    let missed = index::missed_cache_change(&ctx.inventories, &index.inventories_seen, &key, next);
     tracing::info!(
         deployment = %key,
         drift = next.drift.as_ref().map(|d| d.reason.as_str()).unwrap_or_default(),
@@ -107,7 +107,7 @@ async fn apply(deployment: &ModelDeployment, ctx: &Context) -> Result<Action, Er
     Ok(Action::requeue(requeue))
 }
 
-pub fn error_policy(deployment: Arc<ModelDeployment>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(deployment: Arc<ModelDeployment>, error: &Error, _ctx: Arc<DeploymentContext>) -> Action {
     tracing::warn!(deployment = %deployment.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }

@@ -109,7 +109,7 @@ pub fn selection_fingerprint(node: &Node) -> Option<u64> {
 pub fn cache_concerns(status: &ModelDeploymentStatus, key: &str, node: &str, cache: &ModelCacheStatus) -> bool {
     let linked = |digest: &str| cache.models.iter().any(|m| m.digest == digest && m.current.iter().any(|d| d == key));
     let measured_after = |at| super::plan::measured_after(cache.observed_at.as_ref(), at);
-    // A list cut short is not read by the plan either (`index::node_caches`).
+    // A list cut short is not read by the plan either (`index::node_inventories`).
     if cache.models.len() != cache.model_count as usize {
         return false;
     }

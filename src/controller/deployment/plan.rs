@@ -61,7 +61,7 @@ pub struct ObservedJob {
 
 /// A node's ModelCache as this deployment's plan needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeCache {
+pub struct NodeInventory {
     /// When the Job whose measurement it shows finished.
     pub observed_at: Option<Time>,
     /// Digests the cache links as this deployment's `current`.
@@ -70,7 +70,7 @@ pub struct NodeCache {
     pub free: u64,
 }
 
-impl NodeCache {
+impl NodeInventory {
     /// Whether it was measured after `at`.
     fn after(&self, at: Option<&Time>) -> bool {
         measured_after(self.observed_at.as_ref(), at)
@@ -91,7 +91,7 @@ pub struct Inputs<'a> {
     /// Every Job of this deployment, by node (selected or not).
     pub jobs: &'a BTreeMap<String, Vec<ObservedJob>>,
     /// The nodes' ModelCaches, by node (a node without one is absent).
-    pub caches: &'a BTreeMap<String, NodeCache>,
+    pub inventories: &'a BTreeMap<String, NodeInventory>,
     /// Fingerprint of the registry access new Jobs get.
     pub access: &'a str,
     pub generation: Option<i64>,
@@ -309,7 +309,7 @@ fn plan_node(
     desired: Option<&VersionRef>,
     deployed: Option<&str>,
 ) -> NodePlan {
-    let Some(view) = NodeView::of(node, prev, jobs, desired, deployed, inputs.caches.get(node)) else {
+    let Some(view) = NodeView::of(node, prev, jobs, desired, deployed, inputs.inventories.get(node)) else {
         return NodePlan { entry: None, create: None, delete: Vec::new(), retry_at: None };
     };
     let decision = decide(inputs, &view);
@@ -333,7 +333,7 @@ struct NodeView<'a> {
     stale: Vec<String>,
     /// Another Job of this deployment is active or still being deleted.
     others_busy: bool,
-    cache: Option<&'a NodeCache>,
+    cache: Option<&'a NodeInventory>,
     /// The node's cache, measured after the pull that linked `current`, no longer links it (a scrub
     /// removed it): the node holds nothing and pulls the target again.
     lost: Option<String>,
@@ -346,7 +346,7 @@ impl<'a> NodeView<'a> {
         jobs: &'a [ObservedJob],
         desired: Option<&VersionRef>,
         deployed: Option<&str>,
-        cache: Option<&'a NodeCache>,
+        cache: Option<&'a NodeInventory>,
     ) -> Option<Self> {
         let mut live: Vec<&ObservedJob> = jobs.iter().filter(|j| !j.deleting).collect();
         // A node runs one Job of this deployment at a time and a new one starts only after the
@@ -402,7 +402,7 @@ fn lost(
     current: Option<&str>,
     finished: Option<&ObservedJob>,
     prev: Option<&NodeEntry>,
-    cache: Option<&NodeCache>,
+    cache: Option<&NodeInventory>,
 ) -> Option<String> {
     let (current, cache) = (current?, cache?);
     let linked_at = match finished.filter(|j| j.digest == current).map(|j| &j.state) {

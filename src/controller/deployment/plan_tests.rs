@@ -58,7 +58,7 @@ struct Run {
     spec: ModelDeploymentSpec,
     status: ModelDeploymentStatus,
     nodes: Vec<String>,
-    caches: BTreeMap<String, NodeCache>,
+    inventories: BTreeMap<String, NodeInventory>,
 }
 
 impl Run {
@@ -67,7 +67,7 @@ impl Run {
             spec: spec(max_parallel),
             status: ModelDeploymentStatus::default(),
             nodes: nodes(n),
-            caches: BTreeMap::new(),
+            inventories: BTreeMap::new(),
         }
     }
 
@@ -78,7 +78,7 @@ impl Run {
             desired,
             nodes: &self.nodes,
             jobs,
-            caches: &self.caches,
+            inventories: &self.inventories,
             access: "a1",
             generation: Some(1),
             now: &t(now),
@@ -344,8 +344,8 @@ fn only_refusals_of_trust_or_bounds_halt_pulls_under_way() {
     }
 }
 
-fn cache(observed: i64, current: &[String], free: u64) -> NodeCache {
-    NodeCache { observed_at: Some(t(observed)), current: current.iter().cloned().collect(), free }
+fn cache(observed: i64, current: &[String], free: u64) -> NodeInventory {
+    NodeInventory { observed_at: Some(t(observed)), current: current.iter().cloned().collect(), free }
 }
 
 #[test]
@@ -368,7 +368,7 @@ fn a_version_the_nodes_cache_lost_is_pulled_again() {
     ];
     for (node_cache, lost) in cases {
         let mut r = Run { status: run.status.clone(), ..Run::new(1, 5) };
-        r.caches = node_cache.clone().map(|c| BTreeMap::from([("n1".to_owned(), c)])).unwrap_or_default();
+        r.inventories = node_cache.clone().map(|c| BTreeMap::from([("n1".to_owned(), c)])).unwrap_or_default();
         let plan = r.step(&v1, &done, 6);
         let entry = &r.status.nodes.as_ref().unwrap().entries[0];
         assert_eq!(entry.phase == NodePhase::Pending, lost, "{node_cache:?}");
@@ -383,7 +383,7 @@ fn a_version_the_nodes_cache_lost_is_pulled_again() {
     }
     // The same lost version once the status only remembers it (its Job is past its TTL).
     let mut r = Run { status: run.status.clone(), ..Run::new(1, 5) };
-    r.caches = BTreeMap::from([("n1".to_owned(), cache(9, &[], 0))]);
+    r.inventories = BTreeMap::from([("n1".to_owned(), cache(9, &[], 0))]);
     let plan = r.step(&v1, &jobs(vec![]), 10);
     assert_eq!(plan.create, vec![("n1".into(), digest(1))], "recorded completion t(2) < cache t(9)");
 }
@@ -412,7 +412,7 @@ fn a_pull_too_big_for_the_node_waits_for_room_or_the_backoff() {
     for (needs, node_cache, retried) in cases {
         let mut run = Run::new(1, 5);
         run.step(&v1, &jobs(vec![]), 0);
-        run.caches = node_cache.clone().map(|c| BTreeMap::from([("n1".to_owned(), c)])).unwrap_or_default();
+        run.inventories = node_cache.clone().map(|c| BTreeMap::from([("n1".to_owned(), c)])).unwrap_or_default();
         let plan = run.step(&v1, &too_big(needs), 3);
         let entry = &run.status.nodes.as_ref().unwrap().entries[0];
         assert_eq!(plan.delete.len(), usize::from(retried), "{needs:?} {node_cache:?}");

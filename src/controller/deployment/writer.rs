@@ -14,7 +14,7 @@ use super::index::Index;
 use super::plan::{self, Plan};
 use super::{jobs, observe, workloads};
 use crate::api::{ModelDeployment, ModelDeploymentStatus, WorkloadKind};
-use crate::controller::{Context, Error, status};
+use crate::controller::{DeploymentContext, Error, status};
 
 /// What the writer did.
 pub struct Written {
@@ -23,7 +23,7 @@ pub struct Written {
 }
 
 pub async fn write(
-    ctx: &Context,
+    ctx: &DeploymentContext,
     deployment: &ModelDeployment,
     index: &Index,
     plan: Plan,
@@ -73,7 +73,7 @@ pub async fn write(
 /// the workload's resourceVersion after it. A workload deleted since the index read it is skipped
 /// (the next reconcile reports it missing).
 async fn hand_over<'a>(
-    ctx: &Context,
+    ctx: &DeploymentContext,
     namespace: &str,
     hand_over: &'a [HandOver],
 ) -> Result<Vec<(&'a HandOver, Option<String>)>, Error> {
@@ -110,7 +110,12 @@ fn workload_ref(namespace: &str, kind: WorkloadKind, name: &str, version: Option
 
 /// Events about the deployment; a workload it concerns is the related object (which also keeps
 /// events about different workloads from being folded into one series).
-async fn publish(ctx: &Context, reference: &ObjectReference, note: plan::Note, secondary: Option<ObjectReference>) {
+async fn publish(
+    ctx: &DeploymentContext,
+    reference: &ObjectReference,
+    note: plan::Note,
+    secondary: Option<ObjectReference>,
+) {
     let event = Event {
         type_: if note.warning { EventType::Warning } else { EventType::Normal },
         reason: note.reason.into(),
@@ -125,7 +130,11 @@ async fn publish(ctx: &Context, reference: &ObjectReference, note: plan::Note, s
 
 /// The Secret first (so the pod never waits for it), then the Job, then the Job becomes the
 /// Secret's owner so that the garbage collector removes both together.
-async fn create_pull_job(ctx: &Context, deployment: &ModelDeployment, pull: &jobs::PullJob<'_>) -> Result<(), Error> {
+async fn create_pull_job(
+    ctx: &DeploymentContext,
+    deployment: &ModelDeployment,
+    pull: &jobs::PullJob<'_>,
+) -> Result<(), Error> {
     let (job, secret) = jobs::pull_job(deployment, &ctx.settings, pull)?;
     let ns = &ctx.settings.namespace;
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
@@ -171,7 +180,7 @@ where
 
 /// Patches each node's ready label `key` (None removes it); a node deleted meanwhile is skipped.
 pub(super) async fn set_node_labels(
-    ctx: &Context,
+    ctx: &DeploymentContext,
     key: &str,
     changes: &[(String, Option<String>)],
 ) -> Result<(), Error> {

@@ -1,5 +1,6 @@
-//! The node inventories: one cluster-scoped `ModelCache` per node, the inventory of the models it holds, its status written
-//! from the results of the Jobs that ran there (pull, cleanup, scrub); scrub Jobs every
+//! The node inventories: one cluster-scoped `ModelCache` per node, the inventory of the models its
+//! node cache holds, its status written from the results of the Jobs that ran there (pull,
+//! cleanup, scrub); scrub Jobs every
 //! `--scrub-interval`; cache metrics; events on the deployments that lose a version. A loop over
 //! the Job and node stores rather than a controller: a Job's result is read once, when it finishes.
 
@@ -17,7 +18,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use super::deployment::{JobRole, NODE_ANNOTATION, ROLE_LABEL, scrub_job, termination_message};
-use super::{Context, Error};
+use super::{DeploymentContext, Error};
 use crate::api::{ModelCache, ModelCacheSpec, ModelCacheStatus, ModelDeployment};
 pub(crate) use inventory::JobResult;
 use inventory::{Notice, notices, scrub_due, status_from};
@@ -27,7 +28,7 @@ const TICK: Duration = Duration::from_secs(5);
 const FIELD_MANAGER: &str = "modelpack-operator";
 
 /// Runs until dropped (the caller stops it with the controllers).
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<DeploymentContext>) {
     let mut seen = HashSet::new();
     loop {
         if ctx.readiness.stores_synced()
@@ -39,7 +40,7 @@ pub async fn run(ctx: Arc<Context>) {
     }
 }
 
-async fn tick(ctx: &Context, seen: &mut HashSet<String>) -> Result<(), Error> {
+async fn tick(ctx: &DeploymentContext, seen: &mut HashSet<String>) -> Result<(), Error> {
     let api: Api<ModelCache> = Api::all(ctx.client.clone());
     let mut caches: BTreeMap<String, ModelCache> =
         api.list(&ListParams::default()).await?.items.into_iter().map(|c| (c.name_any(), c)).collect();
@@ -73,7 +74,7 @@ fn finished(job: &Job) -> Option<(Time, String, JobRole)> {
 
 /// Reads every Job result not read yet, oldest first, into the ModelCaches.
 async fn record_results(
-    ctx: &Context,
+    ctx: &DeploymentContext,
     api: &Api<ModelCache>,
     caches: &mut BTreeMap<String, ModelCache>,
     seen: &mut HashSet<String>,
@@ -146,7 +147,7 @@ async fn write(
 }
 
 /// Publishes a notice on the deployment it concerns (gone: nothing to tell).
-async fn notify(ctx: &Context, notice: Notice) {
+async fn notify(ctx: &DeploymentContext, notice: Notice) {
     let Some((namespace, name)) = notice.deployment.split_once('/') else { return };
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), namespace);
     let Ok(deployment) = api.get(name).await else { return };
@@ -164,7 +165,7 @@ async fn notify(ctx: &Context, notice: Notice) {
 
 /// Starts a scrub Job on every node whose cache is due one (and that has none running).
 async fn schedule_scrubs(
-    ctx: &Context,
+    ctx: &DeploymentContext,
     caches: &BTreeMap<String, ModelCache>,
     nodes: &HashSet<String>,
 ) -> Result<(), Error> {

@@ -24,7 +24,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 
 use super::access::Access;
-use super::{Context, Error, status};
+use super::{Error, ModelContext, status};
 use crate::api::{Model, ModelReference, ModelStatus};
 use crate::registry::{Inspection, RefSpec, Resolution};
 
@@ -90,7 +90,7 @@ fn before(status: Option<&ModelStatus>) -> Option<(String, bool)> {
     }
 }
 
-pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(model: Arc<Model>, ctx: Arc<ModelContext>) -> Result<Action, Error> {
     let namespace = model.namespace().unwrap_or_default();
     let api: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
     let current = model.status.as_ref();
@@ -164,7 +164,7 @@ async fn run<O: Outside>(p: &mut Pass<'_, O>) -> Result<Vec<Outcome>, Error> {
     Ok(outcomes)
 }
 
-pub fn error_policy(model: Arc<Model>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(model: Arc<Model>, error: &Error, _ctx: Arc<ModelContext>) -> Action {
     tracing::warn!(model = %model.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::api::{Model, VerifySpec};
 use crate::controller::access::{Access, access_for};
 use crate::controller::trust::{Trust, trust_for};
-use crate::controller::{Context, Error, compliance};
+use crate::controller::{Error, ModelContext, compliance};
 use crate::registry::{Inspection, RefSpec, Resolution};
 use crate::verify::Verification;
 
@@ -58,8 +58,8 @@ pub trait Outside {
     ) -> Found<compliance::Outcome>;
 }
 
-/// The cluster and the registries, through the controller's shared [`Context`].
-pub struct Live<'a>(pub &'a Context);
+/// The cluster and the registries, through the controller's shared [`ModelContext`].
+pub struct Live<'a>(pub &'a ModelContext);
 
 impl Outside for Live<'_> {
     type Trust = Trust;
@@ -69,11 +69,11 @@ impl Outside for Live<'_> {
     }
 
     async fn resolve(&self, access: &Access, spec: &RefSpec, max_age: Duration) -> Found<(Resolution, Duration)> {
-        found(self.0.caches.resolve(access, spec, max_age).await)
+        found(self.0.registry.resolve(access, spec, max_age).await)
     }
 
     async fn inspect(&self, access: &Access, digest: &str) -> Found<Arc<Inspection>> {
-        found(self.0.caches.inspect(access, digest).await)
+        found(self.0.registry.inspect(access, digest).await)
     }
 
     async fn trust(&self, spec: &VerifySpec, namespace: &str) -> Found<Trust> {
@@ -87,7 +87,7 @@ impl Outside for Live<'_> {
         trust: &Trust,
         inspection: &Inspection,
     ) -> Found<(Verification, bool)> {
-        found(self.0.caches.verify(access, model, trust, inspection).await)
+        found(self.0.registry.verify(access, model, trust, inspection).await)
     }
 
     async fn comply(
