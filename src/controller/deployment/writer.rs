@@ -195,3 +195,7 @@ pub(super) async fn set_node_labels(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod tests;
