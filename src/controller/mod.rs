@@ -168,55 +168,61 @@ where
 /// Runs the controllers until the process is asked to stop.
 pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, readiness: Arc<Readiness>) {
     let reporter = Reporter { controller: "modelpack-operator".into(), instance: std::env::var("POD_NAME").ok() };
-    let (nodes, nodes_writer) = reflector::store();
-    let (jobs, jobs_writer) = reflector::store();
+    let shared = (client.clone(), Recorder::new(client.clone(), reporter), metrics, readiness.clone());
     let (policy_store, policy_writer) = reflector::store();
     let (namespaces, namespaces_writer) = reflector::store();
-    let (inventories, inventories_writer) = reflector::store();
-    let (models, models_writer) = reflector::store();
-    let recorder = Recorder::new(client.clone(), reporter);
-    let model_ctx = Arc::new(ModelContext {
-        client: client.clone(),
-        recorder: recorder.clone(),
-        metrics: metrics.clone(),
-        readiness: readiness.clone(),
-        registry: RegistryMemo::default(),
-        policy_store,
-        policies: policy::Policies::default(),
-        outcomes: compliance::Outcomes::default(),
-        namespaces,
-    });
-    let deployment_ctx = Arc::new(DeploymentContext {
-        client: client.clone(),
-        recorder,
-        metrics,
-        readiness: readiness.clone(),
-        nodes,
-        jobs,
-        inventories,
-        models,
-        settings: config.jobs.clone(),
-    });
+    let model_ctx = Arc::new(ModelContext::new(shared.clone(), policy_store, namespaces));
+    let (deployment_ctx, deployment_writers) = DeploymentContext::new(shared, config.jobs.clone());
+    let deployment_ctx = Arc::new(deployment_ctx);
     let ns = config.namespace.as_deref();
     let writers = (policy_writer, namespaces_writer);
     let controllers = async {
         tokio::join!(
             run_models(&client, ns, model_ctx.clone(), readiness.clone(), writers, config.concurrent),
             policy::run(&client, model_ctx.clone()),
-            run_deployments(
-                &client,
-                ns,
-                deployment_ctx.clone(),
-                (nodes_writer, jobs_writer, inventories_writer, models_writer),
-                readiness,
-                config.concurrent
-            )
+            run_deployments(&client, ns, deployment_ctx.clone(), deployment_writers, readiness, config.concurrent)
         )
     };
-    // The node caches' loop has no end of its own: it stops with the controllers.
+    // The node inventories' loop has no end of its own: it stops with the controllers.
     tokio::select! {
         _ = controllers => {}
         _ = inventories::run(deployment_ctx.clone()) => {}
+    }
+}
+
+/// What every controller's context holds: the API client, the event recorder, metrics, readiness.
+type Shared = (Client, Recorder, Arc<Metrics>, Arc<Readiness>);
+
+impl ModelContext {
+    fn new(
+        (client, recorder, metrics, readiness): Shared,
+        policy_store: reflector::Store<ModelPolicy>,
+        namespaces: reflector::Store<Namespace>,
+    ) -> ModelContext {
+        ModelContext {
+            client,
+            recorder,
+            metrics,
+            readiness,
+            registry: RegistryMemo::default(),
+            policy_store,
+            policies: policy::Policies::default(),
+            outcomes: compliance::Outcomes::default(),
+            namespaces,
+        }
+    }
+}
+
+impl DeploymentContext {
+    /// With empty stores, and the writers the deployment controller's watches fill them with.
+    fn new((client, recorder, metrics, readiness): Shared, settings: JobSettings) -> (DeploymentContext, Writers) {
+        let (nodes, nodes_writer) = reflector::store();
+        let (jobs, jobs_writer) = reflector::store();
+        let (inventories, inventories_writer) = reflector::store();
+        let (models, models_writer) = reflector::store();
+        let ctx =
+            DeploymentContext { client, recorder, metrics, readiness, nodes, jobs, inventories, models, settings };
+        (ctx, (nodes_writer, jobs_writer, inventories_writer, models_writer))
     }
 }
 
