@@ -36,15 +36,15 @@ fn pages(root: &Path) -> Vec<PathBuf> {
     pages
 }
 
-/// The text outside fenced code blocks, line by line.
-fn prose(markdown: &str) -> Vec<&str> {
+/// The lines outside fenced code blocks, with their line numbers.
+fn prose(markdown: &str) -> Vec<(usize, &str)> {
     let mut fenced = false;
     let mut lines = Vec::new();
-    for line in markdown.lines() {
+    for (n, line) in markdown.lines().enumerate() {
         if line.trim_start().starts_with("```") {
             fenced = !fenced;
         } else if !fenced {
-            lines.push(line);
+            lines.push((n + 1, line));
         }
     }
     lines
@@ -53,7 +53,7 @@ fn prose(markdown: &str) -> Vec<&str> {
 /// GitHub's anchor of a heading: lowercase, punctuation dropped, spaces to hyphens; repeats get -1, -2, ….
 fn anchors(markdown: &str) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
-    for line in prose(markdown) {
+    for (_, line) in prose(markdown) {
         let Some(title) = line.strip_prefix('#').map(|t| t.trim_start_matches('#')) else { continue };
         if !title.starts_with(' ') {
             continue;
@@ -84,8 +84,8 @@ fn problems(root: &Path, page: &Path) -> Vec<String> {
     let link = Regex::new(r"\]\(([^)\s]+)\)").unwrap();
     let code = Regex::new(r"`([^`]+)`").unwrap();
     let mut found = Vec::new();
-    for (n, line) in prose(&text).into_iter().enumerate() {
-        let at = format!("{name} (prose line {})", n + 1);
+    for (n, line) in prose(&text) {
+        let at = format!("{name}:{n}");
         for target in link.captures_iter(line).map(|c| c[1].to_owned()) {
             if target.contains("://") || target.starts_with("mailto:") {
                 continue;
