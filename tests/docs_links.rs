@@ -167,3 +167,15 @@ fn the_readme_names_the_command_ci_runs() {
     let section = readme.split("\n## ").find(|s| s.starts_with("The two commands")).expect("README: The two commands");
     assert!(section.contains(&format!("`{command}`")), "README's two commands do not name `{command}` (.ci/run)");
 }
+
+#[test]
+fn every_reason_the_operator_writes_is_documented_on_a_kind_page() {
+    let kinds = ["docs/model.md", "docs/modeldeployment.md", "docs/modelpolicy.md", "docs/modelcache.md"];
+    let text: String = kinds.iter().map(|p| std::fs::read_to_string(root().join(p)).unwrap()).collect();
+    let missing: Vec<&str> = modelpack_operator::api::conditions::Reason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .filter(|r| !text.contains(&format!("`{r}`")))
+        .collect();
+    assert!(missing.is_empty(), "reasons no kind page names (in backticks): {missing:?}");
+}
