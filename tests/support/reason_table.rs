@@ -53,9 +53,14 @@ pub fn parse(markdown: &str) -> Result<Vec<TableRow>, String> {
     Ok(rows)
 }
 
-/// What the table says for the rows that name every one of `keys`; they must agree (`InvalidSecret` is
-/// in two rows with one verdict; `Deployed` alone is both in sync and suspended, so it needs `InSync`).
+/// What the table says for `keys`: the row naming exactly these keys, or else every row naming all of
+/// them, which must agree (`InvalidSecret` has a row of its own; `Deployed` alone is both in sync and
+/// suspended, so it needs `InSync`; `NodesNotReady` alone is the first rollout's row).
 pub fn verdicts(rows: &[TableRow], keys: &[&str]) -> Result<Verdicts, String> {
+    let exact = |r: &&TableRow| r.keys.len() == keys.len() && keys.iter().all(|key| r.keys.iter().any(|k| k == key));
+    if let Some(row) = rows.iter().find(exact) {
+        return Ok(row.verdicts.clone());
+    }
     let names = |r: &&TableRow| keys.iter().all(|key| r.keys.iter().any(|k| k == key));
     let mut found = rows.iter().filter(names).map(|r| &r.verdicts);
     let first = found.next().ok_or(format!("no row names {keys:?}"))?;
@@ -63,6 +68,11 @@ pub fn verdicts(rows: &[TableRow], keys: &[&str]) -> Result<Verdicts, String> {
         Some(other) => Err(format!("rows naming {keys:?} disagree: {first:?} and {other:?}")),
         None => Ok(first.clone()),
     }
+}
+
+/// [`verdicts`] of `page`'s table, for a test that holds one row: panics naming what is wrong.
+pub fn expect(page: &str, keys: &[&str]) -> Verdicts {
+    read(page).and_then(|rows| verdicts(&rows, keys)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn cells(line: &str) -> Vec<String> {
