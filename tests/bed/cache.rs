@@ -154,7 +154,7 @@ async fn a_model_that_cannot_fit_fails_fast_having_fetched_nothing_and_the_curre
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].starts_with("error: InsufficientStorage: needs 293.0 KiB, "), "{stderr}");
-    // The orphan went: its layer and manifest, and its entries and index (a block each, README "The budget").
+    // The orphan went: its layer and manifest, and its entries and index (a block each, docs/node-cache.md "The budget").
     let evicted: u64 = outcome.evicted.iter().map(|e| e.bytes).sum();
     assert!(evicted > 300_000, "{outcome:?}");
     assert!(

@@ -20,6 +20,7 @@ use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus, Nod
 use serde_json::json;
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::kstatus::{self, KStatus};
+use support::reason_table;
 use support::{
     Bed, Operator, Recording, TestNodes, argo, docker_config_secret, ensure_namespace, eventually, install_crds,
     namespace, unique_suffix,
@@ -27,6 +28,8 @@ use support::{
 
 const JOBS_NAMESPACE: &str = "modelpack-system";
 const CACHE: &str = "/var/lib/modelpack";
+/// The reason table the rows held here belong to.
+const TABLE: &str = "docs/modeldeployment.md";
 
 struct Setup {
     client: Client,
@@ -96,8 +99,10 @@ fn record_statuses(api: &Api<ModelDeployment>, name: &str) -> Arc<Recording<Mode
 }
 
 /// The library's verdict and the Argo CD health of every recorded status whose drift is `reason`,
-/// as an object carrying it (at least one such status must have been recorded).
-fn assert_recorded(statuses: &[ModelDeploymentStatus], reason: &str, verdict: KStatus, health: &str) {
+/// as an object carrying it (at least one such status must have been recorded), are those of that
+/// reason's row in the docs' table.
+fn assert_recorded(statuses: &[ModelDeploymentStatus], reason: &str) {
+    let want = reason_table::expect(TABLE, &[reason]);
     let objects: Vec<_> = statuses
         .iter()
         .filter(|s| drift_reason(s).as_deref() == Some(reason))
@@ -109,7 +114,7 @@ fn assert_recorded(statuses: &[ModelDeploymentStatus], reason: &str, verdict: KS
     assert!(!objects.is_empty(), "no status with drift {reason} was recorded");
     for (v, o) in kstatus::verdicts(&objects).iter().zip(&objects) {
         let got = (v.status, argo::health(o).0);
-        assert_eq!(got, (verdict, health.to_owned()), "a status with drift {reason}: {}", v.message);
+        assert_eq!(got, (want.kstatus, want.argo.clone()), "a status with drift {reason}: {}", v.message);
     }
 }
 
@@ -176,7 +181,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     assert_eq!(find(&status.conditions, DRIFTED).unwrap().status, ConditionStatus::False);
     {
         let first = seen.lock();
-        assert_recorded(&first, "NodesNotReady", KStatus::InProgress, "Progressing");
+        assert_recorded(&first, "NodesNotReady");
         assert!(first.iter().all(|s| s.nodes.as_ref().is_none_or(|n| n.pulling <= 2)), "maxParallel 2 was exceeded");
     }
 
@@ -227,7 +232,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     assert_eq!(d.status.as_ref().unwrap().history[0].digest, v1);
     {
         let during = seen.lock();
-        assert_recorded(&during, "NewVersionPending", KStatus::InProgress, "Progressing");
+        assert_recorded(&during, "NewVersionPending");
         for s in during.iter() {
             let n = s.nodes.clone().unwrap_or_default();
             if deployed(s) == Some(v2.as_str()) {
@@ -249,7 +254,7 @@ async fn rollout_promotion_node_join_rollback_and_deletion() {
     assert!(d.status.unwrap().nodes.unwrap().entries.iter().any(|e| e.node == joined && e.phase == NodePhase::Ready));
     {
         let during = seen.lock();
-        assert_recorded(&during, "NodeJoined", KStatus::InProgress, "Progressing");
+        assert_recorded(&during, "NodeJoined");
         assert!(during.iter().all(|s| deployed(s) == Some(v2.as_str())));
     }
 
@@ -323,7 +328,7 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
         find(&st.conditions, READY).is_some_and(|c| c.reason == "Deployed" && c.message.ends_with("(suspended)"))
     })
     .await;
-    assert_eq!(argo::status_of(&d), "Suspended");
+    assert_eq!(argo::status_of(&d), reason_table::expect(TABLE, &["spec.suspend: true", "Deployed"]).argo);
     let v2 = modctl_push(bed, &bed.auth, &repo, "stable", &model_v(11, 2));
     eventually("model resolves v2", Duration::from_secs(30), || async {
         let m = s.models.get("llm").await.ok()?;
@@ -337,7 +342,8 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
     })
     .await;
     assert_eq!(deployed(d.status.as_ref().unwrap()), Some(v1.as_str()), "suspended: nothing pulled");
-    assert_eq!(kstatus::of(&d), KStatus::InProgress, "Ready=False without Stalled: not a failure");
+    let held = reason_table::expect(TABLE, &["spec.suspend: true", "Suspended"]);
+    assert_eq!(kstatus::of(&d), held.kstatus, "Ready=False without Stalled: not a failure");
     assert!(jobs_of(&s.client, &s.ns, "serve").await.iter().all(|j| j.annotations()["modelpack.dev/digest"] == v1));
     secrets
         .replace("creds", &PostParams::default(), &docker_config_secret("creds", &bed.auth, "revoked"))
@@ -351,8 +357,8 @@ async fn a_failed_pull_is_reported_and_retried_when_credentials_are_fixed() {
         wait_for(&s.deployments, "serve", "PullFailed", |st| drift_reason(st).as_deref() == Some("PullFailed")).await;
     let status = d.status.clone().unwrap();
     assert_eq!(deployed(&status), Some(v1.as_str()));
-    assert_eq!(kstatus::of(&d), KStatus::Failed);
-    assert_eq!(argo::status_of(&d), "Degraded");
+    let pull_failed = reason_table::expect(TABLE, &["PullFailed"]);
+    assert_eq!((kstatus::of(&d), argo::status_of(&d)), (pull_failed.kstatus, pull_failed.argo));
     let drifted = find(&status.conditions, DRIFTED).unwrap();
     assert_eq!((drifted.status, drifted.reason.as_str()), (ConditionStatus::True, "PullFailed"));
     let failed = status.nodes.unwrap().entries.into_iter().find(|e| e.phase == NodePhase::Failed).unwrap();

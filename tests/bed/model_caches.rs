@@ -19,7 +19,7 @@ use support::{Bed, Operator, TestNodes, apply, ensure_namespace, eventually, ins
 
 const JOBS_NAMESPACE: &str = "modelpack-system";
 const CACHE: &str = "/var/lib/modelpack";
-/// What the cache counts for an entry besides its bytes (README "The budget").
+/// What the cache counts for an entry besides its bytes (docs/node-cache.md "The budget").
 const ENTRY_COST: u64 = 4096;
 
 /// What a node's cache directory holds, walked independently of the operator's code.

@@ -14,6 +14,7 @@ use modelpack_operator::api::{Model, ModelStatus};
 use serde_json::{Value, json};
 use support::fixtures::{ModelFiles, cncf_config, modctl_push, oras_push_cncf};
 use support::kstatus::{self, KStatus};
+use support::reason_table;
 use support::{
     Bed, Operator, Registry, craft, docker_config_secret, eventually, install_crds, namespace, unique_suffix,
 };
@@ -220,7 +221,7 @@ async fn each_failure_has_its_reason_and_recovery_keeps_the_last_good_digest() {
     let status = m.status.clone().unwrap();
     let stalled = find(&status.conditions, STALLED).expect("Stalled=True");
     assert!(stalled.message.contains("application/vnd.oci.image.config.v1+json"), "{}", stalled.message);
-    assert_eq!(kstatus::of(&m), KStatus::Failed);
+    assert_eq!(kstatus::of(&m), reason_table::expect("docs/model.md", &["NotAModelPack"]).kstatus);
 
     apply_model(
         &models,

@@ -1,5 +1,5 @@
-//! The README's reason tables ("What the Model controller does", "What the ModelDeployment
-//! controller does"), row by row on the bed: each Model and ModelDeployment is driven into its reason
+//! The reason tables of docs/model.md and docs/modeldeployment.md ("Conditions and reasons"), row by
+//! row on the bed; the expected verdicts are read from those tables (support::reason_table), not copied: each Model and ModelDeployment is driven into its reason
 //! and its live object is judged by sigs.k8s.io/cli-utils' kstatus (what Flux, kpt and Config Sync
 //! use; e2e/tools/kstatus) and by the Argo CD health scripts (deploy/argocd/*.lua). Contract: a
 //! failure retried without a change is kstatus InProgress, one that needs a change is Stalled
@@ -21,22 +21,31 @@ use serde_json::{Value, json};
 use support::craft::{self, Artifact, Blob};
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::hostile::{Endless, Hostile, REPO, TAG};
-use support::kstatus::{self, KStatus};
+use support::kstatus;
+use support::reason_table;
 use support::{
     Bed, Operator, TestNodes, apply, argo, ensure_namespace, eventually, install_crds, namespace, unique_suffix,
 };
 
-/// One row: an object's name, what makes it take the reason, and what the tables say.
+const MODEL_PAGE: &str = "docs/model.md";
+const DEPLOYMENT_PAGE: &str = "docs/modeldeployment.md";
+
+/// One row: an object's name, what makes it take the Ready reason, and the table row it holds (the
+/// keys that name that row in the docs' table).
 struct Row {
     name: &'static str,
     spec: Value,
     reason: &'static str,
-    kstatus: KStatus,
-    argo: &'static str,
+    table: Vec<&'static str>,
 }
 
-fn row(name: &'static str, spec: Value, reason: &'static str, kstatus: KStatus, argo: &'static str) -> Row {
-    Row { name, spec, reason, kstatus, argo }
+fn row(name: &'static str, spec: Value, reason: &'static str, table: &[&'static str]) -> Row {
+    Row { name, spec, reason, table: table.to_vec() }
+}
+
+/// A row whose table key is its Ready reason.
+fn reason(name: &'static str, spec: Value, reason: &'static str) -> Row {
+    Row { name, spec, reason, table: vec![reason] }
 }
 
 async fn secret(client: &Client, ns: &str, name: &str, data: Value) {
@@ -54,11 +63,14 @@ fn ready_reason<K: Resource + serde::Serialize>(obj: &K) -> Option<String> {
     find(&conditions, READY).map(|c| c.reason.clone())
 }
 
-/// Applies every row, waits until each shows its reason, then checks the verdicts all at once.
-async fn hold<K>(api: &Api<K>, kind: &str, rows: &[Row])
+/// Applies every row, waits until each shows its reason, then checks the verdicts all at once
+/// against the reason table of `page`.
+async fn hold<K>(api: &Api<K>, kind: &str, page: &str, rows: &[Row])
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
+    let table = reason_table::read(page).unwrap();
+    let expected: Vec<_> = rows.iter().map(|r| reason_table::verdicts(&table, &r.table).unwrap()).collect();
     for r in rows {
         apply(api, kind, r.name, r.spec.clone()).await;
     }
@@ -82,12 +94,12 @@ where
         .collect();
     let verdicts = kstatus::verdicts(&values);
     let mut wrong = Vec::new();
-    for ((r, v), value) in rows.iter().zip(&verdicts).zip(&values) {
+    for (((r, v), value), want) in rows.iter().zip(&verdicts).zip(&values).zip(&expected) {
         let health = argo::health(value).0;
-        if (v.status, health.as_str()) != (r.kstatus, r.argo) {
+        if (v.status, health.as_str()) != (want.kstatus, want.argo.as_str()) {
             wrong.push(format!(
                 "{} ({}): kstatus {:?} (table: {:?}), Argo CD {health} (table: {}); {}",
-                r.name, r.reason, v.status, r.kstatus, r.argo, v.message
+                r.name, r.reason, v.status, want.kstatus, want.argo, v.message
             ));
         }
     }
@@ -112,7 +124,6 @@ fn unsafe_path_model() -> Artifact {
 
 #[tokio::test]
 async fn every_model_reason_gets_the_verdicts_of_the_table() {
-    use KStatus::{Current, Failed, InProgress};
     let bed = Bed::get();
     let client = bed.client().await;
     install_crds(&client).await;
@@ -137,41 +148,37 @@ async fn every_model_reason_gets_the_verdicts_of_the_table() {
         spec
     };
     let hostile = |h: &Hostile| json!({"repository": format!("{}/{REPO}", h.host), "ref": {"tag": TAG}, "insecure": true, "timeout": "2s"});
-    // A retried failure is Ready=False alone; one that needs a change is also Stalled=True.
-    let retried = |name, spec, reason| row(name, spec, reason, InProgress, "Degraded");
-    let stalled = |name, spec, reason| row(name, spec, reason, Failed, "Degraded");
     let semver = |range: &str| json!({"repository": plain, "ref": {"semver": range}, "insecure": true});
     let verify = |secret: &str| json!({"verify": {"provider": "cosign", "secretRef": {"name": secret}}});
     let auth = json!({"repository": format!("{}/{repo}", bed.auth.host), "insecure": true});
     let rows = [
-        row("succeeded", at("v1"), "Succeeded", Current, "Healthy"),
-        retried("unavailable", json!({"repository": "127.0.0.1:1/none", "insecure": true}), "RegistryUnavailable"),
-        retried("timeout", hostile(&slow), "RegistryTimeout"),
-        retried("auth", auth, "AuthenticationFailed"),
-        retried("not-found", at("absent"), "ArtifactNotFound"),
-        retried("no-tag", semver(">=99.0.0"), "NoMatchingTag"),
-        retried("no-secret", with("v1", json!({"secretRef": {"name": "absent"}})), "SecretNotFound"),
-        retried("no-sa", with("v1", json!({"serviceAccountName": "absent"})), "ServiceAccountNotFound"),
-        stalled("image", at("image"), "NotAModelPack"),
-        stalled("unsafe", at("unsafe"), "InvalidModelPack"),
-        stalled("bad-range", semver("not a range"), "InvalidReference"),
-        stalled("bad-secret", with("v1", json!({"secretRef": {"name": "not-docker"}})), "InvalidSecret"),
-        stalled("bad-ca", with("v1", json!({"caSecretRef": {"name": "bad-ca"}})), "InvalidCA"),
-        stalled("huge", hostile(&huge), "ArtifactTooLarge"),
-        stalled("unsigned", with("v1", verify("keys")), "SignatureRejected"),
-        stalled("bad-key", with("v1", verify("bad-key")), "InvalidSecret"),
+        reason("succeeded", at("v1"), "Succeeded"),
+        reason("unavailable", json!({"repository": "127.0.0.1:1/none", "insecure": true}), "RegistryUnavailable"),
+        reason("timeout", hostile(&slow), "RegistryTimeout"),
+        reason("auth", auth, "AuthenticationFailed"),
+        reason("not-found", at("absent"), "ArtifactNotFound"),
+        reason("no-tag", semver(">=99.0.0"), "NoMatchingTag"),
+        reason("no-secret", with("v1", json!({"secretRef": {"name": "absent"}})), "SecretNotFound"),
+        reason("no-sa", with("v1", json!({"serviceAccountName": "absent"})), "ServiceAccountNotFound"),
+        reason("image", at("image"), "NotAModelPack"),
+        reason("unsafe", at("unsafe"), "InvalidModelPack"),
+        reason("bad-range", semver("not a range"), "InvalidReference"),
+        reason("bad-secret", with("v1", json!({"secretRef": {"name": "not-docker"}})), "InvalidSecret"),
+        reason("bad-ca", with("v1", json!({"caSecretRef": {"name": "bad-ca"}})), "InvalidCA"),
+        reason("huge", hostile(&huge), "ArtifactTooLarge"),
+        reason("unsigned", with("v1", verify("keys")), "SignatureRejected"),
+        reason("bad-key", with("v1", verify("bad-key")), "InvalidSecret"),
     ];
     let models: Api<Model> = Api::namespaced(client.clone(), &ns);
-    hold(&models, "Model", &rows).await;
+    hold(&models, "Model", MODEL_PAGE, &rows).await;
 
     // Suspended: the status stays as it was (kstatus judges it), Argo CD says Suspended.
-    let suspended = [row("succeeded", with("v1", json!({"suspend": true})), "Succeeded", Current, "Suspended")];
-    hold(&models, "Model", &suspended).await;
+    let suspended = [row("succeeded", with("v1", json!({"suspend": true})), "Succeeded", &["spec.suspend: true"])];
+    hold(&models, "Model", MODEL_PAGE, &suspended).await;
 }
 
 #[tokio::test]
 async fn every_deployment_reason_gets_the_verdicts_of_the_table() {
-    use KStatus::{Current, Failed, InProgress};
     let bed = Bed::get();
     let client = bed.client().await;
     install_crds(&client).await;
@@ -223,21 +230,20 @@ async fn every_deployment_reason_gets_the_verdicts_of_the_table() {
 
     let on = |model: &str| json!({"modelRef": {"name": model}, "nodeSelector": nodes.selector()});
     let rows = [
-        row("deployed", on("ok"), "Deployed", Current, "Healthy"),
-        row("no-model", on("missing"), "ModelNotFound", InProgress, "Progressing"),
-        row("model-not-ready", on("absent"), "ModelNotReady", InProgress, "Progressing"),
-        row("registry-access", on("authed"), "RegistryAccess", InProgress, "Progressing"),
+        // `Deployed` is also the Ready reason of a suspended deployment in sync: the row is InSync's.
+        row("deployed", on("ok"), "Deployed", &["InSync", "Deployed"]),
+        reason("no-model", on("missing"), "ModelNotFound"),
+        reason("model-not-ready", on("absent"), "ModelNotReady"),
+        reason("registry-access", on("authed"), "RegistryAccess"),
         // No node is retried (a node may join): Ready=False, InProgress; Argo CD reads Ready=False as Degraded.
-        row(
+        reason(
             "no-nodes",
             json!({"modelRef": {"name": "ok"}, "nodeSelector": {"e2e.modelpack.dev/pool": "none"}}),
             "NoNodesSelected",
-            InProgress,
-            "Degraded",
         ),
-        row("model-stalled", on("image"), "ModelStalled", Failed, "Degraded"),
-        row("unverified", on("unsigned"), "VerificationFailed", Failed, "Degraded"),
+        reason("model-stalled", on("image"), "ModelStalled"),
+        reason("unverified", on("unsigned"), "VerificationFailed"),
     ];
     let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
-    hold(&deployments, "ModelDeployment", &rows).await;
+    hold(&deployments, "ModelDeployment", DEPLOYMENT_PAGE, &rows).await;
 }

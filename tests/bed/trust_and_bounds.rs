@@ -16,6 +16,7 @@ use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus};
 use serde_json::{Value, json};
 use support::fixtures::{CosignKey, ModelFiles, modctl_push};
 use support::kstatus::{self, KStatus};
+use support::reason_table;
 use support::{Bed, Operator, TestNodes, argo, ensure_namespace, eventually, install_crds, namespace, unique_suffix};
 
 const JOBS_NAMESPACE: &str = "modelpack-system";
@@ -139,11 +140,12 @@ async fn a_key_rotated_away_while_a_node_joins_revokes_the_digest_until_the_key_
     assert!(status.verified.is_none(), "a revoked digest is still named verified: {:?}", status.verified);
     assert_eq!(find(&status.conditions, VERIFIED).unwrap().reason, "TrustRevoked");
     assert_eq!(find(&status.conditions, READY).unwrap().reason, "TrustRevoked");
-    assert_eq!(kstatus::of(&model), KStatus::Failed);
-    assert_eq!(argo::status_of(&model), "Degraded");
+    // The verdicts are the tables' rows (docs/model.md, docs/modeldeployment.md), read, not copied.
+    let row = reason_table::expect("docs/model.md", &["TrustRevoked"]);
+    assert_eq!((kstatus::of(&model), argo::status_of(&model)), (row.kstatus, row.argo));
     let d = wait_for(&deployments, "gated", "TrustRevoked", |s| drift_reason(s) == Some("TrustRevoked")).await;
-    assert_eq!(kstatus::of(&d), KStatus::Failed);
-    assert_eq!(argo::status_of(&d), "Degraded");
+    let row = reason_table::expect("docs/modeldeployment.md", &["TrustRevoked"]);
+    assert_eq!((kstatus::of(&d), argo::status_of(&d)), (row.kstatus, row.argo));
     assert!(
         d.status.as_ref().unwrap().drift.as_ref().unwrap().message.contains(&digest),
         "the message names the digest"
@@ -207,8 +209,8 @@ async fn the_operators_node_bound_refuses_broad_tolerations_and_narrows_selectio
     let d =
         wait_for(&deployments, "broad", "TolerationNotAllowed", |s| drift_reason(s) == Some("TolerationNotAllowed"))
             .await;
-    assert_eq!(kstatus::of(&d), KStatus::Failed);
-    assert_eq!(argo::status_of(&d), "Degraded");
+    let row = reason_table::expect("docs/modeldeployment.md", &["TolerationNotAllowed"]);
+    assert_eq!((kstatus::of(&d), argo::status_of(&d)), (row.kstatus, row.argo));
     let message = d.status.as_ref().unwrap().drift.as_ref().unwrap().message.clone();
     assert!(message.contains("{operator: Exists} (tolerates every taint)"), "{message}");
     let events = eventually("a TolerationNotAllowed event", Duration::from_secs(30), || async {
