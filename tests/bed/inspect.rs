@@ -3,6 +3,7 @@
 //! list, and each failure with a one-line cause.
 
 use crate::support;
+use modelpack_operator::exit::Exit;
 
 use std::collections::BTreeMap;
 
@@ -20,11 +21,12 @@ fn inspect_json(args: &[&str]) -> Value {
     serde_json::from_str(&stdout).unwrap()
 }
 
-fn inspect_error(args: &[&str]) -> String {
+/// A failed inspect: the exit code of the one table ([`Exit`]) and one line, which it returns.
+fn inspect_error(exit: Exit, args: &[&str]) -> String {
     let mut all = vec!["inspect"];
     all.extend(args);
     let (code, stdout, stderr) = operator(&all);
-    assert_eq!(code, 1, "expected failure, got {code}: {stdout}{stderr}");
+    assert_eq!(code, i32::from(exit.code()), "expected {exit:?}, got {code}: {stdout}{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     stderr
 }
@@ -93,7 +95,7 @@ async fn tls_registry_needs_its_ca() {
     let reference = format!("{}/{repo}:v1", bed.tls.host);
     let ca = bed.tls.tls_ca.as_ref().unwrap().to_str().unwrap();
     assert_eq!(inspect_json(&["--ca-file", ca, &reference])["digest"], json!(digest));
-    let err = inspect_error(&[&reference]);
+    let err = inspect_error(Exit::Undecided, &[&reference]);
     assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
 }
 
@@ -127,14 +129,14 @@ async fn credentials_from_a_docker_config(registry: &support::Registry) {
     assert_eq!(inspect_json(&["--insecure", "--docker-config", &good, &reference])["digest"], json!(digest));
 
     let bad = write_config("bad.json", "wrong-password");
-    let err = inspect_error(&["--insecure", "--docker-config", &bad, &reference]);
+    let err = inspect_error(Exit::Undecided, &["--insecure", "--docker-config", &bad, &reference]);
     assert!(err.contains("refused the credentials"), "{err}");
     assert!(!err.contains("wrong-password"), "the password leaked: {err}");
-    let err = inspect_error(&["--insecure", "--docker-config", "/nonexistent/config.json", &reference]);
+    let err = inspect_error(Exit::Usage, &["--insecure", "--docker-config", "/nonexistent/config.json", &reference]);
     assert!(err.contains("/nonexistent/config.json"), "{err}");
     let empty = dir.path().join("none.json");
     std::fs::write(&empty, r#"{"auths":{}}"#).unwrap();
-    let err = inspect_error(&["--insecure", "--docker-config", empty.to_str().unwrap(), &reference]);
+    let err = inspect_error(Exit::Undecided, &["--insecure", "--docker-config", empty.to_str().unwrap(), &reference]);
     assert!(err.contains("refused the credentials"), "anonymous access is refused too: {err}");
 }
 
@@ -142,17 +144,18 @@ async fn credentials_from_a_docker_config(registry: &support::Registry) {
 async fn failures_name_their_cause() {
     let bed = Bed::get();
     let host = &bed.plain.host;
-    let err = inspect_error(&["--insecure", &format!("{host}/inspect/missing-{}:v1", unique_suffix())]);
+    let err =
+        inspect_error(Exit::Undecided, &["--insecure", &format!("{host}/inspect/missing-{}:v1", unique_suffix())]);
     assert!(err.contains("not found"), "{err}");
-    let err = inspect_error(&["--insecure", "127.0.0.1:1/x/y:v1"]);
+    let err = inspect_error(Exit::Undecided, &["--insecure", "127.0.0.1:1/x/y:v1"]);
     assert!(err.contains("unavailable") && err.contains("127.0.0.1:1"), "{err}");
-    let err = inspect_error(&["--insecure", "not a reference"]);
+    let err = inspect_error(Exit::Usage, &["--insecure", "not a reference"]);
     assert!(err.contains("invalid reference"), "{err}");
 
     // An ordinary container image is not a ModelPack.
     let repo = format!("inspect/image-{}", unique_suffix());
     craft::push(&bed.plain, &repo, "v1", &craft::container_image()).await;
-    let err = inspect_error(&["--insecure", &format!("{host}/{repo}:v1")]);
+    let err = inspect_error(Exit::Refused, &["--insecure", &format!("{host}/{repo}:v1")]);
     assert!(err.contains("not a ModelPack") && err.contains("application/vnd.oci.image.config.v1+json"), "{err}");
 
     // A layer that would escape the model directory.
@@ -167,7 +170,7 @@ async fn failures_name_their_cause() {
         annotations: BTreeMap::new(),
     };
     craft::push(&bed.plain, &repo, "v1", &evil).await;
-    let err = inspect_error(&["--insecure", &format!("{host}/{repo}:v1")]);
+    let err = inspect_error(Exit::Refused, &["--insecure", &format!("{host}/{repo}:v1")]);
     assert!(err.contains("unsafe file path") && err.contains("a/../../escape"), "{err}");
 }
 
