@@ -9,7 +9,7 @@ mod envelope;
 mod jws;
 pub mod policy;
 mod rules;
-mod x509;
+pub(crate) mod x509;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -50,7 +50,7 @@ impl Cert {
 
     /// Whether this certificate names `issuer` as its issuer, compared as encoded (as notation
     /// does: two spellings of one name are two names) and `issuer`'s key signed it.
-    pub(super) fn issued_by(&self, issuer: &Cert) -> bool {
+    pub(crate) fn issued_by(&self, issuer: &Cert) -> bool {
         let (Ok(named), Ok(subject)) =
             (self.cert.tbs_certificate.issuer.to_der(), issuer.cert.tbs_certificate.subject.to_der())
         else {
@@ -66,13 +66,13 @@ impl Cert {
         secs(&v.not_before) <= at && at <= secs(&v.not_after)
     }
 
-    pub(super) fn extensions(&self) -> &[Extension] {
+    pub(crate) fn extensions(&self) -> &[Extension] {
         self.cert.tbs_certificate.extensions.as_deref().unwrap_or_default()
     }
 
     /// The extension `oid` (the first: `rules` refuses a certificate that repeats one) decoded,
     /// with whether it is critical.
-    pub(super) fn extension<'a, T: Decode<'a>>(&'a self, oid: ObjectIdentifier) -> Result<Option<(T, bool)>, String> {
+    pub(crate) fn extension<'a, T: Decode<'a>>(&'a self, oid: ObjectIdentifier) -> Result<Option<(T, bool)>, String> {
         match self.extensions().iter().find(|e| e.extn_id == oid) {
             None => Ok(None),
             Some(e) => T::from_der(e.extn_value.as_bytes())
