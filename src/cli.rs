@@ -2,6 +2,7 @@
 //! library's modules.
 
 pub mod check;
+pub mod keyless;
 
 use std::path::{Path, PathBuf};
 
@@ -193,6 +194,7 @@ impl<'a> InspectReport<'a> {
 /// What `verify` checks with.
 pub enum VerifyWith<'a> {
     Cosign(&'a [PathBuf]),
+    Keyless(modelpack_operator::verify::keyless::KeylessTrust),
     Notation { policy: &'a Path, certs: &'a Path },
 }
 
@@ -214,6 +216,7 @@ pub async fn verify(reference: &str, with: VerifyWith<'_>, args: &RegistryArgs, 
             }
             ("cosign", verify::cosign::verify(&registry, &repo, &digest, &named).await)
         }
+        VerifyWith::Keyless(trust) => ("cosign", verify::keyless::verify(&registry, &repo, &digest, &trust).await),
         VerifyWith::Notation { policy, certs } => {
             let doc = std::fs::read(policy).with_context(|| format!("reading trust policy {}", policy.display()))?;
             let policies = notation::Policies::parse(&doc).with_context(|| policy.display().to_string())?;

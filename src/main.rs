@@ -252,6 +252,8 @@ struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     cosign_key: Vec<PathBuf>,
     #[command(flatten)]
+    keyless: cli::keyless::KeylessArgs,
+    #[command(flatten)]
     registry: RegistryArgs,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -349,11 +351,21 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn verify(args: VerifyArgs) -> ExitCode {
-    let with = match (&args.notation_policy, &args.notation_certs) {
-        (Some(policy), Some(certs)) => cli::VerifyWith::Notation { policy, certs },
+    let keyless = match args.keyless.trust() {
+        Ok(trust) => trust,
+        Err(e) => {
+            fail(&e);
+            return ExitCode::from(2);
+        }
+    };
+    let with = match (keyless, &args.notation_policy, &args.notation_certs) {
+        (Some(trust), _, _) => cli::VerifyWith::Keyless(trust),
+        (None, Some(policy), Some(certs)) => cli::VerifyWith::Notation { policy, certs },
         _ if !args.cosign_key.is_empty() => cli::VerifyWith::Cosign(&args.cosign_key),
         _ => {
-            eprintln!("error: give --cosign-key FILE (repeatable) or --notation-policy FILE --notation-certs DIR");
+            eprintln!(
+                "error: give --cosign-key FILE (repeatable), --trusted-root FILE with the identity flags, or --notation-policy FILE --notation-certs DIR"
+            );
             return ExitCode::from(2);
         }
     };

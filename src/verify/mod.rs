@@ -2,9 +2,11 @@
 //! the Notary Project (notation). A verified digest is the only one the operator lets downstream.
 
 pub mod cosign;
+pub mod keyless;
 mod keys;
 pub mod notation;
 pub mod sigstore;
+pub mod timestamp;
 
 pub use keys::{KeyKind, PublicKey};
 
@@ -27,6 +29,8 @@ pub enum Rejection {
     NoPolicy,
     /// The envelope is malformed or breaks the signature specification.
     InvalidSignature,
+    /// A keyless signature whose signing time no trusted log entry or timestamp proves.
+    NoProofOfTime,
 }
 
 impl Rejection {
@@ -40,6 +44,7 @@ impl Rejection {
             Rejection::Expired => "expired",
             Rejection::NoPolicy => "no applicable trust policy",
             Rejection::InvalidSignature => "invalid signature envelope",
+            Rejection::NoProofOfTime => "no proof of signing time",
         }
     }
 }

@@ -108,6 +108,8 @@ pub struct X509CertificateChain {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TransparencyLogEntry {
+    // proto3 JSON leaves out zero values: index 0 is written as nothing.
+    #[serde(default)]
     pub log_index: Int64,
     pub log_id: LogId,
     pub kind_version: KindVersion,
@@ -141,6 +143,7 @@ pub struct InclusionPromise {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InclusionProof {
+    #[serde(default)]
     pub log_index: Int64,
     pub root_hash: Base64,
     pub tree_size: Int64,

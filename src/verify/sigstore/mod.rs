@@ -11,6 +11,7 @@
 //! [`Rfc3161Timestamp`]) but not checked here: whoever needs them (keyless) checks them.
 
 mod bundle;
+pub mod trusted_root;
 
 use aws_lc_rs::signature::{self, VerificationAlgorithm};
 use x509_cert::der::oid::ObjectIdentifier;
