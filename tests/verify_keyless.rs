@@ -75,9 +75,11 @@ fn text(case: &Value, field: &str) -> String {
 
 fn cosign_verifies(case: &Value) -> bool {
     let mut args = vec!["verify", "--offline", "--allow-http-registry", "--insecure-ignore-sct"];
-    let (root, id, iss, reference) = (text(case, "root"), text(case, "identity"), text(case, "issuer"), text(case, "reference"));
+    let (root, id, iss, reference) =
+        (text(case, "root"), text(case, "identity"), text(case, "issuer"), text(case, "reference"));
     args.extend(["--trusted-root", &root, "--certificate-identity", &id, "--certificate-oidc-issuer", &iss]);
-    let flags: Vec<String> = case["cosignFlags"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_owned()).collect();
+    let flags: Vec<String> =
+        case["cosignFlags"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_owned()).collect();
     args.extend(flags.iter().map(String::as_str));
     if case["format"] == "bundle" {
         args.push("--new-bundle-format");

@@ -76,7 +76,9 @@ impl Named {
                 Some(e) => String::from_utf8(e.extn_value.as_bytes().to_vec())
                     .map_err(|_| "the certificate's OIDC issuer extension is not UTF-8".to_owned())?,
                 None => {
-                    return Err("the signing certificate has no OIDC issuer extension (not a Fulcio certificate)".into());
+                    return Err(
+                        "the signing certificate has no OIDC issuer extension (not a Fulcio certificate)".into()
+                    );
                 }
             },
         };
