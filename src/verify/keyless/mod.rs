@@ -206,3 +206,6 @@ fn chain_to_fulcio(leaf: &Cert, root: &TrustedRoot, at: i64) -> Result<(), (Reje
     }
     Err((Rejection::UntrustedRoot, "the signing certificate does not chain to a certificate authority of the trusted root valid at the signing time".into()))
 }
+
+#[cfg(test)]
+mod tests;

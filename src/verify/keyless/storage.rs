@@ -160,7 +160,7 @@ struct Subject {
     digest: std::collections::BTreeMap<String, String>,
 }
 
-fn from_bundle(bytes: &[u8], signature_digest: String) -> Result<Candidate, Error> {
+pub(super) fn from_bundle(bytes: &[u8], signature_digest: String) -> Result<Candidate, Error> {
     let bundle = Bundle::parse(bytes).map_err(|e| malformed(format!("bundle {signature_digest}: {e}")))?;
     let envelope = bundle.dsse().map_err(|e| malformed(format!("bundle {signature_digest}: {e}")))?;
     let [signature] = envelope.signatures.as_slice() else {
