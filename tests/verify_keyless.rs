@@ -74,7 +74,7 @@ fn text(case: &Value, field: &str) -> String {
 }
 
 fn cosign_verifies(case: &Value) -> bool {
-    let mut args = vec!["verify", "--offline", "--allow-http-registry", "--insecure-ignore-sct"];
+    let mut args = vec!["verify", "--offline", "--allow-http-registry"];
     let (root, id, iss, reference) =
         (text(case, "root"), text(case, "identity"), text(case, "issuer"), text(case, "reference"));
     args.extend(["--trusted-root", &root, "--certificate-identity", &id, "--certificate-oidc-issuer", &iss]);

@@ -6,7 +6,8 @@
 // (certificate, chain, Rekor bundle with its signed entry timestamp, RFC 3161 timestamp
 // annotations) or as a Sigstore bundle v0.3 referrer (`cosign sign --new-bundle-format`).
 //
-//	sigstoretest -registry 127.0.0.1:5000 -repo keyless -out DIR
+//	sigstoretest -registry 127.0.0.1:5000 -repo keyless -out DIR [-format sig|bundle] [-case NAME]
+//	sigstoretest -registry … -repo REPO -digest sha256:… -out DIR   (signs that artifact, case "valid")
 //
 // prints one JSON line per case: {case, format, reference, root, identity, issuer, cosignFlags}.
 // The verdict of each case is not decided here: `cosign verify` judges it.
@@ -24,6 +25,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"flag"
@@ -69,6 +71,7 @@ import (
 var (
 	oidIssuerV1 = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 1, 1}
 	oidIssuerV2 = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 1, 8}
+	oidSCTList  = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 11129, 2, 4, 2}
 	now         = time.Now().Truncate(time.Second)
 )
 
@@ -82,6 +85,7 @@ type authority struct {
 	caRoot, caInter   *x509.Certificate
 	caInterKey        *ecdsa.PrivateKey
 	rekorKey          *ecdsa.PrivateKey
+	ctKey             *ecdsa.PrivateKey
 	tsaRoot, tsaInter *x509.Certificate
 	tsaLeaf           *x509.Certificate
 	tsaLeafKey        *ecdsa.PrivateKey
@@ -103,6 +107,7 @@ func newAuthority(tsaFrom, tsaTo time.Time) *authority {
 	return &authority{
 		caRoot: rootCert, caInter: inter, caInterKey: interKey,
 		rekorKey: must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader)),
+		ctKey:    must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader)),
 		tsaRoot:  rootCert, tsaInter: tsaInter, tsaLeaf: tsaLeaf, tsaLeafKey: tsaLeafKey,
 	}
 }
@@ -145,13 +150,19 @@ func (a *authority) trustedRoot(path string, withLog, withTSA bool) {
 			HashFunc: crypto.SHA256, PublicKey: a.rekorKey.Public(), SignatureHashFunc: crypto.SHA256,
 		}
 	}
-	tr := must(root.NewTrustedRoot(root.TrustedRootMediaType01, cas, map[string]*root.TransparencyLog{}, tsas, logs))
+	ctID := logID(a.ctKey.Public())
+	ctlogs := map[string]*root.TransparencyLog{hex.EncodeToString(ctID): {
+		BaseURL: "https://ctfe.test", ID: ctID, ValidityPeriodStart: now.Add(-5 * time.Hour),
+		HashFunc: crypto.SHA256, PublicKey: a.ctKey.Public(), SignatureHashFunc: crypto.SHA256,
+	}}
+	tr := must(root.NewTrustedRoot(root.TrustedRootMediaType01, cas, ctlogs, tsas, logs))
 	must0(os.WriteFile(path, must(json.Marshal(tr)), 0o644))
 }
 
 // leaf issues a Fulcio-like code-signing certificate: the identity as a URI SAN, the issuer in
-// both Fulcio issuer extensions (1.1 raw, 1.8 DER UTF8String).
-func (a *authority) leaf(san, iss string, from, to time.Time) (*x509.Certificate, *ecdsa.PrivateKey) {
+// both Fulcio issuer extensions (1.1 raw, 1.8 DER UTF8String), and an SCT of ct's log embedded
+// (RFC 6962: signed over the certificate's TBS without the SCT extension).
+func (a *authority) leaf(san, iss string, from, to time.Time, ct *authority) (*x509.Certificate, *ecdsa.PrivateKey) {
 	key := must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader))
 	u := must(url.Parse(san))
 	v2 := must(asn1.MarshalWithParams(iss, "utf8"))
@@ -161,8 +172,34 @@ func (a *authority) leaf(san, iss string, from, to time.Time) (*x509.Certificate
 		ExtKeyUsage:     []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
 		ExtraExtensions: []pkix.Extension{{Id: oidIssuerV1, Value: []byte(iss)}, {Id: oidIssuerV2, Value: v2}},
 	}
+	pre := must(x509.ParseCertificate(must(x509.CreateCertificate(rand.Reader, tmpl, a.caInter, key.Public(), a.caInterKey))))
+	sct := ct.sct(pre.RawTBSCertificate, a.caInter.RawSubjectPublicKeyInfo, from)
+	list := append(u16(len(sct)+2), append(u16(len(sct)), sct...)...)
+	tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, pkix.Extension{Id: oidSCTList, Value: must(asn1.Marshal(list))})
 	der := must(x509.CreateCertificate(rand.Reader, tmpl, a.caInter, key.Public(), a.caInterKey))
 	return must(x509.ParseCertificate(der)), key
+}
+
+func u16(n int) []byte { return []byte{byte(n >> 8), byte(n)} }
+
+// sct is a v1 SCT of this authority's CT log for a precertificate entry.
+func (a *authority) sct(tbs, issuerSPKI []byte, at time.Time) []byte {
+	ms := make([]byte, 8)
+	binary.BigEndian.PutUint64(ms, uint64(at.UnixMilli()))
+	keyHash := sha256.Sum256(issuerSPKI)
+	input := append([]byte{0, 0}, ms...)
+	input = append(input, 0, 1)
+	input = append(input, keyHash[:]...)
+	input = append(input, byte(len(tbs)>>16), byte(len(tbs)>>8), byte(len(tbs)))
+	input = append(input, tbs...)
+	input = append(input, 0, 0)
+	h := sha256.Sum256(input)
+	sig := must(ecdsa.SignASN1(rand.Reader, a.ctKey, h[:]))
+	out := append([]byte{0}, logID(a.ctKey.Public())...)
+	out = append(out, ms...)
+	out = append(out, 0, 0, 4, 3) // no extensions; SHA-256, ECDSA
+	out = append(out, u16(len(sig))...)
+	return append(out, sig...)
 }
 
 // timestamp is an RFC 3161 response over sig from this authority's TSA at genTime.
@@ -210,6 +247,7 @@ func (a *authority) signSET(body []byte, integrated, index int64) []byte {
 type spec struct {
 	name                string
 	signer              *authority // whose CA issues the leaf
+	sctBy               *authority // whose CT log signs the SCT of the leaf (default: the trusted one)
 	leafFrom, leafTo    time.Time
 	tlogAt, tsaAt       *time.Time // nil: no log entry / no timestamp
 	tamperLog           bool       // the entry's integrated time changed after the SET was signed
@@ -235,6 +273,7 @@ func main() {
 	out := flag.String("out", ".", "directory for trusted roots")
 	format := flag.String("format", "sig", "sig (sha256-<hex>.sig tag) or bundle (Sigstore bundle v0.3 referrer)")
 	only := flag.String("case", "", "only this case")
+	existing := flag.String("digest", "", "sign this existing sha256 digest of -repo with the valid recipe instead of pushing images")
 	flag.Parse()
 
 	main := newAuthority(now.Add(-2*time.Hour), now.Add(2*time.Hour))
@@ -242,7 +281,7 @@ func main() {
 	// A TSA whose certificate ended before the time it stamps.
 	expiredTSA := newAuthority(now.Add(-2*time.Hour), now.Add(-time.Hour))
 	other.rekorKey = main.rekorKey // the log is the trusted one: only the CA differs
-	expiredTSA.caRoot, expiredTSA.caInter, expiredTSA.caInterKey, expiredTSA.rekorKey = main.caRoot, main.caInter, main.caInterKey, main.rekorKey
+	expiredTSA.caRoot, expiredTSA.caInter, expiredTSA.caInterKey, expiredTSA.rekorKey, expiredTSA.ctKey = main.caRoot, main.caInter, main.caInterKey, main.rekorKey, main.ctKey
 
 	file := func(n string) string { return filepath.Join(*out, n) }
 	main.trustedRoot(file("trusted_root.json"), true, true)
@@ -251,7 +290,6 @@ func main() {
 	expiredTSA.trustedRoot(file("expired-tsa.json"), true, true)
 
 	at := func(d time.Duration) *time.Time { t := now.Add(d); return &t }
-	// No case has an SCT (the roots list no CT log; cosign requires one unless told not to).
 	tsaOnly := []string{"--insecure-ignore-tlog", "--use-signed-timestamps"}
 	cases := []spec{
 		{name: "valid", tlogAt: at(0), tsaAt: at(0)},
@@ -269,6 +307,7 @@ func main() {
 		{name: "tsa-cert-expired", signer: expiredTSA, tsaAt: at(0), root: "expired-tsa.json", cosignFlags: tsaOnly},
 		{name: "other-digest", tlogAt: at(0), otherDigest: true},
 		{name: "other-ca", signer: other, tlogAt: at(0)},
+		{name: "sct-of-unknown-log", sctBy: other, tlogAt: at(0)},
 	}
 	ctx := context.Background()
 	_ = ctx
@@ -280,6 +319,9 @@ func main() {
 		if c.signer == nil {
 			c.signer = main
 		}
+		if c.sctBy == nil {
+			c.sctBy = main
+		}
 		if c.leafFrom.IsZero() {
 			c.leafFrom, c.leafTo = now.Add(-time.Minute), now.Add(10*time.Minute)
 		}
@@ -287,9 +329,17 @@ func main() {
 			c.root = "trusted_root.json"
 		}
 		ref := must(name.ParseReference(fmt.Sprintf("%s/%s:%s-%s", *registry, *repo, *format, c.name), name.Insecure))
-		img := must(random.Image(512, 1))
-		must0(remote.Write(ref, img, opts...))
-		digest := ref.Context().Digest(must(img.Digest()).String())
+		var digest name.Digest
+		if *existing != "" {
+			if c.name != "valid" {
+				continue
+			}
+			digest = ref.Context().Digest(*existing)
+		} else {
+			img := must(random.Image(512, 1))
+			must0(remote.Write(ref, img, opts...))
+			digest = ref.Context().Digest(must(img.Digest()).String())
+		}
 		signed := digest
 		if c.otherDigest {
 			decoy := must(random.Image(512, 1))
@@ -318,7 +368,7 @@ func main() {
 // signSig attaches a keyless signature of `signed` at digest's `sha256-<hex>.sig` tag.
 func signSig(c spec, digest, signed name.Digest) {
 	a := c.signer
-	cert, key := a.leaf(identity, issuer, c.leafFrom, c.leafTo)
+	cert, key := a.leaf(identity, issuer, c.leafFrom, c.leafTo, c.sctBy)
 	certPEM := must(cryptoutils.MarshalCertificateToPEM(cert))
 	chainPEM := must(cryptoutils.MarshalCertificatesToPEM([]*x509.Certificate{a.caInter, a.caRoot}))
 	body := must(payload.Cosign{Image: signed}.MarshalJSON())
@@ -349,7 +399,7 @@ func signSig(c spec, digest, signed name.Digest) {
 // referrer of digest, as `cosign sign --new-bundle-format` does.
 func signBundle(c spec, digest, signed name.Digest) {
 	a := c.signer
-	cert, key := a.leaf(identity, issuer, c.leafFrom, c.leafTo)
+	cert, key := a.leaf(identity, issuer, c.leafFrom, c.leafTo, c.sctBy)
 	certPEM := must(cryptoutils.MarshalCertificateToPEM(cert))
 	statement := must(json.Marshal(map[string]any{
 		"_type":         "https://in-toto.io/Statement/v1",

@@ -10,11 +10,11 @@
 //! and a Sigstore bundle v0.3 referrer (`cosign sign --new-bundle-format`). Nothing is fetched
 //! beyond the registry: the trusted root is the user's, no TUF, Rekor or Fulcio is asked.
 //!
-//! Embedded SCTs are not checked: a root listing CT logs is refused when read
-//! ([`KeylessTrust::new`]) rather than half-trusted.
+//! When the root lists CT logs, the certificate must also embed an SCT of one of them ([`sct`]).
 
 pub mod identity;
 mod rekor;
+mod sct;
 mod storage;
 
 use sha2::{Digest, Sha256};
@@ -38,11 +38,6 @@ impl KeylessTrust {
         if identities.is_empty() {
             return Err(Error::InvalidTrust(
                 "keyless verification needs at least one identity (issuer and subject)".into(),
-            ));
-        }
-        if !root.ctlogs.is_empty() {
-            return Err(Error::InvalidTrust(
-                "the trusted root lists CT logs: embedded SCTs are not verified, so such a root is not accepted".into(),
             ));
         }
         Ok(KeylessTrust { root, identities })
@@ -122,7 +117,10 @@ pub(crate) fn check(c: &Candidate, digest: &str, trust: &KeylessTrust) -> Result
     if let Some(outside) = times.iter().find(|t| !leaf.valid_at(**t)) {
         return Err((Rejection::Expired, format!("signed at {}, outside the certificate's validity", time(*outside))));
     }
-    chain_to_fulcio(&leaf, &trust.root, at)?;
+    let issuer = chain_to_fulcio(&leaf, &trust.root, at)?;
+    if !trust.root.ctlogs.is_empty() {
+        sct::verify(&leaf, &issuer, &trust.root.ctlogs).map_err(|e| (Rejection::UntrustedRoot, e))?;
+    }
     let named = identity::Named::of(&leaf).map_err(|e| (Rejection::IdentityMismatch, e))?;
     let Some(who) = named.matching(&trust.identities) else {
         return Err((
@@ -195,13 +193,17 @@ fn timestamp_time(der: &[u8], signature: &[u8], root: &TrustedRoot) -> Result<i6
     Err("no timestamp authority of the trusted root signed the timestamp".into())
 }
 
-/// The leaf chains, at `at`, through a Fulcio CA of the root valid at `at`.
-fn chain_to_fulcio(leaf: &Cert, root: &TrustedRoot, at: i64) -> Result<(), (Rejection, String)> {
+/// The leaf chains, at `at`, through a Fulcio CA of the root valid at `at`; returns the leaf's
+/// issuer.
+fn chain_to_fulcio(leaf: &Cert, root: &TrustedRoot, at: i64) -> Result<Cert, (Rejection, String)> {
     for ca in root.certificate_authorities.iter().filter(|ca| ca.window.contains(at)) {
         let mut chain = vec![leaf.clone()];
         chain.extend(ca.chain[..ca.chain.len() - 1].iter().cloned());
-        if verify_chain(&chain, std::slice::from_ref(ca.root()), at).is_ok() {
-            return Ok(());
+        if let Ok(path) = verify_chain(&chain, std::slice::from_ref(ca.root()), at) {
+            // A leaf is never its own root (`verify_chain` refuses a leaf that is no root's).
+            if let Some(issuer) = path.get(1) {
+                return Ok((*issuer).clone());
+            }
         }
     }
     Err((Rejection::UntrustedRoot, "the signing certificate does not chain to a certificate authority of the trusted root valid at the signing time".into()))
