@@ -234,6 +234,36 @@ mod tests {
     }
 
     #[test]
+    fn keyless_trust_needs_a_root_that_parses_and_expressions_that_compile() {
+        let root = include_bytes!("../verify/keyless/testdata/trusted_root.json");
+        let spec = |ids: &[(&str, &str)]| VerifySpec {
+            provider: VerifyProvider::Cosign,
+            secret_ref: crate::api::LocalObjectReference { name: "sigstore".into() },
+            match_oidc_identity: ids
+                .iter()
+                .map(|(i, s)| crate::api::OidcIdentity { issuer: (*i).into(), subject: (*s).into() })
+                .collect(),
+        };
+        let invalid = |reason: String| Error::InvalidSecret { name: "ns/sigstore".into(), reason };
+        let good = spec(&[("^https://token\\.actions\\.githubusercontent\\.com$", "^https://github\\.com/acme/")]);
+        assert!(keyless(&good, Some(root), invalid).unwrap().is_some());
+        assert!(keyless(&spec(&[]), None, invalid).unwrap().is_none(), "keys only");
+        let message = |r: Result<Option<Box<KeylessTrust>>, Error>| r.err().expect("refused").to_string();
+        let m = message(keyless(&good, Some(b"{}"), invalid));
+        assert!(m.contains("ns/sigstore") && m.contains("trusted_root.json"), "{m}");
+        let m = message(keyless(&good, None, invalid));
+        assert!(m.contains("has no trusted_root.json"), "{m}");
+        let bad = spec(&[(".*", ".*"), ("(unclosed", ".*")]);
+        match keyless(&bad, Some(root), invalid) {
+            Err(Error::Verify(verify::Error::InvalidTrust(m))) => {
+                assert!(m.contains("matchOIDCIdentity[1].issuer"), "{m}")
+            }
+            other => panic!("{:?}", other.map(|t| t.is_some())),
+        }
+        assert!(matches!(keyless(&spec(&[]), Some(root), invalid), Err(Error::Verify(verify::Error::InvalidTrust(_)))));
+    }
+
+    #[test]
     fn a_hit_naming_another_digest_is_not_a_pass() {
         let cache = Verifications::default();
         let k = key("m", &digest('a'), 1, trust(VerifyProvider::Cosign, b"key A"));
