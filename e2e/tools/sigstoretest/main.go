@@ -251,6 +251,7 @@ type spec struct {
 	leafFrom, leafTo    time.Time
 	tlogAt, tsaAt       *time.Time // nil: no log entry / no timestamp
 	tamperLog           bool       // the entry's integrated time changed after the SET was signed
+	foreignEntry        bool       // the log entry (SET valid) is of another signature
 	otherDigest         bool       // the payload names another image
 	root                string     // trusted root file the case is verified against
 	verifyID, verifyIss string
@@ -302,6 +303,7 @@ func main() {
 		{name: "expired-with-log", leafFrom: now.Add(-time.Hour), leafTo: now.Add(-50 * time.Minute), tlogAt: at(-55 * time.Minute)},
 		{name: "expired-with-timestamp", leafFrom: now.Add(-time.Hour), leafTo: now.Add(-50 * time.Minute), tsaAt: at(-55 * time.Minute), cosignFlags: tsaOnly},
 		{name: "tampered-log-entry", tlogAt: at(0), tamperLog: true},
+		{name: "log-entry-of-another-signature", tlogAt: at(0), foreignEntry: true},
 		{name: "log-key-absent", tlogAt: at(0), root: "no-log.json"},
 		{name: "tsa-key-absent", tsaAt: at(0), root: "no-tsa.json", cosignFlags: tsaOnly},
 		{name: "tsa-cert-expired", signer: expiredTSA, tsaAt: at(0), root: "expired-tsa.json", cosignFlags: tsaOnly},
@@ -377,7 +379,14 @@ func signSig(c spec, digest, signed name.Digest) {
 	b64 := base64.StdEncoding.EncodeToString(sig)
 	opts := []static.Option{static.WithCertChain(certPEM, chainPEM)}
 	if c.tlogAt != nil {
-		entry, set, index := a.entry(hashedrekord.KIND, body, sig, certPEM, *c.tlogAt)
+		logged, loggedSig := body, sig
+		if c.foreignEntry {
+			// A genuine entry (valid SET) of another signature by the same certificate.
+			logged = append(append([]byte{}, body...), ' ')
+			h := sha256.Sum256(logged)
+			loggedSig = must(ecdsa.SignASN1(rand.Reader, key, h[:]))
+		}
+		entry, set, index := a.entry(hashedrekord.KIND, logged, loggedSig, certPEM, *c.tlogAt)
 		integrated := c.tlogAt.Unix()
 		if c.tamperLog {
 			integrated -= 30
@@ -415,7 +424,16 @@ func signBundle(c spec, digest, signed name.Digest) {
 		"signatures": []any{map[string]any{"keyid": "", "sig": base64.StdEncoding.EncodeToString(sig)}}}))
 	material := &protobundle.VerificationMaterial{Content: &protobundle.VerificationMaterial_Certificate{Certificate: &protocommon.X509Certificate{RawBytes: cert.Raw}}}
 	if c.tlogAt != nil {
-		entry, set, index := a.entry(dsse.KIND, envelope, sig, certPEM, *c.tlogAt)
+		logged, loggedSig := envelope, sig
+		if c.foreignEntry {
+			// A genuine entry (valid SET) of another envelope signed by the same certificate.
+			other := []byte(fmt.Sprintf("DSSEv1 %d %s %d %s ", len(payloadType), payloadType, len(statement)+1, statement))
+			h := sha256.Sum256(other)
+			loggedSig = must(ecdsa.SignASN1(rand.Reader, key, h[:]))
+			logged = must(json.Marshal(map[string]any{"payloadType": payloadType, "payload": base64.StdEncoding.EncodeToString(append(append([]byte{}, statement...), ' ')),
+				"signatures": []any{map[string]any{"keyid": "", "sig": base64.StdEncoding.EncodeToString(loggedSig)}}}))
+		}
+		entry, set, index := a.entry(dsse.KIND, logged, loggedSig, certPEM, *c.tlogAt)
 		integrated := c.tlogAt.Unix()
 		if c.tamperLog {
 			integrated -= 30
