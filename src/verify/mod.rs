@@ -4,6 +4,7 @@
 pub mod cosign;
 mod keys;
 pub mod notation;
+pub mod timestamp;
 
 pub use keys::{KeyKind, PublicKey};
 

@@ -8,8 +8,8 @@ mod cose;
 mod envelope;
 mod jws;
 pub mod policy;
-mod rules;
-mod x509;
+pub(crate) mod rules;
+pub(crate) mod x509;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,6 +38,10 @@ pub mod fuzzing {
 
     pub fn trust_policy(bytes: &[u8]) {
         let _ = super::policy::TrustPolicy::parse(bytes);
+    }
+
+    pub fn timestamp(bytes: &[u8]) {
+        let _ = crate::verify::timestamp::verify(bytes, b"", &[]);
     }
 
     pub fn certificate(bytes: &[u8]) {
