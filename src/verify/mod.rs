@@ -27,6 +27,9 @@ pub enum Rejection {
     NoPolicy,
     /// The envelope is malformed or breaks the signature specification.
     InvalidSignature,
+    /// The trust policy asks for a timestamp countersignature and none verifies (absent, altered,
+    /// or from a TSA outside its `tsa` trust stores).
+    Timestamp,
 }
 
 impl Rejection {
@@ -40,6 +43,7 @@ impl Rejection {
             Rejection::Expired => "expired",
             Rejection::NoPolicy => "no applicable trust policy",
             Rejection::InvalidSignature => "invalid signature envelope",
+            Rejection::Timestamp => "timestamp not verified",
         }
     }
 }
@@ -80,4 +84,16 @@ pub struct Verification {
     /// False when the policy level logs a failed authenticity check instead of enforcing it
     /// (notation `audit`): usable, but not verified.
     pub enforced: bool,
+    /// The verified RFC 3161 timestamp that proves when it was signed, if one was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Timestamped>,
+}
+
+/// A verified timestamp countersignature.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Timestamped {
+    /// The TSA's time (genTime), RFC 3339.
+    pub time: String,
+    /// The TSA certificate's subject.
+    pub authority: String,
 }
