@@ -475,7 +475,7 @@ fn check_leaf(leaf: &Cert) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// A token from sigstore's timestamp-server (e2e/tools/timestamp-authority, file signer, chain
+    /// A token from sigstore's timestamp-server v2.0.3 (the module e2e/tools/timestamp-authority pins; file signer, chain
     /// included) over [`MESSAGE`], requested with `openssl ts -query -sha256 -cert`; its TSA chain
     /// (made with openssl) ends in [`ROOT`]. `openssl ts -reply -text` read its time as
     /// 2026-12-07 03:06:54 GMT, accuracy one second, and `openssl ts -verify` accepted it.
