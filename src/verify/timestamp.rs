@@ -152,84 +152,164 @@ fn hash(algorithm: &ObjectIdentifier, data: &[u8]) -> Option<Vec<u8>> {
     Some(digest::digest(algorithm, data).as_ref().to_vec())
 }
 
-/// Verifies `token` (a DER TimeStampToken) as a timestamp of `message`, issued by a TSA whose
-/// chain ends in one of `roots`. Each refusal names the rule it breaks.
-pub fn verify(token: &[u8], message: &[u8], roots: &[Cert]) -> Result<Timestamp, String> {
-    if token.len() > MAX_TOKEN {
-        return Err(format!("the timestamp token is {} bytes, more than {MAX_TOKEN}", token.len()));
-    }
-    let malformed = |what: &str, e: der::Error| format!("the timestamp token is malformed ({what}: {e})");
-    let info = ContentInfo::from_der(token).map_err(|e| malformed("ContentInfo", e))?;
-    if info.content_type != SIGNED_DATA {
-        return Err(format!("the timestamp token is a {} ContentInfo, not SignedData", info.content_type));
-    }
-    let signed: SignedData = info.content.decode_as().map_err(|e| malformed("SignedData", e))?;
-    if signed.version != CmsVersion::V3 {
-        return Err(format!("the timestamp token's SignedData is version {:?}, not 3 (RFC 3161 2.4.2)", signed.version));
-    }
-    let encap = &signed.encap_content_info;
-    if encap.econtent_type != TST_INFO {
-        return Err(format!("the timestamp token holds {}, not a TSTInfo", encap.econtent_type));
-    }
-    let content = encap
-        .econtent
-        .as_ref()
-        .ok_or("the timestamp token has no TSTInfo content")?
-        .decode_as::<OctetString>()
-        .map_err(|e| malformed("eContent", e))?;
-    let tst = TstInfo::from_der(content.as_bytes()).map_err(|e| malformed("TSTInfo", e))?;
-    let (time_us, accuracy_us) = check_tst_info(&tst, message)?;
+/// Why a token was refused: one line naming the rule.
+#[derive(Debug, thiserror::Error)]
+#[error("RFC 3161 timestamp: {0}")]
+pub struct Error(String);
 
-    let mut pool = Vec::new();
-    for choice in signed.certificates.iter().flat_map(|set| set.0.iter()) {
-        if let CertificateChoices::Certificate(cert) = choice {
-            let der = cert.to_der().map_err(|e| malformed("certificate", e))?;
-            pool.push(Cert::from_der(&der)?);
-        }
+/// RFC 3161 2.4.2 TimeStampResp: a TSA's answer, holding the token when granted.
+#[derive(Sequence)]
+struct TimeStampResp {
+    status: PkiStatusInfo,
+    #[asn1(optional = "true")]
+    token: Option<ContentInfo>,
+}
+
+#[derive(Sequence)]
+struct PkiStatusInfo {
+    status: u8,
+    #[asn1(optional = "true")]
+    text: Option<Vec<String>>,
+    #[asn1(optional = "true")]
+    fail_info: Option<der::asn1::BitString>,
+}
+
+/// A parsed timestamp token, checked piece by piece by its verifier: [`verify`] for the whole
+/// RFC 3161 / Notary Project verification against TSA roots, or [`Token::covers`],
+/// [`Token::signed_by`] and [`Token::gen_time`] for a caller with a policy of its own (Sigstore's
+/// trusted roots name the TSA certificates and their validity themselves).
+pub struct Token {
+    /// The TSTInfo's DER, which the signed messageDigest attribute covers.
+    content: Vec<u8>,
+    tst: TstInfo,
+    time_us: i64,
+    accuracy_us: i64,
+    signers: Vec<SignerInfo>,
+    certificates: Vec<Cert>,
+}
+
+impl Token {
+    /// A DER TimeStampToken, or a TimeStampResp holding one (bundles and annotations carry either).
+    pub fn parse(der: &[u8]) -> Result<Token, Error> {
+        Token::read(der).map_err(Error)
     }
-    if pool.len() > MAX_CERTS {
-        return Err(format!("the timestamp token carries {} certificates, more than {MAX_CERTS}", pool.len()));
+
+    fn read(der: &[u8]) -> Result<Token, String> {
+        if der.len() > MAX_TOKEN {
+            return Err(format!("the timestamp token is {} bytes, more than {MAX_TOKEN}", der.len()));
+        }
+        let malformed = |what: &str, e: der::Error| format!("the timestamp token is malformed ({what}: {e})");
+        let info = match ContentInfo::from_der(der) {
+            Ok(info) => info,
+            Err(e) => match TimeStampResp::from_der(der) {
+                Ok(resp) => resp
+                    .token
+                    .ok_or_else(|| format!("the TSA response holds no token (status {})", resp.status.status))?,
+                Err(_) => return Err(malformed("ContentInfo", e)),
+            },
+        };
+        if info.content_type != SIGNED_DATA {
+            return Err(format!("the timestamp token is a {} ContentInfo, not SignedData", info.content_type));
+        }
+        let signed: SignedData = info.content.decode_as().map_err(|e| malformed("SignedData", e))?;
+        if signed.version != CmsVersion::V3 {
+            return Err(format!("the timestamp token's SignedData is version {:?}, not 3 (RFC 3161 2.4.2)", signed.version));
+        }
+        let encap = &signed.encap_content_info;
+        if encap.econtent_type != TST_INFO {
+            return Err(format!("the timestamp token holds {}, not a TSTInfo", encap.econtent_type));
+        }
+        let content = encap
+            .econtent
+            .as_ref()
+            .ok_or("the timestamp token has no TSTInfo content")?
+            .decode_as::<OctetString>()
+            .map_err(|e| malformed("eContent", e))?
+            .into_bytes();
+        let tst = TstInfo::from_der(&content).map_err(|e| malformed("TSTInfo", e))?;
+        if tst.version != 1 {
+            return Err(format!("the TSTInfo is version {}, not 1 (RFC 3161 2.4.2)", tst.version));
+        }
+        if tst.gen_time.tag() != Tag::GeneralizedTime {
+            return Err("the TSTInfo genTime is not a GeneralizedTime".into());
+        }
+        let time_us = generalized_time_us(tst.gen_time.value())?;
+        let accuracy_us = match &tst.accuracy {
+            Some(a) => {
+                i64::from(a.seconds.unwrap_or(0)) * 1_000_000
+                    + i64::from(a.millis.unwrap_or(0)) * 1_000
+                    + i64::from(a.micros.unwrap_or(0))
+            }
+            None if tst.policy == BASELINE_POLICY => 1_000_000,
+            None => 0,
+        };
+        let mut certificates = Vec::new();
+        for choice in signed.certificates.iter().flat_map(|set| set.0.iter()) {
+            if let CertificateChoices::Certificate(cert) = choice {
+                let der = cert.to_der().map_err(|e| malformed("certificate", e))?;
+                certificates.push(Cert::from_der(&der)?);
+            }
+        }
+        if certificates.len() > MAX_CERTS {
+            return Err(format!("the timestamp token carries {} certificates, more than {MAX_CERTS}", certificates.len()));
+        }
+        let signers = signed.signer_infos.0.into_vec();
+        Ok(Token { content, tst, time_us, accuracy_us, signers, certificates })
+    }
+
+    /// genTime, unix seconds.
+    pub fn gen_time(&self) -> i64 {
+        self.time_us.div_euclid(1_000_000)
+    }
+
+    /// The certificates the token embeds (the TSA's, sometimes its chain).
+    pub fn certificates(&self) -> &[Cert] {
+        &self.certificates
+    }
+
+    /// Whether the messageImprint is the hash of `data`.
+    pub fn covers(&self, data: &[u8]) -> Result<bool, Error> {
+        let imprint = &self.tst.message_imprint;
+        let expected = hash(&imprint.hash_algorithm.oid, data).ok_or_else(|| {
+            Error(format!("the messageImprint uses hash {}, not SHA-256/384/512", imprint.hash_algorithm.oid))
+        })?;
+        Ok(imprint.hashed_message.as_bytes() == expected.as_slice())
+    }
+
+    /// Whether `cert`'s key signed the token: a SignerInfo whose signed attributes name the
+    /// TSTInfo's content type and digest, with a signature over them that verifies.
+    pub fn signed_by(&self, cert: &Cert) -> Result<bool, Error> {
+        let (mut error, mut checked) = ("the timestamp token has no SignerInfo".to_owned(), false);
+        for signer in &self.signers {
+            match check_attributes(signer, &self.content).and_then(|()| signature_verifies(signer, cert)) {
+                Ok(true) => return Ok(true),
+                Ok(false) => checked = true,
+                Err(e) => error = e,
+            }
+        }
+        if checked { Ok(false) } else { Err(Error(error)) }
+    }
+}
+
+/// Verifies `token` as a timestamp of `message` by a TSA whose chain ends in one of `roots`, under
+/// RFC 3161 2.3 and the Notary Project's requirements for timestamping certificates.
+pub fn verify(token: &[u8], message: &[u8], roots: &[Cert]) -> Result<Timestamp, Error> {
+    let token = Token::parse(token)?;
+    if !token.covers(message)? {
+        return Err(Error("the messageImprint is not the hash of the signature it countersigns".into()));
     }
     // As notation (tspclient-go): the first signer that verifies decides.
     let mut last = "the timestamp token has no SignerInfo".to_owned();
-    for signer in signed.signer_infos.0.iter() {
-        match verify_signer(signer, content.as_bytes(), &pool, roots, time_us) {
+    for signer in &token.signers {
+        match verify_signer(signer, &token, roots) {
             Ok(chain) => {
                 let authority = chain[0].subject().to_string();
-                return Ok(Timestamp { time_us, accuracy_us, authority, chain });
+                return Ok(Timestamp { time_us: token.time_us, accuracy_us: token.accuracy_us, authority, chain });
             }
             Err(e) => last = e,
         }
     }
-    Err(last)
-}
-
-/// Version, messageImprint against `message`, genTime and accuracy (µs).
-fn check_tst_info(tst: &TstInfo, message: &[u8]) -> Result<(i64, i64), String> {
-    if tst.version != 1 {
-        return Err(format!("the TSTInfo is version {}, not 1 (RFC 3161 2.4.2)", tst.version));
-    }
-    let imprint = &tst.message_imprint;
-    let expected = hash(&imprint.hash_algorithm.oid, message).ok_or_else(|| {
-        format!("the timestamp's messageImprint uses hash {}, not SHA-256/384/512", imprint.hash_algorithm.oid)
-    })?;
-    if imprint.hashed_message.as_bytes() != expected.as_slice() {
-        return Err("the timestamp's messageImprint is not the hash of the signature it countersigns".into());
-    }
-    if tst.gen_time.tag() != Tag::GeneralizedTime {
-        return Err("the TSTInfo genTime is not a GeneralizedTime".into());
-    }
-    let time_us = generalized_time_us(tst.gen_time.value())?;
-    let accuracy_us = match &tst.accuracy {
-        Some(a) => {
-            i64::from(a.seconds.unwrap_or(0)) * 1_000_000
-                + i64::from(a.millis.unwrap_or(0)) * 1_000
-                + i64::from(a.micros.unwrap_or(0))
-        }
-        None if tst.policy == BASELINE_POLICY => 1_000_000,
-        None => 0,
-    };
-    Ok((time_us, accuracy_us))
+    Err(Error(last))
 }
 
 /// `YYYYMMDDhhmmss[.f...]Z` (RFC 3161 2.4.2: UTC, optional fractional seconds) in µs since the
@@ -254,52 +334,61 @@ fn generalized_time_us(text: &[u8]) -> Result<i64, String> {
     Ok(seconds * 1_000_000 + micros)
 }
 
-/// One SignerInfo: its signed attributes, its signing certificate (named by signingCertificateV2),
-/// the signature, and the TSA chain to a root at genTime.
-fn verify_signer(
-    signer: &SignerInfo,
-    content: &[u8],
-    pool: &[Cert],
-    roots: &[Cert],
-    time_us: i64,
-) -> Result<Vec<Cert>, String> {
-    let SignerIdentifier::IssuerAndSerialNumber(sid) = &signer.sid else {
-        return Err("the timestamp's SignerInfo names its certificate by key identifier (only issuer and serial, version 1, are supported)".into());
-    };
-    if signer.version != CmsVersion::V1 {
-        return Err(format!("the timestamp's SignerInfo is version {:?}, not 1", signer.version));
-    }
+/// The signed attribute `oid` of `signer`: at most one, single-valued.
+fn attribute(signer: &SignerInfo, oid: ObjectIdentifier) -> Result<Option<&Any>, String> {
     let attrs = signer.signed_attrs.as_ref().ok_or("the timestamp's SignerInfo has no signed attributes")?;
-    let attribute = |oid: ObjectIdentifier| -> Result<Option<&Any>, String> {
-        let mut found = attrs.iter().filter(|a| a.oid == oid);
-        match (found.next(), found.next()) {
-            (None, _) => Ok(None),
-            (Some(a), None) if a.values.len() == 1 => Ok(a.values.get(0)),
-            _ => Err(format!("the timestamp's signed attribute {oid} is repeated or multi-valued")),
-        }
-    };
-    let content_type = attribute(CONTENT_TYPE)?.ok_or("the timestamp's signed attributes lack contentType")?;
+    let mut found = attrs.iter().filter(|a| a.oid == oid);
+    match (found.next(), found.next()) {
+        (None, _) => Ok(None),
+        (Some(a), None) if a.values.len() == 1 => Ok(a.values.get(0)),
+        _ => Err(format!("the timestamp's signed attribute {oid} is repeated or multi-valued")),
+    }
+}
+
+/// contentType is id-ct-TSTInfo and messageDigest the hash of the TSTInfo (RFC 5652 5.3).
+fn check_attributes(signer: &SignerInfo, content: &[u8]) -> Result<(), String> {
+    let content_type = attribute(signer, CONTENT_TYPE)?.ok_or("the timestamp's signed attributes lack contentType")?;
     if content_type.decode_as::<ObjectIdentifier>().ok() != Some(TST_INFO) {
         return Err("the timestamp's signed contentType is not id-ct-TSTInfo".into());
     }
-    let digest_value = attribute(MESSAGE_DIGEST)?.ok_or("the timestamp's signed attributes lack messageDigest")?;
+    let digest_value =
+        attribute(signer, MESSAGE_DIGEST)?.ok_or("the timestamp's signed attributes lack messageDigest")?;
     let signed_digest = digest_value.decode_as::<OctetString>().map_err(|e| format!("messageDigest: {e}"))?;
     let actual = hash(&signer.digest_alg.oid, content)
         .ok_or_else(|| format!("the timestamp's digest algorithm {} is not SHA-256/384/512", signer.digest_alg.oid))?;
     if signed_digest.as_bytes() != actual.as_slice() {
         return Err("the timestamp's messageDigest does not match its TSTInfo (the token was altered)".into());
     }
-    let leaf = signing_certificate(attribute(SIGNING_CERTIFICATE_V2)?, sid, pool)?;
+    Ok(())
+}
+
+/// Whether `cert`'s key signed `signer`'s attributes (DER as a SET OF, not as the [0] field).
+fn signature_verifies(signer: &SignerInfo, cert: &Cert) -> Result<bool, String> {
+    let attrs = signer.signed_attrs.as_ref().ok_or("the timestamp's SignerInfo has no signed attributes")?;
     let signed_attrs = attrs.to_der().map_err(|e| e.to_string())?;
-    let verifies = signature_algorithms(&signer.digest_alg.oid, &signer.signature_algorithm.oid, leaf.key.kind)
+    Ok(signature_algorithms(&signer.digest_alg.oid, &signer.signature_algorithm.oid, cert.key.kind)
         .iter()
-        .any(|alg| leaf.key.verify(*alg, &signed_attrs, signer.signature.as_bytes()));
-    if !verifies {
+        .any(|alg| cert.key.verify(*alg, &signed_attrs, signer.signature.as_bytes())))
+}
+
+/// One SignerInfo: its signed attributes, its signing certificate (named by signingCertificateV2),
+/// the signature, and the TSA chain to a root at genTime.
+fn verify_signer(signer: &SignerInfo, token: &Token, roots: &[Cert]) -> Result<Vec<Cert>, String> {
+    let SignerIdentifier::IssuerAndSerialNumber(sid) = &signer.sid else {
+        return Err("the timestamp's SignerInfo names its certificate by key identifier (only issuer and serial, version 1, are supported)".into());
+    };
+    if signer.version != CmsVersion::V1 {
+        return Err(format!("the timestamp's SignerInfo is version {:?}, not 1", signer.version));
+    }
+    check_attributes(signer, &token.content)?;
+    let pool = &token.certificates;
+    let leaf = signing_certificate(attribute(signer, SIGNING_CERTIFICATE_V2)?, sid, pool)?;
+    if !signature_verifies(signer, leaf)? {
         return Err(format!("the timestamp's signature does not verify with the TSA certificate {}", leaf.subject()));
     }
     let chain = chain_to_root(leaf, pool, roots)?;
-    check_chain(&chain, time_us)?;
-    if let Some(at) = attribute(SIGNING_TIME)? {
+    check_chain(&chain, token.time_us)?;
+    if let Some(at) = attribute(signer, SIGNING_TIME)? {
         let der = at.to_der().map_err(|e| format!("signingTime: {e}"))?;
         let at = x509_cert::time::Time::from_der(&der).map_err(|e| format!("signingTime: {e}"))?;
         let secs = at.to_unix_duration().as_secs() as i64;
@@ -510,7 +599,7 @@ hJK0A5G2cEjRQrEY\n\
     #[test]
     fn each_broken_rule_is_named() {
         let refused = |token: &[u8], message: &[u8], roots: &[Cert], needle: &str| {
-            let err = verify(token, message, roots).unwrap_err();
+            let err = verify(token, message, roots).unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} lacks {needle:?}");
         };
         refused(TOKEN, b"another signature", &root(), "messageImprint is not the hash");
@@ -535,6 +624,22 @@ hJK0A5G2cEjRQrEY\n\
             refused(&TOKEN[..cut], MESSAGE, &root(), "malformed");
         }
         refused(&vec![0u8; MAX_TOKEN + 1], MESSAGE, &root(), "more than");
+    }
+
+    /// The pieces a caller with its own policy uses, on the TSA's whole response (status and
+    /// token) as well as on the token alone.
+    #[test]
+    fn the_token_api_reads_a_response_or_a_token() {
+        let response = include_bytes!("../../fuzz/seeds/timestamp/sigstore-tsa-response.der");
+        for bytes in [&response[..], TOKEN] {
+            let token = Token::parse(bytes).unwrap();
+            assert_eq!(token.gen_time(), 1_796_612_814, "2026-12-07T03:06:54Z");
+            assert!(token.covers(MESSAGE).unwrap());
+            assert!(!token.covers(b"other").unwrap());
+            let tsa = token.certificates().iter().find(|c| c.subject().to_string().ends_with("CN=fixture TSA")).unwrap();
+            assert!(token.signed_by(tsa).unwrap());
+            assert!(!token.signed_by(&root()[0]).unwrap(), "the root did not sign the token");
+        }
     }
 
     #[test]

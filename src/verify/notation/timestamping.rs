@@ -63,7 +63,7 @@ pub fn authentic_timestamp(
         return Err(rejected(Rejection::Timestamp, format!("the tsa trust store(s) {names} hold no certificate")));
     }
     let stamp = timestamp::verify(token, &envelope.signature, &roots)
-        .map_err(|e| rejected(Rejection::Timestamp, format!("timestamp countersignature: {e}")))?;
+        .map_err(|e| rejected(Rejection::Timestamp, e.to_string()))?;
     for cert in chain {
         let (not_before, not_after) = cert.validity();
         if !stamp.within(not_before, not_after) {
