@@ -17,6 +17,8 @@ use support::timestamping::{LocalRegistry, Tsa, TsaChain};
 use support::{Registry, craft, operator, unique_suffix};
 
 const TIMESTAMP_HEADER: &str = "io.cncf.notary.timestampSignature";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// A fresh artifact pushed to `repo`: its reference by digest.
 async fn artifact(registry: &Registry, repo: &str, a: &craft::Artifact) -> String {
@@ -173,14 +175,26 @@ async fn a_timestamp_range_outside_the_certificate_validity_is_refused() {
         // notBefore is the next whole second but one; signing starts just after it begins.
         let now = time::OffsetDateTime::now_utc();
         let start = now.replace_nanosecond(0).unwrap() + time::Duration::seconds(2);
-        let chain = Chain::custom("acme", 1, |level, p| if level == 0 { p.not_before = start }, None);
+        let chain = Chain::custom(
+            "acme",
+            1,
+            |level, p| {
+                if level == 0 {
+                    p.not_before = start
+                }
+            },
+            None,
+        );
         let notation = Notation::new();
         notation.use_chain(&chain);
         let reference = artifact(&local.registry, "notary/early", &unique_artifact()).await;
         let wait = (start - time::OffsetDateTime::now_utc()).whole_milliseconds().max(0) as u64 + 20;
         tokio::time::sleep(Duration::from_millis(wait)).await;
         notation.sign_timestamped(&reference, "jws", &tsa.url, &tsa.root_file).unwrap_or_else(|e| panic!("{e}"));
-        notation.trust(&trust(&["ca:acme", "tsa:tsa"], None), &[("ca", "acme", &chain.root_pem), ("tsa", "tsa", &tsa_chain.root_pem)]);
+        notation.trust(
+            &trust(&["ca:acme", "tsa:tsa"], None),
+            &[("ca", "acme", &chain.root_pem), ("tsa", "tsa", &tsa_chain.root_pem)],
+        );
         let (ours, out, theirs) = verdicts(&notation, &reference);
         assert_eq!(ours, theirs, "attempt {attempt}: ours {out}");
         if !theirs {
@@ -210,7 +224,10 @@ async fn a_tampered_timestamp_token_is_refused() {
     let acme = Chain::new(KeyType::EcP256, "acme", false, None);
     let notation = Notation::new();
     notation.use_chain(&acme);
-    notation.trust(&trust(&["ca:acme", "tsa:tsa"], None), &[("ca", "acme", &acme.root_pem), ("tsa", "tsa", &tsa_chain.root_pem)]);
+    notation.trust(
+        &trust(&["ca:acme", "tsa:tsa"], None),
+        &[("ca", "acme", &acme.root_pem), ("tsa", "tsa", &tsa_chain.root_pem)],
+    );
 
     // One artifact in two repositories: notation signs it in the first; the second gets the
     // same signature with its token altered.
@@ -221,19 +238,14 @@ async fn a_tampered_timestamp_token_is_refused() {
     notation.sign_timestamped(&signed, "jws", &tsa.url, &tsa.root_file).unwrap_or_else(|e| panic!("{e}"));
     side_by_side(&notation, &signed, true, "the original");
 
-    let index: Value = serde_json::from_slice(&get(
-        &local.registry,
-        &format!("notary/original/referrers/{digest}"),
-        "application/vnd.oci.image.index.v1+json",
-    )
-    .await)
-    .unwrap();
-    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
-    let manifest: Value = serde_json::from_slice(
-        &get(&local.registry, &format!("notary/original/manifests/{manifest_digest}"), "application/vnd.oci.image.manifest.v1+json").await,
-    )
-    .unwrap();
-    let blob = get(&local.registry, &format!("notary/original/blobs/{}", manifest["layers"][0]["digest"].as_str().unwrap()), "*/*").await;
+    // The signature's envelope, through the referrers API: index → signature manifest → layer.
+    let registry = &local.registry;
+    let json = |bytes: Vec<u8>| serde_json::from_slice::<Value>(&bytes).unwrap();
+    let index = json(get(registry, &format!("notary/original/referrers/{digest}"), OCI_INDEX).await);
+    let manifest_path = format!("notary/original/manifests/{}", index["manifests"][0]["digest"].as_str().unwrap());
+    let manifest = json(get(registry, &manifest_path, OCI_MANIFEST).await);
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let blob = get(registry, &format!("notary/original/blobs/{layer}"), "*/*").await;
     let mut envelope: Value = serde_json::from_slice(&blob).unwrap();
     let mut token = STANDARD.decode(envelope["header"][TIMESTAMP_HEADER].as_str().unwrap()).unwrap();
     // The genTime (GeneralizedTime, tag 0x18, 15 bytes) moved by a second.

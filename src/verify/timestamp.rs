@@ -213,7 +213,10 @@ impl Token {
         }
         let signed: SignedData = info.content.decode_as().map_err(|e| malformed("SignedData", e))?;
         if signed.version != CmsVersion::V3 {
-            return Err(format!("the timestamp token's SignedData is version {:?}, not 3 (RFC 3161 2.4.2)", signed.version));
+            return Err(format!(
+                "the timestamp token's SignedData is version {:?}, not 3 (RFC 3161 2.4.2)",
+                signed.version
+            ));
         }
         let encap = &signed.encap_content_info;
         if encap.econtent_type != TST_INFO {
@@ -251,7 +254,10 @@ impl Token {
             }
         }
         if certificates.len() > MAX_CERTS {
-            return Err(format!("the timestamp token carries {} certificates, more than {MAX_CERTS}", certificates.len()));
+            return Err(format!(
+                "the timestamp token carries {} certificates, more than {MAX_CERTS}",
+                certificates.len()
+            ));
         }
         let signers = signed.signer_infos.0.into_vec();
         Ok(Token { content, tst, time_us, accuracy_us, signers, certificates })
@@ -330,7 +336,8 @@ fn generalized_time_us(text: &[u8]) -> Result<i64, String> {
     let [month, day, hour, minute, second] = [n(4..6), n(6..8), n(8..10), n(10..12), n(12..14)].map(|v| v as i8);
     let at = jiff::civil::DateTime::new(year, month, day, hour, minute, second, 0).map_err(|_| bad())?;
     let seconds = at.to_zoned(jiff::tz::TimeZone::UTC).map_err(|_| bad())?.timestamp().as_second();
-    let micros = fraction.iter().chain(std::iter::repeat(&b'0')).take(6).fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+    let micros =
+        fraction.iter().chain(std::iter::repeat(&b'0')).take(6).fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
     Ok(seconds * 1_000_000 + micros)
 }
 
@@ -415,7 +422,10 @@ fn signing_certificate<'a>(
                 GeneralName::DirectoryName(n) => Some(n.clone()),
                 _ => None,
             });
-            (name.ok_or("the timestamp's signingCertificateV2 issuer is not a directory name")?, is.serial_number.as_bytes().to_vec())
+            (
+                name.ok_or("the timestamp's signingCertificateV2 issuer is not a directory name")?,
+                is.serial_number.as_bytes().to_vec(),
+            )
         }
         None => (sid.issuer.clone(), sid.serial_number.as_bytes().to_vec()),
     };
@@ -636,7 +646,8 @@ hJK0A5G2cEjRQrEY\n\
             assert_eq!(token.gen_time(), 1_796_612_814, "2026-12-07T03:06:54Z");
             assert!(token.covers(MESSAGE).unwrap());
             assert!(!token.covers(b"other").unwrap());
-            let tsa = token.certificates().iter().find(|c| c.subject().to_string().ends_with("CN=fixture TSA")).unwrap();
+            let tsa =
+                token.certificates().iter().find(|c| c.subject().to_string().ends_with("CN=fixture TSA")).unwrap();
             assert!(token.signed_by(tsa).unwrap());
             assert!(!token.signed_by(&root()[0]).unwrap(), "the root did not sign the token");
         }
@@ -648,7 +659,9 @@ hJK0A5G2cEjRQrEY\n\
         assert_eq!(generalized_time_us(b"20231114221320Z"), Ok(base));
         assert_eq!(generalized_time_us(b"20231114221320.5Z"), Ok(base + 500_000));
         assert_eq!(generalized_time_us(b"20231114221320.1234567Z"), Ok(base + 123_456));
-        for bad in [&b"20231114221320"[..], b"20231114221320+0100", b"2023111422132Z", b"20231314221320Z", b"20231114221320.Z"] {
+        for bad in
+            [&b"20231114221320"[..], b"20231114221320+0100", b"2023111422132Z", b"20231314221320Z", b"20231114221320.Z"]
+        {
             assert!(generalized_time_us(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }

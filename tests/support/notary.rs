@@ -195,9 +195,16 @@ impl Notation {
 
     /// `notation sign` through the referrers API with an RFC 3161 countersignature from the TSA at
     /// `tsa_url`, whose root notation checks the response against: its output, or why it failed.
-    pub fn sign_timestamped(&self, reference: &str, format: &str, tsa_url: &str, tsa_root: &Path) -> Result<String, String> {
+    pub fn sign_timestamped(
+        &self,
+        reference: &str,
+        format: &str,
+        tsa_url: &str,
+        tsa_root: &Path,
+    ) -> Result<String, String> {
         let root = tsa_root.to_str().unwrap();
-        let (format_flag, tsa) = (["--signature-format", format], ["--timestamp-url", tsa_url, "--timestamp-root-cert", root]);
+        let (format_flag, tsa) =
+            (["--signature-format", format], ["--timestamp-url", tsa_url, "--timestamp-root-cert", root]);
         let args: Vec<&str> = ["sign", "--insecure-registry", "--force-referrers-tag=false"]
             .into_iter()
             .chain(format_flag)

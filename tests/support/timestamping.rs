@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use tempfile::TempDir;
 use time::OffsetDateTime;
 
@@ -138,12 +136,20 @@ impl Tsa {
             std::fs::write(&path, text).expect("writing a TSA file");
             path.to_str().unwrap().to_owned()
         };
-        let (key, certs, root) =
-            (write("tsa.key", &chain.leaf_key_pem), write("chain.pem", &chain.chain_pem), write("root.pem", &chain.root_pem));
+        let (key, certs, root) = (
+            write("tsa.key", &chain.leaf_key_pem),
+            write("chain.pem", &chain.chain_pem),
+            write("root.pem", &chain.root_pem),
+        );
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let args = ["-addr", &listen, "-key", &key, "-chain", &certs];
         let process = start("timestamp-authority", &args, port, dir.path().join("tsa.log"));
-        Tsa { url: format!("http://127.0.0.1:{port}/api/v1/timestamp"), root_file: root.into(), _process: process, _dir: dir }
+        Tsa {
+            url: format!("http://127.0.0.1:{port}/api/v1/timestamp"),
+            root_file: root.into(),
+            _process: process,
+            _dir: dir,
+        }
     }
 }

@@ -8,7 +8,8 @@ use kube::runtime::events::{Event, EventType};
 
 use crate::api::conditions::{ConditionStatus, Reason};
 use crate::api::{
-    Accepted, Artifact, HistoryEntry, ModelStatus, Resolved, Revoked, Verified, VerifiedTimestamp, VerifySpec, short_digest,
+    Accepted, Artifact, HistoryEntry, ModelStatus, Resolved, Revoked, Verified, VerifiedTimestamp, VerifySpec,
+    short_digest,
 };
 use crate::registry::{Inspection, Resolution};
 use crate::verify::Verification;

@@ -47,15 +47,19 @@ pub fn authentic_timestamp(
     if let Some(why) = skipped {
         // Without a verified timestamp, every certificate must be valid now.
         if let Some(cert) = chain.iter().find(|c| !c.valid_at(now)) {
-            let detail =
-                format!("certificate {} is not valid now and no timestamp proves the signing time ({why})", cert.subject());
+            let detail = format!(
+                "certificate {} is not valid now and no timestamp proves the signing time ({why})",
+                cert.subject()
+            );
             return Err(rejected(Rejection::Expired, detail));
         }
         return Ok(Outcome::NotVerified(why));
     }
     let names = tsa.iter().map(|(k, n)| format!("{k}:{n}")).collect::<Vec<_>>().join(", ");
     let Some(token) = &envelope.timestamp else {
-        let detail = format!("the signature has no timestamp countersignature, and the trust policy verifies timestamps (trust stores {names})");
+        let detail = format!(
+            "the signature has no timestamp countersignature, and the trust policy verifies timestamps (trust stores {names})"
+        );
         return Err(rejected(Rejection::Timestamp, detail));
     };
     let roots: Vec<Cert> = tsa.iter().flat_map(|(k, n)| stores.certs(k, n)).cloned().collect();
