@@ -238,6 +238,7 @@ pub async fn verify(reference: &str, with: VerifyWith<'_>, args: &RegistryArgs, 
             digest: &v.digest,
             identity: Some(&v.identity),
             signature_digest: Some(&v.signature_digest),
+            timestamp: v.timestamp.as_ref(),
             reason: None,
             detail: None,
             warnings: &v.warnings,
@@ -248,6 +249,7 @@ pub async fn verify(reference: &str, with: VerifyWith<'_>, args: &RegistryArgs, 
             digest: &digest,
             identity: None,
             signature_digest: None,
+            timestamp: None,
             reason: Some(reason.as_str()),
             detail: Some(detail),
             warnings: &[],
@@ -271,6 +273,9 @@ struct VerifyReport<'a> {
     digest: &'a str,
     identity: Option<&'a str>,
     signature_digest: Option<&'a str>,
+    /// The verified RFC 3161 timestamp (notation with a `tsa` trust store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<&'a modelpack_operator::verify::Timestamped>,
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
@@ -288,6 +293,9 @@ impl VerifyReport<'_> {
         }
         let identity = printable(self.identity.unwrap_or_default());
         let mut s = format!("verified {repo}@{digest}: signed by {identity} ({provider})\n");
+        if let Some(t) = self.timestamp {
+            s.push_str(&format!("timestamped {} by {}\n", printable(&t.time), printable(&t.authority)));
+        }
         for w in self.warnings {
             s.push_str(&format!("warning: {}\n", printable(w)));
         }

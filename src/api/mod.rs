@@ -15,7 +15,7 @@ pub use deployment::{
 };
 pub use model::{
     Accepted, Artifact, HistoryEntry, LocalObjectReference, Model, ModelReference, ModelSpec, ModelStatus,
-    OidcIdentity, Resolved, Revoked, Verified, VerifyProvider, VerifySpec,
+    OidcIdentity, Resolved, Revoked, Verified, VerifiedTimestamp, VerifyProvider, VerifySpec,
 };
 pub use policy::{ModelPolicy, ModelPolicySpec, ModelPolicyStatus, PolicyAction, PolicyRule, Violation};
 

@@ -264,8 +264,22 @@ pub struct Verified {
     /// Who signed it: the signing certificate's subject (notation) or the key's name (cosign).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The RFC 3161 timestamp countersignature that proved when it was signed (notation with a
+    /// `tsa` trust store), when one was verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<VerifiedTimestamp>,
     /// When verification passed.
     pub verified_at: Time,
+}
+
+/// A verified RFC 3161 timestamp countersignature.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedTimestamp {
+    /// The time the Time Stamping Authority vouches for (its genTime, RFC 3339).
+    pub time: String,
+    /// The TSA certificate's subject.
+    pub authority: String,
 }
 
 /// A verified digest whose trust was revoked.

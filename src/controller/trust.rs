@@ -210,6 +210,7 @@ mod tests {
             signature_digest: digest('s'),
             warnings: Vec::new(),
             enforced: true,
+            timestamp: None,
         }
     }
 

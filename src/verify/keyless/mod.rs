@@ -91,6 +91,8 @@ pub async fn verify(
                     signature_digest: candidate.signature_digest.clone(),
                     warnings: Vec::new(),
                     enforced: true,
+                    // The proven times are checked, not reported (a log entry's is not a timestamp).
+                    timestamp: None,
                 });
             }
             Err(e) => last = Some(e),

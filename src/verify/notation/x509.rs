@@ -61,9 +61,15 @@ impl Cert {
 
     /// Whether `at` (unix seconds) is within the validity period.
     pub fn valid_at(&self, at: i64) -> bool {
+        let (not_before, not_after) = self.validity();
+        not_before <= at && at <= not_after
+    }
+
+    /// notBefore and notAfter, unix seconds.
+    pub fn validity(&self) -> (i64, i64) {
         let v = &self.cert.tbs_certificate.validity;
         let secs = |t: &x509_cert::time::Time| t.to_unix_duration().as_secs() as i64;
-        secs(&v.not_before) <= at && at <= secs(&v.not_after)
+        (secs(&v.not_before), secs(&v.not_after))
     }
 
     pub(crate) fn extensions(&self) -> &[Extension] {
@@ -101,7 +107,7 @@ impl Cert {
 }
 
 /// aws-lc-rs algorithms for an X.509 signature algorithm and issuer key.
-fn algorithms(oid: &ObjectIdentifier, key: KeyKind) -> Vec<&'static dyn VerificationAlgorithm> {
+pub(crate) fn algorithms(oid: &ObjectIdentifier, key: KeyKind) -> Vec<&'static dyn VerificationAlgorithm> {
     match (oid.to_string().as_str(), key) {
         ("1.2.840.113549.1.1.11", KeyKind::Rsa) => vec![&signature::RSA_PKCS1_2048_8192_SHA256],
         ("1.2.840.113549.1.1.12", KeyKind::Rsa) => vec![&signature::RSA_PKCS1_2048_8192_SHA384],
