@@ -249,7 +249,7 @@ mod tests {
         let good = spec(&[("^https://token\\.actions\\.githubusercontent\\.com$", "^https://github\\.com/acme/")]);
         assert!(keyless(&good, Some(root), invalid).unwrap().is_some());
         assert!(keyless(&spec(&[]), None, invalid).unwrap().is_none(), "keys only");
-        let message = |r: Result<Option<Box<KeylessTrust>>, Error>| r.err().expect("refused").to_string();
+        let message = |r: Result<Option<Box<KeylessTrust>>, Error>| r.expect_err("refused").to_string();
         let m = message(keyless(&good, Some(b"{}"), invalid));
         assert!(m.contains("ns/sigstore") && m.contains("trusted_root.json"), "{m}");
         let m = message(keyless(&good, None, invalid));
