@@ -232,6 +232,14 @@ mod tests {
     }
 
     #[test]
+    fn the_public_good_root_parses() {
+        // The Sigstore public-good instance's root as sigstore/sigstore v1.10.3 embeds it.
+        let root = TrustedRoot::parse(include_bytes!("testdata/public_good_trusted_root.json")).unwrap();
+        assert!(!root.tlogs.is_empty() && !root.ctlogs.is_empty() && !root.certificate_authorities.is_empty());
+        assert!(root.certificate_authorities.iter().any(|ca| ca.window.end.is_none()), "the current Fulcio CA");
+    }
+
+    #[test]
     fn broken_roots_are_refused_with_the_entry_named() {
         let text = std::str::from_utf8(ROOT).unwrap();
         let cases = [
