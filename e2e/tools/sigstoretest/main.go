@@ -162,14 +162,14 @@ func (a *authority) trustedRoot(path string, withLog, withTSA bool) {
 // leaf issues a Fulcio-like code-signing certificate: the identity as a URI SAN, the issuer in
 // both Fulcio issuer extensions (1.1 raw, 1.8 DER UTF8String), and an SCT of ct's log embedded
 // (RFC 6962: signed over the certificate's TBS without the SCT extension).
-func (a *authority) leaf(san, iss string, from, to time.Time, ct *authority) (*x509.Certificate, *ecdsa.PrivateKey) {
+func (a *authority) leaf(san, iss string, from, to time.Time, ct *authority, eku x509.ExtKeyUsage) (*x509.Certificate, *ecdsa.PrivateKey) {
 	key := must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader))
 	u := must(url.Parse(san))
 	v2 := must(asn1.MarshalWithParams(iss, "utf8"))
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(now.UnixNano()), NotBefore: from, NotAfter: to,
 		URIs: []*url.URL{u}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:     []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
+		ExtKeyUsage:     []x509.ExtKeyUsage{eku},
 		ExtraExtensions: []pkix.Extension{{Id: oidIssuerV1, Value: []byte(iss)}, {Id: oidIssuerV2, Value: v2}},
 	}
 	pre := must(x509.ParseCertificate(must(x509.CreateCertificate(rand.Reader, tmpl, a.caInter, key.Public(), a.caInterKey))))
@@ -249,11 +249,12 @@ type spec struct {
 	signer              *authority // whose CA issues the leaf
 	sctBy               *authority // whose CT log signs the SCT of the leaf (default: the trusted one)
 	leafFrom, leafTo    time.Time
-	tlogAt, tsaAt       *time.Time // nil: no log entry / no timestamp
-	tamperLog           bool       // the entry's integrated time changed after the SET was signed
-	foreignEntry        bool       // the log entry (SET valid) is of another signature
-	otherDigest         bool       // the payload names another image
-	root                string     // trusted root file the case is verified against
+	tlogAt, tsaAt       *time.Time       // nil: no log entry / no timestamp
+	tamperLog           bool             // the entry's integrated time changed after the SET was signed
+	foreignEntry        bool             // the log entry (SET valid) is of another signature
+	eku                 x509.ExtKeyUsage // the leaf's extended key usage (default: code signing)
+	otherDigest         bool             // the payload names another image
+	root                string           // trusted root file the case is verified against
 	verifyID, verifyIss string
 	cosignFlags         []string
 }
@@ -310,6 +311,7 @@ func main() {
 		{name: "other-digest", tlogAt: at(0), otherDigest: true},
 		{name: "other-ca", signer: other, tlogAt: at(0)},
 		{name: "sct-of-unknown-log", sctBy: other, tlogAt: at(0)},
+		{name: "not-a-code-signing-certificate", eku: x509.ExtKeyUsageEmailProtection, tlogAt: at(0)},
 	}
 	ctx := context.Background()
 	_ = ctx
@@ -320,6 +322,9 @@ func main() {
 		}
 		if c.signer == nil {
 			c.signer = main
+		}
+		if c.eku == 0 {
+			c.eku = x509.ExtKeyUsageCodeSigning
 		}
 		if c.sctBy == nil {
 			c.sctBy = main
@@ -370,7 +375,7 @@ func main() {
 // signSig attaches a keyless signature of `signed` at digest's `sha256-<hex>.sig` tag.
 func signSig(c spec, digest, signed name.Digest) {
 	a := c.signer
-	cert, key := a.leaf(identity, issuer, c.leafFrom, c.leafTo, c.sctBy)
+	cert, key := a.leaf(identity, issuer, c.leafFrom, c.leafTo, c.sctBy, c.eku)
 	certPEM := must(cryptoutils.MarshalCertificateToPEM(cert))
 	chainPEM := must(cryptoutils.MarshalCertificatesToPEM([]*x509.Certificate{a.caInter, a.caRoot}))
 	body := must(payload.Cosign{Image: signed}.MarshalJSON())
@@ -408,7 +413,7 @@ func signSig(c spec, digest, signed name.Digest) {
 // referrer of digest, as `cosign sign --new-bundle-format` does.
 func signBundle(c spec, digest, signed name.Digest) {
 	a := c.signer
-	cert, key := a.leaf(identity, issuer, c.leafFrom, c.leafTo, c.sctBy)
+	cert, key := a.leaf(identity, issuer, c.leafFrom, c.leafTo, c.sctBy, c.eku)
 	certPEM := must(cryptoutils.MarshalCertificateToPEM(cert))
 	statement := must(json.Marshal(map[string]any{
 		"_type":         "https://in-toto.io/Statement/v1",

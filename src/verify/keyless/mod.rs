@@ -18,6 +18,8 @@ mod sct;
 mod storage;
 
 use sha2::{Digest, Sha256};
+use x509_cert::der::oid::ObjectIdentifier;
+use x509_cert::ext::pkix::ExtendedKeyUsage;
 
 use super::sigstore::trusted_root::TrustedRoot;
 use super::sigstore::{Cert, verify_chain, verify_message};
@@ -25,6 +27,9 @@ use super::timestamp::Token;
 use super::{Error, Rejection, Verification};
 use crate::registry::{Registry, Repository};
 pub use identity::{Identity, Matcher};
+
+const EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
+const CODE_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
 
 /// What a keyless verification trusts: the root and the accepted identities.
 #[derive(Clone, Debug)]
@@ -120,6 +125,14 @@ pub(crate) fn check(c: &Candidate, digest: &str, trust: &KeylessTrust) -> Result
         return Err((Rejection::Expired, format!("signed at {}, outside the certificate's validity", time(*outside))));
     }
     let issuer = chain_to_fulcio(&leaf, &trust.root, at)?;
+    // Fulcio issues code-signing certificates; as cosign does, no other kind signs.
+    let code_signing = matches!(leaf.extension::<ExtendedKeyUsage>(EXT_KEY_USAGE), Ok(Some((eku, _))) if eku.0.contains(&CODE_SIGNING));
+    if !code_signing {
+        return Err((
+            Rejection::UntrustedRoot,
+            "the signing certificate lacks the codeSigning extended key usage".into(),
+        ));
+    }
     if !trust.root.ctlogs.is_empty() {
         sct::verify(&leaf, &issuer, &trust.root.ctlogs).map_err(|e| (Rejection::UntrustedRoot, e))?;
     }
