@@ -14,8 +14,8 @@ pub use deployment::{
     NodePhase, NodesStatus, PullSpec, VersionRef, WorkloadKind, WorkloadRef, WorkloadStatus,
 };
 pub use model::{
-    Accepted, Artifact, HistoryEntry, LocalObjectReference, Model, ModelReference, ModelSpec, ModelStatus, Resolved,
-    Revoked, Verified, VerifyProvider, VerifySpec,
+    Accepted, Artifact, HistoryEntry, LocalObjectReference, Model, ModelReference, ModelSpec, ModelStatus,
+    OidcIdentity, Resolved, Revoked, Verified, VerifiedTimestamp, VerifyProvider, VerifySpec,
 };
 pub use policy::{ModelPolicy, ModelPolicySpec, ModelPolicyStatus, PolicyAction, PolicyRule, Violation};
 

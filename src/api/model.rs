@@ -140,8 +140,27 @@ pub struct VerifySpec {
     pub provider: VerifyProvider,
     /// notation: a Secret with `trustpolicy.json` and trust-store certificates under keys
     /// `<ca|signingAuthority|tsa>.<store>.pem` (or `.crt`). cosign: a Secret whose `*.pub` keys may
-    /// each verify.
+    /// each verify, and/or whose `trusted_root.json` (a Sigstore trusted root: Fulcio CAs, Rekor
+    /// logs, timestamp authorities) verifies keyless signatures of the `matchOIDCIdentity`
+    /// identities, offline.
     pub secret_ref: LocalObjectReference,
+    /// cosign keyless: the identities accepted, as Flux writes them; a signing certificate must
+    /// match one entry's issuer and subject. Required with a `trusted_root.json`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "matchOIDCIdentity")]
+    #[schemars(length(max = 16))]
+    pub match_oidc_identity: Vec<OidcIdentity>,
+}
+
+/// An accepted keyless signer: regular expressions (RE2 syntax, unanchored: write `^…$` for an
+/// exact match) for the certificate's OIDC issuer and subject (its email, URI or username SAN).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct OidcIdentity {
+    /// The OIDC issuer, e.g. `^https://token\.actions\.githubusercontent\.com$`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: String,
+    /// The subject, e.g. `^https://github\.com/acme/models/\.github/workflows/release\.yml@refs/heads/main$`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub subject: String,
 }
 
 /// Signature scheme.
@@ -245,8 +264,22 @@ pub struct Verified {
     /// Who signed it: the signing certificate's subject (notation) or the key's name (cosign).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The RFC 3161 timestamp countersignature that proved when it was signed (notation with a
+    /// `tsa` trust store), when one was verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<VerifiedTimestamp>,
     /// When verification passed.
     pub verified_at: Time,
+}
+
+/// A verified RFC 3161 timestamp countersignature.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedTimestamp {
+    /// The time the Time Stamping Authority vouches for (its genTime, RFC 3339).
+    pub time: String,
+    /// The TSA certificate's subject.
+    pub authority: String,
 }
 
 /// A verified digest whose trust was revoked.

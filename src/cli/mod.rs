@@ -6,6 +6,7 @@ pub mod check;
 pub mod crd;
 pub mod gc;
 pub mod inspect;
+pub mod keyless;
 pub mod pull;
 pub mod registry;
 pub mod run;

@@ -27,6 +27,8 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     cosign_key: Vec<PathBuf>,
     #[command(flatten)]
+    keyless: super::keyless::KeylessArgs,
+    #[command(flatten)]
     registry: RegistryArgs,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -36,11 +38,15 @@ pub struct VerifyArgs {
 /// error, exit 2).
 enum Trust {
     Cosign(Vec<NamedKey>),
+    Keyless(verify::keyless::KeylessTrust),
     Notation { policies: notation::Policies, stores: notation::TrustStores },
 }
 
 impl Trust {
     fn load(args: &VerifyArgs) -> Result<Trust, Failure> {
+        if let Some(trust) = args.keyless.trust().usage()? {
+            return Ok(Trust::Keyless(trust));
+        }
         if let (Some(policy), Some(certs)) = (&args.notation_policy, &args.notation_certs) {
             let doc =
                 std::fs::read(policy).with_context(|| format!("reading trust policy {}", policy.display())).usage()?;
@@ -50,7 +56,7 @@ impl Trust {
         }
         if args.cosign_key.is_empty() {
             return Err(Failure::usage(anyhow::anyhow!(
-                "give --cosign-key FILE (repeatable) or --notation-policy FILE --notation-certs DIR"
+                "give --cosign-key FILE (repeatable), --trusted-root FILE with the identity flags, or --notation-policy FILE --notation-certs DIR"
             )));
         }
         let mut named = Vec::new();
@@ -75,6 +81,7 @@ pub async fn run(args: VerifyArgs) -> Result<Exit, Failure> {
     let digest = registry.resolve(&repo, &spec).await?.digest;
     let (provider, result) = match &trust {
         Trust::Cosign(keys) => ("cosign", verify::cosign::verify(&registry, &repo, &digest, keys).await),
+        Trust::Keyless(trust) => ("cosign", verify::keyless::verify(&registry, &repo, &digest, trust).await),
         Trust::Notation { policies, stores } => {
             let manifest = registry.manifest(&repo, &digest).await?;
             let media_type = serde_json::from_slice::<Value>(&manifest)
@@ -93,6 +100,7 @@ pub async fn run(args: VerifyArgs) -> Result<Exit, Failure> {
             digest: &v.digest,
             identity: Some(&v.identity),
             signature_digest: Some(&v.signature_digest),
+            timestamp: v.timestamp.as_ref(),
             reason: None,
             detail: None,
             warnings: &v.warnings,
@@ -103,6 +111,7 @@ pub async fn run(args: VerifyArgs) -> Result<Exit, Failure> {
             digest: &digest,
             identity: None,
             signature_digest: None,
+            timestamp: None,
             reason: Some(reason.as_str()),
             detail: Some(detail),
             warnings: &[],
@@ -128,6 +137,9 @@ struct VerifyReport<'a> {
     digest: &'a str,
     identity: Option<&'a str>,
     signature_digest: Option<&'a str>,
+    /// The verified RFC 3161 timestamp (notation with a `tsa` trust store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<&'a modelpack_operator::verify::Timestamped>,
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
@@ -145,6 +157,9 @@ impl VerifyReport<'_> {
         }
         let identity = printable(self.identity.unwrap_or_default());
         let mut s = format!("verified {repo}@{digest}: signed by {identity} ({provider})\n");
+        if let Some(t) = self.timestamp {
+            s.push_str(&format!("timestamped {} by {}\n", printable(&t.time), printable(&t.authority)));
+        }
         for w in self.warnings {
             s.push_str(&format!("warning: {}\n", printable(w)));
         }

@@ -17,6 +17,8 @@ use super::Error;
 use super::access::Access;
 use crate::api::{Model, VerifyProvider, VerifySpec};
 use crate::registry::{Inspection, Repository};
+use crate::verify::keyless::{Identity, KeylessTrust, Matcher};
+use crate::verify::sigstore::trusted_root::TrustedRoot;
 use crate::verify::{self, Verification, cosign::NamedKey, notation};
 
 /// Keys and certificates from the trust Secret, and what identifies them.
@@ -43,11 +45,43 @@ struct PassKey {
 }
 
 enum Material {
-    Cosign(Vec<NamedKey>),
-    Notation { policies: notation::Policies, stores: notation::TrustStores },
+    /// Keys (any may verify) and, with a trusted root, keyless signatures.
+    Cosign(Vec<NamedKey>, Option<Box<KeylessTrust>>),
+    Notation {
+        policies: notation::Policies,
+        stores: notation::TrustStores,
+    },
 }
 
 const TRUST_POLICY_KEY: &str = "trustpolicy.json";
+const TRUSTED_ROOT_KEY: &str = "trusted_root.json";
+
+/// The keyless trust of a cosign Secret: its `trusted_root.json` and the spec's identities.
+fn keyless(
+    spec: &VerifySpec,
+    root: Option<&[u8]>,
+    invalid: impl Fn(String) -> Error,
+) -> Result<Option<Box<KeylessTrust>>, Error> {
+    let Some(root) = root else {
+        if spec.match_oidc_identity.is_empty() {
+            return Ok(None);
+        }
+        return Err(invalid(format!("has no {TRUSTED_ROOT_KEY}, which matchOIDCIdentity needs")));
+    };
+    let root = TrustedRoot::parse(root).map_err(|e| invalid(format!("key {TRUSTED_ROOT_KEY}: {e}")))?;
+    let mut identities = Vec::new();
+    for (i, id) in spec.match_oidc_identity.iter().enumerate() {
+        let compile = |field: &str, pattern: &str| {
+            Matcher::regexp(pattern)
+                .map_err(|e| verify::Error::InvalidTrust(format!("spec.verify.matchOIDCIdentity[{i}].{field}: {e}")))
+        };
+        identities.push(Identity { issuer: compile("issuer", &id.issuer)?, subject: compile("subject", &id.subject)? });
+    }
+    let trust = KeylessTrust::new(root, identities).map_err(|e| {
+        verify::Error::InvalidTrust(format!("{TRUSTED_ROOT_KEY} needs spec.verify.matchOIDCIdentity: {e}"))
+    })?;
+    Ok(Some(Box::new(trust)))
+}
 
 pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> Result<Trust, Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -63,10 +97,11 @@ pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> R
                 let public = verify::PublicKey::from_pem(&value.0).map_err(|e| invalid(format!("key {key}: {e}")))?;
                 keys.push(NamedKey { name: key.clone(), key: public });
             }
-            if keys.is_empty() {
-                return Err(invalid("has no *.pub public key".into()));
+            let keyless = keyless(spec, data.get(TRUSTED_ROOT_KEY).map(|v| v.0.as_slice()), invalid)?;
+            if keys.is_empty() && keyless.is_none() {
+                return Err(invalid(format!("has no *.pub public key nor {TRUSTED_ROOT_KEY}")));
             }
-            Material::Cosign(keys)
+            Material::Cosign(keys, keyless)
         }
         VerifyProvider::Notation => {
             let policy = data.get(TRUST_POLICY_KEY).ok_or_else(|| invalid(format!("has no {TRUST_POLICY_KEY} key")))?;
@@ -115,7 +150,19 @@ impl Verifications {
             return Ok((hit, true));
         }
         let verification = match &trust.material {
-            Material::Cosign(keys) => verify::cosign::verify(registry, &access.repository, digest, keys).await?,
+            Material::Cosign(keys, None) => verify::cosign::verify(registry, &access.repository, digest, keys).await?,
+            Material::Cosign(keys, Some(keyless)) => {
+                // A key signature, when keys are given, else keyless; the keyless verdict is the
+                // one reported when neither passes (what a keyless user needs to read).
+                let by_key = match keys.is_empty() {
+                    true => None,
+                    false => verify::cosign::verify(registry, &access.repository, digest, keys).await.ok(),
+                };
+                match by_key {
+                    Some(v) => v,
+                    None => verify::keyless::verify(registry, &access.repository, digest, keyless).await?,
+                }
+            }
             Material::Notation { policies, stores } => {
                 let media_type = inspection.manifest.media_type.as_deref().unwrap_or(crate::modelpack::OCI_MANIFEST);
                 let target = notation::Target { digest, media_type, size: inspection.manifest_size as i64 };
@@ -163,6 +210,7 @@ mod tests {
             signature_digest: digest('s'),
             warnings: Vec::new(),
             enforced: true,
+            timestamp: None,
         }
     }
 
@@ -184,6 +232,36 @@ mod tests {
         for other in others {
             assert!(cache.hit(&other).is_none(), "{other:?} reused a pass of {stored:?}");
         }
+    }
+
+    #[test]
+    fn keyless_trust_needs_a_root_that_parses_and_expressions_that_compile() {
+        let root = include_bytes!("../verify/keyless/testdata/trusted_root.json");
+        let spec = |ids: &[(&str, &str)]| VerifySpec {
+            provider: VerifyProvider::Cosign,
+            secret_ref: crate::api::LocalObjectReference { name: "sigstore".into() },
+            match_oidc_identity: ids
+                .iter()
+                .map(|(i, s)| crate::api::OidcIdentity { issuer: (*i).into(), subject: (*s).into() })
+                .collect(),
+        };
+        let invalid = |reason: String| Error::InvalidSecret { name: "ns/sigstore".into(), reason };
+        let good = spec(&[("^https://token\\.actions\\.githubusercontent\\.com$", "^https://github\\.com/acme/")]);
+        assert!(keyless(&good, Some(root), invalid).unwrap().is_some());
+        assert!(keyless(&spec(&[]), None, invalid).unwrap().is_none(), "keys only");
+        let message = |r: Result<Option<Box<KeylessTrust>>, Error>| r.expect_err("refused").to_string();
+        let m = message(keyless(&good, Some(b"{}"), invalid));
+        assert!(m.contains("ns/sigstore") && m.contains("trusted_root.json"), "{m}");
+        let m = message(keyless(&good, None, invalid));
+        assert!(m.contains("has no trusted_root.json"), "{m}");
+        let bad = spec(&[(".*", ".*"), ("(unclosed", ".*")]);
+        match keyless(&bad, Some(root), invalid) {
+            Err(Error::Verify(verify::Error::InvalidTrust(m))) => {
+                assert!(m.contains("matchOIDCIdentity[1].issuer"), "{m}")
+            }
+            other => panic!("{:?}", other.map(|t| t.is_some())),
+        }
+        assert!(matches!(keyless(&spec(&[]), Some(root), invalid), Err(Error::Verify(verify::Error::InvalidTrust(_)))));
     }
 
     #[test]

@@ -87,7 +87,17 @@ pub async fn verify(
         signature_digest,
         warnings: Vec::new(),
         enforced: true,
+        timestamp: None,
     })
+}
+
+/// The digest a simple-signing payload names (also read by keyless verification).
+pub(crate) fn signed_digest(payload: &[u8]) -> Result<String, String> {
+    let parsed: Payload = serde_json::from_slice(payload).map_err(|e| format!("signed payload: {e}"))?;
+    if parsed.critical.type_ != "cosign container image signature" {
+        return Err(format!("signed payload has type {:?}", parsed.critical.type_));
+    }
+    Ok(parsed.critical.image.docker_manifest_digest)
 }
 
 /// The pure part: which (payload, base64 signature) verifies with which key, for `digest`.

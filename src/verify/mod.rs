@@ -2,8 +2,11 @@
 //! the Notary Project (notation). A verified digest is the only one the operator lets downstream.
 
 pub mod cosign;
+pub mod keyless;
 mod keys;
 pub mod notation;
+pub mod sigstore;
+pub mod timestamp;
 
 pub use keys::{KeyKind, PublicKey};
 
@@ -26,6 +29,11 @@ pub enum Rejection {
     NoPolicy,
     /// The envelope is malformed or breaks the signature specification.
     InvalidSignature,
+    /// A keyless signature whose signing time no trusted log entry or timestamp proves.
+    NoProofOfTime,
+    /// The trust policy asks for a timestamp countersignature and none verifies (absent, altered,
+    /// or from a TSA outside its `tsa` trust stores).
+    Timestamp,
 }
 
 impl Rejection {
@@ -39,6 +47,8 @@ impl Rejection {
             Rejection::Expired => "expired",
             Rejection::NoPolicy => "no applicable trust policy",
             Rejection::InvalidSignature => "invalid signature envelope",
+            Rejection::NoProofOfTime => "no proof of signing time",
+            Rejection::Timestamp => "timestamp not verified",
         }
     }
 }
@@ -79,4 +89,16 @@ pub struct Verification {
     /// False when the policy level logs a failed authenticity check instead of enforcing it
     /// (notation `audit`): usable, but not verified.
     pub enforced: bool,
+    /// The verified RFC 3161 timestamp that proves when it was signed, if one was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Timestamped>,
+}
+
+/// A verified timestamp countersignature.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Timestamped {
+    /// The TSA's time (genTime), RFC 3339.
+    pub time: String,
+    /// The TSA certificate's subject.
+    pub authority: String,
 }

@@ -15,6 +15,7 @@ pub mod reason_table;
 pub mod served;
 pub mod signed;
 pub mod static_registry;
+pub mod timestamping;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -235,6 +236,19 @@ pub fn unique_suffix() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{:x}{:x}{n}", std::process::id() % 0xfff, nanos % 0xffff)
+}
+
+/// The bed's tools, also without the bed: `MODELPACK_E2E_TOOLS`, or where `e2e/tools/build` links
+/// them (`MODELPACK_TOOLS_CACHE`, default `~/.cache/modelpack-operator/tools`, then `current`).
+pub fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MODELPACK_E2E_TOOLS") {
+        return dir.into();
+    }
+    let cache = std::env::var_os("MODELPACK_TOOLS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        let home = || PathBuf::from(std::env::var_os("HOME").expect("HOME or MODELPACK_E2E_TOOLS")).join(".cache");
+        std::env::var_os("XDG_CACHE_HOME").map_or_else(home, PathBuf::from).join("modelpack-operator/tools")
+    });
+    cache.join("current")
 }
 
 /// Runs the operator binary built with the tests: (exit code, stdout, stderr).

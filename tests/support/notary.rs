@@ -3,7 +3,7 @@
 //! (its own config directory per test), and hand-made signature envelopes for what `notation sign`
 //! will not produce (an unknown critical header).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use time::{Duration, OffsetDateTime};
 
-use super::{Bed, run_tool, try_tool};
+use super::{run_tool, try_tool};
 
 /// A signing certificate chain: the leaf's PKCS#8 key and the PEM chain (leaf first, root last).
 pub struct Chain {
@@ -171,7 +171,7 @@ impl Notation {
 
     fn run(&self, args: &[&str]) -> Result<String, String> {
         let home = self.home.path().to_str().unwrap();
-        try_tool(&Bed::get().tool("notation"), args, &[("XDG_CONFIG_HOME", home), ("HOME", home)], None)
+        try_tool(&super::tools_dir().join("notation"), args, &[("XDG_CONFIG_HOME", home), ("HOME", home)], None)
     }
 
     /// Makes `chain` the default signing key.
@@ -191,6 +191,27 @@ impl Notation {
         let force_tag = format!("--force-referrers-tag={}", !referrers_api);
         let out = self.run(&["sign", "--insecure-registry", "--signature-format", format, &force_tag, reference]);
         out.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `notation sign` through the referrers API with an RFC 3161 countersignature from the TSA at
+    /// `tsa_url`, whose root notation checks the response against: its output, or why it failed.
+    pub fn sign_timestamped(
+        &self,
+        reference: &str,
+        format: &str,
+        tsa_url: &str,
+        tsa_root: &Path,
+    ) -> Result<String, String> {
+        let root = tsa_root.to_str().unwrap();
+        let (format_flag, tsa) =
+            (["--signature-format", format], ["--timestamp-url", tsa_url, "--timestamp-root-cert", root]);
+        let args: Vec<&str> = ["sign", "--insecure-registry", "--force-referrers-tag=false"]
+            .into_iter()
+            .chain(format_flag)
+            .chain(tsa)
+            .chain([reference])
+            .collect();
+        self.run(&args)
     }
 
     /// Writes the trust policy and trust stores (`(type, store, pem)`) into notation's config.
@@ -233,7 +254,7 @@ pub fn attach_envelope(reference: &str, media_type: &str, envelope: &[u8]) {
     std::fs::write(&file, envelope).unwrap();
     let blob = format!("signature:{media_type}");
     run_tool(
-        &Bed::get().tool("oras"),
+        &super::tools_dir().join("oras"),
         &["attach", "--plain-http", "--artifact-type", "application/vnd.cncf.notary.signature", reference, &blob],
         &[],
         Some(dir.path()),

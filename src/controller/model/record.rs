@@ -8,7 +8,8 @@ use kube::runtime::events::{Event, EventType};
 
 use crate::api::conditions::{ConditionStatus, Reason};
 use crate::api::{
-    Accepted, Artifact, HistoryEntry, ModelStatus, Resolved, Revoked, Verified, VerifySpec, short_digest,
+    Accepted, Artifact, HistoryEntry, ModelStatus, Resolved, Revoked, Verified, VerifiedTimestamp, VerifySpec,
+    short_digest,
 };
 use crate::registry::{Inspection, Resolution};
 use crate::verify::Verification;
@@ -106,10 +107,17 @@ pub fn verification(
         short_digest: short_digest(digest),
         provider: spec.provider,
         identity: Some(verification.identity.clone()),
+        timestamp: verification
+            .timestamp
+            .as_ref()
+            .map(|t| VerifiedTimestamp { time: t.time.clone(), authority: t.authority.clone() }),
         verified_at,
     });
     let condition = if verification.enforced {
         let mut message = format!("signed by {} ({})", verification.identity, verification.provider);
+        if let Some(t) = &verification.timestamp {
+            message.push_str(&format!(", timestamped {} by {}", t.time, t.authority));
+        }
         // What was only logged, or not checked at all, is said, never implied to have passed.
         for warning in &verification.warnings {
             message.push_str("; ");

@@ -164,6 +164,7 @@ fn verification(digest: &str) -> Verification {
         signature_digest: digest.replace(":", ":f"),
         warnings: Vec::new(),
         enforced: true,
+        timestamp: None,
     }
 }
 

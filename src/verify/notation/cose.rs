@@ -10,6 +10,7 @@ use super::envelope::{Algorithm, Envelope, KNOWN_CRITICAL, PAYLOAD_CONTENT_TYPE,
 
 const X5CHAIN: i64 = 33;
 const MAX_CERTS: usize = 10;
+const TIMESTAMP: &str = "io.cncf.notary.timestampSignature";
 
 pub fn parse(bytes: &[u8]) -> Result<Envelope, String> {
     let sign1 = CoseSign1::from_tagged_slice(bytes)
@@ -80,11 +81,11 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope, String> {
         expiry: time("io.cncf.notary.expiry")?,
         critical,
         certificates,
-        timestamped: sign1
-            .unprotected
-            .rest
-            .iter()
-            .any(|(l, _)| *l == Label::Text("io.cncf.notary.timestampSignature".into())),
+        timestamp: match sign1.unprotected.rest.iter().find(|(l, _)| *l == Label::Text(TIMESTAMP.into())) {
+            None => None,
+            Some((_, Value::Bytes(token))) => Some(token.clone()),
+            Some(_) => return Err(format!("COSE {TIMESTAMP} is not a byte string")),
+        },
     };
     envelope.check_critical()?;
     Ok(envelope)

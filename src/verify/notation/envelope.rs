@@ -56,8 +56,8 @@ pub struct Envelope {
     pub critical: Vec<String>,
     /// DER certificates, signing certificate first.
     pub certificates: Vec<Vec<u8>>,
-    /// Whether an RFC 3161 timestamp countersignature is attached (not verified here).
-    pub timestamped: bool,
+    /// The RFC 3161 timestamp countersignature (a DER TimeStampToken over `signature`), if any.
+    pub timestamp: Option<Vec<u8>>,
 }
 
 #[derive(Deserialize)]

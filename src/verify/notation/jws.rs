@@ -21,6 +21,7 @@ struct Flattened {
 }
 
 const MAX_CERTS: usize = 10;
+const TIMESTAMP: &str = "io.cncf.notary.timestampSignature";
 
 pub fn parse(bytes: &[u8]) -> Result<Envelope, String> {
     let jws: Flattened = serde_json::from_slice(bytes).map_err(|e| format!("JWS envelope: {e}"))?;
@@ -85,7 +86,11 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope, String> {
         expiry: time("io.cncf.notary.expiry")?,
         critical,
         certificates: x5c,
-        timestamped: jws.header.contains_key("io.cncf.notary.timestampSignature"),
+        timestamp: match jws.header.get(TIMESTAMP) {
+            None => None,
+            Some(Value::String(token)) => Some(STANDARD.decode(token).map_err(|e| format!("JWS {TIMESTAMP}: {e}"))?),
+            Some(_) => return Err(format!("JWS {TIMESTAMP} is not a base64 string")),
+        },
     };
     envelope.check_critical()?;
     Ok(envelope)

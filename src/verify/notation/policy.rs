@@ -28,11 +28,13 @@ struct RawPolicy {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawVerification {
     level: String,
     #[serde(default, rename = "override")]
     overrides: BTreeMap<String, String>,
+    #[serde(default)]
+    verify_timestamp: Option<String>,
 }
 
 /// The validation checks a level decides about.
@@ -73,6 +75,15 @@ pub enum Level {
     Skip,
 }
 
+/// When the timestamp countersignature is verified (given a `tsa` trust store).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyTimestamp {
+    /// Always (the default).
+    Always,
+    /// Only when a certificate of the signing chain has expired at verification time.
+    AfterCertExpiry,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identity {
     Any,
@@ -88,6 +99,7 @@ pub struct Policy {
     /// `(type, name)`, e.g. `("ca", "acme")`.
     pub trust_stores: Vec<(String, String)>,
     pub identities: Vec<Identity>,
+    pub verify_timestamp: VerifyTimestamp,
     scopes: Vec<String>,
 }
 
@@ -150,6 +162,15 @@ impl TrustPolicy {
                 "skip" => Level::Skip,
                 other => return Err(invalid(format!("policy {name}: unknown level {other:?}"))),
             };
+            let verify_timestamp = match raw.signature_verification.verify_timestamp.as_deref() {
+                None | Some("always") => VerifyTimestamp::Always,
+                Some("afterCertExpiry") => VerifyTimestamp::AfterCertExpiry,
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "policy {name}: verifyTimestamp {other:?} is not always or afterCertExpiry"
+                    )));
+                }
+            };
             let mut actions = defaults(level);
             for (check, action) in &raw.signature_verification.overrides {
                 if level == Level::Skip {
@@ -190,6 +211,7 @@ impl TrustPolicy {
                 actions,
                 trust_stores,
                 identities,
+                verify_timestamp,
                 scopes: raw.registry_scopes,
             });
         }
@@ -349,5 +371,18 @@ mod tests {
         let mut p = policy("a", json!(["*"]), "strict");
         p["trustStores"] = json!(["acme"]);
         refused(json!({"version": "1.0", "trustPolicies": [p]}), "<type>:<name>");
+        let mut p = policy("a", json!(["*"]), "strict");
+        p["signatureVerification"]["verifyTimestamp"] = json!("sometimes");
+        refused(json!({"version": "1.0", "trustPolicies": [p]}), "verifyTimestamp \"sometimes\"");
+    }
+
+    #[test]
+    fn verify_timestamp_defaults_to_always() {
+        let mut p = policy("a", json!(["*"]), "strict");
+        let doc = parse(json!({"version": "1.0", "trustPolicies": [p.clone()]})).unwrap();
+        assert_eq!(doc.select("r/x").unwrap().verify_timestamp, VerifyTimestamp::Always);
+        p["signatureVerification"]["verifyTimestamp"] = json!("afterCertExpiry");
+        let doc = parse(json!({"version": "1.0", "trustPolicies": [p]})).unwrap();
+        assert_eq!(doc.select("r/x").unwrap().verify_timestamp, VerifyTimestamp::AfterCertExpiry);
     }
 }

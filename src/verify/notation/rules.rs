@@ -98,7 +98,7 @@ pub fn validate_chain(chain: &[Cert], at: i64) -> Result<(), String> {
 
 /// RFC 5280 4.2: an extension appears at most once, and a critical one that is not processed
 /// makes the certificate unusable.
-fn check_extensions(cert: &Cert, role: &str) -> Result<(), String> {
+pub(crate) fn check_extensions(cert: &Cert, role: &str) -> Result<(), String> {
     let extensions = cert.extensions();
     for (i, e) in extensions.iter().enumerate() {
         if extensions[..i].iter().any(|seen| seen.extn_id == e.extn_id) {

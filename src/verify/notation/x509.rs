@@ -50,7 +50,7 @@ impl Cert {
 
     /// Whether this certificate names `issuer` as its issuer, compared as encoded (as notation
     /// does: two spellings of one name are two names) and `issuer`'s key signed it.
-    pub(super) fn issued_by(&self, issuer: &Cert) -> bool {
+    pub(crate) fn issued_by(&self, issuer: &Cert) -> bool {
         let (Ok(named), Ok(subject)) =
             (self.cert.tbs_certificate.issuer.to_der(), issuer.cert.tbs_certificate.subject.to_der())
         else {
@@ -61,18 +61,24 @@ impl Cert {
 
     /// Whether `at` (unix seconds) is within the validity period.
     pub fn valid_at(&self, at: i64) -> bool {
-        let v = &self.cert.tbs_certificate.validity;
-        let secs = |t: &x509_cert::time::Time| t.to_unix_duration().as_secs() as i64;
-        secs(&v.not_before) <= at && at <= secs(&v.not_after)
+        let (not_before, not_after) = self.validity();
+        not_before <= at && at <= not_after
     }
 
-    pub(super) fn extensions(&self) -> &[Extension] {
+    /// notBefore and notAfter, unix seconds.
+    pub fn validity(&self) -> (i64, i64) {
+        let v = &self.cert.tbs_certificate.validity;
+        let secs = |t: &x509_cert::time::Time| t.to_unix_duration().as_secs() as i64;
+        (secs(&v.not_before), secs(&v.not_after))
+    }
+
+    pub(crate) fn extensions(&self) -> &[Extension] {
         self.cert.tbs_certificate.extensions.as_deref().unwrap_or_default()
     }
 
     /// The extension `oid` (the first: `rules` refuses a certificate that repeats one) decoded,
     /// with whether it is critical.
-    pub(super) fn extension<'a, T: Decode<'a>>(&'a self, oid: ObjectIdentifier) -> Result<Option<(T, bool)>, String> {
+    pub(crate) fn extension<'a, T: Decode<'a>>(&'a self, oid: ObjectIdentifier) -> Result<Option<(T, bool)>, String> {
         match self.extensions().iter().find(|e| e.extn_id == oid) {
             None => Ok(None),
             Some(e) => T::from_der(e.extn_value.as_bytes())
@@ -101,7 +107,7 @@ impl Cert {
 }
 
 /// aws-lc-rs algorithms for an X.509 signature algorithm and issuer key.
-fn algorithms(oid: &ObjectIdentifier, key: KeyKind) -> Vec<&'static dyn VerificationAlgorithm> {
+pub(crate) fn algorithms(oid: &ObjectIdentifier, key: KeyKind) -> Vec<&'static dyn VerificationAlgorithm> {
     match (oid.to_string().as_str(), key) {
         ("1.2.840.113549.1.1.11", KeyKind::Rsa) => vec![&signature::RSA_PKCS1_2048_8192_SHA256],
         ("1.2.840.113549.1.1.12", KeyKind::Rsa) => vec![&signature::RSA_PKCS1_2048_8192_SHA384],
