@@ -2,7 +2,9 @@
 //! the real node, the bed's registries and its tools): one test target, not run by `cargo test`
 //! (its manifest entry says `test = false`), run by `e2e/test` one module at a time (each module's
 //! cluster-wide objects, such as a chart release, leave with its process; see e2e/test).
-//! Everything that needs no bed is a test file of its own under tests/ or a unit test.
+//! Tests that need only the bed's tools (cosign, notation, oras, olareg, the TSA, sigstoretest, the
+//! Python oracles), not its cluster, are here too: a fresh clone has none of them. Everything that
+//! needs neither is a test file of its own under tests/ or a unit test.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -31,5 +33,8 @@ mod trust_and_bounds;
 mod trust_archives;
 mod trust_published;
 mod verify_cosign;
+mod verify_keyless;
+mod verify_keyless_model;
 mod verify_notation;
+mod verify_notation_timestamp;
 mod workloads;

@@ -1,6 +1,6 @@
 //! The pure checks on one bundle `sigstoretest` wrote (`cosign sign --new-bundle-format`'s form:
 //! a Rekor entry with SET and inclusion proof, and an RFC 3161 timestamp), each proof broken in
-//! turn. The verdicts side by side with cosign are in tests/verify_keyless.rs.
+//! turn. The verdicts side by side with cosign are in tests/bed/verify_keyless.rs.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

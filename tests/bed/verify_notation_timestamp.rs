@@ -5,7 +5,7 @@
 //! valid for a few seconds, used while valid, and verified after (notation refuses to sign with an
 //! expired certificate or TSA, and no clock is faked).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

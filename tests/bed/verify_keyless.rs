@@ -6,7 +6,7 @@
 //! Tools come from `MODELPACK_E2E_TOOLS` or the default cache (`e2e/tools/build`); this file needs
 //! `olareg`, `cosign` and `sigstoretest`, not the bed.
 
-mod support;
+use crate::support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //!
 //! Needs the bed and `sigstoretest` in its tools (`e2e/tools/build`).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
