@@ -6,6 +6,7 @@ pub mod api;
 pub mod cache;
 pub mod chain;
 pub mod controller;
+pub mod exit;
 pub mod modelpack;
 pub mod policy;
 pub mod printable;

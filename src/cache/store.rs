@@ -14,7 +14,7 @@ use super::budget::CacheLimit;
 use super::layout::{self, BLOBS, Lock, Locked, MODELS, SOURCES, TMP};
 use super::{Error, durable};
 
-/// The cache directory layout (ARCHITECTURE.md "Node cache").
+/// The cache directory layout (docs/node-cache.md "Layout"; the contract: docs/design/ARCHITECTURE.md "Node cache").
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,

@@ -1,6 +1,6 @@
 //! `check REF --policy FILE…`: the controller's compliance step for a pipeline. Exit 0 when every
-//! rule of every `Enforce` policy passes, 1 when one fails (or the artifact cannot be read), 2 on a
-//! usage error or a policy that does not compile.
+//! rule of every `Enforce` policy passes, 1 when one fails (or the artifact is not a ModelPack), 2
+//! on a usage error or a policy that does not compile, 4 when the registry did not let it decide.
 
 use std::path::PathBuf;
 
@@ -8,15 +8,24 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use modelpack_operator::api::PolicyAction;
+use modelpack_operator::exit::Exit;
 use modelpack_operator::policy::{self, CompiledPolicy, RuleResult};
 use modelpack_operator::registry::Repository;
 
-use super::RegistryArgs;
+use super::{Failure, Output, RegistryArgs, Usage};
 
-/// How `check` ended.
-pub enum Verdict {
-    Passed,
-    Failed,
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// `registry/repository[:tag|@sha256:…]`.
+    reference: String,
+    /// ModelPolicy YAML files (`--policy A B` or `--policy A --policy B`; a file may hold several
+    /// documents).
+    #[arg(long, value_name = "FILE", required = true, num_args = 1..)]
+    policy: Vec<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 /// What `check -o json` prints.
@@ -27,7 +36,7 @@ struct CheckReport<'a> {
 }
 
 /// Reads and compiles every policy of `files` (a usage error when one does not: exit 2).
-pub fn load(files: &[PathBuf]) -> Result<Vec<CompiledPolicy>> {
+fn load(files: &[PathBuf]) -> Result<Vec<CompiledPolicy>> {
     let mut compiled = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading policy {}", path.display()))?;
@@ -40,15 +49,12 @@ pub fn load(files: &[PathBuf]) -> Result<Vec<CompiledPolicy>> {
     Ok(compiled)
 }
 
-/// Resolves `reference`, evaluates every policy on it and prints the results.
-pub async fn run(
-    reference: &str,
-    policies: &[CompiledPolicy],
-    args: &RegistryArgs,
-    json_output: bool,
-) -> Result<Verdict> {
+/// Resolves the reference, evaluates every policy on it and prints the results.
+pub async fn run(args: CheckArgs) -> Result<Exit, Failure> {
+    let policies = &load(&args.policy).usage()?;
+    let (reference, json_output, args) = (args.reference.as_str(), args.output == Output::Json, &args.registry);
     let (repo, spec) = Repository::parse_reference(reference)?;
-    let registry = args.registry_for(&repo)?;
+    let registry = args.registry_for(&repo).usage()?;
     let resolution = registry.resolve(&repo, &spec).await?;
     let collected = policy::collect(&registry, &repo, &resolution.digest, resolution.tag.as_deref()).await?;
     let mut results = Vec::new();
@@ -64,7 +70,7 @@ pub async fn run(
     } else {
         print!("{}", text(&repo, &resolution.digest, policies, &results));
     }
-    Ok(if failed { Verdict::Failed } else { Verdict::Passed })
+    Ok(if failed { Exit::Refused } else { Exit::Ok })
 }
 
 /// One line per failed rule (`FAIL` under Enforce, `AUDIT` under Audit), then a summary line.

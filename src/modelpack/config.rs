@@ -146,7 +146,7 @@ impl ModelConfig {
 mod tests {
     use super::*;
 
-    // The config example of the ModelPack specification (docs/config.md).
+    // The config example of the ModelPack specification (docs/config.md of github.com/modelpack/model-spec).
     const SPEC_EXAMPLE: &str = r#"{
       "descriptor": {
         "createdAt": "2025-01-01T00:00:00Z",

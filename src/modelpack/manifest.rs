@@ -173,7 +173,7 @@ mod tests {
     use super::*;
     use crate::modelpack::media_types::LayerKind;
 
-    // The example manifest of the ModelPack specification (docs/spec.md), digests shortened to valid
+    // The example manifest of the ModelPack specification (model-spec's docs/spec.md), digests shortened to valid
     // lengths.
     const SPEC_EXAMPLE: &str = r#"{
       "schemaVersion": 2,

@@ -13,7 +13,7 @@ use crate::registry::{Inspection, Referrer, Registry, Repository};
 
 use super::Error;
 
-/// The names every rule may use, in the order the README lists them.
+/// The names every rule may use, in the order docs/modelpolicy.md "The variables" lists them.
 pub const NAMES: [&str; 9] =
     ["repository", "digest", "tag", "descriptor", "config", "modelfs", "annotations", "layers", "referrers"];
 

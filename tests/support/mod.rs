@@ -11,6 +11,7 @@ pub mod kstatus;
 pub mod measure;
 pub mod notary;
 pub mod proxy;
+pub mod reason_table;
 pub mod served;
 pub mod signed;
 pub mod static_registry;

@@ -227,15 +227,20 @@ pub fn pull_job(
             "backoffLimit": spec.backoff_limit.unwrap_or(3),
             "activeDeadlineSeconds": deadline.as_secs().max(1),
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
-            // Exit 2 is a usage error, 3 a model the node cannot fit even after eviction: retrying
-            // the pod cannot help (the plan retries when the node has room, or after its backoff).
+            // A usage error, or a model the node cannot fit even after eviction: retrying the pod
+            // cannot help (the plan retries when the node has room, or after its backoff).
             "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [2, 3]}}
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": final_exit_codes()}}
             ]},
             "template": pod_template(&PodParts::of(deployment, settings, Role::Pull, pull.node), args, mounts, volumes, spec.resources.as_ref()),
         }
     });
     Ok((serde_json::from_value(job)?, secret))
+}
+
+/// The exit codes after which a Job fails at once ([`Exit::FINAL`]: the CLI's one table).
+fn final_exit_codes() -> Vec<u8> {
+    crate::exit::Exit::FINAL.iter().map(|e| e.code()).collect()
 }
 
 /// The Job that removes a deleted deployment's link from one node and collects what nothing keeps.
