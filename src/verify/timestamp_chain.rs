@@ -6,7 +6,7 @@ use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsag
 
 use super::{ANY_EKU, EXT_KEY_USAGE, MAX_CERTS, TIME_STAMPING};
 use crate::verify::KeyKind;
-use crate::verify::notation::rules::check_extensions;
+use crate::verify::notation::rules::{check_extensions, check_leaf_usage};
 use crate::verify::notation::x509::Cert;
 
 const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
@@ -94,24 +94,7 @@ fn check_ca(cert: &Cert, role: &str, below: usize) -> Result<(), String> {
 /// RFC 3161 2.3 and the Notary Project's leaf rules for timestamping certificates.
 fn check_leaf(leaf: &Cert) -> Result<(), String> {
     let (name, role) = (leaf.subject(), "TSA certificate");
-    let bc: Option<(BasicConstraints, bool)> = leaf.extension(BASIC_CONSTRAINTS)?;
-    if bc.is_some_and(|(b, _)| b.ca) {
-        return Err(format!("{role} {name} is a CA certificate (basicConstraints cA=true)"));
-    }
-    let ku = key_usage(leaf, role)?;
-    if !ku.0.contains(KeyUsages::DigitalSignature) {
-        return Err(format!("{role} {name}: keyUsage lacks digitalSignature"));
-    }
-    let denied = KeyUsages::KeyEncipherment
-        | KeyUsages::DataEncipherment
-        | KeyUsages::KeyAgreement
-        | KeyUsages::KeyCertSign
-        | KeyUsages::CRLSign
-        | KeyUsages::EncipherOnly
-        | KeyUsages::DecipherOnly;
-    if !(ku.0 & denied).is_empty() {
-        return Err(format!("{role} {name}: keyUsage may only be digitalSignature"));
-    }
+    check_leaf_usage(leaf, role, &key_usage(leaf, role)?)?;
     match leaf.extension::<ExtendedKeyUsage>(EXT_KEY_USAGE)? {
         Some((eku, true)) if eku.0 == [TIME_STAMPING] => {}
         Some((_, false)) => return Err(format!("{role} {name}: extendedKeyUsage is not critical (RFC 3161 2.3)")),
