@@ -139,7 +139,7 @@ struct VerifyReport<'a> {
     signature_digest: Option<&'a str>,
     /// The verified RFC 3161 timestamp (notation with a `tsa` trust store).
     #[serde(skip_serializing_if = "Option::is_none")]
-    timestamp: Option<&'a modelpack_operator::verify::Timestamped>,
+    timestamp: Option<&'a verify::Timestamped>,
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,

@@ -24,11 +24,9 @@ use der::asn1::{Any, Int, OctetString};
 use der::oid::ObjectIdentifier;
 use der::{Decode, Encode, Sequence, Tag, Tagged};
 use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages};
 use x509_cert::spki::AlgorithmIdentifierOwned;
 
 use super::KeyKind;
-use super::notation::rules::check_extensions;
 use super::notation::x509::{Cert, algorithms};
 
 const SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
@@ -42,8 +40,6 @@ const SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.
 const SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
 const RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
-const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
-const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
 const TIME_STAMPING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.8");
 const ANY_EKU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37.0");
 /// ETSI's baseline time-stamp policy (RFC 3628 5.2): without an accuracy, it means one second.
@@ -393,8 +389,8 @@ fn verify_signer(signer: &SignerInfo, token: &Token, roots: &[Cert]) -> Result<V
     if !signature_verifies(signer, leaf)? {
         return Err(format!("the timestamp's signature does not verify with the TSA certificate {}", leaf.subject()));
     }
-    let chain = chain_to_root(leaf, pool, roots)?;
-    check_chain(&chain, token.time_us)?;
+    let chain = chain::chain_to_root(leaf, pool, roots)?;
+    chain::check_chain(&chain, token.time_us)?;
     if let Some(at) = attribute(signer, SIGNING_TIME)? {
         let der = at.to_der().map_err(|e| format!("signingTime: {e}"))?;
         let at = x509_cert::time::Time::from_der(&der).map_err(|e| format!("signingTime: {e}"))?;
@@ -459,218 +455,9 @@ fn signature_algorithms(
     algorithms(&named, key)
 }
 
-/// leaf → (token certificates) → a root of the store, at most [`MAX_CERTS`] long.
-fn chain_to_root(leaf: &Cert, pool: &[Cert], roots: &[Cert]) -> Result<Vec<Cert>, String> {
-    let mut chain = vec![leaf.clone()];
-    while chain.len() <= MAX_CERTS {
-        let current = &chain[chain.len() - 1];
-        if roots.iter().any(|r| r.der == current.der) {
-            return Ok(chain);
-        }
-        if let Some(root) = roots.iter().find(|r| current.issued_by(r)) {
-            chain.push(root.clone());
-            return Ok(chain);
-        }
-        let next = pool.iter().find(|c| current.issued_by(c) && !chain.iter().any(|seen| seen.der == c.der));
-        match next {
-            Some(issuer) => chain.push(issuer.clone()),
-            None => break,
-        }
-    }
-    Err(format!("the TSA certificate {} does not chain to a certificate of the tsa trust store", leaf.subject()))
-}
-
-/// Every certificate valid at genTime (the RFC 3161 reading: a TSA certificate that expired since
-/// still proves the time it stamped); the chain ends in a self-signed root; each certificate
-/// meets the timestamping requirements of its role.
-fn check_chain(chain: &[Cert], time_us: i64) -> Result<(), String> {
-    let secs = time_us.div_euclid(1_000_000);
-    let last = chain.len() - 1;
-    for (i, cert) in chain.iter().enumerate() {
-        let role = match i {
-            0 => "TSA certificate",
-            i if i == last => "TSA root certificate",
-            _ => "TSA intermediate certificate",
-        };
-        let (not_before, not_after) = cert.validity();
-        let at_gen_time = not_before * 1_000_000 <= time_us && (secs < not_after || time_us == not_after * 1_000_000);
-        if !at_gen_time {
-            return Err(format!("{role} {} was not valid at the timestamp's time", cert.subject()));
-        }
-        check_extensions(cert, role)?;
-        // EKUs chain (RFC 5280 4.2.1.12, as Go's verifier applies them): a CA that limits its
-        // key's purposes must allow timestamping.
-        let eku: Option<(ExtendedKeyUsage, bool)> = cert.extension(EXT_KEY_USAGE)?;
-        if let Some((eku, _)) = &eku
-            && !eku.0.iter().any(|o| *o == TIME_STAMPING || *o == ANY_EKU)
-        {
-            return Err(format!("{role} {}: extended key usage does not allow timestamping", cert.subject()));
-        }
-        if i == last && !cert.issued_by(cert) {
-            return Err(format!("{role} {} is not self-signed", cert.subject()));
-        }
-        if i > 0 {
-            check_ca(cert, role, i - 1)?;
-        }
-    }
-    check_leaf(&chain[0])
-}
-
-fn key_usage(cert: &Cert, role: &str) -> Result<KeyUsage, String> {
-    // The Notary Project: present; critical is only recommended for timestamping certificates.
-    let ku: Option<(KeyUsage, bool)> = cert.extension(KEY_USAGE)?;
-    ku.map(|(k, _)| k).ok_or_else(|| format!("{role} {} has no keyUsage extension", cert.subject()))
-}
-
-fn check_ca(cert: &Cert, role: &str, below: usize) -> Result<(), String> {
-    let bc: Option<(BasicConstraints, bool)> = cert.extension(BASIC_CONSTRAINTS)?;
-    let Some((bc, _)) = bc.filter(|(b, _)| b.ca) else {
-        return Err(format!("{role} {} is not a CA: it lacks basicConstraints cA=true", cert.subject()));
-    };
-    if let Some(limit) = bc.path_len_constraint
-        && below > usize::from(limit)
-    {
-        return Err(format!("{role} {}: pathLenConstraint {limit} is exceeded", cert.subject()));
-    }
-    if !key_usage(cert, role)?.0.contains(KeyUsages::KeyCertSign) {
-        return Err(format!("{role} {}: keyUsage lacks keyCertSign", cert.subject()));
-    }
-    Ok(())
-}
-
-/// RFC 3161 2.3 and the Notary Project's leaf rules for timestamping certificates.
-fn check_leaf(leaf: &Cert) -> Result<(), String> {
-    let (name, role) = (leaf.subject(), "TSA certificate");
-    let bc: Option<(BasicConstraints, bool)> = leaf.extension(BASIC_CONSTRAINTS)?;
-    if bc.is_some_and(|(b, _)| b.ca) {
-        return Err(format!("{role} {name} is a CA certificate (basicConstraints cA=true)"));
-    }
-    let ku = key_usage(leaf, role)?;
-    if !ku.0.contains(KeyUsages::DigitalSignature) {
-        return Err(format!("{role} {name}: keyUsage lacks digitalSignature"));
-    }
-    let denied = KeyUsages::KeyEncipherment
-        | KeyUsages::DataEncipherment
-        | KeyUsages::KeyAgreement
-        | KeyUsages::KeyCertSign
-        | KeyUsages::CRLSign
-        | KeyUsages::EncipherOnly
-        | KeyUsages::DecipherOnly;
-    if !(ku.0 & denied).is_empty() {
-        return Err(format!("{role} {name}: keyUsage may only be digitalSignature"));
-    }
-    match leaf.extension::<ExtendedKeyUsage>(EXT_KEY_USAGE)? {
-        Some((eku, true)) if eku.0 == [TIME_STAMPING] => {}
-        Some((_, false)) => return Err(format!("{role} {name}: extendedKeyUsage is not critical (RFC 3161 2.3)")),
-        _ => return Err(format!("{role} {name}: extendedKeyUsage must be timeStamping only (RFC 3161 2.3)")),
-    }
-    if leaf.key.kind == KeyKind::Ed25519 {
-        return Err(format!("{role} {name}: Ed25519 keys are not allowed by the Notary Project"));
-    }
-    Ok(())
-}
+#[path = "timestamp_chain.rs"]
+mod chain;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A token from sigstore's timestamp-server v2.0.3 (the module e2e/tools/timestamp-authority pins; file signer, chain
-    /// included) over [`MESSAGE`], requested with `openssl ts -query -sha256 -cert`; its TSA chain
-    /// (made with openssl) ends in [`ROOT`]. `openssl ts -reply -text` read its time as
-    /// 2026-12-07 03:06:54 GMT, accuracy one second, and `openssl ts -verify` accepted it.
-    const TOKEN: &[u8] = include_bytes!("../../fuzz/seeds/timestamp/sigstore-tsa.der");
-    const MESSAGE: &[u8] = b"the stamped signature bytes";
-    const ROOT: &str = "-----BEGIN CERTIFICATE-----\n\
-MIIBuDCCAV6gAwIBAgIUbYaQw8Gf5Z7mSJfu0aosvyfLPBwwCgYIKoZIzj0EAwIw\n\
-OjELMAkGA1UEBhMCVVMxEDAOBgNVBAoMB2ZpeHR1cmUxGTAXBgNVBAMMEGZpeHR1\n\
-cmUgVFNBIHJvb3QwHhcNMjYxMjA3MDMwNjUyWhcNNDYxMjAyMDMwNjUyWjA6MQsw\n\
-CQYDVQQGEwJVUzEQMA4GA1UECgwHZml4dHVyZTEZMBcGA1UEAwwQZml4dHVyZSBU\n\
-U0Egcm9vdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABF76PBdmYpjz5UvZmA7L\n\
-vhSHe5U7vBXm8m1RgAii+kM84zaUXxuwxG+Bh9EauO31jTu5eX3OBOxbtxZlQssU\n\
-spKjQjBAMA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQDAgEGMB0GA1UdDgQW\n\
-BBSi8VteEKtFb9eZYA3QKv924nyWhTAKBggqhkjOPQQDAgNIADBFAiA7Nt+PU5sX\n\
-w3LfgeO58zZXpLJa3WgeFWvFK/KxZIEm7QIhAI90a62x8OmnXBrvBuaPGAa2k62F\n\
-hJK0A5G2cEjRQrEY\n\
------END CERTIFICATE-----";
-
-    fn root() -> Vec<Cert> {
-        Cert::from_pem_bundle(ROOT.as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn a_real_token_verifies_and_says_when_and_who() {
-        let t = verify(TOKEN, MESSAGE, &root()).unwrap();
-        assert_eq!(t.time(), "2026-12-07T03:06:54Z");
-        assert_eq!(t.accuracy_us, 1_000_000);
-        assert_eq!(t.authority, "C=US, O=fixture, CN=fixture TSA");
-        assert_eq!(t.chain.len(), 2);
-    }
-
-    #[test]
-    fn each_broken_rule_is_named() {
-        let refused = |token: &[u8], message: &[u8], roots: &[Cert], needle: &str| {
-            let err = verify(token, message, roots).unwrap_err().to_string();
-            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
-        };
-        refused(TOKEN, b"another signature", &root(), "messageImprint is not the hash");
-        refused(TOKEN, MESSAGE, &[], "does not chain to a certificate of the tsa trust store");
-        let stranger = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "fixture TSA root");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let other_root = Cert::from_der(params.self_signed(&stranger).unwrap().der()).unwrap();
-        refused(TOKEN, MESSAGE, &[other_root], "does not chain to a certificate of the tsa trust store");
-        // The genTime changed after signing: the signed messageDigest no longer matches.
-        let mut altered = TOKEN.to_vec();
-        let at = altered.windows(15).position(|w| w == b"20261207030654Z").unwrap();
-        altered[at + 13] = b'9';
-        refused(&altered, MESSAGE, &root(), "messageDigest does not match");
-        // The TSA's signature (the token's last bytes) damaged.
-        let mut forged = TOKEN.to_vec();
-        let last = forged.len() - 1;
-        forged[last] ^= 0x01;
-        refused(&forged, MESSAGE, &root(), "signature does not verify");
-        for cut in [0, 1, TOKEN.len() / 2, TOKEN.len() - 1] {
-            refused(&TOKEN[..cut], MESSAGE, &root(), "malformed");
-        }
-        refused(&vec![0u8; MAX_TOKEN + 1], MESSAGE, &root(), "more than");
-    }
-
-    /// The pieces a caller with its own policy uses, on the TSA's whole response (status and
-    /// token) as well as on the token alone.
-    #[test]
-    fn the_token_api_reads_a_response_or_a_token() {
-        let response = include_bytes!("../../fuzz/seeds/timestamp/sigstore-tsa-response.der");
-        for bytes in [&response[..], TOKEN] {
-            let token = Token::parse(bytes).unwrap();
-            assert_eq!(token.gen_time(), 1_796_612_814, "2026-12-07T03:06:54Z");
-            assert!(token.covers(MESSAGE).unwrap());
-            assert!(!token.covers(b"other").unwrap());
-            let tsa =
-                token.certificates().iter().find(|c| c.subject().to_string().ends_with("CN=fixture TSA")).unwrap();
-            assert!(token.signed_by(tsa).unwrap());
-            assert!(!token.signed_by(&root()[0]).unwrap(), "the root did not sign the token");
-        }
-    }
-
-    #[test]
-    fn gen_time_reads_fractional_seconds_and_refuses_other_forms() {
-        let base = 1_700_000_000i64 * 1_000_000; // 2023-11-14T22:13:20Z
-        assert_eq!(generalized_time_us(b"20231114221320Z"), Ok(base));
-        assert_eq!(generalized_time_us(b"20231114221320.5Z"), Ok(base + 500_000));
-        assert_eq!(generalized_time_us(b"20231114221320.1234567Z"), Ok(base + 123_456));
-        for bad in
-            [&b"20231114221320"[..], b"20231114221320+0100", b"2023111422132Z", b"20231314221320Z", b"20231114221320.Z"]
-        {
-            assert!(generalized_time_us(bad).is_err(), "{}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn the_range_must_lie_within_the_validity() {
-        let t = Timestamp { time_us: 100_000_000, accuracy_us: 1_000_000, authority: String::new(), chain: Vec::new() };
-        assert!(t.within(99, 101));
-        assert!(!t.within(100, 101), "the lower limit (99 s) is before notBefore");
-        assert!(!t.within(99, 100), "the upper limit (101 s) is after notAfter");
-    }
-}
+#[path = "timestamp_tests.rs"]
+mod tests;

@@ -16,6 +16,8 @@ use support::notary::{Chain, KeyType, Notation, attach_envelope, policy};
 use support::timestamping::{LocalRegistry, Tsa, TsaChain};
 use support::{Registry, craft, operator, unique_suffix};
 
+/// Seconds the expiring certificates are valid for.
+const LIFETIME: i64 = 10;
 const TIMESTAMP_HEADER: &str = "io.cncf.notary.timestampSignature";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -118,10 +120,13 @@ async fn an_expired_signing_certificate_needs_a_timestamp_inside_its_validity() 
     let local = LocalRegistry::start();
     let tsa_chain = TsaChain::new("stamps", 30 * 86400);
     let tsa = Tsa::start(&tsa_chain);
-    // A TSA whose own certificate expires right after it stamps.
-    let brief_tsa_chain = TsaChain::new("brief", 4);
+    // Certificates valid for LIFETIME seconds from now: long enough to sign with on a busy
+    // machine, short enough to wait for.
+    let made = std::time::Instant::now();
+    // A TSA whose own certificate expires soon after it stamps.
+    let brief_tsa_chain = TsaChain::new("brief", LIFETIME);
     let brief_tsa = Tsa::start(&brief_tsa_chain);
-    let short = Chain::new(KeyType::EcP256, "acme", false, Some(4));
+    let short = Chain::new(KeyType::EcP256, "acme", false, Some(LIFETIME));
     let long = Chain::new(KeyType::EcP256, "acme", false, None);
     let (short_signer, long_signer) = (Notation::new(), Notation::new());
     short_signer.use_chain(&short);
@@ -135,7 +140,8 @@ async fn an_expired_signing_certificate_needs_a_timestamp_inside_its_validity() 
     long_signer
         .sign_timestamped(&by_brief_tsa, "cose", &brief_tsa.url, &brief_tsa.root_file)
         .unwrap_or_else(|e| panic!("{e}"));
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    let expired = made + Duration::from_secs(LIFETIME as u64 + 2);
+    tokio::time::sleep(expired.saturating_duration_since(std::time::Instant::now())).await;
 
     let short_trust = |p: &Value, tsa_root: &str| {
         short_signer.trust(p, &[("ca", "acme", &short.root_pem), ("tsa", "tsa", tsa_root)]);
@@ -171,7 +177,7 @@ async fn a_timestamp_range_outside_the_certificate_validity_is_refused() {
     let tsa_chain = TsaChain::new("stamps", 30 * 86400);
     let tsa = Tsa::start(&tsa_chain);
     let mut produced = 0;
-    for attempt in 0..3 {
+    for attempt in 0..5 {
         // notBefore is the next whole second but one; signing starts just after it begins.
         let now = time::OffsetDateTime::now_utc();
         let start = now.replace_nanosecond(0).unwrap() + time::Duration::seconds(2);

@@ -163,3 +163,35 @@ pub fn acceptance(status: &mut ModelStatus, accepted: Option<(&str, Option<&Stri
 fn event(reason: Reason, note: String, action: &str) -> Event {
     Event { type_: EventType::Normal, reason: reason.into(), note: Some(note), action: action.into(), secondary: None }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{LocalObjectReference, VerifyProvider};
+    use crate::verify::Timestamped;
+
+    /// A verified timestamp reaches `status.verified` and the Verified condition's message.
+    #[test]
+    fn a_verified_timestamp_is_recorded_with_its_tsa() {
+        let spec = VerifySpec {
+            provider: VerifyProvider::Notation,
+            secret_ref: LocalObjectReference { name: "t".into() },
+            match_oidc_identity: Vec::new(),
+        };
+        let stamp = Timestamped { time: "2026-12-07T03:06:54Z".into(), authority: "CN=acme TSA".into() };
+        let v = Verification {
+            provider: "notation",
+            digest: format!("sha256:{}", "a".repeat(64)),
+            identity: "CN=signer".into(),
+            signature_digest: String::new(),
+            warnings: Vec::new(),
+            enforced: true,
+            timestamp: Some(stamp),
+        };
+        let mut status = ModelStatus::default();
+        let ((_, _, message), _) = verification(&mut status, &spec, &v, &Time(jiff::Timestamp::now()));
+        let recorded = status.verified.and_then(|v| v.timestamp).expect("the timestamp in status.verified");
+        assert_eq!((recorded.time.as_str(), recorded.authority.as_str()), ("2026-12-07T03:06:54Z", "CN=acme TSA"));
+        assert!(message.contains("timestamped 2026-12-07T03:06:54Z by CN=acme TSA"), "{message}");
+    }
+}

@@ -145,22 +145,29 @@ fn key_usage(cert: &Cert, role: &str) -> Result<KeyUsage, String> {
     }
 }
 
-/// The signing certificate (also when it is the only, self-signed, certificate: the
-/// specification holds it to the leaf rules then, and so does notation).
-fn validate_leaf(leaf: &Cert) -> Result<(), String> {
-    let (name, role) = (leaf.subject(), "signing certificate");
+/// A leaf's rules shared by signing and timestamping certificates (the specification's "Leaf
+/// Certificates"): not a CA, and its keyUsage `ku` has digitalSignature and nothing denied.
+pub(crate) fn check_leaf_usage(leaf: &Cert, role: &str, ku: &KeyUsage) -> Result<(), String> {
+    let name = leaf.subject();
     let bc: Option<(BasicConstraints, bool)> = leaf.extension(BASIC_CONSTRAINTS)?;
     if bc.is_some_and(|(b, _)| b.ca) {
         return Err(format!("{role} {name} is a CA certificate (basicConstraints cA=true)"));
     }
-    let ku = key_usage(leaf, role)?;
     if !ku.0.contains(KeyUsages::DigitalSignature) {
         return Err(format!("{role} {name}: keyUsage lacks digitalSignature"));
     }
     let denied: Vec<&str> = DENIED_LEAF_USAGES.iter().filter(|(u, _)| ku.0.contains(*u)).map(|(_, n)| *n).collect();
     if !denied.is_empty() {
-        return Err(format!("{role} {name}: keyUsage {} is not allowed on a signing certificate", denied.join(", ")));
+        return Err(format!("{role} {name}: keyUsage {} is not allowed on a {role}", denied.join(", ")));
     }
+    Ok(())
+}
+
+/// The signing certificate (also when it is the only, self-signed, certificate: the
+/// specification holds it to the leaf rules then, and so does notation).
+fn validate_leaf(leaf: &Cert) -> Result<(), String> {
+    let (name, role) = (leaf.subject(), "signing certificate");
+    check_leaf_usage(leaf, role, &key_usage(leaf, role)?)?;
     let eku: Option<(ExtendedKeyUsage, bool)> = leaf.extension(EXT_KEY_USAGE)?;
     if let Some((eku, _)) = eku {
         for oid in &eku.0 {
