@@ -3,6 +3,7 @@
 
 pub mod cosign;
 mod keys;
+pub mod model_signing;
 pub mod notation;
 pub mod sigstore;
 
