@@ -2,6 +2,7 @@
 //! library's modules.
 
 pub mod check;
+pub mod model_signing;
 
 use std::path::{Path, PathBuf};
 
@@ -193,7 +194,15 @@ impl<'a> InspectReport<'a> {
 /// What `verify` checks with.
 pub enum VerifyWith<'a> {
     Cosign(&'a [PathBuf]),
-    Notation { policy: &'a Path, certs: &'a Path },
+    Notation {
+        policy: &'a Path,
+        certs: &'a Path,
+    },
+    /// OpenSSF model signing: public keys, or root certificates.
+    ModelSigning {
+        keys: &'a [PathBuf],
+        certs: &'a [PathBuf],
+    },
 }
 
 /// `verify REF …`: exit 0 when the policy's verdict is pass, 1 with the reason when not.
@@ -227,6 +236,10 @@ pub async fn verify(reference: &str, with: VerifyWith<'_>, args: &RegistryArgs, 
             let now = jiff::Timestamp::now().as_second();
             ("notation", notation::verify(&registry, &repo, &target, &policies, &stores, now).await)
         }
+        VerifyWith::ModelSigning { keys, certs } => {
+            let trust = model_signing::trust(keys, certs)?;
+            (verify::model_signing::PROVIDER, model_signing::verify(&registry, &repo, &digest, &trust).await?)
+        }
     };
     let report = match &result {
         Ok(v) => VerifyReport {
@@ -237,6 +250,7 @@ pub async fn verify(reference: &str, with: VerifyWith<'_>, args: &RegistryArgs, 
             signature_digest: Some(&v.signature_digest),
             reason: None,
             detail: None,
+            files: v.files,
             warnings: &v.warnings,
         },
         Err(verify::Error::Rejected { reason, detail }) => VerifyReport {
@@ -247,6 +261,7 @@ pub async fn verify(reference: &str, with: VerifyWith<'_>, args: &RegistryArgs, 
             signature_digest: None,
             reason: Some(reason.as_str()),
             detail: Some(detail),
+            files: None,
             warnings: &[],
         },
         Err(e) => anyhow::bail!("verifying {repo}@{digest}: {e}"),
@@ -271,6 +286,9 @@ struct VerifyReport<'a> {
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
+    /// modelSigning: the files the signature lists, all bound to the ModelPack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<u64>,
     warnings: &'a [String],
 }
 
@@ -285,6 +303,9 @@ impl VerifyReport<'_> {
         }
         let identity = printable(self.identity.unwrap_or_default());
         let mut s = format!("verified {repo}@{digest}: signed by {identity} ({provider})\n");
+        if let Some(files) = self.files {
+            s.push_str(&format!("files: {files} signed, each bound to the ModelPack\n"));
+        }
         for w in self.warnings {
             s.push_str(&format!("warning: {}\n", printable(w)));
         }

@@ -26,7 +26,7 @@ enum Command {
     Pull(PullArgs),
     /// Resolve a reference and print the ModelPack's metadata and files.
     Inspect(InspectArgs),
-    /// Verify the signature of a ModelPack (notation or cosign).
+    /// Verify the signature of a ModelPack (notation, cosign or OpenSSF model signing).
     Verify(VerifyArgs),
     /// Evaluate ModelPolicy rules on a ModelPack (exit 0: every Enforce rule passes, 1: one fails,
     /// 2: usage error or a policy that does not compile).
@@ -251,6 +251,12 @@ struct VerifyArgs {
     /// cosign public key (repeatable: any key may verify).
     #[arg(long, value_name = "FILE")]
     cosign_key: Vec<PathBuf>,
+    /// OpenSSF model signing: public key of `model_signing sign key` (repeatable).
+    #[arg(long, value_name = "PEM", conflicts_with_all = ["cosign_key", "notation_policy", "model_signing_certs"])]
+    model_signing_key: Vec<PathBuf>,
+    /// OpenSSF model signing: root certificates of `model_signing sign certificate` (repeatable).
+    #[arg(long, value_name = "PEM", conflicts_with_all = ["cosign_key", "notation_policy"])]
+    model_signing_certs: Vec<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
@@ -352,8 +358,13 @@ fn verify(args: VerifyArgs) -> ExitCode {
     let with = match (&args.notation_policy, &args.notation_certs) {
         (Some(policy), Some(certs)) => cli::VerifyWith::Notation { policy, certs },
         _ if !args.cosign_key.is_empty() => cli::VerifyWith::Cosign(&args.cosign_key),
+        _ if !args.model_signing_key.is_empty() || !args.model_signing_certs.is_empty() => {
+            cli::VerifyWith::ModelSigning { keys: &args.model_signing_key, certs: &args.model_signing_certs }
+        }
         _ => {
-            eprintln!("error: give --cosign-key FILE (repeatable) or --notation-policy FILE --notation-certs DIR");
+            eprintln!(
+                "error: give --cosign-key FILE (repeatable), --notation-policy FILE --notation-certs DIR, or --model-signing-key PEM / --model-signing-certs PEM"
+            );
             return ExitCode::from(2);
         }
     };

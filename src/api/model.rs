@@ -136,11 +136,13 @@ pub struct LocalObjectReference {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifySpec {
-    /// Signature scheme: `notation` (Notary Project) or `cosign` (key-based).
+    /// Signature scheme: `notation` (Notary Project), `cosign` (key-based) or `modelSigning`
+    /// (OpenSSF model signing, every file of the model signed).
     pub provider: VerifyProvider,
     /// notation: a Secret with `trustpolicy.json` and trust-store certificates under keys
     /// `<ca|signingAuthority|tsa>.<store>.pem` (or `.crt`). cosign: a Secret whose `*.pub` keys may
-    /// each verify.
+    /// each verify. modelSigning: `*.pub` public keys (`model_signing sign key`), or root
+    /// certificates under `*.pem`/`*.crt` keys (`model_signing sign certificate`), not both.
     pub secret_ref: LocalObjectReference,
 }
 
@@ -150,6 +152,9 @@ pub struct VerifySpec {
 pub enum VerifyProvider {
     Notation,
     Cosign,
+    /// OpenSSF model signing (`model_signing sign`), attached as a Sigstore-bundle referrer.
+    #[serde(rename = "modelSigning")]
+    ModelSigning,
 }
 
 impl VerifyProvider {
@@ -158,6 +163,7 @@ impl VerifyProvider {
         match self {
             VerifyProvider::Notation => "notation",
             VerifyProvider::Cosign => "cosign",
+            VerifyProvider::ModelSigning => "modelSigning",
         }
     }
 }
@@ -242,9 +248,14 @@ pub struct Verified {
     pub short_digest: String,
     /// The provider that verified it.
     pub provider: VerifyProvider,
-    /// Who signed it: the signing certificate's subject (notation) or the key's name (cosign).
+    /// Who signed it: the signing certificate's subject (notation, modelSigning with certificates)
+    /// or the key's name (cosign, modelSigning with keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// modelSigning: how many files the signature lists, each bound to the ModelPack (single-file
+    /// layers by digest before the pull; files inside archive layers checked on each node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<i64>,
     /// When verification passed.
     pub verified_at: Time,
 }

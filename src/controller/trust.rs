@@ -17,7 +17,7 @@ use super::Error;
 use super::access::Access;
 use crate::api::{Model, VerifyProvider, VerifySpec};
 use crate::registry::{Inspection, Repository};
-use crate::verify::{self, Verification, cosign::NamedKey, notation};
+use crate::verify::{self, Verification, cosign::NamedKey, model_signing, notation};
 
 /// Keys and certificates from the trust Secret, and what identifies them.
 pub struct Trust {
@@ -45,6 +45,7 @@ struct PassKey {
 enum Material {
     Cosign(Vec<NamedKey>),
     Notation { policies: notation::Policies, stores: notation::TrustStores },
+    ModelSigning(model_signing::Trust),
 }
 
 const TRUST_POLICY_KEY: &str = "trustpolicy.json";
@@ -58,15 +59,16 @@ pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> R
     let invalid = |reason: String| Error::InvalidSecret { name: format!("{namespace}/{name}"), reason };
     let material = match spec.provider {
         VerifyProvider::Cosign => {
-            let mut keys = Vec::new();
-            for (key, value) in data.iter().filter(|(k, _)| k.ends_with(".pub")) {
-                let public = verify::PublicKey::from_pem(&value.0).map_err(|e| invalid(format!("key {key}: {e}")))?;
-                keys.push(NamedKey { name: key.clone(), key: public });
-            }
+            let keys = public_keys(&data).map_err(invalid)?;
             if keys.is_empty() {
                 return Err(invalid("has no *.pub public key".into()));
             }
             Material::Cosign(keys)
+        }
+        VerifyProvider::ModelSigning => {
+            let pems = data.iter().filter(|(k, _)| k.ends_with(".pem") || k.ends_with(".crt"));
+            let pems: Vec<(&String, &[u8])> = pems.map(|(k, v)| (k, v.0.as_slice())).collect();
+            Material::ModelSigning(model_signing_trust(public_keys(&data).map_err(invalid)?, &pems).map_err(invalid)?)
         }
         VerifyProvider::Notation => {
             let policy = data.get(TRUST_POLICY_KEY).ok_or_else(|| invalid(format!("has no {TRUST_POLICY_KEY} key")))?;
@@ -84,6 +86,30 @@ pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> R
     };
     let data = data.into_iter().map(|(k, v)| (k, v.0)).collect();
     Ok(Trust { material, id: TrustId { provider: spec.provider, data: Arc::new(data) } })
+}
+
+/// The `*.pub` keys of a Secret's data, named by their keys.
+fn public_keys(data: &BTreeMap<String, k8s_openapi::ByteString>) -> Result<Vec<NamedKey>, String> {
+    let mut keys = Vec::new();
+    for (key, value) in data.iter().filter(|(k, _)| k.ends_with(".pub")) {
+        let public = verify::PublicKey::from_pem(&value.0).map_err(|e| format!("key {key}: {e}"))?;
+        keys.push(NamedKey { name: key.clone(), key: public });
+    }
+    Ok(keys)
+}
+
+/// Keys or root certificates: one kind, so the Secret says plainly which signatures it trusts.
+pub fn model_signing_trust(keys: Vec<NamedKey>, pems: &[(&String, &[u8])]) -> Result<model_signing::Trust, String> {
+    let mut roots = Vec::new();
+    for (key, pem) in pems {
+        roots.extend(verify::sigstore::Cert::from_pem_bundle(pem).map_err(|e| format!("certificate {key}: {e}"))?);
+    }
+    match (keys.is_empty(), roots.is_empty()) {
+        (false, true) => Ok(model_signing::Trust::Keys(keys)),
+        (true, false) => Ok(model_signing::Trust::Roots(roots)),
+        (false, false) => Err("holds both *.pub keys and certificates: give one kind".into()),
+        (true, true) => Err("has no *.pub public key nor *.pem/*.crt root certificate".into()),
+    }
 }
 
 /// Passed verifications by (repository, digest, generation, material); `verify` says whether its
@@ -116,6 +142,10 @@ impl Verifications {
         }
         let verification = match &trust.material {
             Material::Cosign(keys) => verify::cosign::verify(registry, &access.repository, digest, keys).await?,
+            Material::ModelSigning(trust) => {
+                let manifest = &inspection.manifest;
+                model_signing::verify(registry, &access.repository, digest, manifest, trust).await?.verification
+            }
             Material::Notation { policies, stores } => {
                 let media_type = inspection.manifest.media_type.as_deref().unwrap_or(crate::modelpack::OCI_MANIFEST);
                 let target = notation::Target { digest, media_type, size: inspection.manifest_size as i64 };
@@ -163,6 +193,7 @@ mod tests {
             signature_digest: digest('s'),
             warnings: Vec::new(),
             enforced: true,
+            files: None,
         }
     }
 

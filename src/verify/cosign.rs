@@ -87,6 +87,7 @@ pub async fn verify(
         signature_digest,
         warnings: Vec::new(),
         enforced: true,
+        files: None,
     })
 }
 

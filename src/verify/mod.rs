@@ -1,5 +1,6 @@
-//! Signature verification of a ModelPack manifest digest: cosign (key-based) and, with its module,
-//! the Notary Project (notation). A verified digest is the only one the operator lets downstream.
+//! Signature verification of a ModelPack manifest digest: cosign (key-based), the Notary Project
+//! (notation) and OpenSSF model signing (`model_signing`: every file signed, on the shared Sigstore
+//! bundle code in `sigstore`). A verified digest is the only one the operator lets downstream.
 
 pub mod cosign;
 mod keys;
@@ -81,4 +82,8 @@ pub struct Verification {
     /// False when the policy level logs a failed authenticity check instead of enforcing it
     /// (notation `audit`): usable, but not verified.
     pub enforced: bool,
+    /// model signing: how many files the signature lists, each bound to the ModelPack (raw layers
+    /// by digest before the pull, files inside archives on the node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
 }

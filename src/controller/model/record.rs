@@ -106,6 +106,7 @@ pub fn verification(
         short_digest: short_digest(digest),
         provider: spec.provider,
         identity: Some(verification.identity.clone()),
+        files: verification.files.map(|n| n as i64),
         verified_at,
     });
     let condition = if verification.enforced {

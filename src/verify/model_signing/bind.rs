@@ -24,6 +24,8 @@ pub struct Binding {
     pub files: usize,
     /// Of which inside archive layers: their bytes are checked on the node once extracted.
     pub in_archives: usize,
+    /// Layers of the ModelPack under the statement's ignored paths: published, not signed.
+    pub ignored: usize,
 }
 
 /// Differences between a statement and a model, refused as one line.
@@ -56,12 +58,13 @@ fn under(path: &str, dir: &str) -> bool {
 pub fn bind(statement: &Statement, manifest: &Manifest) -> Result<Binding, String> {
     let mut differences = Differences::default();
     let mut claimed = BTreeSet::<String>::new();
-    let mut in_archives = 0;
+    let (mut in_archives, mut ignored) = (0, 0);
     for descriptor in &manifest.layers {
         let layer = layer(descriptor).map_err(|e| e.to_string())?;
         let path = layer.path.as_str();
         if layer.format().is_single_file() {
             if statement.ignores(path) {
+                ignored += 1;
                 continue;
             }
             let digest = sha256_hex(&descriptor.digest).unwrap_or_default();
@@ -88,14 +91,16 @@ pub fn bind(statement: &Statement, manifest: &Manifest) -> Result<Binding, Strin
             if claimed.insert(path.to_owned()) {
                 in_archives += 1;
             }
-        } else if !statement.ignores(path) {
+        } else if statement.ignores(path) {
+            ignored += 1;
+        } else {
             differences.push(format!("{path} (archive layer {}) is not signed", descriptor.digest));
         }
     }
     for name in statement.files.keys().filter(|n| !claimed.contains(*n)) {
         differences.push(format!("{name} is signed but no layer of the ModelPack holds it"));
     }
-    differences.verdict("ModelPack").map(|()| Binding { files: statement.files.len(), in_archives })
+    differences.verdict("ModelPack").map(|()| Binding { files: statement.files.len(), in_archives, ignored })
 }
 
 /// One entry of a published model's tree, as the cache's index records it.

@@ -90,7 +90,7 @@ pub async fn verify(
                 verification.signature_digest = referrer.digest;
                 return Ok(Signed { verification, binding, statement, bundle_digest: layer.digest.clone() });
             }
-            Err(e) => last = Some(e),
+            Err(e) => last = Some(most_telling(last, e)),
         }
     }
     if listed.incomplete && last.is_none() {
@@ -104,6 +104,20 @@ pub async fn verify(
     Err(last.unwrap_or_else(|| {
         Error::rejected(Rejection::NoSignature, format!("no model-signing bundle ({PREDICATE_TYPE}) for {digest}"))
     }))
+}
+
+/// Of two bundles' refusals, the one that says most: a signature that verified but does not bind,
+/// then a signer not trusted, then one that does not parse.
+fn most_telling(kept: Option<Error>, new: Error) -> Error {
+    let rank = |e: &Error| match e {
+        Error::Rejected { reason: Rejection::DigestMismatch, .. } => 0,
+        Error::Rejected { reason: Rejection::BadSignature | Rejection::UntrustedRoot, .. } => 1,
+        _ => 2,
+    };
+    match kept {
+        Some(kept) if rank(&kept) <= rank(&new) => kept,
+        _ => new,
+    }
 }
 
 /// The pure part: the bundle's signature with `trust`, its statement, the binding to `manifest`.
@@ -123,8 +137,12 @@ pub fn check(
     let statement = Statement::parse(&envelope.payload.0).map_err(invalid)?;
     let binding = bind(&statement, manifest).map_err(|e| Error::rejected(Rejection::DigestMismatch, e))?;
     let mut warnings = Vec::new();
-    if !statement.ignore_paths.is_empty() {
-        warnings.push(format!("files under {} are not signed (ignore_paths)", statement.ignore_paths.join(", ")));
+    if binding.ignored > 0 {
+        warnings.push(format!(
+            "{} layer(s) under the signature's ignore_paths ({}) are published unsigned",
+            binding.ignored,
+            statement.ignore_paths.join(", ")
+        ));
     }
     if binding.in_archives > 0 {
         warnings.push(format!(
@@ -139,6 +157,7 @@ pub fn check(
         signature_digest: String::new(),
         warnings,
         enforced: true,
+        files: Some(binding.files as u64),
     };
     Ok((verification, binding, statement))
 }

@@ -45,10 +45,13 @@ fn a_signed_model_binds_raw_layers_now_and_archive_files_later() {
     let model = manifest(vec![layer("doc.v1.raw", A_TXT, "a.txt"), layer("weight.v1.tar", &"e".repeat(64), "sub/")]);
     let (verification, binding, statement) = check(P256_SIG, DIGEST, &model, &keys(P256_PUB)).unwrap();
     assert_eq!(verification.identity, "model.pub");
-    assert_eq!(binding, Binding { files: 2, in_archives: 1 });
+    assert_eq!(binding, Binding { files: 2, in_archives: 1, ignored: 0 });
     // Both files as raw layers: everything bound before the pull.
     let raw = manifest(vec![layer("doc.v1.raw", A_TXT, "a.txt"), layer("weight.v1.raw", W_BIN, "sub/w.bin")]);
-    assert_eq!(check(P256_SIG, DIGEST, &raw, &keys(P256_PUB)).unwrap().1, Binding { files: 2, in_archives: 0 });
+    assert_eq!(
+        check(P256_SIG, DIGEST, &raw, &keys(P256_PUB)).unwrap().1,
+        Binding { files: 2, in_archives: 0, ignored: 0 }
+    );
 
     // The node's check of the extracted tree.
     let good =
@@ -111,7 +114,9 @@ fn a_model_that_differs_from_the_signature_is_refused_before_the_pull() {
         layer("weight.v1.raw", W_BIN, "sub/w.bin"),
         layer("doc.v1.raw", A_TXT, ".git/config"),
     ];
-    assert!(check(P256_SIG, DIGEST, &manifest(git), &keys(P256_PUB)).is_ok());
+    let (v, binding, _) = check(P256_SIG, DIGEST, &manifest(git), &keys(P256_PUB)).unwrap();
+    assert_eq!(binding.ignored, 1);
+    assert!(v.warnings[0].contains("published unsigned"), "{:?}", v.warnings);
 }
 
 #[test]

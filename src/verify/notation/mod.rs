@@ -156,6 +156,7 @@ pub async fn verify(
             signature_digest: String::new(),
             warnings: vec![format!("verification skipped by trust policy {:?}", policy.name)],
             enforced: false,
+            files: None,
         });
     }
     let listed = registry.referrers_of_type(repo, target.digest, SIGNATURE_ARTIFACT, MAX_SIGNATURES).await?;
@@ -259,6 +260,7 @@ pub fn verify_signature(
         signature_digest: String::new(),
         warnings,
         enforced,
+        files: None,
     })
 }
 
