@@ -322,6 +322,8 @@ pub struct PullCommand {
     pub keep: Option<Vec<String>>,
     pub tuning: PullTuning,
     pub termination_log: Option<PathBuf>,
+    /// `--model-signature`: the model-signing referrer the model was verified under.
+    pub model_signature: Option<String>,
 }
 
 /// How a pull runs, as opposed to what it pulls.
@@ -363,7 +365,16 @@ impl PullCommand {
         }
         // GC runs when asked: `--keep` names the versions this link keeps besides the one pulled.
         let keep = (!keep.is_empty()).then(|| keep.to_vec());
-        Ok(PullCommand { repository, digest, cache_dir, link, keep, tuning, termination_log })
+        Ok(PullCommand { repository, digest, cache_dir, link, keep, tuning, termination_log, model_signature: None })
+    }
+
+    /// `--model-signature DIGEST`: publish only files exactly as that model signature lists them.
+    pub fn with_model_signature(mut self, signature: Option<String>) -> Result<PullCommand> {
+        if let Some(digest) = &signature {
+            modelpack_operator::cache::digest_hex(digest)?;
+        }
+        self.model_signature = signature;
+        Ok(self)
     }
 
     /// Runs the pull; exit code 0, 1 (failed) or 3 (`InsufficientStorage`: does not fit even after
@@ -401,6 +412,18 @@ impl PullCommand {
         if !self.tuning.durable {
             store = store.without_sync();
         }
+        let signed = match &self.model_signature {
+            Some(signature) => Some(Arc::new(
+                modelpack_operator::verify::model_signing::statement_of(
+                    &registry,
+                    &self.repository,
+                    &self.digest,
+                    signature,
+                )
+                .await?,
+            )),
+            None => None,
+        };
         let options = PullOptions {
             concurrency: self.tuning.concurrency,
             chunk_size: self.tuning.chunk_size,
@@ -410,6 +433,7 @@ impl PullCommand {
             keep: self.keep.clone(),
             cache_limit: self.tuning.cache_limit,
             min_rate: Some(self.tuning.min_rate),
+            signed,
         };
         let progress = Arc::new(Progress::default());
         let reporter = tokio::spawn(report_progress(progress.clone()));

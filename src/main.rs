@@ -220,6 +220,10 @@ struct PullArgs {
     /// Also write the JSON result here (a pod's termination message).
     #[arg(long, value_name = "FILE")]
     termination_log: Option<PathBuf>,
+    /// The OpenSSF model-signing referrer (manifest digest) the model was verified under: the model
+    /// is published only if its files are exactly the ones that signature lists.
+    #[arg(long, value_name = "DIGEST")]
+    model_signature: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -311,7 +315,8 @@ fn main() -> ExitCode {
                     cache_limit: args.cache_limit,
                 },
                 args.termination_log,
-            );
+            )
+            .and_then(|c| c.with_model_signature(args.model_signature));
             match command {
                 Ok(command) => match tokio_runtime() {
                     Ok(runtime) => match runtime.block_on(command.run(&args.registry)) {

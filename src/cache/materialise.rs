@@ -22,6 +22,7 @@ use super::store::{Store, digest_hex};
 use super::tree::{PathKey, Refusal, Tree, path_key};
 use super::walk::{Visitor, dir_flags, walk};
 use crate::modelpack::{LayerFormat, Manifest, ModelPath, layer};
+use crate::verify::model_signing::Statement;
 
 /// Marker written last into a model directory.
 pub const COMPLETE: &str = ".complete";
@@ -67,12 +68,32 @@ pub fn materialise(
     diff_ids: &[String],
     limits: Limits,
 ) -> Result<(PathBuf, usize), Error> {
+    materialise_signed(store, manifest_digest, manifest, diff_ids, limits, None)
+}
+
+/// [`materialise`], and with `signed` the built tree must be exactly the statement's files (see
+/// [`super::signed`]) before anything is published.
+pub fn materialise_signed(
+    store: &Store,
+    manifest_digest: &str,
+    manifest: &Manifest,
+    diff_ids: &[String],
+    limits: Limits,
+    signed: Option<&Statement>,
+) -> Result<(PathBuf, usize), Error> {
     let target = store.model_dir(manifest_digest)?;
     let staging = store.tmp_path(super::layout::Tmp::Model(digest_hex(manifest_digest)?));
     remove_tree(&staging)?;
     fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     let hashes = RefCell::new(index::Writer::create(store, digest_hex(manifest_digest)?)?);
-    let files = match build(store, &staging, manifest_digest, manifest, diff_ids, limits, &hashes) {
+    let built = build(store, &staging, manifest_digest, manifest, diff_ids, limits, &hashes).and_then(|files| {
+        if let Some(statement) = signed {
+            let index = hashes.borrow_mut().written()?.to_path_buf();
+            super::signed::check_index(&index, statement)?;
+        }
+        Ok(files)
+    });
+    let files = match built {
         Ok(files) => files,
         Err(e) => {
             let _ = remove_tree(&staging);

@@ -27,6 +27,7 @@ mod pull;
 mod ranged;
 mod records;
 mod scrub;
+mod signed;
 mod store;
 mod tree;
 mod usage;
@@ -42,13 +43,15 @@ pub use gc::{Collected, Hold, Holder, collect, holders, keep_versions, unlink};
 pub use layout::{Lock, Locked};
 pub use link::{parse_link, set_current};
 pub use materialise::{
-    COMPLETE, DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, remove_tree,
+    COMPLETE, DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, materialise_signed,
+    remove_tree,
 };
 pub use outcome::{FailureReason, GcOutcome, PullOutcome, ScrubOutcome, TERMINATION_MESSAGE_LIMIT};
 pub use pace::DEFAULT_MIN_RATE;
 pub use pull::{Endpoint, Progress, PullOptions, pull};
 pub use ranged::DEFAULT_CHUNK_SIZE;
 pub use scrub::{RemovedModel, ScrubReport, scrub};
+pub use signed::check_published;
 pub use store::{Ingest, Store, digest_hex};
 pub use usage::{CacheReport, ModelUsage, report};
 
@@ -100,6 +103,9 @@ pub enum Error {
         human(*needs), human(*free), human(evicted.iter().map(|e| e.bytes).sum())
     )]
     InsufficientStorage { needs: u64, free: u64, evicted: Vec<Evicted> },
+    /// The model's files are not exactly the files its OpenSSF model signature lists.
+    #[error("model signature: {0}; nothing was published")]
+    SignedFiles(String),
     #[error("internal: {0}")]
     Internal(String),
 }

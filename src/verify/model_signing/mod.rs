@@ -55,6 +55,8 @@ struct ReferrerManifest {
     #[serde(default)]
     artifact_type: Option<String>,
     #[serde(default)]
+    subject: Option<crate::modelpack::Descriptor>,
+    #[serde(default)]
     layers: Vec<crate::modelpack::Descriptor>,
     #[serde(default)]
     annotations: std::collections::BTreeMap<String, String>,
@@ -104,6 +106,31 @@ pub async fn verify(
     Err(last.unwrap_or_else(|| {
         Error::rejected(Rejection::NoSignature, format!("no model-signing bundle ({PREDICATE_TYPE}) for {digest}"))
     }))
+}
+
+/// The statement of the model-signing referrer `signature` (a manifest digest) of `repo@digest`,
+/// for a pull Job: the controller verified that very referrer, and its digest pins every byte of
+/// it, so only its shape is checked here (that it is a model-signing bundle about `digest`).
+pub async fn statement_of(
+    registry: &Registry,
+    repo: &Repository,
+    digest: &str,
+    signature: &str,
+) -> Result<Statement, Error> {
+    let invalid = |e: String| Error::rejected(Rejection::InvalidSignature, format!("{repo}@{signature}: {e}"));
+    let bytes = registry.manifest(repo, signature).await?;
+    let found: ReferrerManifest = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    if found.artifact_type.as_deref() != Some(BUNDLE_V03) {
+        return Err(invalid(format!("artifact type is not {BUNDLE_V03}")));
+    }
+    if found.subject.as_ref().is_none_or(|s| s.digest != digest) {
+        return Err(invalid(format!("its subject is not {digest}")));
+    }
+    let [layer] = found.layers.as_slice() else { return Err(invalid("it has not exactly one layer".into())) };
+    let blob = registry.small_blob(repo, &layer.digest, MAX_BUNDLE).await?;
+    let bundle = Bundle::parse(&blob).map_err(|e| invalid(e.to_string()))?;
+    let envelope = bundle.dsse().map_err(|e| invalid(e.to_string()))?;
+    Statement::parse(&envelope.payload.0).map_err(invalid)
 }
 
 /// Of two bundles' refusals, the one that says most: a signature that verified but does not bind,
