@@ -256,6 +256,10 @@ pub struct Verified {
     /// layers by digest before the pull; files inside archive layers checked on each node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<i64>,
+    /// The digest of the signature manifest (referrer) that verified; for modelSigning, what pull
+    /// Jobs hold the extracted files to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// When verification passed.
     pub verified_at: Time,
 }

@@ -143,6 +143,8 @@ pub struct PullJob<'a> {
     pub options: &'a Options,
     pub credential: Option<&'a Credential>,
     pub access: &'a str,
+    /// The OpenSSF model-signing referrer the digest was verified under (`pull --model-signature`).
+    pub model_signature: Option<&'a str>,
 }
 
 /// The pull Job and, when the registry needs credentials or a CA, the Secret it mounts (named like
@@ -161,6 +163,9 @@ fn pull_args(settings: &JobSettings, pull: &PullJob, link: &str) -> Vec<String> 
     ];
     for keep in pull.keep {
         args.extend(["--keep".to_owned(), keep.clone()]);
+    }
+    if let Some(signature) = pull.model_signature {
+        args.extend(["--model-signature".to_owned(), signature.to_owned()]);
     }
     if pull.options.insecure {
         args.push("--insecure".to_owned());
@@ -490,6 +495,7 @@ mod tests {
             options: &options,
             credential: None,
             access: "a",
+            model_signature: None,
         };
         let selector_of = |job: &Job| job.spec.as_ref()?.template.spec.as_ref()?.node_selector.clone();
         let mut settings = JobSettings {

@@ -48,6 +48,7 @@ pub async fn write(
                 options: &access.options,
                 credential: access.credential.as_ref(),
                 access: &index.fingerprint,
+                model_signature: index.model.as_ref().and_then(|m| model_signature(m, digest)),
             };
             create_pull_job(ctx, deployment, &pull).await?;
             tracing::info!(deployment = %format!("{namespace}/{name}"), node = %node, digest = %digest, "started pull job");
@@ -66,6 +67,15 @@ pub async fn write(
         publish(ctx, &reference, note, secondary).await;
     }
     Ok(Written { status: next, wrote_status, recheck: handed.recheck })
+}
+
+/// The model-signing referrer `digest` was verified under, which the pull Job holds the extracted
+/// files to.
+fn model_signature<'a>(model: &'a crate::api::Model, digest: &str) -> Option<&'a str> {
+    let verified = model.status.as_ref()?.verified.as_ref()?;
+    (verified.digest == digest && verified.provider == crate::api::VerifyProvider::ModelSigning)
+        .then_some(verified.signature.as_deref())
+        .flatten()
 }
 
 /// Events about the deployment; a workload it concerns is the related object (which also keeps

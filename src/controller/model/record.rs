@@ -107,6 +107,7 @@ pub fn verification(
         provider: spec.provider,
         identity: Some(verification.identity.clone()),
         files: verification.files.map(|n| n as i64),
+        signature: Some(verification.signature_digest.clone()).filter(|s| !s.is_empty()),
         verified_at,
     });
     let condition = if verification.enforced {
