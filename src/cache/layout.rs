@@ -19,12 +19,15 @@ pub(super) const USED: &str = "used/sha256";
 /// Per model: every entry of its tree (types, symlink targets, file hashes), recorded when it
 /// was built (for `scrub`).
 pub(super) const INDEX: &str = "index/sha256";
+/// Per model: its completion marker (see `complete.rs`).
+pub(super) const COMPLETE_DIR: &str = "complete/sha256";
 pub(super) const DEPLOYMENTS: &str = "deployments";
 pub(super) const TMP: &str = "tmp";
 pub(super) const LOCKS: &str = "locks";
 
 /// Every directory [`Store::open`] creates.
-pub(super) const DIRS: [&str; 9] = [BLOBS, SOURCES, MODELS, STAMPS, USED, INDEX, DEPLOYMENTS, TMP, LOCKS];
+pub(super) const DIRS: [&str; 10] =
+    [BLOBS, SOURCES, MODELS, STAMPS, USED, INDEX, COMPLETE_DIR, DEPLOYMENTS, TMP, LOCKS];
 
 /// The cache-wide locks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +103,8 @@ pub(super) enum Tmp<'a> {
     Model(&'a str),
     /// A model's file index being written by this process.
     Index(&'a str),
+    /// A model's completion marker being written by this process.
+    Complete(&'a str),
 }
 
 /// A lock taken with [`Store::lock`] or [`Store::try_lock`]: released when dropped, and its file
@@ -160,6 +165,7 @@ impl Store {
             Tmp::Ingest { blob, source_key } => format!("ingest-{blob}-{source_key}"),
             Tmp::Model(hex) => format!("model-{hex}-{pid}"),
             Tmp::Index(hex) => format!("index-{hex}-{pid}"),
+            Tmp::Complete(hex) => format!("complete-{hex}-{pid}"),
         })
     }
 

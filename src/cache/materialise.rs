@@ -24,7 +24,8 @@ use super::walk::{Visitor, dir_flags, walk};
 use crate::modelpack::{LayerFormat, Manifest, ModelPath, layer};
 use crate::verify::model_signing::Statement;
 
-/// Marker written last into a model directory.
+/// The completion marker earlier versions wrote into a model directory (see `complete.rs`): no
+/// entry may take the name, and the scrub skips it.
 pub const COMPLETE: &str = ".complete";
 
 /// Extraction bound for a model when none is given: a generous multiple of the compressed size of
@@ -104,7 +105,8 @@ pub fn materialise_signed(
     seal(&staging, Seal::Below)?;
     hashes.into_inner().commit(store, digest_hex(manifest_digest)?)?;
     store.sync_filesystem()?;
-    if target.join(COMPLETE).exists() {
+    let hex = digest_hex(manifest_digest)?;
+    if store.is_complete(hex) {
         // Another pull finished first; its copy is identical (and sealed here too, should that
         // pull have died between its rename and its seal).
         remove_tree(&staging)?;
@@ -117,6 +119,7 @@ pub fn materialise_signed(
         // a sealed one. So its top is sealed only once it is in place.
         seal(&target, Seal::Top)?;
         store.sync_dir(target.parent().unwrap_or(store.root()))?;
+        store.mark_complete(hex, manifest_digest)?;
     }
     Ok((target, files))
 }
@@ -143,7 +146,6 @@ fn build(
         .and_then(|mut tree| {
             let files = extract_all(store, staging, manifest, diff_ids, limits, hashes, &mut tree)?;
             check_symlinks(&mut tree)?;
-            tree.create_marker(manifest_digest.as_bytes()).map_err(|e| Error::io(&staging.join(COMPLETE), e))?;
             Ok(files)
         });
     built.map_err(|e| room.explain(e))

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! blobs/sha256/<hex>                 verified blobs (manifests' layers), read-only
-//! models/sha256/<manifest-hex>/…     the model's files; `.complete` written last
+//! models/sha256/<manifest-hex>/…     the model's files, and nothing else
+//! complete/sha256/<manifest-hex>     written once the model is in place: it is published whole
 //! deployments/<ns>/<name>/current -> ../../../models/sha256/<hex>
 //! tmp/                               partial downloads and staging, never read by consumers
 //! locks/                             one lock file per lock held right now (removed on release)
@@ -14,6 +15,7 @@
 mod allowance;
 mod budget;
 mod compare;
+mod complete;
 mod durable;
 mod evict;
 mod gc;

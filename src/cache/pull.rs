@@ -12,7 +12,7 @@ use super::budget::{self, CacheLimit, LayerNeed};
 use super::evict::{Evicted, make_room};
 use super::gc;
 use super::layout::Lock;
-use super::materialise::{COMPLETE, Limits, default_extract_limit, materialise_signed};
+use super::materialise::{Limits, default_extract_limit, materialise_signed};
 use super::outcome::PullOutcome;
 use super::pace::{DEFAULT_MIN_RATE, Pace, next_chunk};
 use super::scrub::{RemovedModel, check_before_reuse};
@@ -122,7 +122,7 @@ pub async fn pull(
     // Every layer must be this repository's: served to this cache by it before, or downloaded
     // now, even when the finished model is already on the node (see `Store::is_proven`).
     let fetched = fetch_layers(registry, repo, store, &manifest, options, &progress).await?;
-    let files = if model_dir.join(COMPLETE).exists() {
+    let files = if store.is_complete(digest_hex(digest)?) {
         if let Some(statement) = &options.signed {
             super::signed::check_published(store, digest, statement)?;
         }
@@ -200,7 +200,7 @@ fn preflight(
         layers.push(LayerNeed { size: size_of(l.size), present, extract });
         pinned.push(hex);
     }
-    let built = store.model_dir(digest)?.join(COMPLETE).exists();
+    let built = store.is_complete(digest_hex(digest)?);
     let limit = options.limits.extract_bytes.unwrap_or_else(|| default_extract_limit(archive_bytes));
     let needs = budget::need(&layers, built, limit);
     let room = make_room(store, options.cache_limit, needs, &Lock::model(digest_hex(digest)?), &pinned)?;
