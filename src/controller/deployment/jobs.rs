@@ -523,6 +523,11 @@ mod tests {
         settings.max_entries = 250_000;
         let raised = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
         assert!(raised.windows(2).any(|w| w == ["--max-entries", "250000"]), "{raised:?}");
+        assert!(!raised.contains(&"--model-signature".to_owned()), "{raised:?}");
+        let signature = format!("sha256:{}", "5".repeat(64));
+        let signed = PullJob { model_signature: Some(&signature), ..pull };
+        let signed = args_of(&pull_job(&deployment, &settings, &signed).unwrap().0).unwrap();
+        assert!(signed.windows(2).any(|w| w == ["--model-signature", signature.as_str()]), "{signed:?}");
         let mirror = |spec: &str| crate::registry::Mirror::parse(spec).unwrap();
         settings.mirrors =
             vec![mirror("other.example=http://m0"), mirror("r.example=http://m1:5000"), mirror("r.example=https://m2")];

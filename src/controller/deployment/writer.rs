@@ -203,3 +203,25 @@ pub(super) async fn set_node_labels(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_model_signing_verification_of_that_digest_hands_its_signature_to_the_pull() {
+        let (a, b) = (format!("sha256:{}", "a".repeat(64)), format!("sha256:{}", "b".repeat(64)));
+        let model = |provider: &str, digest: &str| -> crate::api::Model {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "m", "namespace": "ns"},
+                "spec": {"repository": "r.example/m"},
+                "status": {"verified": {"digest": digest, "shortDigest": "x", "provider": provider,
+                    "signature": "sha256:sig", "verifiedAt": "2026-12-07T00:00:00Z"}}
+            }))
+            .unwrap()
+        };
+        assert_eq!(model_signature(&model("modelSigning", &a), &a), Some("sha256:sig"));
+        assert_eq!(model_signature(&model("modelSigning", &a), &b), None);
+        assert_eq!(model_signature(&model("cosign", &a), &a), None);
+    }
+}
