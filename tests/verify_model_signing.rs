@@ -187,11 +187,22 @@ struct Case {
     wrong_trust: bool,
     /// `vnd.cnai` (legacy) instead of `vnd.cncf`.
     cnai: bool,
+    /// In the ModelPack, this file is replaced by a symlink to that one (inside an archive layer).
+    symlink: Option<(&'static str, &'static str)>,
 }
 
 impl Case {
     fn new(name: &'static str, mode: Mode) -> Case {
-        Case { name, mode, signed: base(), packed: base(), ignore: None, wrong_trust: false, cnai: false }
+        Case {
+            name,
+            mode,
+            signed: base(),
+            packed: base(),
+            ignore: None,
+            wrong_trust: false,
+            cnai: false,
+            symlink: None,
+        }
     }
 }
 
@@ -207,6 +218,10 @@ fn judge(case: &Case, pki: &Pki, registry: &Olareg) -> Verdicts {
     let (signed, packed) = (work.path().join("signed/model"), work.path().join("packed/model"));
     write_dir(&signed, &case.signed);
     write_dir(&packed, &case.packed);
+    if let Some((path, target)) = case.symlink {
+        std::fs::remove_file(packed.join(path)).unwrap();
+        std::os::unix::fs::symlink(target, packed.join(path)).unwrap();
+    }
     let sig = work.path().join("model.sig");
 
     let mut sign = Command::new(model_signing());
@@ -338,6 +353,9 @@ fn cases() -> Vec<(Case, bool)> {
     out.push((c, false));
     let mut c = Case::new("archived-file-removed", Mode::Key);
     c.packed.retain(|(p, _)| *p != "tokenizer/merges.txt");
+    out.push((c, false));
+    let mut c = Case::new("symlink-where-a-file-was-signed", Mode::Key);
+    c.symlink = Some(("tokenizer/merges.txt", "vocab.txt"));
     out.push((c, false));
     let mut c = Case::new("another-model", Mode::Key);
     c.signed = vec![("model.safetensors", b"another model".to_vec())];
