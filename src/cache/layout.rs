@@ -21,13 +21,15 @@ pub(super) const USED: &str = "used/sha256";
 pub(super) const INDEX: &str = "index/sha256";
 /// Per model: its completion marker (see `complete.rs`).
 pub(super) const COMPLETE_DIR: &str = "complete/sha256";
+/// Per model pulled under an OpenSSF model signature: the statement's files (see `signed.rs`).
+pub(super) const SIGNED: &str = "signed/sha256";
 pub(super) const DEPLOYMENTS: &str = "deployments";
 pub(super) const TMP: &str = "tmp";
 pub(super) const LOCKS: &str = "locks";
 
 /// Every directory [`Store::open`] creates.
-pub(super) const DIRS: [&str; 10] =
-    [BLOBS, SOURCES, MODELS, STAMPS, USED, INDEX, COMPLETE_DIR, DEPLOYMENTS, TMP, LOCKS];
+pub(super) const DIRS: [&str; 11] =
+    [BLOBS, SOURCES, MODELS, STAMPS, USED, INDEX, COMPLETE_DIR, SIGNED, DEPLOYMENTS, TMP, LOCKS];
 
 /// The cache-wide locks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +107,8 @@ pub(super) enum Tmp<'a> {
     Index(&'a str),
     /// A model's completion marker being written by this process.
     Complete(&'a str),
+    /// A model's signed file list being written by this process.
+    Signed(&'a str),
 }
 
 /// A lock taken with [`Store::lock`] or [`Store::try_lock`]: released when dropped, and its file
@@ -166,6 +170,7 @@ impl Store {
             Tmp::Model(hex) => format!("model-{hex}-{pid}"),
             Tmp::Index(hex) => format!("index-{hex}-{pid}"),
             Tmp::Complete(hex) => format!("complete-{hex}-{pid}"),
+            Tmp::Signed(hex) => format!("signed-{hex}-{pid}"),
         })
     }
 

@@ -121,6 +121,9 @@ pub fn materialise_signed(
         store.sync_dir(target.parent().unwrap_or(store.root()))?;
         store.mark_complete(hex, manifest_digest)?;
     }
+    if let Some(statement) = signed {
+        super::signed::record(store, hex, statement)?;
+    }
     Ok((target, files))
 }
 

@@ -4,6 +4,7 @@
 //! blobs/sha256/<hex>                 verified blobs (manifests' layers), read-only
 //! models/sha256/<manifest-hex>/…     the model's files, and nothing else
 //! complete/sha256/<manifest-hex>     written once the model is in place: it is published whole
+//! signed/sha256/<manifest-hex>       the OpenSSF model signature's files it was published under
 //! deployments/<ns>/<name>/current -> ../../../models/sha256/<hex>
 //! tmp/                               partial downloads and staging, never read by consumers
 //! locks/                             one lock file per lock held right now (removed on release)

@@ -125,6 +125,7 @@ pub async fn pull(
     let files = if store.is_complete(digest_hex(digest)?) {
         if let Some(statement) = &options.signed {
             super::signed::check_published(store, digest, statement)?;
+            super::signed::record(store, digest_hex(digest)?, statement)?;
         }
         count_files(&model_dir)
     } else {

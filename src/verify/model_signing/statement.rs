@@ -17,8 +17,9 @@ const PREDICATE_TYPE_V02: &str = "https://model_signing/Digests/v0.1";
 /// Most files one statement may list (a model is bounded by the cache's entry limit anyway).
 pub const MAX_FILES: usize = 200_000;
 
-/// A statement's file list, checked for consistency, with the options the binding honours.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A statement's file list, checked for consistency, with the options the binding honours. (Its
+/// serde form is what the node cache records beside a model pulled under it, for the scrub.)
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct Statement {
     /// The subject's name: the signed directory's name (informative only).
     pub model_name: String,
