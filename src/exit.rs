@@ -114,6 +114,7 @@ impl crate::cache::Error {
             | E::ExtractionLimit { .. }
             | E::TooManyEntries { .. }
             | E::LayerNotInRepository { .. }
+            | E::SignedFiles(_)
             | E::ModelPack(_) => Exit::Refused,
             E::InsufficientStorage { .. } => Exit::NoRoom,
             E::Registry(e) => e.exit(),

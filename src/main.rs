@@ -31,7 +31,7 @@ enum Command {
     /// Resolve a reference and print the ModelPack's metadata and files.
     #[command(after_help = Exit::table())]
     Inspect(cli::inspect::InspectArgs),
-    /// Verify the signature of a ModelPack (notation or cosign). Exit 0: verified; 1: rejected;
+    /// Verify the signature of a ModelPack (notation, cosign or OpenSSF model signing). Exit 0: verified; 1: rejected;
     /// 4: could not decide (registry down, timeout).
     #[command(after_help = Exit::table())]
     Verify(cli::verify::VerifyArgs),

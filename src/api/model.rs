@@ -136,13 +136,16 @@ pub struct LocalObjectReference {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifySpec {
-    /// Signature scheme: `notation` (Notary Project) or `cosign` (key-based).
+    /// Signature scheme: `notation` (Notary Project), `cosign` (key-based) or `modelSigning`
+    /// (OpenSSF model signing, every file of the model signed).
     pub provider: VerifyProvider,
     /// notation: a Secret with `trustpolicy.json` and trust-store certificates under keys
     /// `<ca|signingAuthority|tsa>.<store>.pem` (or `.crt`). cosign: a Secret whose `*.pub` keys may
     /// each verify, and/or whose `trusted_root.json` (a Sigstore trusted root: Fulcio CAs, Rekor
     /// logs, timestamp authorities) verifies keyless signatures of the `matchOIDCIdentity`
     /// identities, offline.
+    /// modelSigning: `*.pub` public keys (`model_signing sign key`), or root
+    /// certificates under `*.pem`/`*.crt` keys (`model_signing sign certificate`), not both.
     pub secret_ref: LocalObjectReference,
     /// cosign keyless: the identities accepted, as Flux writes them; a signing certificate must
     /// match one entry's issuer and subject. Required with a `trusted_root.json`.
@@ -169,6 +172,9 @@ pub struct OidcIdentity {
 pub enum VerifyProvider {
     Notation,
     Cosign,
+    /// OpenSSF model signing (`model_signing sign`), attached as a Sigstore-bundle referrer.
+    #[serde(rename = "modelSigning")]
+    ModelSigning,
 }
 
 impl VerifyProvider {
@@ -177,6 +183,7 @@ impl VerifyProvider {
         match self {
             VerifyProvider::Notation => "notation",
             VerifyProvider::Cosign => "cosign",
+            VerifyProvider::ModelSigning => "modelSigning",
         }
     }
 }
@@ -261,13 +268,22 @@ pub struct Verified {
     pub short_digest: String,
     /// The provider that verified it.
     pub provider: VerifyProvider,
-    /// Who signed it: the signing certificate's subject (notation) or the key's name (cosign).
+    /// Who signed it: the signing certificate's subject (notation, modelSigning with certificates)
+    /// or the key's name (cosign, modelSigning with keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
     /// The RFC 3161 timestamp countersignature that proved when it was signed (notation with a
     /// `tsa` trust store), when one was verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<VerifiedTimestamp>,
+    /// modelSigning: how many files the signature lists, each bound to the ModelPack (single-file
+    /// layers by digest before the pull; files inside archive layers checked on each node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<i64>,
+    /// The digest of the signature manifest (referrer) that verified; for modelSigning, what pull
+    /// Jobs hold the extracted files to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// When verification passed.
     pub verified_at: Time,
 }

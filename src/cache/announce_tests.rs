@@ -73,9 +73,7 @@ fn pull(media_type: &str, layer: Vec<u8>, annotations: &[(&str, &str)]) -> Resul
                     if e.file_type().unwrap().is_dir() {
                         stack.push(e.path());
                     }
-                    if rel != ".complete" {
-                        paths.push(rel);
-                    }
+                    paths.push(rel);
                 }
             }
             paths.sort();

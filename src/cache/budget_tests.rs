@@ -44,9 +44,9 @@ fn refused(store: &Store, result: Result<(std::path::PathBuf, usize), Error>, sh
 /// Published, and the cache now measures no more than its budget, the model at least `at_least`.
 fn published(store: &Store, result: Result<(std::path::PathBuf, usize), Error>, at_least: u64, shape: &str) {
     let (path, _) = result.unwrap_or_else(|e| panic!("{shape}: {e}"));
-    assert!(path.join(".complete").exists(), "{shape}");
-    let inv = measure(store).unwrap();
     let hex = path.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(store.is_complete(&hex), "{shape}");
+    let inv = measure(store).unwrap();
     assert!(inv.model_bytes(&hex) >= at_least, "{shape}: {} < {at_least}", inv.model_bytes(&hex));
     let Some(CacheLimit::Bytes(budget)) = store.budget() else { unreachable!() };
     assert!(inv.used() <= budget, "{shape}: used {} over the budget {budget}", inv.used());

@@ -26,6 +26,8 @@ impl Store {
     /// Removes model `hex`: its directory, its file index and its use record. Links to it
     /// (`current`, `versions/`) are the caller's business.
     pub(super) fn remove_model(&self, hex: &str) -> Result<(), Error> {
+        self.forget_complete(hex)?;
+        super::signed::forget(self, hex)?;
         remove_tree(&self.dir(MODELS).join(hex))?;
         let index = self.index_path(hex);
         match fs::remove_file(&index) {

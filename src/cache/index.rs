@@ -174,6 +174,12 @@ impl Writer {
         fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
     }
 
+    /// The lines written so far, flushed, for reading back before the index is committed.
+    pub fn written(&mut self) -> Result<&Path, Error> {
+        self.file.flush().map_err(|e| Error::io(&self.tmp, e))?;
+        Ok(&self.tmp)
+    }
+
     pub fn abort(self) {
         let _ = fs::remove_file(&self.tmp);
     }
@@ -222,6 +228,17 @@ pub fn load(store: &Store, hex: &str) -> Result<Expected, String> {
         Ok(None)
     })?;
     Ok(expected)
+}
+
+/// Calls `f` with every record of the index file at `path`.
+pub fn each_record(path: &Path, mut f: impl FnMut(&Record)) -> Result<(), String> {
+    let file = fs::File::open(path).map_err(|e| format!("index {}: {e}", path.display()))?;
+    for_each_line::<()>(file, |n, line| {
+        let record: Record = serde_json::from_slice(line).map_err(|e| format!("index line {n}: {e}"))?;
+        f(&record);
+        Ok(None)
+    })
+    .map(|_| ())
 }
 
 /// The recorded path of the entry with key `key` (for saying which one is missing).

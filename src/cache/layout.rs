@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-/// Marker written last into a model directory.
+/// The completion marker earlier versions wrote into a model directory (see `complete.rs`: a model
+/// is complete when `complete/sha256/<hex>` exists): no entry may take the name, and the scrub
+/// skips it.
 pub const COMPLETE: &str = ".complete";
 pub(super) const BLOBS: &str = "blobs/sha256";
 pub(super) const SOURCES: &str = "sources/sha256";
@@ -18,12 +20,17 @@ pub(super) const USED: &str = "used/sha256";
 /// Per model: every entry of its tree (types, symlink targets, file hashes), recorded when it
 /// was built (for `scrub`).
 pub(super) const INDEX: &str = "index/sha256";
+/// Per model: its completion marker (see `complete.rs`).
+pub(super) const COMPLETE_DIR: &str = "complete/sha256";
+/// Per model pulled under an OpenSSF model signature: the statement's files (see `signed.rs`).
+pub(super) const SIGNED: &str = "signed/sha256";
 pub(super) const DEPLOYMENTS: &str = "deployments";
 pub(super) const TMP: &str = "tmp";
 pub(super) const LOCKS: &str = "locks";
 
 /// Every directory [`Store::open`] creates.
-pub(super) const DIRS: [&str; 9] = [BLOBS, SOURCES, MODELS, STAMPS, USED, INDEX, DEPLOYMENTS, TMP, LOCKS];
+pub(super) const DIRS: [&str; 11] =
+    [BLOBS, SOURCES, MODELS, STAMPS, USED, INDEX, COMPLETE_DIR, SIGNED, DEPLOYMENTS, TMP, LOCKS];
 
 /// The cache-wide locks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +106,10 @@ pub(super) enum Tmp<'a> {
     Model(&'a str),
     /// A model's file index being written by this process.
     Index(&'a str),
+    /// A model's completion marker being written by this process.
+    Complete(&'a str),
+    /// A model's signed file list being written by this process.
+    Signed(&'a str),
 }
 
 /// A lock taken with [`Store::lock`] or [`Store::try_lock`]: released when dropped, and its file

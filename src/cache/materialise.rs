@@ -24,6 +24,7 @@ use super::store::{Store, digest_hex};
 use super::tree::{PathKey, Refusal, Tree, path_key};
 use super::walk::{Visitor, open_dir, remove_tree, walk};
 use crate::modelpack::{LayerFormat, Manifest, ModelPath, layer};
+use crate::verify::model_signing::Statement;
 
 /// Extraction bound for a model when none is given: a generous multiple of the compressed size of
 /// all its archive layers, never below 1 GiB (so small archives of zeros still extract). One budget
@@ -66,12 +67,32 @@ pub fn materialise(
     diff_ids: &[String],
     limits: Limits,
 ) -> Result<(PathBuf, usize), Error> {
+    materialise_signed(store, manifest_digest, manifest, diff_ids, limits, None)
+}
+
+/// [`materialise`], and with `signed` the built tree must be exactly the statement's files (see
+/// [`super::signed`]) before anything is published.
+pub fn materialise_signed(
+    store: &Store,
+    manifest_digest: &str,
+    manifest: &Manifest,
+    diff_ids: &[String],
+    limits: Limits,
+    signed: Option<&Statement>,
+) -> Result<(PathBuf, usize), Error> {
     let target = store.model_dir(manifest_digest)?;
     let staging = store.tmp_path(super::layout::Tmp::Model(digest_hex(manifest_digest)?));
     remove_tree(&staging)?;
     fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     let hashes = RefCell::new(index::Writer::create(store, digest_hex(manifest_digest)?)?);
-    let files = match build(store, &staging, manifest_digest, manifest, diff_ids, limits, &hashes) {
+    let built = build(store, &staging, manifest_digest, manifest, diff_ids, limits, &hashes).and_then(|files| {
+        if let Some(statement) = signed {
+            let index = hashes.borrow_mut().written()?.to_path_buf();
+            super::signed::check_index(&index, statement)?;
+        }
+        Ok(files)
+    });
+    let files = match built {
         Ok(files) => files,
         Err(e) => {
             let _ = remove_tree(&staging);
@@ -82,7 +103,8 @@ pub fn materialise(
     seal(&staging, Seal::Below)?;
     hashes.into_inner().commit(store, digest_hex(manifest_digest)?)?;
     store.sync_filesystem()?;
-    if target.join(COMPLETE).exists() {
+    let hex = digest_hex(manifest_digest)?;
+    if store.is_complete(hex) {
         // Another pull finished first; its copy is identical (and sealed here too, should that
         // pull have died between its rename and its seal).
         remove_tree(&staging)?;
@@ -95,6 +117,10 @@ pub fn materialise(
         // a sealed one. So its top is sealed only once it is in place.
         seal(&target, Seal::Top)?;
         store.sync_dir(target.parent().unwrap_or(store.root()))?;
+        store.mark_complete(hex, manifest_digest)?;
+    }
+    if let Some(statement) = signed {
+        super::signed::record(store, hex, statement)?;
     }
     Ok((target, files))
 }
@@ -121,7 +147,6 @@ fn build(
         .and_then(|mut tree| {
             let files = extract_all(store, staging, manifest, diff_ids, limits, hashes, &mut tree)?;
             check_symlinks(&mut tree)?;
-            tree.create_marker(manifest_digest.as_bytes()).map_err(|e| Error::io(&staging.join(COMPLETE), e))?;
             Ok(files)
         });
     built.map_err(|e| room.explain(e))

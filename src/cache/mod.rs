@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! blobs/sha256/<hex>                 verified blobs (manifests' layers), read-only
-//! models/sha256/<manifest-hex>/…     the model's files; `.complete` written last
+//! models/sha256/<manifest-hex>/…     the model's files, and nothing else
+//! complete/sha256/<manifest-hex>     written once the model is in place: it is published whole
+//! signed/sha256/<manifest-hex>       the OpenSSF model signature's files it was published under
 //! deployments/<ns>/<name>/current -> ../../../models/sha256/<hex>
 //! tmp/                               partial downloads and staging, never read by consumers
 //! locks/                             one lock file per lock held right now (removed on release)
@@ -14,6 +16,7 @@
 mod allowance;
 mod budget;
 mod compare;
+mod complete;
 mod durable;
 mod evict;
 mod gc;
@@ -28,6 +31,7 @@ mod pull;
 mod ranged;
 mod records;
 mod scrub;
+mod signed;
 mod store;
 mod store_paths;
 mod tree;
@@ -42,13 +46,16 @@ pub use evict::Evicted;
 pub use gc::{Collected, Hold, Holder, collect, holders, keep_versions, unlink};
 pub use layout::{COMPLETE, Lock, Locked};
 pub use link::{parse_link, set_current};
-pub use materialise::{DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise};
+pub use materialise::{
+    DEFAULT_MAX_ENTRIES, Limits, default_extract_limit, extract_tar, materialise, materialise_signed,
+};
 pub use outcome::{FailureReason, GcOutcome, PullOutcome, ScrubOutcome, TERMINATION_MESSAGE_LIMIT};
 pub use pace::DEFAULT_MIN_RATE;
 pub use progress::Progress;
 pub use pull::{Endpoint, PullOptions, pull};
 pub use ranged::DEFAULT_CHUNK_SIZE;
 pub use scrub::{RemovedModel, ScrubReport, scrub};
+pub use signed::check_published;
 pub use store::{Ingest, Store, digest_hex};
 pub use usage::{CacheReport, ModelUsage, report};
 pub use walk::remove_tree;
@@ -101,6 +108,9 @@ pub enum Error {
         human(*needs), human(*free), human(evicted.iter().map(|e| e.bytes).sum())
     )]
     InsufficientStorage { needs: u64, free: u64, evicted: Vec<Evicted> },
+    /// The model's files are not exactly the files its OpenSSF model signature lists.
+    #[error("model signature: {0}; nothing was published")]
+    SignedFiles(String),
     #[error("internal: {0}")]
     Internal(String),
 }

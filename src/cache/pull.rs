@@ -11,8 +11,8 @@ use tokio::sync::Semaphore;
 use super::budget::{self, CacheLimit, LayerNeed};
 use super::evict::{Evicted, make_room};
 use super::gc;
-use super::layout::{COMPLETE, Lock};
-use super::materialise::{Limits, default_extract_limit, materialise};
+use super::layout::Lock;
+use super::materialise::{Limits, default_extract_limit, materialise_signed};
 use super::outcome::PullOutcome;
 use super::pace::{DEFAULT_MIN_RATE, Pace, next_chunk};
 use super::progress::Progress;
@@ -21,6 +21,7 @@ use super::store::{Ingest, Store, digest_hex};
 use super::{Error, link, ranged};
 use crate::modelpack::{Manifest, ModelConfig, layer};
 use crate::registry::{Error as RegistryError, MAX_CONFIG_BYTES, Registry, Repository};
+use crate::verify::model_signing::Statement;
 
 #[derive(Clone, Debug, Default)]
 pub struct PullOptions {
@@ -43,6 +44,9 @@ pub struct PullOptions {
     /// Bytes per second every blob read must keep up over each registry-timeout window (`None`:
     /// [`DEFAULT_MIN_RATE`]; see [`super::pace`]).
     pub min_rate: Option<u64>,
+    /// The OpenSSF model signature's statement the model was verified under: the model is
+    /// published (or, already built, linked) only if its files are exactly the statement's.
+    pub signed: Option<Arc<Statement>>,
 }
 
 /// A host serving the repository's content: a mirror, or the registry itself.
@@ -112,7 +116,11 @@ pub async fn pull(
     // Every layer must be this repository's: served to this cache by it before, or downloaded
     // now, even when the finished model is already on the node (see `Store::is_proven`).
     let fetched = fetch_layers(registry, repo, store, &manifest, options, &progress).await?;
-    let files = if model_dir.join(COMPLETE).exists() {
+    let files = if store.is_complete(digest_hex(digest)?) {
+        if let Some(statement) = &options.signed {
+            super::signed::check_published(store, digest, statement)?;
+            super::signed::record(store, digest_hex(digest)?, statement)?;
+        }
         count_files(&model_dir)
     } else {
         let config_digest = &manifest.config.digest;
@@ -127,9 +135,11 @@ pub async fn pull(
         // What the build writes is counted against the budget while it is written (whatever the
         // artifact declared, which the preflight went by).
         let store = store.clone().with_budget(options.cache_limit);
-        let (manifest, digest, diff_ids, limit) =
-            (manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.limits);
-        let (_, files) = blocking(move || materialise(&store, &digest, &manifest, &diff_ids, limit)).await?;
+        let (manifest, digest, diff_ids, limit, signed) =
+            (manifest.clone(), digest.to_owned(), config.modelfs.diff_ids, options.limits, options.signed.clone());
+        let (_, files) =
+            blocking(move || materialise_signed(&store, &digest, &manifest, &diff_ids, limit, signed.as_deref()))
+                .await?;
         files
     };
     store.touch_model(digest_hex(digest)?)?;
@@ -185,7 +195,7 @@ fn preflight(
         layers.push(LayerNeed { size: size_of(l.size), present, extract });
         pinned.push(hex);
     }
-    let built = store.model_dir(digest)?.join(COMPLETE).exists();
+    let built = store.is_complete(digest_hex(digest)?);
     let limit = options.limits.extract_bytes.unwrap_or_else(|| default_extract_limit(archive_bytes));
     let needs = budget::need(&layers, built, limit);
     let room = make_room(store, options.cache_limit, needs, &Lock::model(digest_hex(digest)?), &pinned)?;

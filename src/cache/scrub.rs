@@ -3,7 +3,8 @@
 //! ([`super::index`]): every entry, its type, a symlink's target, a file's size and bytes (at a
 //! bounded rate), nothing added and nothing missing. What no longer matches, and a model without a
 //! usable index (it cannot be checked), is removed together with every model built from it, whose
-//! `current` links then dangle until the deployment pulls it again.
+//! `current` links then dangle until the deployment pulls it again. A model pulled under an OpenSSF
+//! model signature is also held to the signed files ([`super::signed`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -87,7 +88,7 @@ pub fn scrub(store: &Store, rate: Option<u64>) -> Result<ScrubReport, Error> {
     for entry in fs::read_dir(&models).map_err(|e| Error::io(&models, e))?.flatten() {
         let hex = entry.file_name().to_string_lossy().into_owned();
         let mut compare = Compare::new(&checked, &mut pace);
-        let verdict = compare.model(store, &hex, &entry.path());
+        let verdict = compare.model(store, &hex, &entry.path()).and_then(|()| super::signed::recheck(store, &hex));
         report.files_checked += compare.files;
         if let Err(cause) = verdict {
             bad_models.push((hex, cause));

@@ -49,6 +49,8 @@ impl Store {
             Tmp::Ingest { blob, source_key } => format!("ingest-{blob}-{source_key}"),
             Tmp::Model(hex) => format!("model-{hex}-{pid}"),
             Tmp::Index(hex) => format!("index-{hex}-{pid}"),
+            Tmp::Complete(hex) => format!("complete-{hex}-{pid}"),
+            Tmp::Signed(hex) => format!("signed-{hex}-{pid}"),
         })
     }
 

@@ -8,7 +8,8 @@
 //! - every parent of every entry is a real directory of this tree (never a symlink);
 //! - a hard link's source is a regular file this model itself created;
 //! - every symlink, when finally followed, resolves to something inside the tree;
-//! - no entry takes the name of the completion marker, which only [`Tree::create_marker`] writes;
+//! - no entry takes the name of the completion marker earlier versions wrote (`.complete`), which
+//!   `scrub` still skips at the top of a model;
 //! - every inode created counts against the model's entry limit (implicit parents too), and every
 //!   directory lookup against a budget (deep paths and symlinks cost time per component).
 //!
@@ -18,7 +19,6 @@
 use std::collections::{HashSet, VecDeque};
 use std::ffi::CStr;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::rc::Rc;
@@ -170,21 +170,6 @@ impl Tree {
         let file = create_excl(&parent, name)?;
         self.files.insert(path_key(path));
         Ok(file)
-    }
-
-    /// Writes the completion marker at the top of the tree: never through a link an entry
-    /// planted (entries may not take its name anyway), never over an existing file.
-    pub fn create_marker(&mut self, contents: &[u8]) -> std::io::Result<()> {
-        if let Some(room) = &self.room {
-            room.charge(ENTRY_COST.saturating_add(contents.len() as u64))?;
-        }
-        let mut file = create_excl(&self.root, COMPLETE).map_err(|r| match r {
-            Refusal::Io(e) => e,
-            other => std::io::Error::other(format!("{other:?}")),
-        })?;
-        file.write_all(contents)?;
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o444))
     }
 
     /// Hard-links `blob` (a file of the store, outside the tree) as `path`.
@@ -446,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn no_entry_takes_the_marker_name_and_the_marker_never_follows_a_link() {
+    fn no_entry_takes_the_legacy_marker_name() {
         let dir = tempfile::tempdir().unwrap();
         let victim = tempfile::NamedTempFile::new().unwrap();
         let mut tree = Tree::open(dir.path(), u64::MAX).unwrap();
@@ -461,12 +446,6 @@ mod tests {
             assert!(refusal.contains("completion marker"), "{refusal}");
         }
         tree.create_file(&p("x/.complete")).unwrap(); // only the top-level name is the cache's
-        std::os::unix::fs::symlink(victim.path(), dir.path().join(".complete")).unwrap();
-        assert!(tree.create_marker(b"sha256:x").is_err());
-        assert_eq!(std::fs::read(victim.path()).unwrap(), b"");
-        std::fs::remove_file(dir.path().join(".complete")).unwrap();
-        tree.create_marker(b"sha256:x").unwrap();
-        assert_eq!(std::fs::read(dir.path().join(".complete")).unwrap(), b"sha256:x");
     }
 
     #[test]

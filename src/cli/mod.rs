@@ -7,6 +7,7 @@ pub mod crd;
 pub mod gc;
 pub mod inspect;
 pub mod keyless;
+pub mod model_signing;
 pub mod pull;
 pub mod registry;
 pub mod run;

@@ -60,6 +60,10 @@ pub struct PullArgs {
     /// Also write the JSON result here (a pod's termination message).
     #[arg(long, value_name = "FILE")]
     termination_log: Option<PathBuf>,
+    /// The OpenSSF model-signing referrer (manifest digest) the model was verified under: the model
+    /// is published only if its files are exactly the ones that signature lists.
+    #[arg(long, value_name = "DIGEST")]
+    model_signature: Option<String>,
 }
 
 /// One model by digest into a node cache.
@@ -71,6 +75,8 @@ struct PullCommand {
     pub keep: Option<Vec<String>>,
     pub tuning: PullTuning,
     pub termination_log: Option<PathBuf>,
+    /// `--model-signature`: the model-signing referrer the model was verified under.
+    pub model_signature: Option<String>,
 }
 
 /// How a pull runs, as opposed to what it pulls.
@@ -112,7 +118,16 @@ impl PullCommand {
         }
         // GC runs when asked: `--keep` names the versions this link keeps besides the one pulled.
         let keep = (!keep.is_empty()).then(|| keep.to_vec());
-        Ok(PullCommand { repository, digest, cache_dir, link, keep, tuning, termination_log })
+        Ok(PullCommand { repository, digest, cache_dir, link, keep, tuning, termination_log, model_signature: None })
+    }
+
+    /// `--model-signature DIGEST`: publish only files exactly as that model signature lists them.
+    fn with_model_signature(mut self, signature: Option<String>) -> Result<PullCommand> {
+        if let Some(digest) = &signature {
+            modelpack_operator::cache::digest_hex(digest)?;
+        }
+        self.model_signature = signature;
+        Ok(self)
     }
 
     /// Runs the pull: [`Exit::Ok`], or the failure's code: refused content (1), a model that
@@ -153,6 +168,18 @@ impl PullCommand {
         if !self.tuning.durable {
             store = store.without_sync();
         }
+        let signed = match &self.model_signature {
+            Some(signature) => Some(Arc::new(
+                modelpack_operator::verify::model_signing::statement_of(
+                    &registry,
+                    &self.repository,
+                    &self.digest,
+                    signature,
+                )
+                .await?,
+            )),
+            None => None,
+        };
         let options = PullOptions {
             concurrency: self.tuning.concurrency,
             chunk_size: self.tuning.chunk_size,
@@ -162,6 +189,7 @@ impl PullCommand {
             keep: self.keep.clone(),
             cache_limit: self.tuning.cache_limit,
             min_rate: Some(self.tuning.min_rate),
+            signed,
         };
         let progress = Arc::new(Progress::default());
         let reporter = tokio::spawn(report_progress(progress.clone()));
@@ -192,6 +220,7 @@ pub async fn run(args: PullArgs) -> Result<Exit, Failure> {
         tuning,
         args.termination_log,
     )
+    .and_then(|c| c.with_model_signature(args.model_signature))
     .usage()?;
     command.run(&args.registry).await
 }

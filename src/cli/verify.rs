@@ -26,6 +26,12 @@ pub struct VerifyArgs {
     /// cosign public key (repeatable: any key may verify).
     #[arg(long, value_name = "FILE")]
     cosign_key: Vec<PathBuf>,
+    /// OpenSSF model signing: public key of `model_signing sign key` (repeatable).
+    #[arg(long, value_name = "PEM", conflicts_with_all = ["cosign_key", "notation_policy", "model_signing_certs"])]
+    model_signing_key: Vec<PathBuf>,
+    /// OpenSSF model signing: root certificates of `model_signing sign certificate` (repeatable).
+    #[arg(long, value_name = "PEM", conflicts_with_all = ["cosign_key", "notation_policy"])]
+    model_signing_certs: Vec<PathBuf>,
     #[command(flatten)]
     keyless: super::keyless::KeylessArgs,
     #[command(flatten)]
@@ -39,6 +45,7 @@ pub struct VerifyArgs {
 enum Trust {
     Cosign(Vec<NamedKey>),
     Keyless(verify::keyless::KeylessTrust),
+    ModelSigning(verify::model_signing::Trust),
     Notation { policies: notation::Policies, stores: notation::TrustStores },
 }
 
@@ -54,9 +61,13 @@ impl Trust {
             let stores = notation::TrustStores::from_dir(certs).usage()?;
             return Ok(Trust::Notation { policies, stores });
         }
+        if !args.model_signing_key.is_empty() || !args.model_signing_certs.is_empty() {
+            let trust = super::model_signing::trust(&args.model_signing_key, &args.model_signing_certs).usage()?;
+            return Ok(Trust::ModelSigning(trust));
+        }
         if args.cosign_key.is_empty() {
             return Err(Failure::usage(anyhow::anyhow!(
-                "give --cosign-key FILE (repeatable), --trusted-root FILE with the identity flags, or --notation-policy FILE --notation-certs DIR"
+                "give --cosign-key FILE (repeatable), --trusted-root FILE with the identity flags, --notation-policy FILE --notation-certs DIR, or --model-signing-key PEM / --model-signing-certs PEM"
             )));
         }
         let mut named = Vec::new();
@@ -82,6 +93,9 @@ pub async fn run(args: VerifyArgs) -> Result<Exit, Failure> {
     let (provider, result) = match &trust {
         Trust::Cosign(keys) => ("cosign", verify::cosign::verify(&registry, &repo, &digest, keys).await),
         Trust::Keyless(trust) => ("cosign", verify::keyless::verify(&registry, &repo, &digest, trust).await),
+        Trust::ModelSigning(trust) => {
+            (verify::model_signing::PROVIDER, super::model_signing::verify(&registry, &repo, &digest, trust).await?)
+        }
         Trust::Notation { policies, stores } => {
             let manifest = registry.manifest(&repo, &digest).await?;
             let media_type = serde_json::from_slice::<Value>(&manifest)
@@ -101,6 +115,7 @@ pub async fn run(args: VerifyArgs) -> Result<Exit, Failure> {
             identity: Some(&v.identity),
             signature_digest: Some(&v.signature_digest),
             timestamp: v.timestamp.as_ref(),
+            files: v.files,
             reason: None,
             detail: None,
             warnings: &v.warnings,
@@ -112,6 +127,7 @@ pub async fn run(args: VerifyArgs) -> Result<Exit, Failure> {
             identity: None,
             signature_digest: None,
             timestamp: None,
+            files: None,
             reason: Some(reason.as_str()),
             detail: Some(detail),
             warnings: &[],
@@ -140,6 +156,9 @@ struct VerifyReport<'a> {
     /// The verified RFC 3161 timestamp (notation with a `tsa` trust store).
     #[serde(skip_serializing_if = "Option::is_none")]
     timestamp: Option<&'a verify::Timestamped>,
+    /// modelSigning: the files the signature lists, all bound to the ModelPack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<u64>,
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
@@ -157,6 +176,9 @@ impl VerifyReport<'_> {
         }
         let identity = printable(self.identity.unwrap_or_default());
         let mut s = format!("verified {repo}@{digest}: signed by {identity} ({provider})\n");
+        if let Some(files) = self.files {
+            s.push_str(&format!("files: {files} signed, each bound to the ModelPack\n"));
+        }
         if let Some(t) = self.timestamp {
             s.push_str(&format!("timestamped {} by {}\n", printable(&t.time), printable(&t.authority)));
         }

@@ -19,7 +19,7 @@ use crate::api::{Model, VerifyProvider, VerifySpec};
 use crate::registry::{Inspection, Repository};
 use crate::verify::keyless::{Identity, KeylessTrust, Matcher};
 use crate::verify::sigstore::trusted_root::TrustedRoot;
-use crate::verify::{self, Verification, cosign::NamedKey, notation};
+use crate::verify::{self, Verification, cosign::NamedKey, model_signing, notation};
 
 /// Keys and certificates from the trust Secret, and what identifies them.
 pub struct Trust {
@@ -51,6 +51,7 @@ enum Material {
         policies: notation::Policies,
         stores: notation::TrustStores,
     },
+    ModelSigning(model_signing::Trust),
 }
 
 const TRUST_POLICY_KEY: &str = "trustpolicy.json";
@@ -92,16 +93,17 @@ pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> R
     let invalid = |reason: String| Error::InvalidSecret { name: format!("{namespace}/{name}"), reason };
     let material = match spec.provider {
         VerifyProvider::Cosign => {
-            let mut keys = Vec::new();
-            for (key, value) in data.iter().filter(|(k, _)| k.ends_with(".pub")) {
-                let public = verify::PublicKey::from_pem(&value.0).map_err(|e| invalid(format!("key {key}: {e}")))?;
-                keys.push(NamedKey { name: key.clone(), key: public });
-            }
+            let keys = public_keys(&data).map_err(invalid)?;
             let keyless = keyless(spec, data.get(TRUSTED_ROOT_KEY).map(|v| v.0.as_slice()), invalid)?;
             if keys.is_empty() && keyless.is_none() {
                 return Err(invalid(format!("has no *.pub public key nor {TRUSTED_ROOT_KEY}")));
             }
             Material::Cosign(keys, keyless)
+        }
+        VerifyProvider::ModelSigning => {
+            let pems = data.iter().filter(|(k, _)| k.ends_with(".pem") || k.ends_with(".crt"));
+            let pems: Vec<(&String, &[u8])> = pems.map(|(k, v)| (k, v.0.as_slice())).collect();
+            Material::ModelSigning(model_signing_trust(public_keys(&data).map_err(invalid)?, &pems).map_err(invalid)?)
         }
         VerifyProvider::Notation => {
             let policy = data.get(TRUST_POLICY_KEY).ok_or_else(|| invalid(format!("has no {TRUST_POLICY_KEY} key")))?;
@@ -119,6 +121,30 @@ pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> R
     };
     let data = data.into_iter().map(|(k, v)| (k, v.0)).collect();
     Ok(Trust { material, id: TrustId { provider: spec.provider, data: Arc::new(data) } })
+}
+
+/// The `*.pub` keys of a Secret's data, named by their keys.
+fn public_keys(data: &BTreeMap<String, k8s_openapi::ByteString>) -> Result<Vec<NamedKey>, String> {
+    let mut keys = Vec::new();
+    for (key, value) in data.iter().filter(|(k, _)| k.ends_with(".pub")) {
+        let public = verify::PublicKey::from_pem(&value.0).map_err(|e| format!("key {key}: {e}"))?;
+        keys.push(NamedKey { name: key.clone(), key: public });
+    }
+    Ok(keys)
+}
+
+/// Keys or root certificates: one kind, so the Secret says plainly which signatures it trusts.
+pub fn model_signing_trust(keys: Vec<NamedKey>, pems: &[(&String, &[u8])]) -> Result<model_signing::Trust, String> {
+    let mut roots = Vec::new();
+    for (key, pem) in pems {
+        roots.extend(verify::sigstore::Cert::from_pem_bundle(pem).map_err(|e| format!("certificate {key}: {e}"))?);
+    }
+    match (keys.is_empty(), roots.is_empty()) {
+        (false, true) => Ok(model_signing::Trust::Keys(keys)),
+        (true, false) => Ok(model_signing::Trust::Roots(roots)),
+        (false, false) => Err("holds both *.pub keys and certificates: give one kind".into()),
+        (true, true) => Err("has no *.pub public key nor *.pem/*.crt root certificate".into()),
+    }
 }
 
 /// Passed verifications by (repository, digest, generation, material); `verify` says whether its
@@ -162,6 +188,10 @@ impl Verifications {
                     Some(v) => v,
                     None => verify::keyless::verify(registry, &access.repository, digest, keyless).await?,
                 }
+            }
+            Material::ModelSigning(trust) => {
+                let manifest = &inspection.manifest;
+                model_signing::verify(registry, &access.repository, digest, manifest, trust).await?.verification
             }
             Material::Notation { policies, stores } => {
                 let media_type = inspection.manifest.media_type.as_deref().unwrap_or(crate::modelpack::OCI_MANIFEST);
@@ -211,6 +241,7 @@ mod tests {
             warnings: Vec::new(),
             enforced: true,
             timestamp: None,
+            files: None,
         }
     }
 

@@ -88,6 +88,7 @@ pub async fn verify(
         warnings: Vec::new(),
         enforced: true,
         timestamp: None,
+        files: None,
     })
 }
 

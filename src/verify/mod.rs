@@ -1,9 +1,11 @@
-//! Signature verification of a ModelPack manifest digest: cosign (key-based) and, with its module,
-//! the Notary Project (notation). A verified digest is the only one the operator lets downstream.
+//! Signature verification of a ModelPack manifest digest: cosign (key-based), the Notary Project
+//! (notation) and OpenSSF model signing (`model_signing`: every file signed, on the shared Sigstore
+//! bundle code in `sigstore`). A verified digest is the only one the operator lets downstream.
 
 pub mod cosign;
 pub mod keyless;
 mod keys;
+pub mod model_signing;
 pub mod notation;
 pub mod sigstore;
 pub mod timestamp;
@@ -89,6 +91,10 @@ pub struct Verification {
     /// False when the policy level logs a failed authenticity check instead of enforcing it
     /// (notation `audit`): usable, but not verified.
     pub enforced: bool,
+    /// model signing: how many files the signature lists, each bound to the ModelPack (raw layers
+    /// by digest before the pull, files inside archives on the node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
     /// The verified RFC 3161 timestamp that proves when it was signed, if one was verified.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Timestamped>,

@@ -143,6 +143,8 @@ pub struct PullJob<'a> {
     pub options: &'a Options,
     pub credential: Option<&'a Credential>,
     pub access: &'a str,
+    /// The OpenSSF model-signing referrer the digest was verified under (`pull --model-signature`).
+    pub model_signature: Option<&'a str>,
 }
 
 /// The pull Job and, when the registry needs credentials or a CA, the Secret it mounts (named like
@@ -161,6 +163,9 @@ fn pull_args(settings: &JobSettings, pull: &PullJob, link: &str) -> Vec<String> 
     ];
     for keep in pull.keep {
         args.extend(["--keep".to_owned(), keep.clone()]);
+    }
+    if let Some(signature) = pull.model_signature {
+        args.extend(["--model-signature".to_owned(), signature.to_owned()]);
     }
     if pull.options.insecure {
         args.push("--insecure".to_owned());
@@ -495,6 +500,7 @@ mod tests {
             options: &options,
             credential: None,
             access: "a",
+            model_signature: None,
         };
         let selector_of = |job: &Job| job.spec.as_ref()?.template.spec.as_ref()?.node_selector.clone();
         let mut settings = JobSettings {
@@ -522,6 +528,11 @@ mod tests {
         settings.max_entries = 250_000;
         let raised = args_of(&pull_job(&deployment, &settings, &pull).unwrap().0).unwrap();
         assert!(raised.windows(2).any(|w| w == ["--max-entries", "250000"]), "{raised:?}");
+        assert!(!raised.contains(&"--model-signature".to_owned()), "{raised:?}");
+        let signature = format!("sha256:{}", "5".repeat(64));
+        let signed = PullJob { model_signature: Some(&signature), ..pull };
+        let signed = args_of(&pull_job(&deployment, &settings, &signed).unwrap().0).unwrap();
+        assert!(signed.windows(2).any(|w| w == ["--model-signature", signature.as_str()]), "{signed:?}");
         let mirror = |spec: &str| crate::registry::Mirror::parse(spec).unwrap();
         settings.mirrors =
             vec![mirror("other.example=http://m0"), mirror("r.example=http://m1:5000"), mirror("r.example=https://m2")];

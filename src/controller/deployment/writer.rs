@@ -45,6 +45,7 @@ pub async fn write(
                 options: &access.options,
                 credential: access.credential.as_ref(),
                 access: &index.fingerprint,
+                model_signature: index.model.as_ref().and_then(|m| model_signature(m, digest)),
             };
             create_pull_job(ctx, deployment, &pull).await?;
             tracing::info!(deployment = %key, node = %node, digest = %digest, "started pull job");
@@ -106,6 +107,15 @@ fn workload_ref(namespace: &str, kind: WorkloadKind, name: &str, version: Option
         resource_version: version,
         ..Default::default()
     }
+}
+
+/// The model-signing referrer `digest` was verified under, which the pull Job holds the extracted
+/// files to.
+fn model_signature<'a>(model: &'a crate::api::Model, digest: &str) -> Option<&'a str> {
+    let verified = model.status.as_ref()?.verified.as_ref()?;
+    (verified.digest == digest && verified.provider == crate::api::VerifyProvider::ModelSigning)
+        .then_some(verified.signature.as_deref())
+        .flatten()
 }
 
 /// Events about the deployment; a workload it concerns is the related object (which also keeps
@@ -199,3 +209,25 @@ pub(super) async fn set_node_labels(
 #[cfg(test)]
 #[path = "writer_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod signature_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_model_signing_verification_of_that_digest_hands_its_signature_to_the_pull() {
+        let (a, b) = (format!("sha256:{}", "a".repeat(64)), format!("sha256:{}", "b".repeat(64)));
+        let model = |provider: &str, digest: &str| -> crate::api::Model {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "m", "namespace": "ns"},
+                "spec": {"repository": "r.example/m"},
+                "status": {"verified": {"digest": digest, "shortDigest": "x", "provider": provider,
+                    "signature": "sha256:sig", "verifiedAt": "2026-12-07T00:00:00Z"}}
+            }))
+            .unwrap()
+        };
+        assert_eq!(model_signature(&model("modelSigning", &a), &a), Some("sha256:sig"));
+        assert_eq!(model_signature(&model("modelSigning", &a), &b), None);
+        assert_eq!(model_signature(&model("cosign", &a), &a), None);
+    }
+}

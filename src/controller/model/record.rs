@@ -111,6 +111,8 @@ pub fn verification(
             .timestamp
             .as_ref()
             .map(|t| VerifiedTimestamp { time: t.time.clone(), authority: t.authority.clone() }),
+        files: verification.files.map(|n| n as i64),
+        signature: Some(verification.signature_digest.clone()).filter(|s| !s.is_empty()),
         verified_at,
     });
     let condition = if verification.enforced {
@@ -187,6 +189,7 @@ mod tests {
             warnings: Vec::new(),
             enforced: true,
             timestamp: Some(stamp),
+            files: None,
         };
         let mut status = ModelStatus::default();
         let ((_, _, message), _) = verification(&mut status, &spec, &v, &Time(jiff::Timestamp::now()));

@@ -165,6 +165,7 @@ fn verification(digest: &str) -> Verification {
         warnings: Vec::new(),
         enforced: true,
         timestamp: None,
+        files: None,
     }
 }
 

@@ -98,6 +98,7 @@ pub async fn verify(
                     enforced: true,
                     // The proven times are checked, not reported (a log entry's is not a timestamp).
                     timestamp: None,
+                    files: None,
                 });
             }
             Err(e) => last = Some(e),

@@ -163,6 +163,7 @@ pub async fn verify(
             warnings: vec![format!("verification skipped by trust policy {:?}", policy.name)],
             enforced: false,
             timestamp: None,
+            files: None,
         });
     }
     let listed = registry.referrers_of_type(repo, target.digest, SIGNATURE_ARTIFACT, MAX_SIGNATURES).await?;
@@ -277,6 +278,7 @@ pub fn verify_signature(
         warnings,
         enforced,
         timestamp: stamp.map(|t| Timestamped { time: t.time(), authority: t.authority }),
+        files: None,
     })
 }
 
