@@ -1,6 +1,7 @@
 //! Reading what a digest is: its manifest and ModelPack config, validated.
 
 use super::{Error, Registry, Repository};
+use crate::modelpack::contents::Contents;
 use crate::modelpack::{ConfigWarning, Family, Manifest, ModelConfig, layer};
 
 /// Config blobs are small JSON documents; anything bigger is refused before it is read (by
@@ -19,6 +20,8 @@ pub struct Inspection {
     /// The config blob as JSON, as written (what a policy's variables are taken from).
     pub config_json: serde_json::Value,
     pub warnings: Vec<ConfigWarning>,
+    /// What each layer holds, in manifest order (read by range requests, bounded).
+    pub contents: Vec<Contents>,
 }
 
 /// Fetches `repo@digest` and its config and checks that it is a ModelPack whose layers all have a
@@ -35,5 +38,15 @@ pub async fn inspect(registry: &Registry, repo: &Repository, digest: &str) -> Re
     // It parsed as a config just above, so it is JSON.
     let config_json = serde_json::from_slice(&config_bytes).unwrap_or_default();
     let manifest_size = bytes.len();
-    Ok(Inspection { digest: digest.to_owned(), manifest, manifest_size, family, config, config_json, warnings })
+    let contents = super::contents::read(registry, repo, &manifest, super::contents::BOUNDS).await;
+    Ok(Inspection {
+        digest: digest.to_owned(),
+        manifest,
+        manifest_size,
+        family,
+        config,
+        config_json,
+        warnings,
+        contents,
+    })
 }

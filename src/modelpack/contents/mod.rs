@@ -86,6 +86,7 @@ pub struct PickleReport {
 }
 
 impl Default for Verdict {
+    /// A report made before anything was judged.
     fn default() -> Self {
         Verdict::Unknown
     }
@@ -140,6 +141,33 @@ impl Contents {
     /// `format` whose header could not be understood: no counts, the reason.
     pub fn malformed(format: Format, reason: impl Into<String>) -> Contents {
         Contents { reason: Some(clip(&reason.into())), ..Contents::of(format) }
+    }
+
+    /// One line for `inspect`: the format, counts, the pickle verdict and its first reason.
+    pub fn line(&self) -> String {
+        let mut s = self.format.as_str().to_owned();
+        if let Some(p) = self.parameters {
+            s.push_str(&format!(", {p} parameters"));
+        }
+        if let Some(t) = self.tensors {
+            s.push_str(&format!(" in {t} tensors"));
+        }
+        if !self.dtypes.is_empty() {
+            s.push_str(&format!(" ({})", self.dtypes.join(", ")));
+        }
+        if let Some(p) = &self.pickle {
+            s.push_str(&format!(", pickle {}", verdict_name(p.verdict)));
+            if !p.imports.is_empty() {
+                s.push_str(&format!(" importing {}", p.imports.join(" ")));
+            }
+            if let Some(r) = p.reasons.first() {
+                s.push_str(&format!(": {r}"));
+            }
+        }
+        if let Some(r) = &self.reason {
+            s.push_str(&format!(": {r}"));
+        }
+        s
     }
 
     pub fn is_unsafe(&self) -> bool {
@@ -202,12 +230,21 @@ impl Weights {
         let formats: Vec<_> = self.formats.iter().map(|f| f.as_str()).collect();
         let mut s = format!("{} parameters in {}", self.parameters, if formats.is_empty() { "no weights".to_owned() } else { formats.join(", ") });
         if let Some(v) = self.pickle {
-            s.push_str(&format!("; pickles {}", serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()));
+            s.push_str(&format!("; pickles {}", verdict_name(v)));
         }
         if self.unread > 0 {
             s.push_str(&format!("; {} weight layers unread", self.unread));
         }
         s
+    }
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Safe => "safe",
+        Verdict::Suspicious => "suspicious",
+        Verdict::Unknown => "unknown",
+        Verdict::Unsafe => "unsafe",
     }
 }
 

@@ -40,6 +40,7 @@ pub struct Scan {
     pub tensors: u64,
     /// Bytes of the input that were pickles (the rest follows the last STOP).
     pub consumed: usize,
+    truncated: bool,
 }
 
 impl Scan {
@@ -61,6 +62,18 @@ impl Scan {
         if self.imports.len() < 4 * MAX_LISTED {
             self.imports.insert(clip(&full));
         }
+    }
+
+    /// A scan of what could not be read: "unknown" with the reason.
+    pub fn unread(reason: String) -> Scan {
+        let mut scan = Scan::default();
+        scan.reason(Verdict::Unknown, reason);
+        scan
+    }
+
+    /// The scan stopped at the end of the bytes it had (more bytes might complete it).
+    pub fn ran_past_end(&self) -> bool {
+        self.truncated
     }
 
     /// Merges another scan (a zip's other pickle member).
@@ -108,6 +121,7 @@ fn scan_into(scan: &mut Scan, bytes: &[u8], complete: bool, depth: usize) {
         match machine.run(scan) {
             Ok(()) => at = machine.at,
             Err(Stop::Truncated) if !complete => {
+                scan.truncated = true;
                 scan.reason(Verdict::Unknown, format!("the pickle goes on past the {} bytes read", bytes.len()));
                 break;
             }
