@@ -174,7 +174,7 @@ impl File<'_> {
 
     async fn contents(&mut self, path: &str) -> Result<Contents, String> {
         let head = self.bytes(0, HEAD).await?;
-        match parse::sniff(&head, self.size, path) {
+        match parse::sniff(&head, path) {
             Sniffed::Safetensors => self.safetensors(head).await,
             Sniffed::Gguf => self.gguf(head).await,
             Sniffed::Pickle => self.pickle(head).await,
@@ -243,14 +243,20 @@ impl File<'_> {
         let tail_len = zip::TAIL.min(self.size);
         let tail_at = self.size - tail_len;
         let tail = self.bytes(tail_at, tail_len).await?;
+        // A zip whose directory cannot be read may still load elsewhere (Python's zipfile forgives
+        // shifted offsets): its pickles are "unknown", never "safe".
+        let unreadable = |fault: Fault| {
+            let text = fault_text(fault);
+            Contents { pickle: Some(pickle::Scan::unread(text.clone()).report()), ..Contents::malformed(Format::Pytorch, text) }
+        };
         let end = match zip::end(&tail, tail_at, self.size) {
             Ok(end) => end,
-            Err(fault) => return Ok(faulted(Format::Pytorch, fault)),
+            Err(fault) => return Ok(unreadable(fault)),
         };
         let dir = self.bytes(end.directory, end.directory_len).await?;
         let members = match zip::members(&dir, &end, self.size) {
             Ok(m) => m,
-            Err(fault) => return Ok(faulted(Format::Pytorch, fault)),
+            Err(fault) => return Ok(unreadable(fault)),
         };
         let mut contents = Contents::of(Format::Other);
         let mut scan: Option<pickle::Scan> = None;
@@ -272,7 +278,7 @@ impl File<'_> {
                 continue;
             }
             let found = match self.member(member).await? {
-                Ok(data) if kind == zip::Kind::Pickle || parse::sniff(&data, data.len() as u64, &member.name) == Sniffed::Pickle => {
+                Ok(data) if kind == zip::Kind::Pickle || parse::sniff(&data, &member.name) == Sniffed::Pickle => {
                     contents.format = Format::Pytorch;
                     pickle::scan(&data, true)
                 }

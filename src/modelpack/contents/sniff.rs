@@ -16,25 +16,24 @@ pub enum Sniffed {
     Other,
 }
 
-/// Judges the first bytes of a file of `size` bytes at `path`.
-pub fn sniff(head: &[u8], size: u64, path: &str) -> Sniffed {
+/// Judges the first bytes of a file at `path`.
+pub fn sniff(head: &[u8], path: &str) -> Sniffed {
     if head.starts_with(b"GGUF") {
         return Sniffed::Gguf;
     }
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Sniffed::Zip;
     }
-    if let Some(len) = head.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
-        && len.checked_add(8).is_some_and(|end| end <= size)
-        && head.get(8) == Some(&b'{')
-    {
+    let lower = path.to_ascii_lowercase();
+    // A JSON object after the 8-byte length, or the name: a header that lies about its length is
+    // still judged as one (and found malformed), not passed over as "other".
+    if head.len() >= 8 && (head.get(8) == Some(&b'{') || lower.ends_with(".safetensors")) {
         return Sniffed::Safetensors;
     }
     // Pickles have no magic: protocol 2+ starts with PROTO; older ones are judged by name.
     if head.first() == Some(&0x80) && head.get(1).is_some_and(|p| *p <= 5) {
         return Sniffed::Pickle;
     }
-    let lower = path.to_ascii_lowercase();
     let pickle_names = [".pkl", ".pickle", ".joblib", ".pt", ".pth", ".bin", ".ckpt", ".dat", ".data"];
     let named = pickle_names.iter().any(|s| lower.ends_with(s));
     let opens = head.first().is_some_and(|b| b"(cilN}])KJ".contains(b));
@@ -75,15 +74,15 @@ mod tests {
     fn first_bytes_name_the_format() {
         let mut st = 2u64.to_le_bytes().to_vec();
         st.extend_from_slice(b"{}");
-        assert_eq!(sniff(&st, 10, "a"), Sniffed::Safetensors);
-        assert_eq!(sniff(&st, 9, "a"), Sniffed::Other, "a header longer than the file");
-        assert_eq!(sniff(b"GGUF\x03\x00", 100, "a"), Sniffed::Gguf);
-        assert_eq!(sniff(b"PK\x03\x04", 100, "a"), Sniffed::Zip);
-        assert_eq!(sniff(b"\x80\x02}q\x00.", 6, "x.anything"), Sniffed::Pickle);
-        assert_eq!(sniff(b"(S'id'\nios\nsystem\n.", 20, "m.pkl"), Sniffed::Pickle);
-        assert_eq!(sniff(b"{\"a\": 1}", 8, "config.json"), Sniffed::Other);
-        assert_eq!(sniff(b"# README\n", 9, "README.md"), Sniffed::Other);
-        assert_eq!(sniff(b"cos\nsystem\n(S'id'\ntR.", 20, "weights"), Sniffed::Pickle, "any name");
-        assert_eq!(sniff(b"cat is here\n", 12, "notes"), Sniffed::Other);
+        assert_eq!(sniff(&st, "a"), Sniffed::Safetensors);
+        assert_eq!(sniff(&u64::MAX.to_le_bytes(), "m.safetensors"), Sniffed::Safetensors);
+        assert_eq!(sniff(b"GGUF\x03\x00", "a"), Sniffed::Gguf);
+        assert_eq!(sniff(b"PK\x03\x04", "a"), Sniffed::Zip);
+        assert_eq!(sniff(b"\x80\x02}q\x00.", "x.anything"), Sniffed::Pickle);
+        assert_eq!(sniff(b"(S'id'\nios\nsystem\n.", "m.pkl"), Sniffed::Pickle);
+        assert_eq!(sniff(b"{\"a\": 1}", "config.json"), Sniffed::Other);
+        assert_eq!(sniff(b"# README\n", "README.md"), Sniffed::Other);
+        assert_eq!(sniff(b"cos\nsystem\n(S'id'\ntR.", "weights"), Sniffed::Pickle, "any name");
+        assert_eq!(sniff(b"cat is here\n", "notes"), Sniffed::Other);
     }
 }
