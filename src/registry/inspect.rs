@@ -1,8 +1,8 @@
 //! Reading what a digest is: its manifest and ModelPack config, validated.
 
 use super::{Error, Registry, Repository};
-use crate::modelpack::contents::Contents;
-use crate::modelpack::{ConfigWarning, Family, Manifest, ModelConfig, layer};
+use crate::modelpack::contents::{Contents, Weights};
+use crate::modelpack::{ConfigWarning, LayerKind, Family, Manifest, ModelConfig, layer};
 
 /// Config blobs are small JSON documents; anything bigger is refused before it is read (by
 /// `inspect` and by `pull`).
@@ -22,6 +22,18 @@ pub struct Inspection {
     pub warnings: Vec<ConfigWarning>,
     /// What each layer holds, in manifest order (read by range requests, bounded).
     pub contents: Vec<Contents>,
+}
+
+impl Inspection {
+    /// Every layer's contents summed with the config's `paramSize` (what a Model's status shows).
+    pub fn weights(&self) -> Weights {
+        let files = self.manifest.layers.iter().zip(&self.contents).map(|(descriptor, contents)| {
+            let weight = layer(descriptor).is_ok_and(|l| l.media_type.kind == LayerKind::Weight);
+            (weight, contents)
+        });
+        let param_size = self.config_json.get("config").and_then(|c| c.get("paramSize").or_else(|| c.get("param_size")));
+        Weights::sum(files, param_size.and_then(serde_json::Value::as_str))
+    }
 }
 
 /// Fetches `repo@digest` and its config and checks that it is a ModelPack whose layers all have a
