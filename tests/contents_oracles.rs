@@ -145,7 +145,10 @@ async fn safetensors_and_gguf_headers_match_their_packages() {
         let c = contents(&registry, &repo).await.remove(0);
         let oracle = &case["oracle"];
         if oracle.get("error").is_some() {
-            assert!(c.parameters.is_none() && c.reason.is_some(), "{case_name}: the package refuses it ({oracle}): {c:?}");
+            assert!(
+                c.parameters.is_none() && c.reason.is_some(),
+                "{case_name}: the package refuses it ({oracle}): {c:?}"
+            );
             continue;
         }
         assert_eq!(c.parameters, oracle["parameters"].as_u64(), "{case_name}: {c:?}");
@@ -283,4 +286,37 @@ async fn a_hundred_files_cost_bounded_requests_and_a_second_look_none() {
     let _ = contents(&registry, "m/many").await;
     let (again, _) = registry.take_counts();
     assert!(again <= 3, "a second look: {again} requests");
+}
+
+/// Hostile files cost their bounds and no more: an endless pickle larger than the per-file bound, a
+/// safetensors header that claims more bytes than the file has, a zip whose directory points
+/// outside the file. Each is "unknown" or malformed with the reason.
+#[tokio::test]
+async fn hostile_files_are_read_within_the_bounds_and_never_safe() {
+    let registry = StaticRegistry::start();
+    let bound = registry::contents::BOUNDS.file_bytes as usize;
+    let mut endless = b"\x80\x02".to_vec();
+    endless.resize(bound + (4 << 20), b'(');
+    let mut lying = (u64::MAX / 2).to_le_bytes().to_vec();
+    lying.extend_from_slice(b"{\"a\":1}");
+    let mut zip = b"PK\x03\x04".to_vec();
+    zip.extend([0u8; 40]);
+    zip.extend(b"PK\x05\x06\0\0\0\0\x01\0\x01\0\x2e\0\0\0\0\0\xff\x7f\0\0");
+    for (repo, path, data) in
+        [("h/endless", "model.pkl", endless), ("h/lying", "model.safetensors", lying), ("h/zip", "model.pt", zip)]
+    {
+        registry.push(repo, "v1", &model(repo, path, data, None));
+    }
+    registry.take_counts();
+    let c = contents(&registry, "h/endless").await.remove(0);
+    let (requests, bytes) = registry.take_counts();
+    assert_eq!(c.pickle.as_ref().map(|p| p.verdict), Some(Verdict::Unknown), "{c:?}");
+    assert!(bytes < bound + (1 << 20), "{bytes} bytes read for a file over the {bound}-byte bound");
+    assert!(requests < 20, "{requests} requests");
+    let c = contents(&registry, "h/lying").await.remove(0);
+    assert_eq!((c.format, c.parameters), (Format::Safetensors, None));
+    assert!(c.reason.as_deref().is_some_and(|r| r.contains("header of")), "{c:?}");
+    let c = contents(&registry, "h/zip").await.remove(0);
+    assert_eq!(c.pickle.as_ref().map(|p| p.verdict), Some(Verdict::Unknown), "{c:?}");
+    assert!(c.reason.as_deref().is_some_and(|r| r.contains("outside")), "{c:?}");
 }

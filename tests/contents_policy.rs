@@ -21,7 +21,8 @@ use support::{Bed, Operator, TestNodes, apply, ensure_namespace, eventually, ins
 const JOBS_NAMESPACE: &str = "modelpack-system";
 
 fn python() -> PathBuf {
-    std::env::var_os("MODELPACK_E2E_PYTHON").map_or_else(|| Bed::get().tools.join("../python/bin/python3"), PathBuf::from)
+    std::env::var_os("MODELPACK_E2E_PYTHON")
+        .map_or_else(|| Bed::get().tools.join("../python/bin/python3"), PathBuf::from)
 }
 
 fn crafted(name: &str) -> (Vec<u8>, Value) {
@@ -62,8 +63,15 @@ async fn a_policy_refuses_a_malicious_pickle_and_a_false_param_size_before_any_p
     let params = st_case["oracle"]["parameters"].as_u64().unwrap().to_string();
     let repo = |n: &str| format!("contents/{n}-{label}");
     let pushes = [
-        ("good", craft::push(&bed.plain, &repo("good"), "v1", &model("model.safetensors", safetensors.clone(), &params)).await),
-        ("false-size", craft::push(&bed.plain, &repo("false-size"), "v1", &model("model.safetensors", safetensors, "7B")).await),
+        (
+            "good",
+            craft::push(&bed.plain, &repo("good"), "v1", &model("model.safetensors", safetensors.clone(), &params))
+                .await,
+        ),
+        (
+            "false-size",
+            craft::push(&bed.plain, &repo("false-size"), "v1", &model("model.safetensors", safetensors, "7B")).await,
+        ),
         ("pickle", craft::push(&bed.plain, &repo("pickle"), "v1", &model("pytorch_model.bin", pickle, &params)).await),
     ];
     let policies: Api<ModelPolicy> = Api::all(client.clone());
@@ -84,10 +92,17 @@ async fn a_policy_refuses_a_malicious_pickle_and_a_false_param_size_before_any_p
                 "insecure": true, "interval": "10s"}});
         let params = kube::api::PatchParams::apply("e2e").force();
         models.patch(name, &params, &kube::api::Patch::Apply(&model)).await.unwrap();
-        apply(&deployments, "ModelDeployment", name, json!({"modelRef": {"name": name}, "nodeSelector": nodes.selector()}))
-            .await;
+        apply(
+            &deployments,
+            "ModelDeployment",
+            name,
+            json!({"modelRef": {"name": name}, "nodeSelector": nodes.selector()}),
+        )
+        .await;
     }
-    for (name, failed_rule) in [("good", None), ("false-size", Some("declared-size")), ("pickle", Some("no-unsafe-code"))] {
+    for (name, failed_rule) in
+        [("good", None), ("false-size", Some("declared-size")), ("pickle", Some("no-unsafe-code"))]
+    {
         let m = eventually(&format!("{name} judged"), Duration::from_secs(90), || async {
             let m = models.get(name).await.ok()?;
             find(&m.status.as_ref()?.conditions, COMPLIANT)?;
@@ -115,7 +130,8 @@ async fn a_policy_refuses_a_malicious_pickle_and_a_false_param_size_before_any_p
     // Nothing of the refused digests was pulled: no pull Job names them.
     tokio::time::sleep(Duration::from_secs(15)).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), JOBS_NAMESPACE);
-    let listed = jobs.list(&ListParams::default().labels("app.kubernetes.io/managed-by=modelpack-operator")).await.unwrap();
+    let listed =
+        jobs.list(&ListParams::default().labels("app.kubernetes.io/managed-by=modelpack-operator")).await.unwrap();
     let pulled: Vec<String> =
         listed.items.iter().filter_map(|j| j.annotations().get("modelpack.dev/digest").cloned()).collect();
     for (name, digest) in &pushes[1..] {

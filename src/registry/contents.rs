@@ -116,9 +116,7 @@ impl File<'_> {
         if len == 0 {
             return Ok(Vec::new());
         }
-        if let Some((start, bytes)) =
-            self.fetched.iter().find(|(s, b)| *s <= at && at + len <= s + b.len() as u64)
-        {
+        if let Some((start, bytes)) = self.fetched.iter().find(|(s, b)| *s <= at && at + len <= s + b.len() as u64) {
             let from = (at - start) as usize;
             return Ok(bytes[from..from + len as usize].to_vec());
         }
@@ -141,7 +139,8 @@ impl File<'_> {
 
     async fn range(&self, at: u64, len: u64) -> Result<Vec<u8>, String> {
         let (registry, repo) = (self.model.registry, self.model.repo);
-        let stream = registry.blob_range(repo, self.digest, at, at + len - 1).await.map_err(|e: Error| e.to_string())?;
+        let stream =
+            registry.blob_range(repo, self.digest, at, at + len - 1).await.map_err(|e: Error| e.to_string())?;
         let Some(stream) = stream else { return Err("the registry does not answer range requests".into()) };
         let mut chunks = stream.chunks;
         let mut out = Vec::with_capacity(len as usize);
@@ -155,7 +154,9 @@ impl File<'_> {
             }
             Ok(())
         };
-        tokio::time::timeout(registry.timeout(), read).await.map_err(|_| "the registry stopped sending".to_owned())??;
+        tokio::time::timeout(registry.timeout(), read)
+            .await
+            .map_err(|_| "the registry stopped sending".to_owned())??;
         if out.len() as u64 != len {
             return Err(format!("the registry sent {} of {len} bytes", out.len()));
         }
@@ -247,7 +248,10 @@ impl File<'_> {
         // shifted offsets): its pickles are "unknown", never "safe".
         let unreadable = |fault: Fault| {
             let text = fault_text(fault);
-            Contents { pickle: Some(pickle::Scan::unread(text.clone()).report()), ..Contents::malformed(Format::Pytorch, text) }
+            Contents {
+                pickle: Some(pickle::Scan::unread(text.clone()).report()),
+                ..Contents::malformed(Format::Pytorch, text)
+            }
         };
         let end = match zip::end(&tail, tail_at, self.size) {
             Ok(end) => end,
@@ -301,7 +305,10 @@ impl File<'_> {
     async fn member(&mut self, member: &zip::Member) -> Result<Result<Vec<u8>, Fault>, String> {
         let limit = self.model.bounds.file_bytes;
         if member.compressed > limit || member.uncompressed > limit {
-            return Ok(Err(Fault::Malformed(format!("member {} over the {limit}-byte bound", parse::clip(&member.name)))));
+            return Ok(Err(Fault::Malformed(format!(
+                "member {} over the {limit}-byte bound",
+                parse::clip(&member.name)
+            ))));
         }
         // The name and extra field are usually the central directory's; 1 KiB more covers most.
         let guess = zip::LOCAL_HEADER + member.name.len() as u64 + 1024 + member.compressed;

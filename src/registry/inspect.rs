@@ -2,7 +2,7 @@
 
 use super::{Error, Registry, Repository};
 use crate::modelpack::contents::{Contents, Weights};
-use crate::modelpack::{ConfigWarning, LayerKind, Family, Manifest, ModelConfig, layer};
+use crate::modelpack::{ConfigWarning, Family, LayerKind, Manifest, ModelConfig, layer};
 
 /// Config blobs are small JSON documents; anything bigger is refused before it is read (by
 /// `inspect` and by `pull`).
@@ -31,7 +31,8 @@ impl Inspection {
             let weight = layer(descriptor).is_ok_and(|l| l.media_type.kind == LayerKind::Weight);
             (weight, contents)
         });
-        let param_size = self.config_json.get("config").and_then(|c| c.get("paramSize").or_else(|| c.get("param_size")));
+        let param_size =
+            self.config_json.get("config").and_then(|c| c.get("paramSize").or_else(|| c.get("param_size")));
         Weights::sum(files, param_size.and_then(serde_json::Value::as_str))
     }
 }

@@ -235,7 +235,9 @@ fn denied(module: &str, name: &str) -> bool {
     let parts: Vec<&str> = module.split('.').collect();
     (1..=parts.len()).any(|i| {
         let prefix = parts[..i].join(".");
-        DENIED.iter().any(|(m, names)| *m == prefix && (names.contains(&"*") || (i == parts.len() && names.contains(&name))))
+        DENIED
+            .iter()
+            .any(|(m, names)| *m == prefix && (names.contains(&"*") || (i == parts.len() && names.contains(&name))))
     })
 }
 

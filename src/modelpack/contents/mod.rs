@@ -190,7 +190,7 @@ pub enum Fault {
 pub struct Weights {
     /// Parameters of every file whose header states them.
     pub parameters: u64,
-    /// Formats of the weight layers and of every file holding weights, distinct, sorted.
+    /// Formats of the weight layers and of every file holding weights, distinct, in [`Format`]'s order.
     pub formats: Vec<Format>,
     /// A pickle of some file imports a denied callable.
     #[serde(rename = "unsafe")]
@@ -228,7 +228,11 @@ impl Weights {
     /// One line for a Model's status: formats, parameters, the worst pickle verdict.
     pub fn summary(&self) -> String {
         let formats: Vec<_> = self.formats.iter().map(|f| f.as_str()).collect();
-        let mut s = format!("{} parameters in {}", self.parameters, if formats.is_empty() { "no weights".to_owned() } else { formats.join(", ") });
+        let mut s = format!(
+            "{} parameters in {}",
+            self.parameters,
+            if formats.is_empty() { "no weights".to_owned() } else { formats.join(", ") }
+        );
         if let Some(v) = self.pickle {
             s.push_str(&format!("; pickles {}", verdict_name(v)));
         }
@@ -273,8 +277,11 @@ pub fn parse_param_size(text: &str) -> Option<u64> {
 
 /// A string from a file made one bounded, printable line.
 pub fn clip(text: &str) -> String {
-    let mut out: String =
-        text.chars().map(|c| if c.is_control() || crate::printable::is_unprintable(c) { ' ' } else { c }).take(MAX_TEXT).collect();
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() || crate::printable::is_unprintable(c) { ' ' } else { c })
+        .take(MAX_TEXT)
+        .collect();
     if text.chars().count() > MAX_TEXT {
         out.push('…');
     }

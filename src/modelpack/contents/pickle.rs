@@ -228,7 +228,10 @@ impl Machine<'_> {
             if !inner.imports.is_empty() && inner.reasons.iter().all(|(v, _)| *v != Verdict::Unknown) {
                 let found: Vec<_> = inner.imports.iter().cloned().collect();
                 scan.merge(inner);
-                scan.reason(Verdict::Suspicious, format!("holds a nested pickle importing {}", clip(&found.join(", "))));
+                scan.reason(
+                    Verdict::Suspicious,
+                    format!("holds a nested pickle importing {}", clip(&found.join(", "))),
+                );
             }
         }
         self.stack.push(if bytes.len() <= MAX_NAME { Val::Bytes } else { Val::Other });

@@ -7,7 +7,9 @@ fn checkpoint() -> Vec<u8> {
     p.extend_from_slice(b"X\x06\x00\x00\x00weightq\x02");
     p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\nq\x03");
     p.extend_from_slice(b"((X\x07\x00\x00\x00storageq\x04ctorch\nFloatStorage\nq\x05X\x01\x00\x00\x000q\x06X\x03\x00\x00\x00cpuq\x07K\x0ctq\x08Q");
-    p.extend_from_slice(b"K\x00K\x03K\x04\x86q\x09K\x04K\x01\x86q\x0a\x89ccollections\nOrderedDict\nq\x0b)Rq\x0ctq\x0dRq\x0e");
+    p.extend_from_slice(
+        b"K\x00K\x03K\x04\x86q\x09K\x04K\x01\x86q\x0a\x89ccollections\nOrderedDict\nq\x0b)Rq\x0ctq\x0dRq\x0e",
+    );
     p.extend_from_slice(b"s.");
     p
 }

@@ -57,7 +57,8 @@ pub fn parse(bytes: &[u8], size: u64) -> Result<Contents, Fault> {
         if name == "__metadata__" {
             let map = entry.as_object().ok_or_else(|| Fault::Malformed("__metadata__ is not an object".into()))?;
             for (k, v) in map.iter().take(MAX_LISTED) {
-                let v = v.as_str().ok_or_else(|| Fault::Malformed(format!("__metadata__ {} is not a string", clip(k))))?;
+                let v =
+                    v.as_str().ok_or_else(|| Fault::Malformed(format!("__metadata__ {} is not a string", clip(k))))?;
                 contents.metadata.insert(clip(k), clip(v));
             }
             continue;

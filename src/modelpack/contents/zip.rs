@@ -188,7 +188,10 @@ pub fn unpack(data: &[u8], member: &Member, limit: u64) -> Result<Vec<u8>, Fault
                 .read_to_end(&mut out)
                 .map_err(|e| Fault::Malformed(format!("member {}: {e}", super::clip(&member.name))))?;
             if out.len() as u64 > limit {
-                return Err(Fault::Malformed(format!("member {} inflates past {limit} bytes", super::clip(&member.name))));
+                return Err(Fault::Malformed(format!(
+                    "member {} inflates past {limit} bytes",
+                    super::clip(&member.name)
+                )));
             }
             Ok(out)
         }

@@ -50,14 +50,12 @@ fn read_all(zip: &[u8]) -> Result<Vec<(String, Vec<u8>)>, Fault> {
 
 #[test]
 fn members_and_their_bytes() {
-    let zip = stored(&[("archive/data.pkl", b"\x80\x02}."), ("archive/data/0", &[1, 2, 3, 4]), ("archive/version", b"3\n")]);
+    let zip =
+        stored(&[("archive/data.pkl", b"\x80\x02}."), ("archive/data/0", &[1, 2, 3, 4]), ("archive/version", b"3\n")]);
     let got = read_all(&zip).unwrap();
     assert_eq!(got[0], ("archive/data.pkl".to_owned(), b"\x80\x02}.".to_vec()));
     assert_eq!(got.len(), 3);
-    assert_eq!(
-        got.iter().map(|(n, _)| kind(n)).collect::<Vec<_>>(),
-        [Kind::Pickle, Kind::Storage, Kind::Record]
-    );
+    assert_eq!(got.iter().map(|(n, _)| kind(n)).collect::<Vec<_>>(), [Kind::Pickle, Kind::Storage, Kind::Record]);
     assert_eq!(kind("archive/DATA.PKL"), Kind::Pickle);
     assert_eq!(kind("archive/data.pkl\0.txt"), Kind::Other);
 }
