@@ -91,7 +91,7 @@ impl Scan {
         let verdict = self.reasons.iter().map(|(v, _)| *v).max().unwrap_or(Verdict::Safe);
         let mut reasons = Vec::new();
         let mut ordered: Vec<_> = self.reasons.iter().collect();
-        ordered.sort_by(|a, b| b.0.cmp(&a.0));
+        ordered.sort_by_key(|r| std::cmp::Reverse(r.0));
         for (_, t) in ordered {
             push_bounded(&mut reasons, t.clone());
         }
