@@ -36,7 +36,7 @@ pub const BOUNDS: Bounds = Bounds {
     file_bytes: 16 << 20,
     file_requests: 12,
     model_bytes: 128 << 20,
-    model_time: Duration::from_secs(60),
+    model_time: Duration::from_secs(20),
     parallel: 8,
 };
 
