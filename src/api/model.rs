@@ -339,6 +339,10 @@ pub struct Artifact {
     /// The Modelfile modctl recorded when it built the artifact (provenance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modelfile: Option<String>,
+    /// What the weights hold, summed from each file's headers read by range requests: formats,
+    /// parameters, whether a pickle imports a denied callable, the worst pickle verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<crate::modelpack::contents::Weights>,
 }
 
 /// A digest the Model resolved to before.

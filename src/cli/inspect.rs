@@ -60,6 +60,8 @@ struct InspectReport<'a> {
     descriptor: &'a ModelDescriptor,
     config: &'a ModelProperties,
     layers: &'a [LayerVar],
+    /// Every file's contents summed.
+    weights: &'a modelpack_operator::modelpack::contents::Weights,
     /// What is attached to the digest (referrers API or `sha256-<hex>` tag, first page).
     referrers: &'a [ReferrerVar],
     warnings: Vec<String>,
@@ -80,6 +82,7 @@ impl<'a> InspectReport<'a> {
             descriptor: &inspection.config.descriptor,
             config: &inspection.config.config,
             layers: &collected.variables.layers,
+            weights: &collected.variables.weights,
             referrers: &collected.variables.referrers,
             warnings: inspection.warnings.iter().map(|w| format!("{w:?}")).collect(),
         }
@@ -111,6 +114,7 @@ impl<'a> InspectReport<'a> {
                 field(&format!("{k}:"), &text);
             }
         }
+        field("Weights:", &self.weights.summary());
         for w in &self.warnings {
             field("Warning:", w);
         }
@@ -118,6 +122,7 @@ impl<'a> InspectReport<'a> {
         for l in self.layers {
             let (path, digest, media_type) = (printable(&l.path), printable(&l.digest), printable(&l.media_type));
             s.push_str(&format!("  {path:<40} {:>12}  {digest}  {media_type}\n", l.size));
+            s.push_str(&format!("  {:<40} {}\n", "", printable(&l.contents.line())));
         }
         if !self.referrers.is_empty() {
             s.push_str("Referrers:\n");

@@ -2,6 +2,7 @@
 //! strict lint, and safe file paths from layer annotations.
 
 mod config;
+pub mod contents;
 mod lint;
 mod manifest;
 mod media_types;

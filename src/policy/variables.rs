@@ -8,14 +8,15 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::modelpack::{Descriptor, Manifest, layer};
+use crate::modelpack::contents::{Contents, Weights};
+use crate::modelpack::{Descriptor, LayerKind, Manifest, layer};
 use crate::registry::{Inspection, Referrer, Registry, Repository};
 
 use super::Error;
 
 /// The names every rule may use, in the order docs/modelpolicy.md "The variables" lists them.
-pub const NAMES: [&str; 9] =
-    ["repository", "digest", "tag", "descriptor", "config", "modelfs", "annotations", "layers", "referrers"];
+pub const NAMES: [&str; 10] =
+    ["repository", "digest", "tag", "descriptor", "config", "modelfs", "annotations", "layers", "referrers", "weights"];
 
 /// Most list entries (layers, referrers) handed to a rule: with the nesting bound of
 /// [`super::MAX_COMPREHENSION_DEPTH`] this caps the iterations one evaluation can make.
@@ -46,6 +47,8 @@ pub struct Variables {
     pub annotations: BTreeMap<String, String>,
     pub layers: Vec<LayerVar>,
     pub referrers: Vec<ReferrerVar>,
+    /// Every layer's `contents` summed.
+    pub weights: Weights,
 }
 
 /// One layer as a rule sees it.
@@ -60,6 +63,12 @@ pub struct LayerVar {
     /// publishes from the layer is this path, or beneath it when it ends with `/`.
     pub path: String,
     pub annotations: BTreeMap<String, String>,
+    /// What the file holds, read from its headers by range requests (`unread` with the reason for
+    /// an archive layer or a file over the bounds).
+    pub contents: Contents,
+    /// A weight layer (its media type says so): what `weights.formats` and `weights.unread` count.
+    #[serde(skip)]
+    pub weight: bool,
 }
 
 /// One manifest attached to the digest.
@@ -121,21 +130,31 @@ impl Variables {
         tag: Option<&str>,
         referrers: &[Referrer],
     ) -> Result<Variables, Error> {
-        Variables::new(&Source {
+        let variables = Variables::new(&Source {
             repository: repo.to_string(),
             digest: &inspection.digest,
             tag,
             manifest: &inspection.manifest,
             config_json: &inspection.config_json,
             referrers,
-        })
+        })?;
+        Ok(variables.with_contents(&inspection.contents))
+    }
+
+    /// The variables with each layer's contents (in manifest order) and their sum.
+    pub fn with_contents(mut self, contents: &[Contents]) -> Variables {
+        for (layer, c) in self.layers.iter_mut().zip(contents) {
+            layer.contents = c.clone();
+        }
+        self.weights = weights(&self.layers, &self.config);
+        self
     }
 
     pub fn new(source: &Source<'_>) -> Result<Variables, Error> {
         if source.manifest.layers.len() > MAX_LIST_ENTRIES {
             return Err(Error::TooManyEntries { what: "layers", count: source.manifest.layers.len() });
         }
-        let layers = source.manifest.layers.iter().map(layer_var).collect::<Result<_, _>>()?;
+        let layers: Vec<LayerVar> = source.manifest.layers.iter().map(layer_var).collect::<Result<_, _>>()?;
         let object = |key: &str| source.config_json.get(key).cloned().unwrap_or_else(|| Value::Object(Map::new()));
         let mut descriptor = object("descriptor");
         let mut config = object("config");
@@ -146,7 +165,9 @@ impl Variables {
             rename(capabilities, &CAPABILITY_RENAMES);
         }
         rename(&mut modelfs, &MODELFS_RENAMES);
+        let weights = weights(&layers, &config);
         Ok(Variables {
+            weights,
             repository: source.repository.clone(),
             digest: source.digest.to_owned(),
             tag: source.tag.unwrap_or_default().to_owned(),
@@ -174,7 +195,14 @@ fn layer_var(descriptor: &Descriptor) -> Result<LayerVar, Error> {
         size: descriptor.size,
         path: parsed.announced(),
         annotations: descriptor.annotations.clone(),
+        contents: Contents::unread("not read"),
+        weight: parsed.media_type.kind == LayerKind::Weight,
     })
+}
+
+fn weights(layers: &[LayerVar], config: &Value) -> Weights {
+    let param_size = config.get("paramSize").and_then(Value::as_str);
+    Weights::sum(layers.iter().map(|l| (l.weight, &l.contents)), param_size)
 }
 
 /// Renames legacy keys to current ones; where both are written the current one wins.

@@ -1,7 +1,8 @@
 //! Reading what a digest is: its manifest and ModelPack config, validated.
 
 use super::{Error, Registry, Repository};
-use crate::modelpack::{ConfigWarning, Family, Manifest, ModelConfig, layer};
+use crate::modelpack::contents::{Contents, Weights};
+use crate::modelpack::{ConfigWarning, Family, LayerKind, Manifest, ModelConfig, layer};
 
 /// Config blobs are small JSON documents; anything bigger is refused before it is read (by
 /// `inspect` and by `pull`).
@@ -19,6 +20,21 @@ pub struct Inspection {
     /// The config blob as JSON, as written (what a policy's variables are taken from).
     pub config_json: serde_json::Value,
     pub warnings: Vec<ConfigWarning>,
+    /// What each layer holds, in manifest order (read by range requests, bounded).
+    pub contents: Vec<Contents>,
+}
+
+impl Inspection {
+    /// Every layer's contents summed with the config's `paramSize` (what a Model's status shows).
+    pub fn weights(&self) -> Weights {
+        let files = self.manifest.layers.iter().zip(&self.contents).map(|(descriptor, contents)| {
+            let weight = layer(descriptor).is_ok_and(|l| l.media_type.kind == LayerKind::Weight);
+            (weight, contents)
+        });
+        let param_size =
+            self.config_json.get("config").and_then(|c| c.get("paramSize").or_else(|| c.get("param_size")));
+        Weights::sum(files, param_size.and_then(serde_json::Value::as_str))
+    }
 }
 
 /// Fetches `repo@digest` and its config and checks that it is a ModelPack whose layers all have a
@@ -35,5 +51,15 @@ pub async fn inspect(registry: &Registry, repo: &Repository, digest: &str) -> Re
     // It parsed as a config just above, so it is JSON.
     let config_json = serde_json::from_slice(&config_bytes).unwrap_or_default();
     let manifest_size = bytes.len();
-    Ok(Inspection { digest: digest.to_owned(), manifest, manifest_size, family, config, config_json, warnings })
+    let contents = super::contents::read(registry, repo, &manifest, super::contents::BOUNDS).await;
+    Ok(Inspection {
+        digest: digest.to_owned(),
+        manifest,
+        manifest_size,
+        family,
+        config,
+        config_json,
+        warnings,
+        contents,
+    })
 }

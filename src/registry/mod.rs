@@ -5,6 +5,7 @@
 
 mod address;
 mod challenge;
+pub mod contents;
 mod credentials;
 mod fetch;
 mod http;

@@ -11,6 +11,8 @@ mod support;
 
 mod cache;
 mod chart;
+mod contents_oracles;
+mod contents_policy;
 mod crds;
 mod deployment_controller;
 mod hostile;

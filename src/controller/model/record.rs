@@ -84,6 +84,7 @@ fn artifact(inspection: &Inspection) -> Artifact {
         config: inspection.config.config.clone(),
         annotations,
         modelfile: manifest.modelfile().map(|m| m.chars().take(MODELFILE_LIMIT).collect()),
+        weights: Some(inspection.weights()),
     }
 }
 

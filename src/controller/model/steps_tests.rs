@@ -153,6 +153,7 @@ fn inspection(digest: &str) -> Inspection {
         config,
         config_json,
         warnings,
+        contents: Vec::new(),
     }
 }
 
