@@ -13,13 +13,6 @@ use support::{Bed, eventually, install_crds, namespace, run_tool, try_tool};
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-#[test]
-fn crds_directory_holds_the_generated_yaml() {
-    let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/crds.yaml")).unwrap();
-    let generated = modelpack_operator::api::crds_yaml().unwrap();
-    assert!(on_disk == generated, "crds/crds.yaml is stale: run `cargo run -- crd > crds/crds.yaml`");
-}
-
 fn api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("modelpack.dev", "v1alpha1", kind);
     Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
