@@ -32,7 +32,11 @@ fn read_module(file: &Path, dir: &Path, path: Vec<String>, out: &mut Sources) {
             continue;
         };
         let (child_file, child_dir) = match attribute_path.take() {
-            Some(p) => (dir.join(&p), dir.to_path_buf()),
+            // `#[path]` outside an inline block is relative to the directory of the declaring file.
+            Some(p) => {
+                let base = file.parent().unwrap_or(dir);
+                (base.join(&p), base.to_path_buf())
+            }
             None => child_location(dir, name),
         };
         let mut child = path.clone();

@@ -12,10 +12,26 @@ use std::fs;
 use std::path::PathBuf;
 
 use super::Error;
-use super::layout::{COMPLETE_DIR, Tmp};
+use super::layout::{COMPLETE_DIR, SIGNED, Tmp};
 use super::store::Store;
 
 impl Store {
+    /// `signed/sha256/<hex>`: the signed file list of a model pulled under a model signature (see
+    /// `signed.rs`). Here, beside the marker, so that removing a model (`gc`) needs nothing of
+    /// `signed.rs`, which reads the index.
+    pub(super) fn signed_path(&self, hex: &str) -> PathBuf {
+        self.root().join(SIGNED).join(hex)
+    }
+
+    /// Forgets model `hex`'s signed file list, if it has one.
+    pub(super) fn forget_signed(&self, hex: &str) -> Result<(), Error> {
+        let p = self.signed_path(hex);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&p, e)),
+            _ => Ok(()),
+        }
+    }
+
     fn complete_path(&self, hex: &str) -> PathBuf {
         self.root().join(COMPLETE_DIR).join(hex)
     }

@@ -27,7 +27,7 @@ impl Store {
     /// (`current`, `versions/`) are the caller's business.
     pub(super) fn remove_model(&self, hex: &str) -> Result<(), Error> {
         self.forget_complete(hex)?;
-        super::signed::forget(self, hex)?;
+        self.forget_signed(hex)?;
         remove_tree(&self.dir(MODELS).join(hex))?;
         let index = self.index_path(hex);
         match fs::remove_file(&index) {

@@ -37,7 +37,7 @@ pub fn check_published(store: &Store, digest: &str, statement: &Statement) -> Re
 }
 
 fn path(store: &Store, hex: &str) -> PathBuf {
-    store.root().join(SIGNED).join(hex)
+    store.signed_path(hex)
 }
 
 /// Records that model `hex` was published under `statement` (after it was checked against it).
@@ -56,14 +56,6 @@ pub(super) fn recheck(store: &Store, hex: &str) -> Result<(), String> {
     let statement: Statement =
         serde_json::from_slice(&bytes).map_err(|e| format!("signed file list: {e} (the model cannot be checked)"))?;
     check_index(&store.index_path(hex), &statement).map(|_| ()).map_err(|e| e.to_string())
-}
-
-pub(super) fn forget(store: &Store, hex: &str) -> Result<(), Error> {
-    let p = path(store, hex);
-    match fs::remove_file(&p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&p, e)),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

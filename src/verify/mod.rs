@@ -2,6 +2,7 @@
 //! (notation) and OpenSSF model signing (`model_signing`: every file signed, on the shared Sigstore
 //! bundle code in `sigstore`). A verified digest is the only one the operator lets downstream.
 
+pub(crate) mod cert_rules;
 pub mod cosign;
 pub mod keyless;
 mod keys;
@@ -9,6 +10,7 @@ pub mod model_signing;
 pub mod notation;
 pub mod sigstore;
 pub mod timestamp;
+pub(crate) mod x509;
 
 pub use keys::{KeyKind, PublicKey};
 

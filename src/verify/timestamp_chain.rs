@@ -6,8 +6,8 @@ use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsag
 
 use super::{ANY_EKU, EXT_KEY_USAGE, MAX_CERTS, TIME_STAMPING};
 use crate::verify::KeyKind;
-use crate::verify::notation::rules::{check_extensions, check_leaf_usage};
-use crate::verify::notation::x509::Cert;
+use crate::verify::cert_rules::{check_extensions, check_leaf_usage};
+use crate::verify::x509::Cert;
 
 const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
 const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");

@@ -9,9 +9,12 @@ mod cose;
 mod envelope;
 mod jws;
 pub mod policy;
-pub(crate) mod rules;
+/// The Notary Project certificate rules live beside the certificate code (`verify::cert_rules`): the
+/// RFC 3161 timestamp chains follow them too.
+pub(crate) use super::cert_rules as rules;
 mod timestamping;
-pub(crate) mod x509;
+/// The certificate code is the verifiers' (`verify::x509`); notation's rules name it from here.
+pub(crate) use super::x509;
 
 use std::collections::BTreeMap;
 use std::path::Path;

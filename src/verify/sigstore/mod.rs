@@ -19,7 +19,7 @@ use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsag
 
 use super::{KeyKind, PublicKey};
 
-pub use super::notation::x509::Cert;
+pub use super::x509::Cert;
 pub use bundle::{
     BUNDLE_V03, Base64, Bundle, DsseSignature, Envelope, HashOutput, InclusionPromise, InclusionProof, Int64,
     MessageSignature, Rfc3161Timestamp, TransparencyLogEntry, VerificationMaterial,
