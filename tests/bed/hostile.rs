@@ -11,7 +11,7 @@ use modelpack_operator::api::conditions::{ConditionStatus, READY, STALLED, find}
 use modelpack_operator::api::{Model, ModelStatus};
 use serde_json::{Value, json};
 use support::fixtures::{ModelFiles, cncf_config, oras_push_cncf};
-use support::hostile::{Endless, Hostile};
+use support::hostile::{Endless, Hostile, REPO, TAG};
 use support::{Bed, Operator, eventually, install_crds, namespace, unique_suffix};
 
 async fn apply_model(models: &Api<Model>, name: &str, spec: Value) {
