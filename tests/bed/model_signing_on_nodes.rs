@@ -143,8 +143,11 @@ async fn a_signed_model_reaches_the_node_as_signed_and_an_altered_archive_does_n
         s.deployed.as_ref().is_some_and(|d| d.digest == v1_c) && s.drift.as_ref().is_some_and(|d| d.reason == "InSync")
     })
     .await;
-    // What a serving pod mounts holds exactly the signed files.
-    let current = bed.node_path(&node, CACHE).join("deployments").join(&ns).join("serve/current");
+    // What a serving pod mounts holds exactly the signed files. A pod mounts the directory `current`
+    // points at (the kubelet resolves the hostPath); model_signing refuses a symlink as the model
+    // path, so it is given the directory too.
+    let link = bed.node_path(&node, CACHE).join("deployments").join(&ns).join("serve/current");
+    let current = std::fs::canonicalize(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));
     must(
         Command::new(model_signing())
             .args(["verify", "key", "--public_key"])
