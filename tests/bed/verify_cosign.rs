@@ -66,7 +66,7 @@ async fn verdicts_match_cosign_verify_for_each_failure_class() {
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad.path(), "not a key").unwrap();
     let (code, _, stderr) = operator(&["verify", "--insecure", "--cosign-key", bad.path().to_str().unwrap(), &at(&v1)]);
-    assert_eq!(code, 1);
+    assert_eq!(code, i32::from(modelpack_operator::exit::Exit::Usage.code()));
     assert!(stderr.contains(bad.path().to_str().unwrap()), "{stderr}");
     let (code, _, _) = operator(&["verify", "--insecure", &at(&v1)]);
     assert_eq!(code, 2, "no keys and no policy is a usage error");
