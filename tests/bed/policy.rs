@@ -15,7 +15,9 @@ use support::fixtures::{ModelFiles, cncf_config, modctl_push, oras_push_cncf};
 use support::{Bed, Registry, operator, run_tool, unique_suffix};
 
 /// One artifact in a registry and the variables a rule should see for it, built here from the
-/// bytes the registry serves and what the test attached, independently of the operator's code.
+/// bytes the registry serves and what the test attached, independently of the operator's code —
+/// except what each file holds (`layers[].contents`, `weights`), which is what `inspect` printed
+/// (tests/bed/contents_oracles.rs holds those to picklescan, fickling, safetensors and gguf).
 struct Case {
     label: String,
     reference: String,
@@ -70,15 +72,29 @@ async fn case(registry: &Registry, repo: &str, tag: &str, referrers: Vec<Value>,
                    "annotations": a.as_object().cloned().unwrap_or_default()})
         })
         .collect();
+    // What each file holds (`layers[].contents`, `weights`) is read by range requests from the
+    // registry; a rule sees what `inspect` prints, which is taken from it here.
+    let reference = format!("{}/{repo}:{tag}", registry.host);
+    let (code, stdout, stderr) = operator(&["inspect", "-o", "json", "--insecure", &reference]);
+    assert_eq!(code, 0, "inspect {reference}: {stderr}");
+    let inspected: Value = serde_json::from_str(&stdout).unwrap();
+    let layers: Vec<Value> = layers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut l)| {
+            l["contents"] = inspected["layers"][i]["contents"].clone();
+            l
+        })
+        .collect();
     let object = |v: &Value| Value::Object(v.as_object().cloned().unwrap_or_default());
     Case {
         label: format!("{label} on {}", registry.host),
-        reference: format!("{}/{repo}:{tag}", registry.host),
+        reference,
         variables: json!({
             "repository": format!("{}/{repo}", registry.host), "digest": digest, "tag": tag,
             "descriptor": object(&config["descriptor"]), "config": object(&config["config"]),
             "modelfs": object(&config["modelfs"]), "annotations": object(&manifest["annotations"]),
-            "layers": layers, "referrers": referrers,
+            "layers": layers, "referrers": referrers, "weights": inspected["weights"],
         }),
     }
 }
@@ -354,9 +370,18 @@ async fn check_sees_every_variable_and_agrees_with_cel_go() {
         for case in cases(registry).await {
             let vars = &case.variables;
             let mut reaching = Vec::new();
-            for name in
-                ["repository", "digest", "tag", "descriptor", "config", "modelfs", "annotations", "layers", "referrers"]
-            {
+            for name in [
+                "repository",
+                "digest",
+                "tag",
+                "descriptor",
+                "config",
+                "modelfs",
+                "annotations",
+                "layers",
+                "referrers",
+                "weights",
+            ] {
                 value_rules(name, &vars[name], &mut reaching);
             }
             let (digest, got) = check(&case.reference, &reaching);
