@@ -29,13 +29,14 @@ struct SignatureManifest {
     layers: Vec<Layer>,
 }
 
+/// A descriptor of a signature manifest (also read by keyless verification's `sha256-<hex>.sig` form).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Layer {
-    media_type: String,
-    digest: String,
+pub(super) struct Layer {
+    pub(super) media_type: String,
+    pub(super) digest: String,
     #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
+    pub(super) annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]

@@ -34,14 +34,8 @@ struct Manifest {
     subject: Option<Layer>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Layer {
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
-}
+/// A descriptor as cosign's signature manifests hold them: the same reader as key-based cosign's.
+use super::super::cosign::Layer;
 
 /// cosign's `dev.sigstore.cosign/bundle` annotation.
 #[derive(Deserialize)]
