@@ -215,8 +215,10 @@ fn deep_symlinks_cost_linear_time() {
         let result = super::materialise::extract_tar(&mut tar.as_slice(), dir.path(), Limits::default());
         (started.elapsed(), result)
     };
-    let (baseline, _) = time(archive(0));
-    let (elapsed, result) = time(archive(n));
+    // The fastest of three runs each: other tests share the two cores, and a slow run is their time.
+    let fastest = |links: usize| (0..3).map(|_| time(archive(links))).min_by_key(|(t, _)| *t).unwrap();
+    let (baseline, _) = fastest(0);
+    let (elapsed, result) = fastest(n);
     let per_entry = elapsed.saturating_sub(baseline) / n as u32;
     // The budget lets through at most this many resolutions of such a symlink.
     let affordable = (MAX_LOOKUPS / depth as u64).min(100_000) as u32;

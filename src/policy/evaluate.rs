@@ -14,6 +14,7 @@ use cel::Context;
 use cel::objects::{Key, Map, Value};
 use serde::Serialize;
 use serde_json::Value as Json;
+use tokio::sync::Semaphore;
 
 use super::compile::{CompiledPolicy, CompiledRule, ENV, STACK_BYTES, on_big_stack};
 use super::cost::{Estimate, estimate};
@@ -24,7 +25,7 @@ use super::{MAX_COST, MAX_MEMORY, RULE_DEADLINE};
 
 /// Evaluations [`evaluate_off_workers`] runs at once, each within [`MAX_MEMORY`] of values.
 pub const CONCURRENT: usize = 4;
-static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT);
+static SLOTS: std::sync::LazyLock<Arc<Semaphore>> = std::sync::LazyLock::new(|| Arc::new(Semaphore::new(CONCURRENT)));
 
 /// The verdict of one rule (the shape `check -o json` prints).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -56,7 +57,13 @@ pub fn evaluate_json(policy: &CompiledPolicy, variables: &Json) -> Vec<RuleResul
 /// evaluation is stopped and every rule fails with that reason.
 /// At most [`CONCURRENT`] at once, so their memory is bounded too.
 pub async fn evaluate_off_workers(policy: &CompiledPolicy, variables: &Variables) -> Vec<RuleResult> {
-    let Ok(slot) = SLOTS.acquire().await else {
+    evaluate_in_slot(SLOTS.clone(), policy, variables).await
+}
+
+/// [`evaluate_off_workers`] with its slots given (tests give their own: the process-wide ones are
+/// shared with every other test running at the same time).
+async fn evaluate_in_slot(slots: Arc<Semaphore>, policy: &CompiledPolicy, variables: &Variables) -> Vec<RuleResult> {
+    let Ok(slot) = slots.acquire_owned().await else {
         return failed_all(policy, "error: no CEL evaluation slot");
     };
     let cancel = Arc::new(AtomicBool::new(false));
@@ -335,15 +342,17 @@ mod tests {
             rules: vec![rule.clone(), PolicyRule { name: "s".into(), ..rule }],
         };
         let policy = compile("p", &spec).unwrap();
-        let running = tokio::spawn(async move { evaluate_off_workers(&policy, &vars).await });
+        let slots = Arc::new(Semaphore::new(CONCURRENT));
+        let given = slots.clone();
+        let running = tokio::spawn(async move { evaluate_in_slot(given, &policy, &vars).await });
         let mut held = 0;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            held = held.max(CONCURRENT - SLOTS.available_permits());
+            held = held.max(CONCURRENT - slots.available_permits());
         }
         assert!(running.await.unwrap().iter().all(|r| r.passed));
         assert_eq!(held, 1);
-        assert_eq!(SLOTS.available_permits(), CONCURRENT, "given back");
+        assert_eq!(slots.available_permits(), CONCURRENT, "given back");
     }
 
     #[test]
