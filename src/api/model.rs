@@ -144,11 +144,12 @@ pub struct VerifySpec {
     /// each verify, and/or whose `trusted_root.json` (a Sigstore trusted root: Fulcio CAs, Rekor
     /// logs, timestamp authorities) verifies keyless signatures of the `matchOIDCIdentity`
     /// identities, offline.
-    /// modelSigning: `*.pub` public keys (`model_signing sign key`), or root
-    /// certificates under `*.pem`/`*.crt` keys (`model_signing sign certificate`), not both.
+    /// modelSigning: `*.pub` public keys (`model_signing sign key`), root certificates under
+    /// `*.pem`/`*.crt` keys (`model_signing sign certificate`), or a `trusted_root.json` with
+    /// `matchOIDCIdentity` (`model_signing sign sigstore`, keyless): one of the three.
     pub secret_ref: LocalObjectReference,
-    /// cosign keyless: the identities accepted, as Flux writes them; a signing certificate must
-    /// match one entry's issuer and subject. Required with a `trusted_root.json`.
+    /// Keyless (cosign or modelSigning): the identities accepted, as Flux writes them; a signing
+    /// certificate must match one entry's issuer and subject. Required with a `trusted_root.json`.
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "matchOIDCIdentity")]
     #[schemars(length(max = 16))]
     pub match_oidc_identity: Vec<OidcIdentity>,

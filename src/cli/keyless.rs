@@ -10,7 +10,7 @@ use modelpack_operator::verify::sigstore::trusted_root::TrustedRoot;
 pub struct KeylessArgs {
     /// Sigstore trusted_root.json (Fulcio CAs, Rekor logs, timestamp authorities): verify a keyless
     /// cosign signature offline against it.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["cosign_key", "notation_policy"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["cosign_key", "notation_policy", "model_signing_key", "model_signing_certs"])]
     pub trusted_root: Option<PathBuf>,
     /// The signer's identity (certificate SAN), exactly.
     #[arg(long, value_name = "IDENTITY", requires = "trusted_root", conflicts_with = "certificate_identity_regexp")]

@@ -32,6 +32,10 @@ pub struct VerifyArgs {
     /// OpenSSF model signing: root certificates of `model_signing sign certificate` (repeatable).
     #[arg(long, value_name = "PEM", conflicts_with_all = ["cosign_key", "notation_policy"])]
     model_signing_certs: Vec<PathBuf>,
+    /// OpenSSF model signing, keyless (`model_signing sign sigstore`): with `--trusted-root` and
+    /// the identity flags, verify a model-signing bundle instead of a cosign signature.
+    #[arg(long, requires = "trusted_root", conflicts_with_all = ["model_signing_key", "model_signing_certs"])]
+    model_signing: bool,
     #[command(flatten)]
     keyless: super::keyless::KeylessArgs,
     #[command(flatten)]
@@ -52,6 +56,9 @@ enum Trust {
 impl Trust {
     fn load(args: &VerifyArgs) -> Result<Trust, Failure> {
         if let Some(trust) = args.keyless.trust().usage()? {
+            if args.model_signing {
+                return Ok(Trust::ModelSigning(verify::model_signing::Trust::Keyless(Box::new(trust))));
+            }
             return Ok(Trust::Keyless(trust));
         }
         if let (Some(policy), Some(certs)) = (&args.notation_policy, &args.notation_certs) {
@@ -67,7 +74,7 @@ impl Trust {
         }
         if args.cosign_key.is_empty() {
             return Err(Failure::usage(anyhow::anyhow!(
-                "give --cosign-key FILE (repeatable), --trusted-root FILE with the identity flags, --notation-policy FILE --notation-certs DIR, or --model-signing-key PEM / --model-signing-certs PEM"
+                "give --cosign-key FILE (repeatable), --trusted-root FILE with the identity flags, --notation-policy FILE --notation-certs DIR, or --model-signing-key PEM / --model-signing-certs PEM / --model-signing --trusted-root FILE"
             )));
         }
         let mut named = Vec::new();

@@ -103,7 +103,9 @@ pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> R
         VerifyProvider::ModelSigning => {
             let pems = data.iter().filter(|(k, _)| k.ends_with(".pem") || k.ends_with(".crt"));
             let pems: Vec<(&String, &[u8])> = pems.map(|(k, v)| (k, v.0.as_slice())).collect();
-            Material::ModelSigning(model_signing_trust(public_keys(&data).map_err(invalid)?, &pems).map_err(invalid)?)
+            let keyless = keyless(spec, data.get(TRUSTED_ROOT_KEY).map(|v| v.0.as_slice()), invalid)?;
+            let keys = public_keys(&data).map_err(invalid)?;
+            Material::ModelSigning(model_signing_trust(keys, &pems, keyless).map_err(invalid)?)
         }
         VerifyProvider::Notation => {
             let policy = data.get(TRUST_POLICY_KEY).ok_or_else(|| invalid(format!("has no {TRUST_POLICY_KEY} key")))?;
@@ -133,17 +135,25 @@ fn public_keys(data: &BTreeMap<String, k8s_openapi::ByteString>) -> Result<Vec<N
     Ok(keys)
 }
 
-/// Keys or root certificates: one kind, so the Secret says plainly which signatures it trusts.
-pub fn model_signing_trust(keys: Vec<NamedKey>, pems: &[(&String, &[u8])]) -> Result<model_signing::Trust, String> {
+/// Keys, root certificates or a Sigstore trusted root: one kind, so the Secret says plainly which
+/// signatures it trusts.
+pub fn model_signing_trust(
+    keys: Vec<NamedKey>,
+    pems: &[(&String, &[u8])],
+    keyless: Option<Box<KeylessTrust>>,
+) -> Result<model_signing::Trust, String> {
     let mut roots = Vec::new();
     for (key, pem) in pems {
         roots.extend(verify::sigstore::Cert::from_pem_bundle(pem).map_err(|e| format!("certificate {key}: {e}"))?);
     }
-    match (keys.is_empty(), roots.is_empty()) {
-        (false, true) => Ok(model_signing::Trust::Keys(keys)),
-        (true, false) => Ok(model_signing::Trust::Roots(roots)),
-        (false, false) => Err("holds both *.pub keys and certificates: give one kind".into()),
-        (true, true) => Err("has no *.pub public key nor *.pem/*.crt root certificate".into()),
+    match (keys.is_empty(), roots.is_empty(), keyless) {
+        (false, true, None) => Ok(model_signing::Trust::Keys(keys)),
+        (true, false, None) => Ok(model_signing::Trust::Roots(roots)),
+        (true, true, Some(keyless)) => Ok(model_signing::Trust::Keyless(keyless)),
+        (true, true, None) => {
+            Err(format!("has no *.pub public key, *.pem/*.crt root certificate nor {TRUSTED_ROOT_KEY}"))
+        }
+        _ => Err(format!("holds more than one of *.pub keys, certificates and {TRUSTED_ROOT_KEY}: give one kind")),
     }
 }
 
@@ -293,6 +303,37 @@ mod tests {
             other => panic!("{:?}", other.map(|t| t.is_some())),
         }
         assert!(matches!(keyless(&spec(&[]), Some(root), invalid), Err(Error::Verify(verify::Error::InvalidTrust(_)))));
+    }
+
+    /// A modelSigning Secret holds one kind of trust: keys, root certificates or a trusted root.
+    #[test]
+    fn model_signing_trust_is_of_one_kind() {
+        let pem = include_bytes!("../verify/sigstore/testdata/p256.pub");
+        let key = || vec![NamedKey { name: "a.pub".into(), key: verify::PublicKey::from_pem(pem).unwrap() }];
+        let (name, root_pem) = ("root.pem".to_owned(), &include_bytes!("../verify/sigstore/testdata/root.pem")[..]);
+        let roots = [(&name, root_pem)];
+        let root = include_bytes!("../verify/sigstore/testdata/keyless_root.json");
+        let id = crate::api::OidcIdentity { issuer: "^https://issuer$".into(), subject: "^me$".into() };
+        let spec = VerifySpec {
+            provider: VerifyProvider::ModelSigning,
+            secret_ref: crate::api::LocalObjectReference { name: "s".into() },
+            match_oidc_identity: vec![id],
+        };
+        let invalid = |reason: String| Error::InvalidSecret { name: "ns/s".into(), reason };
+        let keyless = || keyless(&spec, Some(root), invalid).unwrap();
+        assert!(matches!(model_signing_trust(key(), &[], None), Ok(model_signing::Trust::Keys(_))));
+        assert!(matches!(model_signing_trust(vec![], &roots, None), Ok(model_signing::Trust::Roots(_))));
+        assert!(matches!(model_signing_trust(vec![], &[], keyless()), Ok(model_signing::Trust::Keyless(_))));
+        for mixed in [
+            model_signing_trust(key(), &roots, None),
+            model_signing_trust(key(), &[], keyless()),
+            model_signing_trust(vec![], &roots, keyless()),
+        ] {
+            let m = mixed.expect_err("two kinds");
+            assert!(m.contains("give one kind"), "{m}");
+        }
+        let m = model_signing_trust(vec![], &[], None).expect_err("none");
+        assert!(m.contains("trusted_root.json"), "{m}");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! API), and the bundle attached by `oras attach` as the README shows. The operator's verdict is
 //! `verify` then, if that passes, `pull --model-signature` (the node's check of archive files);
 //! `model_signing verify` judges the directory the ModelPack was pushed from, and, when the
-//! operator accepts, the directory the cache published too.
+//! operator accepts, the directory the cache published too. Keyless signatures are
+//! `model_signing`'s statement signed by `sigstoretest` (Fulcio, Rekor and TSA played by
+//! sigstore-go's test CA), judged by `model_signing verify sigstore --trust_config`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -152,6 +154,55 @@ impl Pki {
 enum Mode {
     Key,
     Certificate,
+    /// `model_signing`'s own statement signed keyless by `sigstoretest` with this recipe (a
+    /// Fulcio/Rekor stack does not run here; see tests/bed/verify_keyless.rs).
+    Keyless(&'static str),
+}
+
+/// A keyless signature: its bundle, trusted root and the identity it is verified against, as
+/// `sigstoretest -statement` printed them.
+struct KeylessSig {
+    root: PathBuf,
+    identity: String,
+    issuer: String,
+}
+
+/// Re-signs the statement of the key-signed bundle at `sig` keyless with `recipe`, in place.
+fn keyless_sign(sig: &Path, recipe: &str, work: &Path) -> KeylessSig {
+    let bundle: serde_json::Value = serde_json::from_slice(&std::fs::read(sig).unwrap()).unwrap();
+    let payload = bundle["dsseEnvelope"]["payload"].as_str().expect("a DSSE bundle");
+    use base64::Engine;
+    let statement = base64::engine::general_purpose::STANDARD.decode(payload).unwrap();
+    let (statement_file, out) = (work.join("statement.json"), work.join("keyless"));
+    std::fs::write(&statement_file, statement).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let printed = must(
+        Command::new(tool("sigstoretest"))
+            .arg("-statement")
+            .arg(&statement_file)
+            .arg("-out")
+            .arg(&out)
+            .args(["-case", recipe]),
+    );
+    let line: serde_json::Value = serde_json::from_str(printed.trim()).unwrap_or_else(|e| panic!("{e}: {printed}"));
+    let field = |f: &str| line[f].as_str().unwrap_or_else(|| panic!("no {f} in {printed}")).to_owned();
+    std::fs::copy(field("reference"), sig).unwrap();
+    KeylessSig { root: PathBuf::from(field("root")), identity: field("identity"), issuer: field("issuer") }
+}
+
+/// A sigstore-python client trust config holding `root` (signing services left empty: verify only).
+fn trust_config(root: &Path, work: &Path) -> PathBuf {
+    let root: serde_json::Value = serde_json::from_slice(&std::fs::read(root).unwrap()).unwrap();
+    let config = serde_json::json!({
+        "mediaType": "application/vnd.dev.sigstore.clienttrustconfig.v0.1+json",
+        "trustedRoot": root,
+        "signingConfig": {"mediaType": "application/vnd.dev.sigstore.signingconfig.v0.2+json",
+            "caUrls": [], "oidcUrls": [], "rekorTlogUrls": [], "tsaUrls": [],
+            "rekorTlogConfig": {"selector": "ANY"}, "tsaConfig": {"selector": "ANY"}},
+    });
+    let path = work.join("trust_config.json");
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    path
 }
 
 /// Files of a model directory: (path, bytes).
@@ -226,7 +277,7 @@ fn judge(case: &Case, pki: &Pki, registry: &Olareg) -> Verdicts {
 
     let mut sign = Command::new(model_signing());
     match case.mode {
-        Mode::Key => sign.args(["sign", "key", "--private_key"]).arg(pki.path("signer.key")),
+        Mode::Key | Mode::Keyless(_) => sign.args(["sign", "key", "--private_key"]).arg(pki.path("signer.key")),
         Mode::Certificate => sign
             .args(["sign", "certificate", "--private_key"])
             .arg(pki.path("signer.key"))
@@ -239,6 +290,10 @@ fn judge(case: &Case, pki: &Pki, registry: &Olareg) -> Verdicts {
         sign.arg("--ignore-paths").arg(signed.join(ignore));
     }
     must(sign.arg("--signature").arg(&sig).arg(&signed));
+    let keyless = match case.mode {
+        Mode::Keyless(recipe) => Some(keyless_sign(&sig, recipe, work.path())),
+        _ => None,
+    };
 
     // The ModelPack: top-level files as raw layers, top-level directories as tar+gzip layers.
     let vendor = if case.cnai { "cnai" } else { "cncf" };
@@ -284,9 +339,16 @@ fn judge(case: &Case, pki: &Pki, registry: &Olareg) -> Verdicts {
     let (key, root) = if case.wrong_trust { ("other.pub", "other-root.pem") } else { ("signer.pub", "root.pem") };
     let mut verify = Command::new(BIN);
     verify.args(["verify", "--insecure", &reference]);
-    match case.mode {
-        Mode::Key => verify.arg("--model-signing-key").arg(pki.path(key)),
-        Mode::Certificate => verify.arg("--model-signing-certs").arg(pki.path(root)),
+    match (case.mode, &keyless) {
+        (Mode::Key, _) => verify.arg("--model-signing-key").arg(pki.path(key)),
+        (Mode::Certificate, _) => verify.arg("--model-signing-certs").arg(pki.path(root)),
+        (Mode::Keyless(_), Some(k)) => verify.args(["--model-signing", "--trusted-root"]).arg(&k.root).args([
+            "--certificate-identity",
+            &k.identity,
+            "--certificate-oidc-issuer",
+            &k.issuer,
+        ]),
+        (Mode::Keyless(_), None) => unreachable!("signed keyless above"),
     };
     let cache = work.path().join("cache");
     let ours = match run(&mut verify) {
@@ -304,9 +366,14 @@ fn judge(case: &Case, pki: &Pki, registry: &Olareg) -> Verdicts {
 
     let oracle = |dir: &Path| {
         let mut cmd = Command::new(model_signing());
-        match case.mode {
-            Mode::Key => cmd.args(["verify", "key", "--public_key"]).arg(pki.path(key)),
-            Mode::Certificate => cmd.args(["verify", "certificate", "--certificate_chain"]).arg(pki.path(root)),
+        match (case.mode, &keyless) {
+            (Mode::Key, _) => cmd.args(["verify", "key", "--public_key"]).arg(pki.path(key)),
+            (Mode::Certificate, _) => cmd.args(["verify", "certificate", "--certificate_chain"]).arg(pki.path(root)),
+            (Mode::Keyless(_), Some(k)) => cmd
+                .args(["verify", "sigstore", "--trust_config"])
+                .arg(trust_config(&k.root, work.path()))
+                .args(["--identity", &k.identity, "--identity_provider", &k.issuer]),
+            (Mode::Keyless(_), None) => unreachable!("signed keyless above"),
         };
         run(cmd.arg("--signature").arg(&sig).arg(dir))
     };
@@ -371,6 +438,37 @@ fn cases() -> Vec<(Case, bool)> {
     c.signed.push(("docs/notes.md", b"signed as ignored".to_vec()));
     c.packed.push(("docs/notes.md", b"changed, still ignored".to_vec()));
     out.push((c, true));
+    // Keyless: each of sigstoretest's recipes (the cosign cases of tests/bed/verify_keyless.rs but
+    // the one about another image's digest), over model_signing's own statement.
+    let keyless = [
+        ("valid", true),
+        ("valid-log-only", true),
+        ("valid-tsa-only", false),
+        ("wrong-identity", false),
+        ("wrong-issuer", false),
+        ("outside-validity-no-proof", false),
+        ("log-time-outside-validity", false),
+        ("expired-with-log", true),
+        ("expired-with-timestamp", false),
+        ("tampered-log-entry", false),
+        ("log-entry-of-another-signature", false),
+        ("log-key-absent", false),
+        ("tsa-key-absent", false),
+        ("tsa-cert-expired", false),
+        ("other-ca", false),
+        ("sct-of-unknown-log", false),
+        ("not-a-code-signing-certificate", false),
+    ];
+    for (recipe, accepted) in keyless {
+        let name: &'static str = Box::leak(format!("keyless-{recipe}").into_boxed_str());
+        out.push((Case::new(name, Mode::Keyless(recipe)), accepted));
+    }
+    let mut c = Case::new("keyless-archived-file-changed", Mode::Keyless("valid"));
+    c.packed = changed(base(), "tokenizer/vocab.txt");
+    out.push((c, false));
+    let mut c = Case::new("keyless-raw-file-added", Mode::Keyless("valid"));
+    c.packed.push(("README.md", b"# model\n".to_vec()));
+    out.push((c, false));
     out
 }
 

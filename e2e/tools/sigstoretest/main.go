@@ -8,8 +8,10 @@
 //
 //	sigstoretest -registry 127.0.0.1:5000 -repo keyless -out DIR [-format sig|bundle] [-case NAME]
 //	sigstoretest -registry … -repo REPO -digest sha256:… -out DIR   (signs that artifact, case "valid")
+//	sigstoretest -statement FILE -out DIR   (signs that in-toto statement per case: DIR/<case>.bundle.json)
 //
-// prints one JSON line per case: {case, format, reference, root, identity, issuer, cosignFlags}.
+// prints one JSON line per case: {case, format, reference, root, identity, issuer, cosignFlags}
+// (with -statement, reference is the bundle file).
 // The verdict of each case is not decided here: `cosign verify` judges it.
 package main
 
@@ -276,6 +278,7 @@ func main() {
 	format := flag.String("format", "sig", "sig (sha256-<hex>.sig tag) or bundle (Sigstore bundle v0.3 referrer)")
 	only := flag.String("case", "", "only this case")
 	existing := flag.String("digest", "", "sign this existing sha256 digest of -repo with the valid recipe instead of pushing images")
+	statementFile := flag.String("statement", "", "sign this in-toto statement (e.g. model_signing's) per case into DIR/<case>.bundle.json instead of pushing images")
 	flag.Parse()
 
 	main := newAuthority(now.Add(-2*time.Hour), now.Add(2*time.Hour))
@@ -335,6 +338,24 @@ func main() {
 		if c.root == "" {
 			c.root = "trusted_root.json"
 		}
+		id, iss := identity, issuer
+		if c.verifyID != "" {
+			id = c.verifyID
+		}
+		if c.verifyIss != "" {
+			iss = c.verifyIss
+		}
+		if *statementFile != "" {
+			// The statement names its own subject: a case about another digest has no meaning here.
+			if c.otherDigest {
+				continue
+			}
+			bundle := file(c.name + ".bundle.json")
+			must0(os.WriteFile(bundle, makeBundle(c, must(os.ReadFile(*statementFile))), 0o644))
+			fmt.Println(string(must(json.Marshal(output{Case: c.name, Format: "bundle", Reference: bundle, Root: file(c.root),
+				Identity: id, Issuer: iss, CosignFlags: append([]string{}, c.cosignFlags...)}))))
+			continue
+		}
 		ref := must(name.ParseReference(fmt.Sprintf("%s/%s:%s-%s", *registry, *repo, *format, c.name), name.Insecure))
 		var digest name.Digest
 		if *existing != "" {
@@ -358,13 +379,6 @@ func main() {
 			signBundle(c, digest, signed)
 		} else {
 			signSig(c, digest, signed)
-		}
-		id, iss := identity, issuer
-		if c.verifyID != "" {
-			id = c.verifyID
-		}
-		if c.verifyIss != "" {
-			iss = c.verifyIss
 		}
 		line := must(json.Marshal(output{Case: c.name, Format: *format, Reference: digest.String(), Root: file(c.root),
 			Identity: id, Issuer: iss, CosignFlags: append([]string{}, c.cosignFlags...)}))
@@ -412,15 +426,20 @@ func signSig(c spec, digest, signed name.Digest) {
 // signBundle attaches a Sigstore bundle v0.3 (DSSE of an in-toto statement naming `signed`) as a
 // referrer of digest, as `cosign sign --new-bundle-format` does.
 func signBundle(c spec, digest, signed name.Digest) {
-	a := c.signer
-	cert, key := a.leaf(identity, issuer, c.leafFrom, c.leafTo, c.sctBy, c.eku)
-	certPEM := must(cryptoutils.MarshalCertificateToPEM(cert))
 	statement := must(json.Marshal(map[string]any{
 		"_type":         "https://in-toto.io/Statement/v1",
 		"subject":       []any{map[string]any{"name": signed.Repository.Name(), "digest": map[string]string{"sha256": signed.DigestStr()[7:]}}},
 		"predicateType": ctypes.CosignSignPredicateType,
 		"predicate":     map[string]any{},
 	}))
+	must0(ociremote.WriteAttestationNewBundleFormat(digest, makeBundle(c, statement), ctypes.CosignSignPredicateType))
+}
+
+// makeBundle signs statement keyless as a DSSE envelope and returns the Sigstore bundle v0.3 JSON.
+func makeBundle(c spec, statement []byte) []byte {
+	a := c.signer
+	cert, key := a.leaf(identity, issuer, c.leafFrom, c.leafTo, c.sctBy, c.eku)
+	certPEM := must(cryptoutils.MarshalCertificateToPEM(cert))
 	payloadType := "application/vnd.in-toto+json"
 	pae := []byte(fmt.Sprintf("DSSEv1 %d %s %d %s", len(payloadType), payloadType, len(statement), statement))
 	h := sha256.Sum256(pae)
@@ -459,19 +478,21 @@ func signBundle(c spec, digest, signed name.Digest) {
 	b := &protobundle.Bundle{MediaType: "application/vnd.dev.sigstore.bundle.v0.3+json", VerificationMaterial: material,
 		Content: &protobundle.Bundle_DsseEnvelope{DsseEnvelope: &protodsse.Envelope{Payload: statement, PayloadType: payloadType,
 			Signatures: []*protodsse.Signature{{Sig: sig}}}}}
-	must0(ociremote.WriteAttestationNewBundleFormat(digest, must(protojson.Marshal(b)), ctypes.CosignSignPredicateType))
+	return must(protojson.Marshal(b))
 }
 
-// inclusionProof puts the entry in a two-leaf tree beside a random leaf and signs the tree's
+// inclusionProof puts the entry in a two-leaf tree after a random leaf and signs the tree's
 // checkpoint with the log key (bundles v0.2+ must carry a proof, not only a promise).
 func (a *authority) inclusionProof(body []byte) *protorekor.InclusionProof {
 	leaf := sha256.Sum256(append([]byte{0}, body...))
 	sibling := make([]byte, 32)
 	must(rand.Read(sibling))
-	rootHash := sha256.Sum256(append(append([]byte{1}, leaf[:]...), sibling...))
+	// The entry is the second leaf: a proof index of 0 would be left out of protojson's output,
+	// and sigstore-python requires the field.
+	rootHash := sha256.Sum256(append(append([]byte{1}, sibling...), leaf[:]...))
 	signer := must(signature.LoadECDSASignerVerifier(a.rekorKey, crypto.SHA256))
 	checkpoint := must(util.CreateAndSignCheckpoint(context.Background(), "rekor.test", 1, 2, rootHash[:], signer))
-	return &protorekor.InclusionProof{LogIndex: 0, RootHash: rootHash[:], TreeSize: 2, Hashes: [][]byte{sibling},
+	return &protorekor.InclusionProof{LogIndex: 1, RootHash: rootHash[:], TreeSize: 2, Hashes: [][]byte{sibling},
 		Checkpoint: &protorekor.Checkpoint{Envelope: string(checkpoint)}}
 }
 

@@ -22,7 +22,7 @@ use x509_cert::der::oid::ObjectIdentifier;
 use x509_cert::ext::pkix::ExtendedKeyUsage;
 
 use super::sigstore::trusted_root::TrustedRoot;
-use super::sigstore::{Cert, verify_chain, verify_message};
+use super::sigstore::{Bundle, Cert, verify_chain, verify_message};
 use super::timestamp::Token;
 use super::{Error, Rejection, Verification};
 use crate::registry::{Registry, Repository};
@@ -110,6 +110,35 @@ pub async fn verify(
 
 /// The pure part: whether one signature passes, and as whom.
 pub(crate) fn check(c: &Candidate, digest: &str, trust: &KeylessTrust) -> Result<String, (Rejection, String)> {
+    let who = signer(c, trust)?;
+    match &c.names_digest {
+        Ok(d) if d == digest => Ok(who),
+        Ok(other) => Err((Rejection::DigestMismatch, format!("the signature was made for {other}, not {digest}"))),
+        Err(e) => Err((Rejection::InvalidSignature, e.clone())),
+    }
+}
+
+/// Who signed a Sigstore bundle keyless, for a verifier that judges the bundle's statement itself
+/// (OpenSSF model signing, whose subject is the model's files, not a manifest): every rule of
+/// [`check`] but the digest named, and a log entry of a log of the root required. A timestamp
+/// alone does not do here: `model_signing verify` refuses a bundle without a log entry, and a
+/// serving pod that runs it must not refuse what the operator accepted.
+pub fn bundle_signer(bundle: &Bundle, trust: &KeylessTrust) -> Result<String, (Rejection, String)> {
+    let c = storage::of_bundle(bundle, "(model signing)".into()).map_err(|e| match e {
+        Error::Rejected { reason, detail } => (reason, detail),
+        other => (Rejection::InvalidSignature, other.to_string()),
+    })?;
+    if !c.entries.iter().any(|e| trust.root.tlog(&e.log_id).is_some()) {
+        return Err((
+            Rejection::NoProofOfTime,
+            "a keyless model signature needs a transparency log entry of a log of the trusted root".into(),
+        ));
+    }
+    signer(&c, trust)
+}
+
+/// Every rule of [`check`] but the digest the payload names.
+fn signer(c: &Candidate, trust: &KeylessTrust) -> Result<String, (Rejection, String)> {
     let leaf = Cert::from_der(&c.certificate).map_err(|e| (Rejection::InvalidSignature, format!("signing {e}")))?;
     if !verify_message(&leaf.key, &c.message, &c.signature) {
         return Err((Rejection::BadSignature, "the signature does not verify with its certificate's key".into()));
@@ -138,17 +167,12 @@ pub(crate) fn check(c: &Candidate, digest: &str, trust: &KeylessTrust) -> Result
         sct::verify(&leaf, &issuer, &trust.root.ctlogs).map_err(|e| (Rejection::UntrustedRoot, e))?;
     }
     let named = identity::Named::of(&leaf).map_err(|e| (Rejection::IdentityMismatch, e))?;
-    let Some(who) = named.matching(&trust.identities) else {
-        return Err((
+    named.matching(&trust.identities).ok_or_else(|| {
+        (
             Rejection::IdentityMismatch,
             format!("signed by {} (issuer {}), not an accepted identity", named.subjects.join(", "), named.issuer),
-        ));
-    };
-    match &c.names_digest {
-        Ok(d) if d == digest => Ok(who),
-        Ok(other) => Err((Rejection::DigestMismatch, format!("the signature was made for {other}, not {digest}"))),
-        Err(e) => Err((Rejection::InvalidSignature, e.clone())),
-    }
+        )
+    })
 }
 
 fn time(at: i64) -> String {

@@ -156,6 +156,11 @@ struct Subject {
 
 pub(super) fn from_bundle(bytes: &[u8], signature_digest: String) -> Result<Candidate, Error> {
     let bundle = Bundle::parse(bytes).map_err(|e| malformed(format!("bundle {signature_digest}: {e}")))?;
+    of_bundle(&bundle, signature_digest)
+}
+
+/// The signature a parsed bundle carries (a DSSE envelope with one signature, a certificate).
+pub(super) fn of_bundle(bundle: &Bundle, signature_digest: String) -> Result<Candidate, Error> {
     let envelope = bundle.dsse().map_err(|e| malformed(format!("bundle {signature_digest}: {e}")))?;
     let [signature] = envelope.signatures.as_slice() else {
         return Err(malformed(format!(

@@ -7,7 +7,8 @@
 //! Verified with trusted public keys (`model_signing sign key`) or certificate roots
 //! (`model_signing sign certificate`), then bound to the ModelPack ([`bind`]); the files inside
 //! archive layers are checked on the node against the same statement ([`check_tree`]).
-//! Keyless (Fulcio/Rekor) bundles are refused here: their trust is the keyless verifier's.
+//! Keyless (`model_signing sign sigstore`: a Fulcio certificate and a Rekor entry) bundles are
+//! verified by the keyless rules ([`keyless::bundle_signer`]) with a trusted root and identities.
 
 mod bind;
 mod statement;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 pub use bind::{Binding, Entry, bind, check_tree};
 pub use statement::{PREDICATE_TYPE, Statement};
 
+use super::keyless::{self, KeylessTrust};
 use super::sigstore::{self, BUNDLE_V03, Bundle, Cert};
 use super::{Error, Rejection, Verification, cosign::NamedKey};
 use crate::modelpack::Manifest;
@@ -37,6 +39,8 @@ pub enum Trust {
     Keys(Vec<NamedKey>),
     /// Root certificates a signing certificate (`model_signing sign certificate`) must chain to.
     Roots(Vec<Cert>),
+    /// A Sigstore trusted root and the accepted identities (`model_signing sign sigstore`).
+    Keyless(Box<KeylessTrust>),
 }
 
 /// A signature that verified and bound: who signed, and the statement for the node's check.
@@ -218,7 +222,7 @@ fn signer(bundle: &Bundle, envelope: &sigstore::Envelope, trust: &Trust) -> Resu
             if !bundle.verification_material.tlog_entries.is_empty() {
                 return Err(Error::rejected(
                     Rejection::UntrustedRoot,
-                    "keyless (Sigstore) model signatures are not supported by the modelSigning provider yet",
+                    "a keyless (Sigstore) model signature, and only certificate roots are trusted (keyless needs a trusted_root.json and identities)",
                 ));
             }
             let chain: Vec<Cert> = certificates
@@ -238,6 +242,9 @@ fn signer(bundle: &Bundle, envelope: &sigstore::Envelope, trust: &Trust) -> Resu
                 ));
             }
             Ok(chain[0].subject().to_string())
+        }
+        Trust::Keyless(trust) => {
+            keyless::bundle_signer(bundle, trust).map_err(|(reason, detail)| Error::rejected(reason, detail))
         }
     }
 }

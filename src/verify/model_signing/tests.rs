@@ -169,3 +169,87 @@ fn serialisation_options_are_honoured_or_refused_by_name() {
         .unwrap_err();
     assert!(escape.contains(".."), "{escape}");
 }
+
+/// `keyless.sig`: the statement of `p256.sig` signed keyless by `e2e/tools/sigstoretest` (a
+/// Fulcio-like certificate, a Rekor dsse entry with SET and inclusion proof, an RFC 3161
+/// timestamp), as `model_signing sign sigstore` writes it; `keyless_root.json` is its trusted root.
+mod keyless_bundles {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    use super::*;
+    use crate::verify::keyless::{Identity, Matcher};
+    use crate::verify::sigstore::trusted_root::TrustedRoot;
+
+    const KEYLESS_SIG: &str = include_str!("../sigstore/testdata/keyless.sig");
+    const KEYLESS_ROOT: &[u8] = include_bytes!("../sigstore/testdata/keyless_root.json");
+    const SUBJECT: &str = "https://github.com/acme/models/.github/workflows/release.yml@refs/heads/main";
+    const ISSUER: &str = "https://token.actions.githubusercontent.com";
+
+    fn keyless(subject: &str) -> Trust {
+        let id = Identity { issuer: Matcher::Exact(ISSUER.into()), subject: Matcher::Exact(subject.into()) };
+        Trust::Keyless(Box::new(KeylessTrust::new(TrustedRoot::parse(KEYLESS_ROOT).unwrap(), vec![id]).unwrap()))
+    }
+
+    fn model() -> Manifest {
+        manifest(vec![layer("doc.v1.raw", A_TXT, "a.txt"), layer("weight.v1.tar", &"e".repeat(64), "sub/")])
+    }
+
+    fn edited(change: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut b: serde_json::Value = serde_json::from_str(KEYLESS_SIG).unwrap();
+        change(&mut b);
+        serde_json::to_vec(&b).unwrap()
+    }
+
+    #[test]
+    fn a_keyless_signature_verifies_binds_and_names_its_signer() {
+        let (verification, binding, _) = check(KEYLESS_SIG.as_bytes(), DIGEST, &model(), &keyless(SUBJECT)).unwrap();
+        assert_eq!(verification.identity, format!("{SUBJECT} ({ISSUER})"));
+        assert_eq!(binding, Binding { files: 2, in_archives: 1, ignored: 0 });
+        // Bound like any other: a model that differs is refused.
+        let other =
+            manifest(vec![layer("doc.v1.raw", W_BIN, "a.txt"), layer("weight.v1.tar", &"e".repeat(64), "sub/")]);
+        let (r, _) = reason(check(KEYLESS_SIG.as_bytes(), DIGEST, &other, &keyless(SUBJECT)));
+        assert_eq!(r, Rejection::DigestMismatch);
+    }
+
+    #[test]
+    fn each_keyless_rule_refuses_by_name() {
+        let sig = KEYLESS_SIG.as_bytes();
+        let (r, d) = reason(check(sig, DIGEST, &model(), &keyless("https://github.com/acme/other")));
+        assert_eq!(r, Rejection::IdentityMismatch, "{d}");
+        // A timestamp alone proves the time to cosign, not to model_signing verify.
+        let no_log = edited(|b| b["verificationMaterial"]["tlogEntries"] = serde_json::json!([]));
+        let (r, d) = reason(check(&no_log, DIGEST, &model(), &keyless(SUBJECT)));
+        assert_eq!(r, Rejection::NoProofOfTime, "{d}");
+        // The log entry's time changed after the log signed it.
+        let tampered = edited(|b| {
+            let t = &mut b["verificationMaterial"]["tlogEntries"][0]["integratedTime"];
+            *t = serde_json::json!((t.as_str().unwrap().parse::<i64>().unwrap() - 30).to_string());
+        });
+        let (r, d) = reason(check(&tampered, DIGEST, &model(), &keyless(SUBJECT)));
+        assert_eq!(r, Rejection::BadSignature, "{d}");
+        // The signature no longer over the statement.
+        let forged = edited(|b| {
+            let sig = &mut b["dsseEnvelope"]["signatures"][0]["sig"];
+            let mut bytes = STANDARD.decode(sig.as_str().unwrap()).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            *sig = serde_json::json!(STANDARD.encode(bytes));
+        });
+        let (r, d) = reason(check(&forged, DIGEST, &model(), &keyless(SUBJECT)));
+        assert_eq!(r, Rejection::BadSignature, "{d}");
+    }
+
+    #[test]
+    fn a_keyless_bundle_is_not_verified_with_another_kind_of_trust() {
+        let sig = KEYLESS_SIG.as_bytes();
+        assert_eq!(reason(check(sig, DIGEST, &model(), &keys(P256_PUB))).0, Rejection::BadSignature);
+        let roots = Trust::Roots(Cert::from_pem_bundle(ROOT).unwrap());
+        let (r, d) = reason(check(sig, DIGEST, &model(), &roots));
+        assert!(r == Rejection::UntrustedRoot && d.contains("trusted_root.json"), "{d}");
+        // And a key-signed bundle is not a keyless one.
+        let (r, d) = reason(check(P256_SIG, DIGEST, &model(), &keyless(SUBJECT)));
+        assert_eq!(r, Rejection::InvalidSignature, "{d}");
+    }
+}
