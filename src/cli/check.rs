@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use modelpack_operator::api::PolicyAction;
 use modelpack_operator::exit::Exit;
-use modelpack_operator::policy::{self, CompiledPolicy, RuleResult};
+use modelpack_operator::policy::{self, CompiledPolicy, RuleResult, VerifiedVar};
 use modelpack_operator::registry::Repository;
+use modelpack_operator::verify;
 
 use super::{Failure, Output, RegistryArgs, Usage};
 
@@ -22,6 +23,10 @@ pub struct CheckArgs {
     /// documents).
     #[arg(long, value_name = "FILE", required = true, num_args = 1..)]
     policy: Vec<PathBuf>,
+    /// Verify the digest first, as a Model's `spec.verify` would, and give rules its signer as
+    /// `verified` (without these flags `verified` is empty, as for a Model without `spec.verify`).
+    #[command(flatten)]
+    trust: super::trust::TrustArgs,
     #[command(flatten)]
     registry: RegistryArgs,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
@@ -32,6 +37,8 @@ pub struct CheckArgs {
 #[derive(Serialize)]
 struct CheckReport<'a> {
     digest: &'a str,
+    /// The `verified` variable the rules saw.
+    verified: &'a VerifiedVar,
     results: &'a [RuleResult],
 }
 
@@ -52,11 +59,15 @@ fn load(files: &[PathBuf]) -> Result<Vec<CompiledPolicy>> {
 /// Resolves the reference, evaluates every policy on it and prints the results.
 pub async fn run(args: CheckArgs) -> Result<Exit, Failure> {
     let policies = &load(&args.policy).usage()?;
+    let trust = args.trust.load()?;
     let (reference, json_output, args) = (args.reference.as_str(), args.output == Output::Json, &args.registry);
     let (repo, spec) = Repository::parse_reference(reference)?;
     let registry = args.registry_for(&repo).usage()?;
     let resolution = registry.resolve(&repo, &spec).await?;
-    let collected = policy::collect(&registry, &repo, &resolution.digest, resolution.tag.as_deref()).await?;
+    let mut collected = policy::collect(&registry, &repo, &resolution.digest, resolution.tag.as_deref()).await?;
+    if let Some(trust) = &trust {
+        collected.variables.verified = verified(trust, &registry, &repo, &resolution.digest).await?;
+    }
     let mut results = Vec::new();
     let mut failed = false;
     for p in policies {
@@ -65,12 +76,37 @@ pub async fn run(args: CheckArgs) -> Result<Exit, Failure> {
         results.extend(outcome);
     }
     if json_output {
-        let report = CheckReport { digest: &resolution.digest, results: &results };
+        let report =
+            CheckReport { digest: &resolution.digest, verified: &collected.variables.verified, results: &results };
         println!("{}", modelpack_operator::printable::printable_json(&serde_json::to_string_pretty(&report)?));
     } else {
         print!("{}", text(&repo, &resolution.digest, policies, &results));
     }
     Ok(if failed { Exit::Refused } else { Exit::Ok })
+}
+
+/// The `verified` variable: the signer when the signature verifies, empty (and a line on stderr
+/// saying why) when it is rejected; a registry that does not let it decide stops the check (4).
+async fn verified(
+    trust: &super::trust::Trust,
+    registry: &modelpack_operator::registry::Registry,
+    repo: &Repository,
+    digest: &str,
+) -> Result<VerifiedVar, Failure> {
+    match trust.verify(registry, repo, digest).await? {
+        (_, Ok(v)) => Ok(VerifiedVar {
+            provider: v.provider.to_owned(),
+            identity: v.identity,
+            signature: v.signature_digest,
+            files: v.files.map_or(0, |n| n as i64),
+        }),
+        (provider, Err(verify::Error::Rejected { reason, detail })) => {
+            let detail = modelpack_operator::printable::printable(&detail);
+            eprintln!("not verified ({provider}): {}: {detail}", reason.as_str());
+            Ok(VerifiedVar::default())
+        }
+        (_, Err(e)) => Err(Failure { exit: e.exit(), error: anyhow::anyhow!("verifying {repo}@{digest}: {e}") }),
+    }
 }
 
 /// One line per failed rule (`FAIL` under Enforce, `AUDIT` under Audit), then a summary line.

@@ -12,6 +12,7 @@ pub mod pull;
 pub mod registry;
 pub mod run;
 pub mod scrub;
+pub mod trust;
 pub mod verify;
 
 pub use registry::RegistryArgs;

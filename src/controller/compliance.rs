@@ -1,5 +1,5 @@
 //! The comply step: every Ready ModelPolicy that selects a Model is evaluated on the resolved
-//! digest. Outcomes are cached per (digest, policy uid, policy generation, referrers), so an idle
+//! digest. Outcomes are cached per (digest, policy uid, policy generation, referrers, verified), so an idle
 //! cluster evaluates nothing: a pass reads the referrers (an SBOM attached later counts) and
 //! evaluates only what it has not seen.
 
@@ -13,8 +13,8 @@ use super::access::Access;
 use super::policy::{namespace_labels, selects};
 use super::{Error, ModelContext};
 use crate::api::conditions::{self, Condition, ConditionStatus, Reason};
-use crate::api::{Model, PolicyAction, Violation};
-use crate::policy::{self, RuleResult, Variables};
+use crate::api::{Model, PolicyAction, Verified, Violation};
+use crate::policy::{self, RuleResult, Variables, VerifiedVar};
 use crate::registry::{Inspection, Resolution};
 
 /// Outcomes kept; each is a few rules' verdicts.
@@ -22,7 +22,7 @@ const MAX_OUTCOMES: usize = 4096;
 
 /// (digest, policy uid, policy generation, the referrers as rules see them): compared whole, never
 /// by a hash of them, since a tenant chooses what it attaches to its digests.
-type Key = (String, String, Option<i64>, Vec<policy::ReferrerVar>);
+type Key = (String, String, Option<i64>, Vec<policy::ReferrerVar>, VerifiedVar);
 
 /// Rule verdicts by (digest, policy uid, policy generation, referrers).
 #[derive(Default)]
@@ -72,6 +72,7 @@ pub async fn comply(
     model: &Model,
     resolution: &Resolution,
     inspection: &Inspection,
+    verified: &VerifiedVar,
     max_age: std::time::Duration,
 ) -> Result<Outcome, Error> {
     synced(ctx).await;
@@ -91,7 +92,8 @@ pub async fn comply(
     }
     let referrers = ctx.registry.referrers(access, &resolution.digest, max_age).await?;
     // Variables that cannot be made (more layers than a rule may iterate) fail every rule.
-    let variables = Variables::of(&access.repository, inspection, resolution.tag.as_deref(), &referrers);
+    let variables = Variables::of(&access.repository, inspection, resolution.tag.as_deref(), &referrers)
+        .map(|v| Variables { verified: verified.clone(), ..v });
     let mut verdicts = Vec::new();
     for (uid, generation, compiled) in &selected {
         let Ok(ready) = compiled.as_ref() else { continue };
@@ -102,7 +104,7 @@ pub async fn comply(
                 continue;
             }
         };
-        let key = (resolution.digest.clone(), uid.clone(), *generation, vars.referrers.clone());
+        let key = (resolution.digest.clone(), uid.clone(), *generation, vars.referrers.clone(), vars.verified.clone());
         let results = match ctx.outcomes.get(&key) {
             Some(hit) => hit,
             None => {
@@ -117,6 +119,17 @@ pub async fn comply(
         verdicts.push((ready.policy.action, results));
     }
     Ok(decide(&verdicts))
+}
+
+/// The `verified` variable of a digest: what `status.verified` says of it, or empty.
+pub fn verified_var(verified: Option<&Verified>) -> VerifiedVar {
+    let Some(v) = verified else { return VerifiedVar::default() };
+    VerifiedVar {
+        provider: v.provider.as_str().to_owned(),
+        identity: v.identity.clone().unwrap_or_default(),
+        signature: v.signature.clone().unwrap_or_default(),
+        files: v.files.unwrap_or_default(),
+    }
 }
 
 /// Waits until the ModelPolicy and Namespace lists arrived: judging before would skip policies not

@@ -32,7 +32,9 @@ pub const MAX_MEMORY: u64 = 32 << 20;
 pub const RULE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub use evaluate::{RuleResult, evaluate, evaluate_json, evaluate_off_workers};
-pub use variables::{Collected, LayerVar, MAX_LIST_ENTRIES, NAMES, ReferrerVar, Source, Variables, collect};
+pub use variables::{
+    Collected, LayerVar, MAX_LIST_ENTRIES, NAMES, ReferrerVar, Source, Variables, VerifiedVar, collect,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

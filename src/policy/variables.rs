@@ -15,8 +15,19 @@ use crate::registry::{Inspection, Referrer, Registry, Repository};
 use super::Error;
 
 /// The names every rule may use, in the order docs/modelpolicy.md "The variables" lists them.
-pub const NAMES: [&str; 10] =
-    ["repository", "digest", "tag", "descriptor", "config", "modelfs", "annotations", "layers", "referrers", "weights"];
+pub const NAMES: [&str; 11] = [
+    "repository",
+    "digest",
+    "tag",
+    "descriptor",
+    "config",
+    "modelfs",
+    "annotations",
+    "layers",
+    "referrers",
+    "weights",
+    "verified",
+];
 
 /// Most list entries (layers, referrers) handed to a rule: with the nesting bound of
 /// [`super::MAX_COMPREHENSION_DEPTH`] this caps the iterations one evaluation can make.
@@ -49,6 +60,23 @@ pub struct Variables {
     pub referrers: Vec<ReferrerVar>,
     /// Every layer's `contents` summed.
     pub weights: Weights,
+    /// The signature that verified this digest (the Model's `spec.verify`); empty strings and 0
+    /// when it was not verified, so a rule reads `verified.provider == "modelSigning"` plainly.
+    pub verified: VerifiedVar,
+}
+
+/// Who signed the digest, as the verification step found it (`status.verified`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedVar {
+    /// `notation`, `cosign` or `modelSigning`; empty when not verified.
+    pub provider: String,
+    /// The signer: a certificate subject, a key's name, or `subject (issuer)` for keyless.
+    pub identity: String,
+    /// The signature manifest (referrer) that verified.
+    pub signature: String,
+    /// modelSigning: how many files the signature binds; else 0.
+    pub files: i64,
 }
 
 /// One layer as a rule sees it.
@@ -168,6 +196,7 @@ impl Variables {
         let weights = weights(&layers, &config);
         Ok(Variables {
             weights,
+            verified: VerifiedVar::default(),
             repository: source.repository.clone(),
             digest: source.digest.to_owned(),
             tag: source.tag.unwrap_or_default().to_owned(),

@@ -259,6 +259,9 @@ impl Case {
 
 struct Verdicts {
     ours: Result<(), String>,
+    /// `check` with a rule requiring a model signature of every file: (with the trust flags,
+    /// without them) passed, on the cases [`POLICY_CASES`] names.
+    policy: Option<(bool, bool)>,
     theirs: bool,
     /// `model_signing verify` on the directory the cache published, when ours accepted.
     published: Option<(bool, String)>,
@@ -364,6 +367,19 @@ fn judge(case: &Case, pki: &Pki, registry: &Olareg) -> Verdicts {
         }
     };
 
+    let policy = POLICY_CASES.contains(&case.name).then(|| {
+        let doc = serde_json::json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "ModelPolicy",
+            "metadata": {"name": "signed-files"}, "spec": {"action": "Enforce", "rules": [{"name": "model-signing",
+            "expression": format!("verified.provider == 'modelSigning' && verified.files == {}", case.signed.len())}]}});
+        let file = work.path().join("policy.json");
+        std::fs::write(&file, doc.to_string()).unwrap();
+        let mut with_trust = Command::new(BIN);
+        with_trust.args(["check", "--insecure", &reference, "--policy"]).arg(&file);
+        with_trust.args(verify.get_args().skip(3));
+        let without = run(Command::new(BIN).args(["check", "--insecure", &reference, "--policy"]).arg(&file)).0;
+        (run(&mut with_trust).0, without)
+    });
+
     let oracle = |dir: &Path| {
         let mut cmd = Command::new(model_signing());
         match (case.mode, &keyless) {
@@ -382,8 +398,11 @@ fn judge(case: &Case, pki: &Pki, registry: &Olareg) -> Verdicts {
         let hex = digest.trim_start_matches("sha256:");
         oracle(&cache.join("models/sha256").join(hex))
     });
-    Verdicts { ours, theirs, published }
+    Verdicts { ours, policy, theirs, published }
 }
+
+/// Cases on which `check` also runs (its verdict must be the verification's).
+const POLICY_CASES: [&str; 4] = ["valid-key", "keyless-valid", "wrong-key", "keyless-wrong-identity"];
 
 fn json_field(out: &str, field: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"));
@@ -482,6 +501,14 @@ fn verdicts_agree_with_model_signing_verify() {
         eprintln!("{}: ours {:?}, model_signing {}", case.name, v.ours, v.theirs);
         if v.ours.is_ok() != v.theirs || v.theirs != accepted {
             disagreements.push(format!("{}: ours {:?}, model_signing verify {}", case.name, v.ours, v.theirs));
+        }
+        if let Some((with_trust, without)) = v.policy
+            && (with_trust != accepted || without)
+        {
+            disagreements.push(format!(
+                "{}: check requiring a model signature passed {with_trust} with the trust flags, {without} without",
+                case.name
+            ));
         }
         if let Some((false, out)) = v.published {
             disagreements.push(format!("{}: model_signing verify refuses the published directory: {out}", case.name));

@@ -17,7 +17,7 @@ import (
 )
 
 // The variables a ModelPolicy rule sees (src/policy/variables.rs NAMES).
-var names = []string{"repository", "digest", "tag", "descriptor", "config", "modelfs", "annotations", "layers", "referrers", "weights"}
+var names = []string{"repository", "digest", "tag", "descriptor", "config", "modelfs", "annotations", "layers", "referrers", "weights", "verified"}
 
 type rule struct {
 	Name       string `json:"name"`

@@ -7,6 +7,7 @@
 //! through `?` (the error policy retries it); anything else is the step's finding and shows in
 //! status.
 
+use crate::policy::VerifiedVar;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,7 @@ pub trait Outside {
         model: &Model,
         resolution: &Resolution,
         inspection: &Inspection,
+        verified: &VerifiedVar,
         max_age: Duration,
     ) -> Found<compliance::Outcome>;
 }
@@ -96,8 +98,9 @@ impl Outside for Live<'_> {
         model: &Model,
         resolution: &Resolution,
         inspection: &Inspection,
+        verified: &VerifiedVar,
         max_age: Duration,
     ) -> Found<compliance::Outcome> {
-        found(compliance::comply(self.0, access, model, resolution, inspection, max_age).await)
+        found(compliance::comply(self.0, access, model, resolution, inspection, verified, max_age).await)
     }
 }

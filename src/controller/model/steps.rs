@@ -162,7 +162,10 @@ pub async fn comply<O: Outside>(p: &mut Pass<'_, O>) -> Result<Outcome, Error> {
         return Ok(Outcome::new(Step::Comply, Verdict::Skipped));
     };
     let before = p.before.as_ref().map(|_| Check::Passed);
-    let outcome = match p.io.comply(access, p.model, resolution, inspection, p.every).await? {
+    // What the verify step of this pass (or an earlier one) found for this very digest.
+    let verified = p.next.verified.as_ref().filter(|v| v.digest == resolution.digest);
+    let verified = compliance::verified_var(verified);
+    let outcome = match p.io.comply(access, p.model, resolution, inspection, &verified, p.every).await? {
         Ok(outcome) => outcome,
         Err(e) => {
             // The referrers could not be read: nothing is decided about the digest.

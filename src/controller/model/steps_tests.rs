@@ -36,6 +36,8 @@ struct World {
     api_down: bool,
     /// An Enforce ModelPolicy refuses every digest but these.
     enforced: Option<BTreeSet<String>>,
+    /// The digest and `verified` variable each comply step was given.
+    complied: Vec<(String, crate::policy::VerifiedVar)>,
 }
 
 struct Fake(Mutex<World>);
@@ -118,9 +120,11 @@ impl Outside for Fake {
         _: &Model,
         resolution: &Resolution,
         _: &Inspection,
+        verified: &crate::policy::VerifiedVar,
         _: Duration,
     ) -> Found<compliance::Outcome> {
-        let w = self.world();
+        let mut w = self.world();
+        w.complied.push((resolution.digest.clone(), verified.clone()));
         let Some(allowed) = &w.enforced else { return Ok(Ok(compliance::Outcome::default())) };
         let violations = match allowed.contains(&resolution.digest) {
             true => Vec::new(),
@@ -294,4 +298,31 @@ async fn an_api_error_ends_the_pass() {
     let ended = bed.pass().await;
     assert!(matches!(ended, Err(Error::Kube(kube::Error::Api(ref s))) if s.code == 500), "{:?}", ended.err());
     assert_eq!(bed.model.status, before, "no status from a pass the API cut short");
+}
+
+/// Rules see who signed the digest they judge, never the signer of a digest accepted before.
+#[tokio::test]
+async fn policies_see_the_signer_of_the_digest_they_judge() {
+    let (one, two) = (digest(1), digest(2));
+    let mut bed = Bed::new(true, World { resolved: one.clone(), signed: signed(&[&one]), ..Default::default() });
+    bed.pass().await.unwrap();
+    let seen = std::mem::take(&mut bed.fake.world().complied);
+    let expected = crate::policy::VerifiedVar {
+        provider: "cosign".into(),
+        identity: "release.pub".into(),
+        signature: verification(&one).signature_digest,
+        files: 0,
+    };
+    assert_eq!(seen, [(one.clone(), expected)]);
+    // A new version that does not verify: its rules see no signer, though status.verified still
+    // names the previous one.
+    bed.fake.world().resolved = two.clone();
+    bed.pass().await.unwrap();
+    assert!(bed.model.status.as_ref().unwrap().verified.is_some());
+    let seen = std::mem::take(&mut bed.fake.world().complied);
+    assert_eq!(seen, [(two, crate::policy::VerifiedVar::default())]);
+    // Without spec.verify, nothing is verified.
+    let mut unverified = Bed::new(false, World { resolved: one.clone(), ..Default::default() });
+    unverified.pass().await.unwrap();
+    assert_eq!(unverified.fake.world().complied, [(one, crate::policy::VerifiedVar::default())]);
 }
