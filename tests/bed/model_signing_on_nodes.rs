@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus, NodePhase};
+use modelpack_operator::api::conditions::{COMPLIANT, ConditionStatus, READY, Reason, find};
+use modelpack_operator::api::{Model, ModelDeployment, ModelDeploymentStatus, ModelPolicy, NodePhase};
 use serde_json::json;
 use support::{
     Bed, Operator, TestNodes, apply, craft, ensure_namespace, eventually, install_crds, namespace, unique_suffix,
@@ -170,4 +171,40 @@ async fn a_signed_model_reaches_the_node_as_signed_and_an_altered_archive_does_n
     let message = failed.message.unwrap_or_default();
     assert!(message.contains("model signature") && message.contains("tokenizer/vocab.txt"), "{message}");
     assert!(!bed.node_path(&node, CACHE).join("models/sha256").join(&v2[7..]).exists(), "v2 was published");
+
+    // The platform side (docs/examples/model-signing.yaml's `every-file-signed` rule, for this
+    // namespace only): the verified Model passes it, a Model of the same tag without
+    // `spec.verify` is refused by it.
+    let example = include_str!("../../docs/examples/model-signing.yaml");
+    let doc = example.split("\n---\n").find(|d| d.contains("kind: ModelPolicy")).expect("the example's policy");
+    let documents = modelpack_operator::policy::parse_documents(doc, "docs/examples/model-signing.yaml").unwrap();
+    let rule = documents[0].spec.rules.iter().find(|r| r.name == "every-file-signed").expect("the rule");
+    let policies: Api<ModelPolicy> = Api::all(client.clone());
+    let policy = format!("signed-files-{}", unique_suffix());
+    let selector = json!({"matchLabels": {"kubernetes.io/metadata.name": ns}});
+    apply(
+        &policies,
+        "ModelPolicy",
+        &policy,
+        json!({"action": "Enforce", "namespaceSelector": selector, "rules": [rule]}),
+    )
+    .await;
+    let unsigned = json!({"repository": repository, "ref": {"tag": "prod"}, "insecure": true, "interval": "10s"});
+    apply(&models, "Model", "unsigned", unsigned).await;
+    let refused = eventually("the unverified Model refused by the policy", Duration::from_secs(60), || async {
+        let status = models.get("unsigned").await.ok()?.status?;
+        let ready = find(&status.conditions, READY)?;
+        (ready.reason == Reason::PolicyViolation.as_str()).then_some(status)
+    })
+    .await;
+    assert!(refused.violations.iter().any(|v| v.rule == "every-file-signed"), "{:?}", refused.violations);
+    let signed = eventually("the verified Model passes the policy", Duration::from_secs(60), || async {
+        let status = models.get("llm").await.ok()?.status?;
+        let compliant = find(&status.conditions, COMPLIANT)?;
+        (compliant.status == ConditionStatus::True).then_some(status)
+    })
+    .await;
+    assert!(signed.violations.is_empty(), "{:?}", signed.violations);
+    assert_eq!(signed.accepted.map(|a| a.digest), Some(v2));
+    policies.delete(&policy, &Default::default()).await.unwrap();
 }
