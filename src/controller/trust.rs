@@ -27,12 +27,15 @@ pub struct Trust {
     id: TrustId,
 }
 
-/// Everything that decides a verification's verdict besides the artifact: the provider and the
-/// trust Secret's data, byte for byte (public keys, certificates and policies, nothing secret).
+/// Everything that decides a verification's verdict besides the artifact: the provider, the
+/// trust Secret's data, byte for byte (public keys, certificates and policies, nothing secret), and
+/// the identities the Model accepts (two Models sharing a Secret may accept different signers).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TrustId {
     provider: VerifyProvider,
     data: Arc<BTreeMap<String, Vec<u8>>>,
+    /// `matchOIDCIdentity` as written: (issuer, subject) patterns.
+    identities: Vec<(String, String)>,
 }
 
 /// A passed verification's key: the whole tuple, compared field by field.
@@ -122,7 +125,8 @@ pub async fn trust_for(client: &Client, spec: &VerifySpec, namespace: &str) -> R
         }
     };
     let data = data.into_iter().map(|(k, v)| (k, v.0)).collect();
-    Ok(Trust { material, id: TrustId { provider: spec.provider, data: Arc::new(data) } })
+    let identities = spec.match_oidc_identity.iter().map(|i| (i.issuer.clone(), i.subject.clone())).collect();
+    Ok(Trust { material, id: TrustId { provider: spec.provider, data: Arc::new(data), identities } })
 }
 
 /// The `*.pub` keys of a Secret's data, named by their keys.
@@ -157,7 +161,7 @@ pub fn model_signing_trust(
     }
 }
 
-/// Passed verifications by (repository, digest, generation, material); `verify` says whether its
+/// Passed verifications by (repository, digest, generation, trust and identities); `verify` says whether its
 /// answer came from the cache.
 #[derive(Default)]
 pub struct Verifications {
@@ -234,7 +238,8 @@ mod tests {
     }
 
     fn trust(provider: VerifyProvider, pem: &[u8]) -> TrustId {
-        TrustId { provider, data: Arc::new(BTreeMap::from([("release.pub".to_owned(), pem.to_vec())])) }
+        let data = Arc::new(BTreeMap::from([("release.pub".to_owned(), pem.to_vec())]));
+        TrustId { provider, data, identities: vec![("^https://issuer$".into(), "^https://github.com/acme/".into())] }
     }
 
     fn key(repo: &str, d: &str, generation: i64, trust: TrustId) -> PassKey {
@@ -269,6 +274,18 @@ mod tests {
             key("m", &digest('a'), 1, trust(VerifyProvider::Cosign, b"key B")),
             key("m", &digest('a'), 1, trust(VerifyProvider::Cosign, b"key A ")),
             key("m", &digest('a'), 1, trust(VerifyProvider::Notation, b"key A")),
+            // Another Model on the same Secret accepting other signers (found on the bed: a pass for
+            // one identity was reused for a Model accepting only another).
+            key(
+                "m",
+                &digest('a'),
+                1,
+                TrustId {
+                    identities: vec![("^https://issuer$".into(), "^https://github.com/other/".into())],
+                    ..a.clone()
+                },
+            ),
+            key("m", &digest('a'), 1, TrustId { identities: Vec::new(), ..a.clone() }),
         ];
         for other in others {
             assert!(cache.hit(&other).is_none(), "{other:?} reused a pass of {stored:?}");
