@@ -14,6 +14,7 @@
 //! ```
 
 mod allowance;
+mod archive;
 mod budget;
 mod compare;
 mod complete;

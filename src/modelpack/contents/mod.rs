@@ -7,6 +7,7 @@
 //! the part of the file it names) before it can go on, so the reader fetches exactly what a header
 //! says it needs, within its bounds, and never more.
 
+mod archive;
 pub mod gguf;
 mod lists;
 pub mod pickle;
@@ -20,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use archive::{ArchiveContents, FileContents, Read as ArchiveFile};
 pub use sniff::{HEAD, Sniffed, sniff};
 
 /// Most entries of a list (imports, reasons, dtypes, members, metadata) a file's contents keep:
