@@ -125,6 +125,8 @@ impl Error {
 #[cfg(test)]
 mod announce_tests;
 #[cfg(test)]
+mod archive_tests;
+#[cfg(test)]
 mod budget_tests;
 #[cfg(test)]
 mod extract_tests;
