@@ -58,7 +58,7 @@ pub struct PullOutcome {
     /// What the files of the model's archive layers hold (absent when it has none): range
     /// requests cannot read inside an archive, so the puller reads them on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contents: Option<ArchiveContents>,
+    pub contents: Option<Box<ArchiveContents>>,
 }
 
 impl PullOutcome {
@@ -82,7 +82,7 @@ impl PullOutcome {
     /// the next Job), then the lists, then the error; never cut mid-JSON.
     pub fn to_message(&self) -> String {
         bounded(self.clone(), |o| {
-            if o.contents.as_mut().is_some_and(ArchiveContents::omit_some) || shrink_cache(&mut o.cache) {
+            if o.contents.as_mut().is_some_and(|c| c.omit_some()) || shrink_cache(&mut o.cache) {
                 true
             } else if !o.evicted.is_empty() || !o.removed.is_empty() {
                 o.evicted.truncate(o.evicted.len() / 2);
@@ -202,7 +202,7 @@ mod tests {
             .collect();
         let models = (0..5).map(|i| ModelUsage { digest: format!("sha256:{i:064}"), ..Default::default() }).collect();
         let outcome = PullOutcome {
-            contents: Some(ArchiveContents::sum(files, 7, 0)),
+            contents: Some(Box::new(ArchiveContents::sum(files, 7, 0))),
             cache: Some(CacheReport { capacity: 9, used: 1, free: 8, models, models_omitted: 0 }),
             ..PullOutcome::new("sha256:d")
         };

@@ -147,7 +147,7 @@ pub async fn pull(
     // Read before `current` points at the model, so the result a deployment sees says what it holds.
     let contents = blocking({
         let (model_dir, manifest) = (model_dir.clone(), manifest.clone());
-        move || Ok(super::archive::read(&model_dir, &manifest, BOUNDS, MAX_FILES))
+        move || Ok(super::archive::read(&model_dir, &manifest, BOUNDS, MAX_FILES).map(Box::new))
     })
     .await?;
     store.touch_model(digest_hex(digest)?)?;

@@ -184,7 +184,7 @@ async fn observe_jobs(
                     let list = pods.list(&ListParams::default().labels(&selector)).await?;
                     let outcome = jobs::outcome(&list.items);
                     needs = outcome.as_ref().and_then(|o| o.needs);
-                    contents = outcome.as_ref().and_then(|o| o.contents.clone());
+                    contents = outcome.as_ref().and_then(|o| o.contents.as_deref().cloned());
                     jobs::with_result(state, outcome, &list.items)
                 }
             };
