@@ -101,6 +101,8 @@ reasons! {
     NewVersion,
     /// Event: a cleanup Job failed.
     CleanupFailed,
+    /// Event (Warning): a pull Job found a pickle importing a denied callable in an archive layer.
+    UnsafeArchivePickle,
     /// WorkloadsUpdated: every workload runs the deployed version (True).
     RolledOut,
     /// WorkloadsUpdated: a workload was handed the version and its pods are not all updated and

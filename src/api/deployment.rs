@@ -176,6 +176,20 @@ pub struct ModelDeploymentStatus {
     /// The workloads of `spec.workloads`: the digest handed to each and its rollout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<WorkloadStatus>,
+    /// What the files of the desired (else the deployed) version's archive layers hold, as a pull
+    /// Job read them on its node: range requests cannot read inside an archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<ArchiveContentsStatus>,
+}
+
+/// One version's archive contents, as its first pull Job to finish reported them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveContentsStatus {
+    /// The version (manifest digest) they are of.
+    pub digest: String,
+    #[serde(flatten)]
+    pub contents: crate::modelpack::contents::ArchiveContents,
 }
 
 /// A workload's hand-over and rollout, read from the workload.

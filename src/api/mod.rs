@@ -10,8 +10,8 @@ mod policy;
 
 pub use cache::{CachedModel, ModelCache, ModelCacheSpec, ModelCacheStatus, ScrubSummary};
 pub use deployment::{
-    DeployedVersion, Drift, ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, ModelRefName, NodeEntry,
-    NodePhase, NodesStatus, PullSpec, VersionRef, WorkloadKind, WorkloadRef, WorkloadStatus,
+    ArchiveContentsStatus, DeployedVersion, Drift, ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus,
+    ModelRefName, NodeEntry, NodePhase, NodesStatus, PullSpec, VersionRef, WorkloadKind, WorkloadRef, WorkloadStatus,
 };
 pub use model::{
     Accepted, Artifact, HistoryEntry, LocalObjectReference, Model, ModelReference, ModelSpec, ModelStatus,

@@ -14,6 +14,7 @@
 //! ```
 
 mod allowance;
+mod archive;
 mod budget;
 mod compare;
 mod complete;
@@ -123,6 +124,8 @@ impl Error {
 
 #[cfg(test)]
 mod announce_tests;
+#[cfg(test)]
+mod archive_tests;
 #[cfg(test)]
 mod budget_tests;
 #[cfg(test)]

@@ -10,6 +10,7 @@ use super::evict::Evicted;
 use super::gc::Collected;
 use super::scrub::{RemovedModel, ScrubReport};
 use super::usage::CacheReport;
+use crate::modelpack::contents::ArchiveContents;
 
 /// A pod's termination message holds at most 4 KiB.
 pub const TERMINATION_MESSAGE_LIMIT: usize = 4000;
@@ -54,6 +55,10 @@ pub struct PullOutcome {
     /// The cache after the pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheReport>,
+    /// What the files of the model's archive layers hold (absent when it has none): range
+    /// requests cannot read inside an archive, so the puller reads them on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<Box<ArchiveContents>>,
 }
 
 impl PullOutcome {
@@ -72,11 +77,12 @@ impl PullOutcome {
         outcome
     }
 
-    /// JSON within [`TERMINATION_MESSAGE_LIMIT`]: the cache's model list is shortened first (it is
-    /// reported again by the next Job), then the lists, then the error; never cut mid-JSON.
+    /// JSON within [`TERMINATION_MESSAGE_LIMIT`]: the archive files' entries are left out first
+    /// (least telling first; their sum stays), then the cache's model list (it is reported again by
+    /// the next Job), then the lists, then the error; never cut mid-JSON.
     pub fn to_message(&self) -> String {
         bounded(self.clone(), |o| {
-            if shrink_cache(&mut o.cache) {
+            if o.contents.as_mut().is_some_and(|c| c.omit_some()) || shrink_cache(&mut o.cache) {
                 true
             } else if !o.evicted.is_empty() || !o.removed.is_empty() {
                 o.evicted.truncate(o.evicted.len() / 2);
@@ -178,6 +184,38 @@ mod tests {
         assert_eq!((cache.capacity, cache.free), (9, 8));
         let small = PullOutcome::new("sha256:d");
         assert_eq!(serde_json::from_str::<PullOutcome>(&small.to_message()).unwrap(), small);
+    }
+
+    #[test]
+    fn archive_files_are_left_out_first_and_their_sum_is_kept() {
+        use crate::modelpack::contents::{ArchiveContents, ArchiveFile, Contents, FileContents, Format};
+        let files = (0..10_000)
+            .map(|i| {
+                let mut contents = Contents::of(Format::Safetensors);
+                contents.parameters = Some(1);
+                contents.metadata = (0..4).map(|k| (format!("key{k}"), "v".repeat(100))).collect();
+                ArchiveFile {
+                    weight_layer: true,
+                    file: FileContents { path: format!("w/{i:05}.safetensors"), contents },
+                }
+            })
+            .collect();
+        let models = (0..5).map(|i| ModelUsage { digest: format!("sha256:{i:064}"), ..Default::default() }).collect();
+        let outcome = PullOutcome {
+            contents: Some(Box::new(ArchiveContents::sum(files, 7, 0))),
+            cache: Some(CacheReport { capacity: 9, used: 1, free: 8, models, models_omitted: 0 }),
+            ..PullOutcome::new("sha256:d")
+        };
+        let message = outcome.to_message();
+        assert!(message.len() <= TERMINATION_MESSAGE_LIMIT, "{}", message.len());
+        let back: PullOutcome = serde_json::from_str(&message).unwrap();
+        let contents = back.contents.unwrap();
+        assert_eq!(contents.weights.parameters, 10_000, "the sum covers every file");
+        assert_eq!(contents.weights.formats, [Format::Safetensors]);
+        assert_eq!(contents.not_read, 7);
+        assert_eq!(contents.files.len() as u64 + contents.files_omitted, 10_000);
+        assert!(!contents.files.is_empty(), "what fits is kept");
+        assert_eq!(back.cache.unwrap().models.len(), 5, "files go before the cache's list");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
+use super::archive::MAX_FILES;
 use super::budget::{self, CacheLimit, LayerNeed};
 use super::evict::{Evicted, make_room};
 use super::gc;
@@ -19,6 +20,7 @@ use super::progress::Progress;
 use super::scrub::{RemovedModel, check_before_reuse};
 use super::store::{Ingest, Store, digest_hex};
 use super::{Error, link, ranged};
+use crate::modelpack::contents::read::BOUNDS;
 use crate::modelpack::{Manifest, ModelConfig, layer};
 use crate::registry::{Error as RegistryError, MAX_CONFIG_BYTES, Registry, Repository};
 use crate::verify::model_signing::Statement;
@@ -142,6 +144,12 @@ pub async fn pull(
                 .await?;
         files
     };
+    // Read before `current` points at the model, so the result a deployment sees says what it holds.
+    let contents = blocking({
+        let (model_dir, manifest) = (model_dir.clone(), manifest.clone());
+        move || Ok(super::archive::read(&model_dir, &manifest, BOUNDS, MAX_FILES).map(Box::new))
+    })
+    .await?;
     store.touch_model(digest_hex(digest)?)?;
     let mut collected = None;
     if let Some((namespace, name)) = &options.link {
@@ -161,6 +169,7 @@ pub async fn pull(
         collected,
         evicted,
         removed,
+        contents,
         ..PullOutcome::new(digest)
     })
 }

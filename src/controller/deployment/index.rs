@@ -173,7 +173,7 @@ async fn observe_jobs(
             continue;
         };
         let mut state = jobs::job_state(&job);
-        let mut needs = None;
+        let (mut needs, mut contents) = (None, None);
         let finished = matches!(state, JobState::Succeeded { .. } | JobState::Failed { .. });
         if finished {
             state = match recorded.get(&(node.as_str(), digest.as_str())) {
@@ -184,6 +184,7 @@ async fn observe_jobs(
                     let list = pods.list(&ListParams::default().labels(&selector)).await?;
                     let outcome = jobs::outcome(&list.items);
                     needs = outcome.as_ref().and_then(|o| o.needs);
+                    contents = outcome.as_ref().and_then(|o| o.contents.as_deref().cloned());
                     jobs::with_result(state, outcome, &list.items)
                 }
             };
@@ -195,6 +196,7 @@ async fn observe_jobs(
             access: annotations.get(jobs::ACCESS_ANNOTATION).cloned(),
             deleting: job.metadata.deletion_timestamp.is_some(),
             needs,
+            contents,
         });
     }
     Ok(by_node)

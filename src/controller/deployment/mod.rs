@@ -7,6 +7,7 @@
 
 mod bound;
 mod cleanup;
+mod contents;
 mod desired;
 mod effects;
 mod handover;

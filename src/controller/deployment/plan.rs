@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::contents;
 pub use super::desired::Desired;
 use super::effects::{self, Metrics};
 use super::handover::{self, HandOver, Seen};
@@ -22,6 +23,7 @@ use crate::api::{
     DeployedVersion, Drift, ModelDeploymentSpec, ModelDeploymentStatus, NodeEntry, NodePhase, NodesStatus, VersionRef,
     WorkloadKind, short_digest,
 };
+use crate::modelpack::contents::ArchiveContents;
 
 /// A failed pull is retried this long after it failed, or at once when registry access changes.
 pub const RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -57,6 +59,8 @@ pub struct ObservedJob {
     pub deleting: bool,
     /// A pull that failed for want of room (`InsufficientStorage`): the bytes it needed.
     pub needs: Option<u64>,
+    /// What its model's archive layers hold, as its result reported (read once, with the result).
+    pub contents: Option<ArchiveContents>,
 }
 
 /// A node's ModelCache as this deployment's plan needs it.
@@ -236,6 +240,7 @@ fn next_status(inputs: &Inputs, desired: Option<&VersionRef>, entries: Vec<NodeE
         history: previous.history.clone(),
         node_label: previous.node_label.clone(),
         workloads: previous.workloads.clone(),
+        contents: None,
     };
     let on_desired = |e: &NodeEntry| desired.is_some_and(|d| e.current.as_deref() == Some(d.digest.as_str()));
     let everywhere = !inputs.nodes.is_empty()
@@ -253,6 +258,9 @@ fn next_status(inputs: &Inputs, desired: Option<&VersionRef>, entries: Vec<NodeE
         summary: format!("{ready}/{}", inputs.nodes.len()),
         entries,
     });
+    let reported = inputs.jobs.values().flatten().filter_map(|j| Some((j.digest.as_str(), j.contents.as_ref()?)));
+    let (wanted, deployed) = (desired.map(|d| d.digest.as_str()), status.deployed.as_ref().map(|d| d.digest.as_str()));
+    status.contents = contents::decide(previous.contents.as_ref(), wanted, deployed, reported);
     let (drift, observation) = drift(inputs, &status);
     record_drift(&mut status, previous, drift, inputs);
     conditions::apply(&mut status.conditions, &observation, inputs.generation, inputs.now);
@@ -672,6 +680,7 @@ fn events(previous: &ModelDeploymentStatus, next: &ModelDeploymentStatus) -> Vec
         let message = next.drift.as_ref().map(|d| d.message.clone()).unwrap_or_default();
         notes.push(note(true, r, message));
     }
+    notes.extend(contents::warning(previous.contents.as_ref(), next.contents.as_ref()));
     notes
 }
 

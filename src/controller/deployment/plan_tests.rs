@@ -38,7 +38,15 @@ fn job(node: &str, d: &str, state: JobState) -> (String, ObservedJob) {
     let name = format!("pull-{node}-{}", &d[7..11]);
     (
         node.to_owned(),
-        ObservedJob { name, digest: d.to_owned(), state, access: Some("a1".into()), deleting: false, needs: None },
+        ObservedJob {
+            name,
+            digest: d.to_owned(),
+            state,
+            access: Some("a1".into()),
+            deleting: false,
+            needs: None,
+            contents: None,
+        },
     )
 }
 

@@ -1,15 +1,17 @@
 //! What a model file holds, read from its first (or last) bytes without loading it: safetensors
 //! headers, GGUF metadata, PyTorch zip checkpoints and plain pickles, whose imports are listed and
-//! judged without running them ([`pickle`]). Pure functions over byte slices; the ranged reading
-//! that feeds them is `registry::contents`.
+//! judged without running them ([`pickle`]). Pure functions over byte slices; [`read`] is the one
+//! loop that feeds them a file's bytes, from a registry's ranges or from disk.
 //!
 //! Every parser answers `Err(Fault::Truncated(n))` when it needs the first `n` bytes (or, for a zip,
 //! the part of the file it names) before it can go on, so the reader fetches exactly what a header
 //! says it needs, within its bounds, and never more.
 
+mod archive;
 pub mod gguf;
 mod lists;
 pub mod pickle;
+pub mod read;
 pub mod safetensors;
 mod sniff;
 pub mod zip;
@@ -19,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use archive::{ArchiveContents, FileContents, Read as ArchiveFile};
 pub use sniff::{HEAD, Sniffed, sniff};
 
 /// Most entries of a list (imports, reasons, dtypes, members, metadata) a file's contents keep:
