@@ -71,8 +71,10 @@ async fn evaluate_in_slot(slots: Arc<Semaphore>, policy: &CompiledPolicy, variab
     let (owned, json, flag) = (policy.clone(), variables.to_json(), cancel.clone());
     // The slot is the thread's: given back when it ends, even after it was stopped.
     let spawned = std::thread::Builder::new().name("cel".into()).stack_size(STACK_BYTES).spawn(move || {
-        let _slot = slot;
-        let _ = tx.send(evaluate_here(&owned, &json, &flag));
+        let results = evaluate_here(&owned, &json, &flag);
+        // Given back before the answer: whoever awaits it finds the slot free again.
+        drop(slot);
+        let _ = tx.send(results);
     });
     if let Err(e) = spawned {
         return failed_all(policy, &format!("error: starting the CEL thread: {e}"));
