@@ -255,6 +255,11 @@ pub struct Accepted {
     /// The tag it was resolved under (absent for digest refs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+    /// modelSigning: the model-signing referrer this digest was verified under, which every pull
+    /// Job holds the extracted files to (kept with the digest: `verified` may move on to a newer
+    /// digest that a policy then refuses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// When it was first accepted.
     pub accepted_at: Time,
 }

@@ -94,12 +94,12 @@ async fn verified(
     digest: &str,
 ) -> Result<VerifiedVar, Failure> {
     match trust.verify(registry, repo, digest).await? {
-        (_, Ok(v)) => Ok(VerifiedVar {
-            provider: v.provider.to_owned(),
-            identity: v.identity,
-            signature: v.signature_digest,
-            files: v.files.map_or(0, |n| n as i64),
-        }),
+        (provider, Ok(v)) => {
+            if !v.enforced {
+                eprintln!("not verified ({provider}): passed at the audit level only");
+            }
+            Ok(VerifiedVar::of(&v))
+        }
         (provider, Err(verify::Error::Rejected { reason, detail })) => {
             let detail = modelpack_operator::printable::printable(&detail);
             eprintln!("not verified ({provider}): {}: {detail}", reason.as_str());

@@ -13,7 +13,7 @@ use super::access::Access;
 use super::policy::{namespace_labels, selects};
 use super::{Error, ModelContext};
 use crate::api::conditions::{self, Condition, ConditionStatus, Reason};
-use crate::api::{Model, PolicyAction, Verified, Violation};
+use crate::api::{Model, PolicyAction, Violation};
 use crate::policy::{self, RuleResult, Variables, VerifiedVar};
 use crate::registry::{Inspection, Resolution};
 
@@ -119,17 +119,6 @@ pub async fn comply(
         verdicts.push((ready.policy.action, results));
     }
     Ok(decide(&verdicts))
-}
-
-/// The `verified` variable of a digest: what `status.verified` says of it, or empty.
-pub fn verified_var(verified: Option<&Verified>) -> VerifiedVar {
-    let Some(v) = verified else { return VerifiedVar::default() };
-    VerifiedVar {
-        provider: v.provider.as_str().to_owned(),
-        identity: v.identity.clone().unwrap_or_default(),
-        signature: v.signature.clone().unwrap_or_default(),
-        files: v.files.unwrap_or_default(),
-    }
 }
 
 /// Waits until the ModelPolicy and Namespace lists arrived: judging before would skip policies not

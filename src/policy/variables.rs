@@ -79,6 +79,22 @@ pub struct VerifiedVar {
     pub files: i64,
 }
 
+impl VerifiedVar {
+    /// What a verification that passed says; empty for one only at the audit level (logged, not
+    /// enforced: nothing a rule may rely on).
+    pub fn of(v: &crate::verify::Verification) -> VerifiedVar {
+        if !v.enforced {
+            return VerifiedVar::default();
+        }
+        VerifiedVar {
+            provider: v.provider.to_owned(),
+            identity: v.identity.clone(),
+            signature: v.signature_digest.clone(),
+            files: v.files.map_or(0, |n| n as i64),
+        }
+    }
+}
+
 /// One layer as a rule sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -110,9 +110,14 @@ fn workload_ref(namespace: &str, kind: WorkloadKind, name: &str, version: Option
 }
 
 /// The model-signing referrer `digest` was verified under, which the pull Job holds the extracted
-/// files to.
+/// files to: the one it was accepted with, else (a status written before `accepted` carried it)
+/// its verification's.
 fn model_signature<'a>(model: &'a crate::api::Model, digest: &str) -> Option<&'a str> {
-    let verified = model.status.as_ref()?.verified.as_ref()?;
+    let status = model.status.as_ref()?;
+    if let Some(accepted) = status.accepted.as_ref().filter(|a| a.digest == digest && a.signature.is_some()) {
+        return accepted.signature.as_deref();
+    }
+    let verified = status.verified.as_ref()?;
     (verified.digest == digest && verified.provider == crate::api::VerifyProvider::ModelSigning)
         .then_some(verified.signature.as_deref())
         .flatten()
@@ -229,5 +234,12 @@ mod signature_tests {
         assert_eq!(model_signature(&model("modelSigning", &a), &a), Some("sha256:sig"));
         assert_eq!(model_signature(&model("modelSigning", &a), &b), None);
         assert_eq!(model_signature(&model("cosign", &a), &a), None);
+        // `verified` moved on to b (refused by a policy); a is still accepted with its signature.
+        let mut moved = model("modelSigning", &b);
+        let accepted = serde_json::json!({"digest": a, "shortDigest": "x", "signature": "sha256:sig-a",
+            "acceptedAt": "2026-12-07T00:00:00Z"});
+        moved.status.as_mut().unwrap().accepted = Some(serde_json::from_value(accepted).unwrap());
+        assert_eq!(model_signature(&moved, &a), Some("sha256:sig-a"));
+        assert_eq!(model_signature(&moved, &b), Some("sha256:sig"));
     }
 }

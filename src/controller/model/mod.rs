@@ -76,6 +76,9 @@ pub struct Pass<'a, O: Outside> {
     access: Option<Access>,
     resolution: Option<Resolution>,
     inspection: Option<Arc<Inspection>>,
+    /// Who signed the resolved digest, as this pass's verify step found it (an enforced pass
+    /// only): what policies see as `verified`.
+    verified: crate::policy::VerifiedVar,
 }
 
 /// The digest accepted (or revoked) when the pass starts. A status written before `accepted`
@@ -136,6 +139,7 @@ async fn decide<O: Outside>(io: &O, model: &Model, now: Time) -> Result<(ModelSt
         access: None,
         resolution: None,
         inspection: None,
+        verified: Default::default(),
     };
     let outcomes = run(&mut pass).await?;
     let mut next = pass.next;

@@ -8,8 +8,8 @@ use kube::runtime::events::{Event, EventType};
 
 use crate::api::conditions::{ConditionStatus, Reason};
 use crate::api::{
-    Accepted, Artifact, HistoryEntry, ModelStatus, Resolved, Revoked, Verified, VerifiedTimestamp, VerifySpec,
-    short_digest,
+    Accepted, Artifact, HistoryEntry, ModelStatus, Resolved, Revoked, Verified, VerifiedTimestamp, VerifyProvider,
+    VerifySpec, short_digest,
 };
 use crate::registry::{Inspection, Resolution};
 use crate::verify::Verification;
@@ -152,14 +152,23 @@ pub fn revocation(status: &mut ModelStatus, digest: &str, why: &str, now: &Time)
     message
 }
 
-/// Sets the digest deployments use; `None` when nothing is accepted.
-pub fn acceptance(status: &mut ModelStatus, accepted: Option<(&str, Option<&String>)>, now: &Time) {
+/// Sets the digest deployments use; `None` when nothing is accepted. Under `modelSigning`
+/// (`signing`), the model signature the digest was verified under goes with it: this pass's
+/// verification of that digest, else the one it was accepted with before.
+pub fn acceptance(status: &mut ModelStatus, accepted: Option<(&str, Option<&String>)>, signing: bool, now: &Time) {
     status.accepted = accepted.map(|(digest, tag)| {
-        let accepted_at = match &status.accepted {
-            Some(a) if a.digest == digest => a.accepted_at.clone(),
-            _ => now.clone(),
-        };
-        Accepted { digest: digest.to_owned(), short_digest: short_digest(digest), tag: tag.cloned(), accepted_at }
+        let same = status.accepted.as_ref().filter(|a| a.digest == digest);
+        let accepted_at = same.map_or_else(|| now.clone(), |a| a.accepted_at.clone());
+        let verified =
+            status.verified.as_ref().filter(|v| v.digest == digest && v.provider == VerifyProvider::ModelSigning);
+        let signature = verified.and_then(|v| v.signature.clone()).or_else(|| same.and_then(|a| a.signature.clone()));
+        Accepted {
+            digest: digest.to_owned(),
+            short_digest: short_digest(digest),
+            tag: tag.cloned(),
+            signature: signature.filter(|_| signing),
+            accepted_at,
+        }
     });
 }
 

@@ -91,7 +91,12 @@ pub async fn verify<O: Outside>(p: &mut Pass<'_, O>) -> Result<Outcome, Error> {
     let before = p.before.as_ref().map(|_| again.as_ref().map_or(resolved, check));
     let gate = Gate { resolved, before };
     let mut outcome = match verified {
-        Ok(v) => passed(&mut p.next, spec, &v, &p.now),
+        Ok(v) => {
+            if v.digest == digest {
+                p.verified = crate::policy::VerifiedVar::of(&v);
+            }
+            passed(&mut p.next, spec, &v, &p.now)
+        }
         Err(error) => refused(p, spec, gate, &error, again),
     };
     outcome.gate = Some(gate);
@@ -162,10 +167,8 @@ pub async fn comply<O: Outside>(p: &mut Pass<'_, O>) -> Result<Outcome, Error> {
         return Ok(Outcome::new(Step::Comply, Verdict::Skipped));
     };
     let before = p.before.as_ref().map(|_| Check::Passed);
-    // What the verify step of this pass (or an earlier one) found for this very digest.
-    let verified = p.next.verified.as_ref().filter(|v| v.digest == resolution.digest);
-    let verified = compliance::verified_var(verified);
-    let outcome = match p.io.comply(access, p.model, resolution, inspection, &verified, p.every).await? {
+    // What this pass's verify step found for this very digest (nothing without `spec.verify`).
+    let outcome = match p.io.comply(access, p.model, resolution, inspection, &p.verified, p.every).await? {
         Ok(outcome) => outcome,
         Err(e) => {
             // The referrers could not be read: nothing is decided about the digest.
@@ -204,16 +207,17 @@ pub async fn comply<O: Outside>(p: &mut Pass<'_, O>) -> Result<Outcome, Error> {
 pub fn accept<O: Outside>(p: &mut Pass<'_, O>, outcomes: &[Outcome]) -> Outcome {
     let gates: Vec<Gate> = outcomes.iter().filter_map(|o| o.gate).collect();
     let decision = acceptance::decide(&gates, p.before.as_ref().map(|(_, revoked)| *revoked));
+    let signing = p.model.spec.verify.as_ref().is_some_and(|v| v.provider == VerifyProvider::ModelSigning);
     match (decision, &p.resolution, &p.before) {
         (Acceptance::Resolved, Some(r), _) => {
-            record::acceptance(&mut p.next, Some((&r.digest, r.tag.as_ref())), &p.now)
+            record::acceptance(&mut p.next, Some((&r.digest, r.tag.as_ref())), signing, &p.now)
         }
         (Acceptance::Keep, _, Some((digest, _))) => {
             let tag = p.next.history.iter().find(|h| &h.digest == digest).and_then(|h| h.tag.clone());
             let tag = p.next.accepted.as_ref().filter(|a| &a.digest == digest).map_or(tag, |a| a.tag.clone());
-            record::acceptance(&mut p.next, Some((digest, tag.as_ref())), &p.now);
+            record::acceptance(&mut p.next, Some((digest, tag.as_ref())), signing, &p.now);
         }
-        _ => record::acceptance(&mut p.next, None, &p.now),
+        _ => record::acceptance(&mut p.next, None, signing, &p.now),
     }
     Outcome::passed(Step::Accept, "")
 }

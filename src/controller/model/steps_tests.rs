@@ -38,6 +38,8 @@ struct World {
     enforced: Option<BTreeSet<String>>,
     /// The digest and `verified` variable each comply step was given.
     complied: Vec<(String, crate::policy::VerifiedVar)>,
+    /// Signatures pass at the audit level only (notation's `audit`: logged, not enforced).
+    audit: bool,
 }
 
 struct Fake(Mutex<World>);
@@ -111,7 +113,8 @@ impl Outside for Fake {
             let rejected = crate::verify::Error::rejected(crate::verify::Rejection::NoSignature, detail);
             return Ok(Err(Error::Verify(rejected)));
         }
-        Ok(Ok((verification(&inspection.digest), false)))
+        let enforced = !w.audit;
+        Ok(Ok((Verification { enforced, ..verification(&inspection.digest) }, false)))
     }
 
     async fn comply(
@@ -324,5 +327,56 @@ async fn policies_see_the_signer_of_the_digest_they_judge() {
     // Without spec.verify, nothing is verified.
     let mut unverified = Bed::new(false, World { resolved: one.clone(), ..Default::default() });
     unverified.pass().await.unwrap();
-    assert_eq!(unverified.fake.world().complied, [(one, crate::policy::VerifiedVar::default())]);
+    assert_eq!(unverified.fake.world().complied, [(one.clone(), crate::policy::VerifiedVar::default())]);
+    // Nor once spec.verify is removed from a Model verified before.
+    bed.fake.world().resolved = one.clone();
+    bed.pass().await.unwrap();
+    assert_eq!(std::mem::take(&mut bed.fake.world().complied)[0].1.provider, "cosign");
+    bed.model.spec.verify = None;
+    bed.pass().await.unwrap();
+    assert_eq!(bed.fake.world().complied, [(one.clone(), crate::policy::VerifiedVar::default())]);
+    // A pass at the audit level verified nothing a rule may rely on.
+    let mut audit =
+        Bed::new(true, World { resolved: one.clone(), signed: signed(&[&one]), audit: true, ..Default::default() });
+    audit.pass().await.unwrap();
+    assert_eq!(audit.fake.world().complied, [(one, crate::policy::VerifiedVar::default())]);
+}
+
+/// The model signature pull Jobs check the files against goes with the accepted digest: a newer
+/// digest that verifies but a policy refuses moves `verified` on, never the accepted one's
+/// signature (found in review: the node check was skipped for the digest still accepted).
+#[tokio::test]
+async fn the_accepted_digest_keeps_the_model_signature_it_was_verified_under() {
+    let (one, two) = (digest(1), digest(2));
+    let world = World {
+        resolved: one.clone(),
+        signed: signed(&[&one, &two]),
+        enforced: Some(signed(&[&one])),
+        ..Default::default()
+    };
+    let mut bed = Bed::new(true, world);
+    bed.model.spec.verify.as_mut().unwrap().provider = crate::api::VerifyProvider::ModelSigning;
+    bed.pass().await.unwrap();
+    let accepted = |bed: &Bed| bed.model.status.as_ref().unwrap().accepted.clone().unwrap();
+    assert_eq!(accepted(&bed).signature, Some(verification(&one).signature_digest));
+    bed.fake.world().resolved = two.clone();
+    bed.pass().await.unwrap();
+    let status = bed.model.status.as_ref().unwrap();
+    assert_eq!(status.verified.as_ref().map(|v| v.digest.clone()), Some(two.clone()), "the new digest verified");
+    assert_eq!(bed.ready_reason(), Reason::PolicyViolation.as_str());
+    assert_eq!(
+        (accepted(&bed).digest, accepted(&bed).signature),
+        (one.clone(), Some(verification(&one).signature_digest))
+    );
+    // Once the policy allows it, the new digest goes with its own signature.
+    bed.fake.world().enforced = Some(signed(&[&one, &two]));
+    bed.pass().await.unwrap();
+    assert_eq!(
+        (accepted(&bed).digest, accepted(&bed).signature),
+        (two.clone(), Some(verification(&two).signature_digest))
+    );
+    // Without modelSigning nothing is carried.
+    let mut cosign = Bed::new(true, World { resolved: one.clone(), signed: signed(&[&one]), ..Default::default() });
+    cosign.pass().await.unwrap();
+    assert_eq!(accepted(&cosign).signature, None);
 }
