@@ -290,6 +290,11 @@ pub struct Verified {
     /// Jobs hold the extracted files to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// `sha256:<hex>` of what the trust rests on: the public key that verified (its
+    /// SubjectPublicKeyInfo DER) or the trusted certificate the chain reached (keyless: the Fulcio
+    /// root). The identity is only as good as this: a policy that requires a signer pins it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
     /// When verification passed.
     pub verified_at: Time,
 }

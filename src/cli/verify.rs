@@ -43,6 +43,7 @@ pub async fn run(args: VerifyArgs) -> Result<Exit, Failure> {
             signature_digest: Some(&v.signature_digest),
             timestamp: v.timestamp.as_ref(),
             files: v.files,
+            anchor: v.anchor.as_deref(),
             reason: None,
             detail: None,
             warnings: &v.warnings,
@@ -55,6 +56,7 @@ pub async fn run(args: VerifyArgs) -> Result<Exit, Failure> {
             signature_digest: None,
             timestamp: None,
             files: None,
+            anchor: None,
             reason: Some(reason.as_str()),
             detail: Some(detail),
             warnings: &[],
@@ -86,6 +88,9 @@ struct VerifyReport<'a> {
     /// modelSigning: the files the signature lists, all bound to the ModelPack.
     #[serde(skip_serializing_if = "Option::is_none")]
     files: Option<u64>,
+    /// `sha256:<hex>` of the key or certificate the trust rests on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anchor: Option<&'a str>,
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
@@ -103,6 +108,9 @@ impl VerifyReport<'_> {
         }
         let identity = printable(self.identity.unwrap_or_default());
         let mut s = format!("verified {repo}@{digest}: signed by {identity} ({provider})\n");
+        if let Some(anchor) = self.anchor {
+            s.push_str(&format!("trust anchor: {anchor}\n"));
+        }
         if let Some(files) = self.files {
             s.push_str(&format!("files: {files} signed, each bound to the ModelPack\n"));
         }

@@ -257,6 +257,7 @@ mod tests {
             enforced: true,
             timestamp: None,
             files: None,
+            anchor: None,
         }
     }
 

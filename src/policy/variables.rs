@@ -77,6 +77,9 @@ pub struct VerifiedVar {
     pub signature: String,
     /// modelSigning: how many files the signature binds; else 0.
     pub files: i64,
+    /// `sha256:<hex>` of the key or certificate the trust rests on (see `status.verified.anchor`):
+    /// a Model's trust Secret is its author's, so a rule that requires a signer pins this too.
+    pub anchor: String,
 }
 
 impl VerifiedVar {
@@ -91,6 +94,7 @@ impl VerifiedVar {
             identity: v.identity.clone(),
             signature: v.signature_digest.clone(),
             files: v.files.map_or(0, |n| n as i64),
+            anchor: v.anchor.clone().unwrap_or_default(),
         }
     }
 }

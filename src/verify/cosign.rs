@@ -81,15 +81,16 @@ pub async fn verify(
         let payload = registry.small_blob(repo, &layer.digest, MAX_PAYLOAD).await?;
         payloads.push((payload, signature.clone()));
     }
-    check(&payloads, digest, keys).map(|identity| Verification {
+    check(&payloads, digest, keys).map(|key| Verification {
         provider: "cosign",
         digest: digest.to_owned(),
-        identity,
+        identity: key.name.clone(),
         signature_digest,
         warnings: Vec::new(),
         enforced: true,
         timestamp: None,
         files: None,
+        anchor: Some(key.key.fingerprint()),
     })
 }
 
@@ -103,7 +104,7 @@ pub(crate) fn signed_digest(payload: &[u8]) -> Result<String, String> {
 }
 
 /// The pure part: which (payload, base64 signature) verifies with which key, for `digest`.
-fn check(payloads: &[(Vec<u8>, String)], digest: &str, keys: &[NamedKey]) -> Result<String, Error> {
+fn check<'k>(payloads: &[(Vec<u8>, String)], digest: &str, keys: &'k [NamedKey]) -> Result<&'k NamedKey, Error> {
     if payloads.is_empty() {
         return Err(Error::rejected(
             Rejection::NoSignature,
@@ -124,7 +125,7 @@ fn check(payloads: &[(Vec<u8>, String)], digest: &str, keys: &[NamedKey]) -> Res
             ));
         }
         if parsed.critical.image.docker_manifest_digest == digest {
-            return Ok(key.name.clone());
+            return Ok(key);
         }
         signed_other = Some(parsed.critical.image.docker_manifest_digest);
     }
@@ -220,8 +221,8 @@ mod tests {
         let other = format!("sha256:{}", "b".repeat(64));
         let (pair, key) = key_pair();
         let (_, stranger) = key_pair();
-        assert_eq!(check(&[signed(&pair, &digest)], &digest, std::slice::from_ref(&key)).unwrap(), "cosign.pub");
-        let reason = |r: Result<String, Error>| match r {
+        assert_eq!(check(&[signed(&pair, &digest)], &digest, std::slice::from_ref(&key)).unwrap().name, "cosign.pub");
+        let reason = |r: Result<&NamedKey, Error>| match r {
             Err(Error::Rejected { reason, .. }) => reason,
             other => panic!("{other:?}"),
         };

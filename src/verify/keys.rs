@@ -31,6 +31,11 @@ pub struct PublicKey {
 }
 
 impl PublicKey {
+    /// [`super::fingerprint`] of the key's SubjectPublicKeyInfo.
+    pub fn fingerprint(&self) -> String {
+        super::fingerprint(&self.spki_der)
+    }
+
     pub fn from_spki(spki: &SubjectPublicKeyInfoOwned) -> Result<PublicKey, Error> {
         let der = spki.to_der().map_err(|e| Error::InvalidKey(e.to_string()))?;
         let kind = match spki.algorithm.oid {

@@ -100,6 +100,19 @@ pub struct Verification {
     /// The verified RFC 3161 timestamp that proves when it was signed, if one was verified.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Timestamped>,
+    /// What the signer's trust rests on, as [`fingerprint`]: the public key that verified (its
+    /// SubjectPublicKeyInfo), or the trusted certificate the chain reached (a trust-store or root
+    /// certificate; keyless, the Fulcio root). The identity is only as good as this anchor: whoever
+    /// writes the trust may name any identity under an anchor of their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
+}
+
+/// `sha256:<hex>` of DER bytes (a SubjectPublicKeyInfo or a certificate), as `openssl x509 -outform
+/// der | sha256sum` or `openssl pkey -pubin -outform der | sha256sum` print it.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)))
 }
 
 /// A verified timestamp countersignature.

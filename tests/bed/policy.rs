@@ -97,7 +97,7 @@ async fn case(registry: &Registry, repo: &str, tag: &str, referrers: Vec<Value>,
             "layers": layers, "referrers": referrers, "weights": inspected["weights"],
             // `check` without trust flags verifies nothing (tests/bed/verify_model_signing.rs
             // checks what a verified digest gives).
-            "verified": {"provider": "", "identity": "", "signature": "", "files": 0},
+            "verified": {"provider": "", "identity": "", "signature": "", "files": 0, "anchor": ""},
         }),
     }
 }

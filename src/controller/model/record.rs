@@ -114,6 +114,7 @@ pub fn verification(
             .map(|t| VerifiedTimestamp { time: t.time.clone(), authority: t.authority.clone() }),
         files: verification.files.map(|n| n as i64),
         signature: Some(verification.signature_digest.clone()).filter(|s| !s.is_empty()),
+        anchor: verification.anchor.clone(),
         verified_at,
     });
     let condition = if verification.enforced {
@@ -200,6 +201,7 @@ mod tests {
             enforced: true,
             timestamp: Some(stamp),
             files: None,
+            anchor: None,
         };
         let mut status = ModelStatus::default();
         let ((_, _, message), _) = verification(&mut status, &spec, &v, &Time(jiff::Timestamp::now()));

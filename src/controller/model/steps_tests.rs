@@ -174,6 +174,7 @@ fn verification(digest: &str) -> Verification {
         enforced: true,
         timestamp: None,
         files: None,
+        anchor: None,
     }
 }
 
@@ -315,6 +316,7 @@ async fn policies_see_the_signer_of_the_digest_they_judge() {
         identity: "release.pub".into(),
         signature: verification(&one).signature_digest,
         files: 0,
+        anchor: String::new(),
     };
     assert_eq!(seen, [(one.clone(), expected)]);
     // A new version that does not verify: its rules see no signer, though status.verified still

@@ -88,7 +88,7 @@ pub async fn verify(
     let mut last = None;
     for candidate in &candidates {
         match check(candidate, digest, trust) {
-            Ok(identity) => {
+            Ok(Signer { identity, anchor }) => {
                 return Ok(Verification {
                     provider: "cosign",
                     digest: digest.to_owned(),
@@ -99,6 +99,7 @@ pub async fn verify(
                     // The proven times are checked, not reported (a log entry's is not a timestamp).
                     timestamp: None,
                     files: None,
+                    anchor: Some(anchor),
                 });
             }
             Err(e) => last = Some(e),
@@ -108,8 +109,17 @@ pub async fn verify(
     Err(Error::rejected(reason, detail))
 }
 
+/// Who signed keyless, and under which Fulcio root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signer {
+    /// `subject (issuer)` of the accepted identity the certificate matched.
+    pub identity: String,
+    /// [`super::fingerprint`] of the Fulcio root certificate the leaf chained to.
+    pub anchor: String,
+}
+
 /// The pure part: whether one signature passes, and as whom.
-pub(crate) fn check(c: &Candidate, digest: &str, trust: &KeylessTrust) -> Result<String, (Rejection, String)> {
+pub(crate) fn check(c: &Candidate, digest: &str, trust: &KeylessTrust) -> Result<Signer, (Rejection, String)> {
     let who = signer(c, trust)?;
     match &c.names_digest {
         Ok(d) if d == digest => Ok(who),
@@ -123,7 +133,7 @@ pub(crate) fn check(c: &Candidate, digest: &str, trust: &KeylessTrust) -> Result
 /// [`check`] but the digest named, and a log entry of a log of the root required. A timestamp
 /// alone does not do here: `model_signing verify` refuses a bundle without a log entry, and a
 /// serving pod that runs it must not refuse what the operator accepted.
-pub fn bundle_signer(bundle: &Bundle, trust: &KeylessTrust) -> Result<String, (Rejection, String)> {
+pub fn bundle_signer(bundle: &Bundle, trust: &KeylessTrust) -> Result<Signer, (Rejection, String)> {
     let c = storage::of_bundle(bundle, "(model signing)".into()).map_err(|e| match e {
         Error::Rejected { reason, detail } => (reason, detail),
         other => (Rejection::InvalidSignature, other.to_string()),
@@ -138,7 +148,7 @@ pub fn bundle_signer(bundle: &Bundle, trust: &KeylessTrust) -> Result<String, (R
 }
 
 /// Every rule of [`check`] but the digest the payload names.
-fn signer(c: &Candidate, trust: &KeylessTrust) -> Result<String, (Rejection, String)> {
+fn signer(c: &Candidate, trust: &KeylessTrust) -> Result<Signer, (Rejection, String)> {
     let leaf = Cert::from_der(&c.certificate).map_err(|e| (Rejection::InvalidSignature, format!("signing {e}")))?;
     if !verify_message(&leaf.key, &c.message, &c.signature) {
         return Err((Rejection::BadSignature, "the signature does not verify with its certificate's key".into()));
@@ -154,7 +164,7 @@ fn signer(c: &Candidate, trust: &KeylessTrust) -> Result<String, (Rejection, Str
     if let Some(outside) = times.iter().find(|t| !leaf.valid_at(**t)) {
         return Err((Rejection::Expired, format!("signed at {}, outside the certificate's validity", time(*outside))));
     }
-    let issuer = chain_to_fulcio(&leaf, &trust.root, at)?;
+    let (issuer, anchor) = chain_to_fulcio(&leaf, &trust.root, at)?;
     // Fulcio issues code-signing certificates; as cosign does, no other kind signs.
     let code_signing = matches!(leaf.extension::<ExtendedKeyUsage>(EXT_KEY_USAGE), Ok(Some((eku, _))) if eku.0.contains(&CODE_SIGNING));
     if !code_signing {
@@ -167,12 +177,13 @@ fn signer(c: &Candidate, trust: &KeylessTrust) -> Result<String, (Rejection, Str
         sct::verify(&leaf, &issuer, &trust.root.ctlogs).map_err(|e| (Rejection::UntrustedRoot, e))?;
     }
     let named = identity::Named::of(&leaf).map_err(|e| (Rejection::IdentityMismatch, e))?;
-    named.matching(&trust.identities).ok_or_else(|| {
+    let identity = named.matching(&trust.identities).ok_or_else(|| {
         (
             Rejection::IdentityMismatch,
             format!("signed by {} (issuer {}), not an accepted identity", named.subjects.join(", "), named.issuer),
         )
-    })
+    })?;
+    Ok(Signer { identity, anchor })
 }
 
 fn time(at: i64) -> String {
@@ -234,15 +245,15 @@ fn timestamp_time(der: &[u8], signature: &[u8], root: &TrustedRoot) -> Result<i6
 }
 
 /// The leaf chains, at `at`, through a Fulcio CA of the root valid at `at`; returns the leaf's
-/// issuer.
-fn chain_to_fulcio(leaf: &Cert, root: &TrustedRoot, at: i64) -> Result<Cert, (Rejection, String)> {
+/// issuer and the fingerprint of the CA's root certificate.
+fn chain_to_fulcio(leaf: &Cert, root: &TrustedRoot, at: i64) -> Result<(Cert, String), (Rejection, String)> {
     for ca in root.certificate_authorities.iter().filter(|ca| ca.window.contains(at)) {
         let mut chain = vec![leaf.clone()];
         chain.extend(ca.chain[..ca.chain.len() - 1].iter().cloned());
         if let Ok(path) = verify_chain(&chain, std::slice::from_ref(ca.root()), at) {
             // A leaf is never its own root (`verify_chain` refuses a leaf that is no root's).
             if let Some(issuer) = path.get(1) {
-                return Ok((*issuer).clone());
+                return Ok(((*issuer).clone(), super::fingerprint(&ca.root().der)));
             }
         }
     }

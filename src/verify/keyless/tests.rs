@@ -22,7 +22,7 @@ fn trust() -> KeylessTrust {
 fn verdict(bundle: &Value) -> Result<String, (Rejection, String)> {
     let candidate = storage::from_bundle(bundle.to_string().as_bytes(), "sha256:sig".into())
         .map_err(|e| (Rejection::InvalidSignature, e.to_string()))?;
-    check(&candidate, DIGEST.trim(), &trust())
+    check(&candidate, DIGEST.trim(), &trust()).map(|s| s.identity)
 }
 
 fn bundle() -> Value {
@@ -126,7 +126,7 @@ fn the_certificate_must_embed_an_sct_of_a_ct_log_of_the_root() {
         let mut root: Value = serde_json::from_slice(ROOT).unwrap();
         root["ctlogs"] = ctlogs;
         let root = TrustedRoot::parse(root.to_string().as_bytes()).unwrap();
-        check(&candidate, DIGEST.trim(), &KeylessTrust { root, ..trust() })
+        check(&candidate, DIGEST.trim(), &KeylessTrust { root, ..trust() }).map(|s| s.identity)
     };
     let root: Value = serde_json::from_slice(ROOT).unwrap();
     assert!(with(root["ctlogs"].clone()).is_ok());

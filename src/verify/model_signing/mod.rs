@@ -161,7 +161,7 @@ pub fn check(
     let invalid = |e: String| Error::rejected(Rejection::InvalidSignature, e);
     let parsed = Bundle::parse(bundle).map_err(|e| invalid(e.to_string()))?;
     let envelope = parsed.dsse().map_err(|e| invalid(e.to_string()))?;
-    let identity = signer(&parsed, envelope, trust)?;
+    let (identity, anchor) = signer(&parsed, envelope, trust)?;
     if envelope.payload_type != IN_TOTO_PAYLOAD {
         return Err(invalid(format!("DSSE payload type {:?} is not {IN_TOTO_PAYLOAD}", envelope.payload_type)));
     }
@@ -190,12 +190,13 @@ pub fn check(
         enforced: true,
         files: Some(binding.files as u64),
         timestamp: None,
+        anchor: Some(anchor),
     };
     Ok((verification, binding, statement))
 }
 
-/// Who made the envelope's signature, by the trust given.
-fn signer(bundle: &Bundle, envelope: &sigstore::Envelope, trust: &Trust) -> Result<String, Error> {
+/// Who made the envelope's signature, by the trust given, and the anchor of that trust.
+fn signer(bundle: &Bundle, envelope: &sigstore::Envelope, trust: &Trust) -> Result<(String, String), Error> {
     let certificates = bundle.certificates();
     match trust {
         Trust::Keys(keys) => {
@@ -205,12 +206,14 @@ fn signer(bundle: &Bundle, envelope: &sigstore::Envelope, trust: &Trust) -> Resu
                     "the bundle is signed with a certificate, and only public keys are trusted",
                 ));
             }
-            keys.iter().find(|k| envelope.verify(&k.key)).map(|k| k.name.clone()).ok_or_else(|| {
-                Error::rejected(
-                    Rejection::BadSignature,
-                    format!("the model-signing bundle does not verify with the {} trusted key(s)", keys.len()),
-                )
-            })
+            keys.iter().find(|k| envelope.verify(&k.key)).map(|k| (k.name.clone(), k.key.fingerprint())).ok_or_else(
+                || {
+                    Error::rejected(
+                        Rejection::BadSignature,
+                        format!("the model-signing bundle does not verify with the {} trusted key(s)", keys.len()),
+                    )
+                },
+            )
         }
         Trust::Roots(roots) => {
             if certificates.is_empty() {
@@ -233,18 +236,21 @@ fn signer(bundle: &Bundle, envelope: &sigstore::Envelope, trust: &Trust) -> Resu
             // model_signing checks the chain at the signing certificate's start of validity: a
             // bundle carries no trusted signing time.
             let at = chain[0].cert.tbs_certificate.validity.not_before.to_unix_duration().as_secs() as i64;
-            sigstore::verify_chain(&chain, roots, at)
+            let path = sigstore::verify_chain(&chain, roots, at)
                 .map_err(|e| Error::rejected(Rejection::UntrustedRoot, e.to_string()))?;
+            let anchor = path.last().map(|root| super::fingerprint(&root.der)).unwrap_or_default();
             if !envelope.verify(&chain[0].key) {
                 return Err(Error::rejected(
                     Rejection::BadSignature,
                     "the signature does not verify with its signing certificate",
                 ));
             }
-            Ok(chain[0].subject().to_string())
+            Ok((chain[0].subject().to_string(), anchor))
         }
         Trust::Keyless(trust) => {
-            keyless::bundle_signer(bundle, trust).map_err(|(reason, detail)| Error::rejected(reason, detail))
+            let signer =
+                keyless::bundle_signer(bundle, trust).map_err(|(reason, detail)| Error::rejected(reason, detail))?;
+            Ok((signer.identity, signer.anchor))
         }
     }
 }

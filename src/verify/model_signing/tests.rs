@@ -126,6 +126,12 @@ fn the_trust_decides_who_may_sign() {
     let roots = Trust::Roots(Cert::from_pem_bundle(ROOT).unwrap());
     let (v, _, _) = check(CHAIN_SIG, DIGEST, &model, &roots).unwrap();
     assert!(v.identity.contains("CN=model signer"), "{}", v.identity);
+    // The anchors: the root certificate the chain reached, the key that verified.
+    let root = &Cert::from_pem_bundle(ROOT).unwrap()[0];
+    assert_eq!(v.anchor, Some(crate::verify::fingerprint(&root.der)));
+    let (v, _, _) = check(P256_SIG, DIGEST, &model, &keys(P256_PUB)).unwrap();
+    assert_eq!(v.anchor, Some(PublicKey::from_pem(P256_PUB).unwrap().fingerprint()));
+    assert_ne!(v.anchor, Some(PublicKey::from_pem(OTHER_PUB).unwrap().fingerprint()));
     assert_eq!(reason(check(P256_SIG, DIGEST, &model, &roots)).0, Rejection::UntrustedRoot);
     // The certificate's key is P256_PUB, but a key trust does not accept a certificate bundle.
     assert_eq!(reason(check(CHAIN_SIG, DIGEST, &model, &keys(P256_PUB))).0, Rejection::BadSignature);
@@ -205,6 +211,8 @@ mod keyless_bundles {
     fn a_keyless_signature_verifies_binds_and_names_its_signer() {
         let (verification, binding, _) = check(KEYLESS_SIG.as_bytes(), DIGEST, &model(), &keyless(SUBJECT)).unwrap();
         assert_eq!(verification.identity, format!("{SUBJECT} ({ISSUER})"));
+        let fulcio = TrustedRoot::parse(KEYLESS_ROOT).unwrap().certificate_authorities[0].root().der.clone();
+        assert_eq!(verification.anchor, Some(crate::verify::fingerprint(&fulcio)));
         assert_eq!(binding, Binding { files: 2, in_archives: 1, ignored: 0 });
         // Bound like any other: a model that differs is refused.
         let other =

@@ -167,6 +167,7 @@ pub async fn verify(
             enforced: false,
             timestamp: None,
             files: None,
+            anchor: None,
         });
     }
     let listed = registry.referrers_of_type(repo, target.digest, SIGNATURE_ARTIFACT, MAX_SIGNATURES).await?;
@@ -282,6 +283,7 @@ pub fn verify_signature(
         enforced,
         timestamp: stamp.map(|t| Timestamped { time: t.time(), authority: t.authority }),
         files: None,
+        anchor: anchor(envelope.scheme, &chain, policy, stores),
     })
 }
 
@@ -311,17 +313,19 @@ fn integrity(envelope: &Envelope, target: &Target<'_>) -> Result<Vec<Cert>, Erro
 
 /// The chain ends in a certificate of one of the policy's trust stores (of the type the signing
 /// scheme needs), and the signer is a trusted identity.
-fn authenticity(envelope: &Envelope, chain: &[Cert], policy: &Policy, stores: &TrustStores) -> Result<(), Error> {
-    let wanted = match envelope.scheme {
+/// The fingerprint of the policy's trust-store certificate the chain holds, if it holds one.
+fn anchor(scheme: envelope::Scheme, chain: &[Cert], policy: &Policy, stores: &TrustStores) -> Option<String> {
+    let wanted = match scheme {
         envelope::Scheme::X509 => "ca",
         envelope::Scheme::SigningAuthority => "signingAuthority",
     };
-    let trusted = policy
-        .trust_stores
-        .iter()
-        .filter(|(kind, _)| kind == wanted)
-        .flat_map(|(kind, name)| stores.certs(kind, name))
-        .any(|t| chain.iter().any(|c| c.der == t.der));
+    let mut trusted =
+        policy.trust_stores.iter().filter(|(kind, _)| kind == wanted).flat_map(|(kind, name)| stores.certs(kind, name));
+    trusted.find(|t| chain.iter().any(|c| c.der == t.der)).map(|t| crate::verify::fingerprint(&t.der))
+}
+
+fn authenticity(envelope: &Envelope, chain: &[Cert], policy: &Policy, stores: &TrustStores) -> Result<(), Error> {
+    let trusted = anchor(envelope.scheme, chain, policy, stores).is_some();
     if !trusted {
         let names: Vec<String> = policy.trust_stores.iter().map(|(k, n)| format!("{k}:{n}")).collect();
         return Err(rejected(
