@@ -48,6 +48,8 @@ async fn verdicts_match_cosign_verify_for_each_failure_class() {
     let out = side_by_side(&at(&v1), &[&a], true);
     assert_eq!((out["digest"].as_str(), out["identity"].as_str()), (Some(v1.as_str()), Some("cosign.pub")));
     assert!(out["signatureDigest"].as_str().unwrap().starts_with("sha256:"));
+    let anchor = crate::support::openssl_fingerprint(&["pkey", "-pubin", "-in"], &a.public_key());
+    assert_eq!(out["anchor"], anchor.as_str(), "the key's SubjectPublicKeyInfo, as openssl sees it");
     // By tag too, and with several keys of which one verifies.
     side_by_side(&format!("{}/{repo}:v1", bed.plain.host), &[&b, &a], true);
 

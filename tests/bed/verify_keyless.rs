@@ -119,6 +119,8 @@ fn verdicts_match_cosign_verify_on_every_case_in_both_storage_forms() {
             if expect {
                 let who = verdict["identity"].as_str().unwrap();
                 assert!(who.starts_with(&text(&case, "identity")) && who.contains(&text(&case, "issuer")), "{who}");
+                let root = std::path::PathBuf::from(text(&case, "root"));
+                assert_eq!(verdict["anchor"], crate::support::fulcio_root_fingerprint(&root).as_str(), "{name}");
                 assert!(verdict["signatureDigest"].as_str().unwrap().starts_with("sha256:"));
             }
             compared += 1;

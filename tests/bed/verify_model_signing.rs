@@ -371,8 +371,8 @@ fn judge(case: &Case, pki: &Pki, registry: &Olareg) -> Verdicts {
         // The anchor as openssl computes it: the SubjectPublicKeyInfo of the key, or the Fulcio
         // root certificate of the trusted root.
         let anchor = match &keyless {
-            Some(k) => fulcio_root_fingerprint(&k.root),
-            None => openssl_fingerprint(&["pkey", "-pubin", "-in"], &pki.path(key)),
+            Some(k) => crate::support::fulcio_root_fingerprint(&k.root),
+            None => crate::support::openssl_fingerprint(&["pkey", "-pubin", "-in"], &pki.path(key)),
         };
         let rule = format!(
             "verified.provider == 'modelSigning' && verified.files == {} && verified.anchor == '{anchor}'",
@@ -409,29 +409,6 @@ fn judge(case: &Case, pki: &Pki, registry: &Olareg) -> Verdicts {
         oracle(&cache.join("models/sha256").join(hex))
     });
     Verdicts { ours, policy, theirs, published }
-}
-
-/// `sha256:<hex>` of the DER openssl writes for `file` (`openssl pkey -pubin -in F -outform der`).
-fn openssl_fingerprint(args: &[&str], file: &Path) -> String {
-    let out = Command::new("openssl").args(args).arg(file).args(["-outform", "der"]).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&out.stdout)))
-}
-
-/// The Fulcio root of a trusted root, written out as PEM and fingerprinted by openssl.
-fn fulcio_root_fingerprint(root: &Path) -> String {
-    let root: serde_json::Value = serde_json::from_slice(&std::fs::read(root).unwrap()).unwrap();
-    let chain = root["certificateAuthorities"][0]["certChain"]["certificates"].as_array().unwrap();
-    let b64 = chain.last().unwrap()["rawBytes"].as_str().unwrap();
-    let pem = tempfile::NamedTempFile::new().unwrap();
-    let body: Vec<String> = b64.as_bytes().chunks(64).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
-    std::fs::write(
-        pem.path(),
-        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", body.join("\n")),
-    )
-    .unwrap();
-    openssl_fingerprint(&["x509", "-in"], pem.path())
 }
 
 /// Cases on which `check` also runs (its verdict must be the verification's).

@@ -67,6 +67,9 @@ async fn envelopes_keys_chains_and_registries_verify_like_notation() {
         notation.use_chain(chain);
         let trusted = policy(json!(["*"]), "strict", &["ca:acme"], &["x509.subject: C=US, ST=WA, O=acme"]);
         notation.trust(&trusted, &[("ca", "acme", &chain.root_pem)]);
+        let root_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(root_file.path(), &chain.root_pem).unwrap();
+        let root_fingerprint = crate::support::openssl_fingerprint(&["x509", "-in"], root_file.path());
         for registry in [&bed.plain, &bed.referrers] {
             for format in ["jws", "cose"] {
                 let (reference, digest) = artifact(registry, &repo).await;
@@ -75,6 +78,11 @@ async fn envelopes_keys_chains_and_registries_verify_like_notation() {
                 let out = side_by_side(&notation, &reference, true, &what);
                 assert_eq!(out["digest"], digest.as_str());
                 assert_eq!(dn_set(out["identity"].as_str().unwrap()), dn_set(&chain.subject), "{what}");
+                assert_eq!(
+                    out["anchor"],
+                    root_fingerprint.as_str(),
+                    "{what}: the trust store's root, as openssl sees it"
+                );
                 assert!(out["signatureDigest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{what}");
             }
         }

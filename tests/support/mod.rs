@@ -557,3 +557,27 @@ impl<T: Send + 'static> Recording<T> {
         });
     }
 }
+
+/// Trust anchors as openssl computes them (the oracle for `verified.anchor`).
+/// `sha256:<hex>` of the DER openssl writes for `file` (`openssl pkey -pubin -in F -outform der`).
+pub fn openssl_fingerprint(args: &[&str], file: &std::path::Path) -> String {
+    let out = std::process::Command::new("openssl").args(args).arg(file).args(["-outform", "der"]).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&out.stdout)))
+}
+
+/// The Fulcio root of a trusted root, written out as PEM and fingerprinted by openssl.
+pub fn fulcio_root_fingerprint(root: &std::path::Path) -> String {
+    let root: serde_json::Value = serde_json::from_slice(&std::fs::read(root).unwrap()).unwrap();
+    let chain = root["certificateAuthorities"][0]["certChain"]["certificates"].as_array().unwrap();
+    let b64 = chain.last().unwrap()["rawBytes"].as_str().unwrap();
+    let pem = tempfile::NamedTempFile::new().unwrap();
+    let body: Vec<String> = b64.as_bytes().chunks(64).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    std::fs::write(
+        pem.path(),
+        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", body.join("\n")),
+    )
+    .unwrap();
+    openssl_fingerprint(&["x509", "-in"], pem.path())
+}
