@@ -134,7 +134,9 @@ impl State {
     /// One page: `last=<index>` says where it starts; a `Link` names the next while there is one.
     fn referrers(&self, client: &mut TcpStream, query: &str, head_only: bool) -> std::io::Result<()> {
         let param = |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(&format!("{name}=")));
-        let wanted = param("artifactType").filter(|_| self.setup.filters);
+        // Clients percent-encode the type (`+` as `%2B`).
+        let decoded = param("artifactType").map(|t| t.replace("%2B", "+").replace("%2F", "/"));
+        let wanted = decoded.as_deref().filter(|_| self.setup.filters);
         let entries: Vec<&Value> = self
             .setup
             .referrers

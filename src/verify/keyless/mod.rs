@@ -130,18 +130,20 @@ pub(crate) fn check(c: &Candidate, digest: &str, trust: &KeylessTrust) -> Result
 
 /// Who signed a Sigstore bundle keyless, for a verifier that judges the bundle's statement itself
 /// (OpenSSF model signing, whose subject is the model's files, not a manifest): every rule of
-/// [`check`] but the digest named, and a log entry of a log of the root required. A timestamp
-/// alone does not do here: `model_signing verify` refuses a bundle without a log entry, and a
-/// serving pod that runs it must not refuse what the operator accepted.
+/// [`check`] but the digest named, and a log entry of a log of the root, with its inclusion proof,
+/// required. A timestamp alone does not do here, nor a signed entry timestamp alone:
+/// `model_signing verify` refuses a bundle without a log entry or without its inclusion proof, and
+/// a serving pod that runs it must not refuse what the operator accepted.
 pub fn bundle_signer(bundle: &Bundle, trust: &KeylessTrust) -> Result<Signer, (Rejection, String)> {
     let c = storage::of_bundle(bundle, "(model signing)".into()).map_err(|e| match e {
         Error::Rejected { reason, detail } => (reason, detail),
         other => (Rejection::InvalidSignature, other.to_string()),
     })?;
-    if !c.entries.iter().any(|e| trust.root.tlog(&e.log_id).is_some()) {
+    if !c.entries.iter().any(|e| trust.root.tlog(&e.log_id).is_some() && e.proof.is_some()) {
         return Err((
             Rejection::NoProofOfTime,
-            "a keyless model signature needs a transparency log entry of a log of the trusted root".into(),
+            "a keyless model signature needs a transparency log entry, with its inclusion proof, of a log of the trusted root"
+                .into(),
         ));
     }
     signer(&c, trust)

@@ -82,7 +82,15 @@ pub async fn verify(
         if referrer.annotations.get(PREDICATE_ANNOTATION).is_some_and(|p| p != PREDICATE_TYPE) {
             continue;
         }
-        let bytes = registry.manifest(repo, &referrer.digest).await?;
+        // A referrer the registry serves wrongly (over the bounds, not its digest, gone) hides no
+        // other: it is passed over, with its reason kept should nothing verify.
+        let bytes = match registry.manifest(repo, &referrer.digest).await {
+            Err(e) if passed_over(&e) => {
+                last = Some(most_telling(last, rejected_referrer(&referrer.digest, &e)));
+                continue;
+            }
+            other => other?,
+        };
         let Ok(found) = serde_json::from_slice::<ReferrerManifest>(&bytes) else { continue };
         if found.artifact_type.as_deref() != Some(BUNDLE_V03)
             || found.annotations.get(PREDICATE_ANNOTATION).is_some_and(|p| p != PREDICATE_TYPE)
@@ -90,7 +98,13 @@ pub async fn verify(
             continue;
         }
         let [layer] = found.layers.as_slice() else { continue };
-        let blob = registry.small_blob(repo, &layer.digest, MAX_BUNDLE).await?;
+        let blob = match registry.small_blob(repo, &layer.digest, MAX_BUNDLE).await {
+            Err(e) if passed_over(&e) => {
+                last = Some(most_telling(last, rejected_referrer(&referrer.digest, &e)));
+                continue;
+            }
+            other => other?,
+        };
         match check(&blob, digest, manifest, trust) {
             Ok((mut verification, binding, statement)) => {
                 verification.signature_digest = referrer.digest;
@@ -135,6 +149,16 @@ pub async fn statement_of(
     let bundle = Bundle::parse(&blob).map_err(|e| invalid(e.to_string()))?;
     let envelope = bundle.dsse().map_err(|e| invalid(e.to_string()))?;
     Statement::parse(&envelope.payload.0).map_err(invalid)
+}
+
+/// A registry error about one referrer that says nothing of the others (the registry answered).
+fn passed_over(e: &crate::registry::Error) -> bool {
+    use crate::registry::Error as R;
+    matches!(e, R::TooLarge { .. } | R::DigestMismatch { .. } | R::NotFound { .. } | R::ModelPack(_))
+}
+
+fn rejected_referrer(digest: &str, e: &crate::registry::Error) -> Error {
+    Error::rejected(Rejection::InvalidSignature, format!("model-signing referrer {digest}: {e}"))
 }
 
 /// Of two bundles' refusals, the one that says most: a signature that verified but does not bind,

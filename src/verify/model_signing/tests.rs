@@ -230,6 +230,12 @@ mod keyless_bundles {
         let no_log = edited(|b| b["verificationMaterial"]["tlogEntries"] = serde_json::json!([]));
         let (r, d) = reason(check(&no_log, DIGEST, &model(), &keyless(SUBJECT)));
         assert_eq!(r, Rejection::NoProofOfTime, "{d}");
+        // A log entry without its inclusion proof (model_signing verify refuses the bundle).
+        let no_proof = edited(|b| {
+            b["verificationMaterial"]["tlogEntries"][0].as_object_mut().unwrap().remove("inclusionProof");
+        });
+        let (r, d) = reason(check(&no_proof, DIGEST, &model(), &keyless(SUBJECT)));
+        assert_eq!(r, Rejection::NoProofOfTime, "{d}");
         // The log entry's time changed after the log signed it.
         let tampered = edited(|b| {
             let t = &mut b["verificationMaterial"]["tlogEntries"][0]["integratedTime"];
