@@ -9,6 +9,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod archive_contents_on_nodes;
 mod cache;
 mod chart;
 mod contents_oracles;
