@@ -182,7 +182,7 @@ pub struct ModelDeploymentStatus {
     pub contents: Option<ArchiveContentsStatus>,
 }
 
-/// One version's archive contents, as its first pull Job to finish reported them.
+/// One version's archive contents, as the worst report of its finished pull Jobs gave them.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArchiveContentsStatus {

@@ -110,6 +110,7 @@ impl Look {
     }
 
     fn push(&mut self, weight_layer: bool, path: String, contents: Contents) {
+        let path = crate::modelpack::contents::clip(&path);
         self.files.push(ArchiveFile { weight_layer, file: FileContents { path, contents } });
     }
 }

@@ -184,7 +184,9 @@ async fn observe_jobs(
                     let list = pods.list(&ListParams::default().labels(&selector)).await?;
                     let outcome = jobs::outcome(&list.items);
                     needs = outcome.as_ref().and_then(|o| o.needs);
-                    contents = outcome.as_ref().and_then(|o| o.contents.as_deref().cloned());
+                    // A report about another digest than the Job's says nothing of this one.
+                    let about_this = outcome.as_ref().filter(|o| &o.digest == digest);
+                    contents = about_this.and_then(|o| o.contents.as_deref().cloned());
                     jobs::with_result(state, outcome, &list.items)
                 }
             };

@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Contents, Format, Weights};
+use super::{Contents, Format, Verdict, Weights};
 
 /// The archive layers' files: their contents summed, and each one's.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -51,6 +51,11 @@ impl ArchiveContents {
             files.iter().map(|r| (r.weight_layer && r.file.contents.format == Format::Unread, &r.file.contents));
         let mut weights = Weights::sum(summed, None);
         weights.unread = weights.unread.saturating_add(not_read_weights);
+        // A file never opened may be a pickle: what was read cannot make the whole "safe" (a
+        // hostile archive could put a thousand harmless files before its pickle).
+        if not_read > 0 {
+            weights.pickle = Some(weights.pickle.map_or(Verdict::Unknown, |v| v.max(Verdict::Unknown)));
+        }
         let mut files: Vec<FileContents> = files.into_iter().map(|r| r.file).collect();
         // Worst first: what is dropped to shorten the report is the least telling.
         files.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| a.path.cmp(&b.path)));
@@ -70,6 +75,23 @@ impl ArchiveContents {
         true
     }
 
+    /// The report as read back from a pod (a node writes it: nothing in it is taken as bounded):
+    /// paths and lists clipped, formats distinct, then files left out until its JSON fits `limit`.
+    pub fn within(mut self, limit: usize) -> ArchiveContents {
+        self.weights.formats.sort();
+        self.weights.formats.dedup();
+        for f in &mut self.files {
+            f.path = super::clip(&f.path);
+            if let Some(p) = f.contents.pickle.as_mut() {
+                p.imports.truncate(super::MAX_LISTED);
+                p.reasons.truncate(super::MAX_LISTED);
+                p.imports.iter_mut().chain(p.reasons.iter_mut()).for_each(|t| *t = super::clip(t));
+            }
+        }
+        while serde_json::to_vec(&self).map_or(usize::MAX, |j| j.len()) > limit && self.omit_some() {}
+        self
+    }
+
     /// The files whose pickle imports a denied callable.
     pub fn unsafe_files(&self) -> impl Iterator<Item = &FileContents> {
         self.files.iter().filter(|f| f.contents.is_unsafe())
@@ -84,7 +106,7 @@ fn rank(f: &FileContents) -> (Option<super::Verdict>, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modelpack::contents::{PickleReport, Verdict};
+    use crate::modelpack::contents::PickleReport;
 
     fn file(path: &str, contents: Contents) -> Read {
         Read { weight_layer: true, file: FileContents { path: path.into(), contents } }
@@ -113,5 +135,20 @@ mod tests {
         assert!(a.omit_some());
         assert_eq!((a.files.len(), a.files_omitted), (3, 1));
         assert_eq!(a.files.last().unwrap().path, "a/big.bin");
+    }
+
+    /// Files past the cap were never opened: the pickles read cannot vouch for them.
+    #[test]
+    fn files_not_read_make_the_pickle_verdict_at_best_unknown() {
+        let mut good = Contents::of(Format::Pickle);
+        good.pickle = Some(PickleReport { verdict: Verdict::Safe, ..PickleReport::default() });
+        let all_read = ArchiveContents::sum(vec![file("a/ok.pkl", good.clone())], 0, 0);
+        assert_eq!(all_read.weights.pickle, Some(Verdict::Safe));
+        let capped = ArchiveContents::sum(vec![file("a/ok.pkl", good)], 1, 0);
+        assert_eq!(capped.weights.pickle, Some(Verdict::Unknown));
+        let mut bad = Contents::of(Format::Pickle);
+        bad.pickle = Some(PickleReport { verdict: Verdict::Unsafe, ..PickleReport::default() });
+        assert_eq!(ArchiveContents::sum(vec![file("a/evil.pkl", bad)], 5, 0).weights.pickle, Some(Verdict::Unsafe));
+        assert_eq!(ArchiveContents::sum(Vec::new(), 2, 0).weights.pickle, Some(Verdict::Unknown));
     }
 }

@@ -37,6 +37,8 @@ pub const BOUNDS: Bounds = Bounds {
 
 /// Zip members other than `*.pkl` looked into per file (TorchScript archives hold many).
 const MAX_OTHER_MEMBERS: usize = 16;
+/// `*.pkl` members looked into per file: a checkpoint has one `data.pkl`, TorchScript a few more.
+const MAX_PICKLE_MEMBERS: usize = 64;
 
 /// Where one file's bytes come from.
 pub trait Source {
@@ -193,29 +195,43 @@ impl<S: Source> Reader<'_, S> {
         };
         let mut contents = Contents::of(Format::Other);
         let mut scan: Option<pickle::Scan> = None;
-        let mut others = 0;
+        let (mut others, mut pickles, mut unpacked) = (0, 0, 0u64);
+        // A directory may point many entries at one local header: each is unpacked and scanned
+        // once (the bytes come from what was fetched, so no other bound would stop the repeats).
+        let mut seen = std::collections::HashSet::new();
         for member in &members {
             if contents.members.len() < parse::MAX_LISTED {
                 contents.members.push(parse::clip(&member.name));
             }
             let kind = zip::kind(&member.name);
-            if kind == zip::Kind::Other {
-                others += 1;
-                if others > MAX_OTHER_MEMBERS {
-                    let more = pickle::Scan::unread(format!("more than {MAX_OTHER_MEMBERS} members not read"));
-                    scan.get_or_insert_with(pickle::Scan::default).merge(more);
-                    break;
-                }
-            }
-            if !matches!(kind, zip::Kind::Pickle | zip::Kind::Other) {
+            if !matches!(kind, zip::Kind::Pickle | zip::Kind::Other) || !seen.insert(member.local) {
                 continue;
             }
+            let (count, cap) = if kind == zip::Kind::Other {
+                (&mut others, MAX_OTHER_MEMBERS)
+            } else {
+                (&mut pickles, MAX_PICKLE_MEMBERS)
+            };
+            *count += 1;
+            if *count > cap {
+                let more = pickle::Scan::unread(format!("more than {cap} such members not read"));
+                scan.get_or_insert_with(pickle::Scan::default).merge(more);
+                break;
+            }
             let found = match self.member(member).await? {
-                Ok(data) if kind == zip::Kind::Pickle || parse::sniff(&data, &member.name) == Sniffed::Pickle => {
+                Ok(data) => {
+                    unpacked += data.len() as u64;
+                    if unpacked > self.bounds.file_bytes {
+                        let over = format!("members unpack to over the {}-byte bound", self.bounds.file_bytes);
+                        scan.get_or_insert_with(pickle::Scan::default).merge(pickle::Scan::unread(over));
+                        break;
+                    }
+                    if kind != zip::Kind::Pickle && parse::sniff(&data, &member.name) != Sniffed::Pickle {
+                        continue;
+                    }
                     contents.format = Format::Pytorch;
                     pickle::scan(&data, true)
                 }
-                Ok(_) => continue,
                 Err(fault) => pickle::Scan::unread(fault_text(fault)),
             };
             scan.get_or_insert_with(pickle::Scan::default).merge(found);
@@ -260,4 +276,76 @@ fn fault_text(fault: Fault) -> String {
 
 fn faulted(format: Format, fault: Fault) -> Contents {
     Contents::malformed(format, fault_text(fault))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file in memory.
+    struct InMemory(Vec<u8>);
+
+    impl Source for InMemory {
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+
+        async fn read(&mut self, at: u64, len: u64) -> Result<Vec<u8>, String> {
+            Ok(self.0[at as usize..(at + len) as usize].to_vec())
+        }
+    }
+
+    fn read(bytes: Vec<u8>) -> Contents {
+        let spent = AtomicU64::new(0);
+        futures::executor::block_on(contents(InMemory(bytes), "model.pt", BOUNDS, &spent)).unwrap()
+    }
+
+    /// A stored zip whose central directory lists `copies` entries, all pointing at the one local
+    /// header of `name` holding `data`.
+    fn one_member_listed(name: &str, data: &[u8], copies: u16) -> Vec<u8> {
+        let single = zip::tests::stored(&[(name, data)]);
+        let end_at = single.len() - 22;
+        let directory = u32::from_le_bytes(single[end_at + 16..end_at + 20].try_into().unwrap()) as usize;
+        let (local, entry) = (&single[..directory], &single[directory..end_at]);
+        let mut out = local.to_vec();
+        for _ in 0..copies {
+            out.extend(entry);
+        }
+        out.extend(&single[end_at..end_at + 8]);
+        out.extend(copies.to_le_bytes());
+        out.extend(copies.to_le_bytes());
+        out.extend(((entry.len() * copies as usize) as u32).to_le_bytes());
+        out.extend((directory as u32).to_le_bytes());
+        out.extend(0u16.to_le_bytes());
+        out
+    }
+
+    /// Found in review: 3,000 directory entries naming one 1 MB pickle were each unpacked and
+    /// scanned again (from the bytes already fetched, so no byte or request bound stopped it):
+    /// hours for a larger file. Each local header is now scanned once.
+    #[test]
+    fn directory_entries_sharing_a_member_are_scanned_once() {
+        let mut pickle = b"N0".repeat(500_000);
+        pickle.extend(b"N.");
+        let got = read(one_member_listed("archive/data.pkl", &pickle, 3000));
+        assert_eq!(got.format, Format::Pytorch);
+        let scan = got.pickle.expect("scanned");
+        assert_eq!(scan.verdict, parse::Verdict::Safe, "{scan:?}");
+        assert_eq!(got.members.len(), parse::MAX_LISTED);
+    }
+
+    /// More `*.pkl` members than a checkpoint has: the rest are not read, so the verdict is at
+    /// best "unknown", never "safe".
+    #[test]
+    fn pickle_members_past_the_cap_make_the_verdict_unknown() {
+        let names: Vec<String> = (0..=MAX_PICKLE_MEMBERS).map(|i| format!("archive/p{i:03}.pkl")).collect();
+        let members: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"N."[..])).collect();
+        let got = read(zip::tests::stored(&members));
+        let scan = got.pickle.expect("scanned");
+        assert_eq!(scan.verdict, parse::Verdict::Unknown, "{scan:?}");
+        assert!(scan.reasons.iter().any(|r| r.contains("not read")), "{scan:?}");
+        // At the cap exactly, every member is read.
+        let got = read(zip::tests::stored(&members[..MAX_PICKLE_MEMBERS]));
+        assert_eq!(got.pickle.expect("scanned").verdict, parse::Verdict::Safe);
+    }
 }

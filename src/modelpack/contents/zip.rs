@@ -201,4 +201,4 @@ pub fn unpack(data: &[u8], member: &Member, limit: u64) -> Result<Vec<u8>, Fault
 
 #[cfg(test)]
 #[path = "zip_tests.rs"]
-mod tests;
+pub(crate) mod tests;
