@@ -25,14 +25,7 @@ const JOBS_NAMESPACE: &str = "modelpack-system";
 
 /// The tar of `entries` and its gzip.
 fn tar_gz(entries: &[(&str, &[u8])]) -> (Vec<u8>, Vec<u8>) {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    let tar = b.into_inner().unwrap();
+    let tar = craft::tar_of(entries);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).unwrap();
     (tar, gz.finish().unwrap())

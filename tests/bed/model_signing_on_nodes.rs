@@ -40,24 +40,16 @@ fn must(cmd: &mut Command) -> String {
     text
 }
 
-fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 /// A raw `model.safetensors` and a `tokenizer/` directory archive holding `vocab`.
 fn artifact(weights: &[u8], vocab: &[u8]) -> craft::Artifact {
     let layers = vec![
         craft::Blob::new("application/vnd.cncf.model.weight.v1.raw", weights.to_vec())
             .annotate("org.cncf.model.filepath", "model.safetensors"),
-        craft::Blob::new("application/vnd.cncf.model.weight.config.v1.tar", tar_of(&[("tokenizer/vocab.txt", vocab)]))
-            .annotate("org.cncf.model.filepath", "tokenizer/"),
+        craft::Blob::new(
+            "application/vnd.cncf.model.weight.config.v1.tar",
+            craft::tar_of(&[("tokenizer/vocab.txt", vocab)]),
+        )
+        .annotate("org.cncf.model.filepath", "tokenizer/"),
     ];
     let config = json!({"descriptor": {"name": "signed"}, "modelfs": {"type": "layers",
         "diffIds": layers.iter().map(|l| craft::sha256(&l.data)).collect::<Vec<_>>()}});

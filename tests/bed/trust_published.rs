@@ -24,17 +24,6 @@ use support::{
 const JOBS_NAMESPACE: &str = "modelpack-system";
 const CACHE: &str = "/var/lib/modelpack";
 
-fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 fn artifact(layers: Vec<craft::Blob>) -> craft::Artifact {
     let config = json!({"descriptor": {"name": "announced"}, "config": {"format": "safetensors"},
         "modelfs": {"type": "layers", "diffIds": layers.iter().map(|l| craft::sha256(&l.data)).collect::<Vec<_>>()}});
@@ -93,7 +82,7 @@ async fn an_enforce_rule_on_layer_paths_holds_on_the_node() {
         &bed.plain,
         &repo,
         "prod",
-        &artifact(vec![tar_layer(tar_of(&[("model.safetensors", b"st")]), "model.safetensors")]),
+        &artifact(vec![tar_layer(craft::tar_of(&[("model.safetensors", b"st")]), "model.safetensors")]),
     )
     .await;
     let model = json!({"apiVersion": "modelpack.dev/v1alpha1", "kind": "Model",
@@ -118,7 +107,7 @@ async fn an_enforce_rule_on_layer_paths_holds_on_the_node() {
         &bed.plain,
         &repo,
         "prod",
-        &artifact(vec![tar_layer(tar_of(&[("model.pt", b"pickle")]), "model.safetensors")]),
+        &artifact(vec![tar_layer(craft::tar_of(&[("model.pt", b"pickle")]), "model.safetensors")]),
     )
     .await;
     assert_eq!(inspected_paths(&format!("{repository}@{v2}")), ["model.safetensors"]);
@@ -144,7 +133,7 @@ async fn an_enforce_rule_on_layer_paths_holds_on_the_node() {
         &bed.plain,
         &repo,
         "prod",
-        &artifact(vec![tar_layer(tar_of(&[("weights/model.pt", b"pickle")]), "weights/")]),
+        &artifact(vec![tar_layer(craft::tar_of(&[("weights/model.pt", b"pickle")]), "weights/")]),
     )
     .await;
     assert_eq!(inspected_paths(&format!("{repository}@{v3}")), ["weights/"]);
